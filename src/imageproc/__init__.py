@@ -1,0 +1,69 @@
+"""imageproc: asynchronous image processing you can embed.
+
+Submit an image and a pipeline; workers (threads in your process, or separate processes) decode it
+once, make every variant, store them and record the result::
+
+    from imageproc import Pipeline, Processor
+
+    with Processor.in_memory() as processor:
+        task = processor.submit("cat.jpg", Pipeline.parse("thumb=fit:256x256,webp:q80"))
+        processor.start(workers=2)
+        print(processor.wait(task.id, timeout=30).outputs)
+"""
+
+from imageproc.__version__ import __version__
+from imageproc.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    IllegalTransition,
+    ImageprocError,
+    InvalidImage,
+    InvalidInput,
+    InvalidKey,
+    InvalidPipeline,
+    LeaseLost,
+    ObjectNotFound,
+    StorageError,
+    TaskNotFound,
+    WaitTimeout,
+)
+from imageproc.imaging import ImageLimits
+from imageproc.pipeline import Encoding, Fit, Pipeline, PipelineLimits, Resize, Variant
+from imageproc.processor import Processor
+from imageproc.protocols import Lease, ObjectInfo, Queue, Repository, Storage
+from imageproc.task import Output, SourceInfo, Task, TaskError, TaskStatus
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigurationError",
+    "Encoding",
+    "Fit",
+    "IllegalTransition",
+    "ImageLimits",
+    "ImageprocError",
+    "InvalidImage",
+    "InvalidInput",
+    "InvalidKey",
+    "InvalidPipeline",
+    "Lease",
+    "LeaseLost",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "Output",
+    "Pipeline",
+    "PipelineLimits",
+    "Processor",
+    "Queue",
+    "Repository",
+    "Resize",
+    "SourceInfo",
+    "Storage",
+    "StorageError",
+    "Task",
+    "TaskError",
+    "TaskNotFound",
+    "TaskStatus",
+    "Variant",
+    "WaitTimeout",
+    "__version__",
+]

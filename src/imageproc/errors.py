@@ -1,0 +1,157 @@
+"""Every error imageproc raises, rooted at :class:`ImageprocError`.
+
+Each error knows whether it is *transient* (the same call may succeed if tried again: a storage
+hiccup, a database restart) or *permanent* (trying again cannot help: not an image, a bad pipeline).
+Workers use that to decide between retrying a task and failing it; the HTTP adapter uses ``code``
+to choose a status. Errors from drivers (Pillow, fsspec, SQLAlchemy…) are mapped at the boundary
+where they occur, with the original kept as ``__cause__``.
+
+The tree::
+
+    ImageprocError                      code                 transient
+    ├── InvalidInput                    invalid_input        no
+    │   ├── InvalidImage                invalid_image        no
+    │   ├── InvalidPipeline             invalid_pipeline     no
+    │   └── InvalidKey                  invalid_key          no
+    ├── ConfigurationError              configuration_error  no
+    ├── TaskNotFound                    task_not_found       no
+    ├── IllegalTransition               illegal_transition   no
+    ├── LeaseLost                       lease_lost           no
+    ├── WaitTimeout (also TimeoutError) timeout              yes
+    ├── StorageError                    storage_error        yes, unless raised with transient=False
+    │   └── ObjectNotFound              object_not_found     no
+    └── BackendUnavailable              backend_unavailable  yes
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigurationError",
+    "IllegalTransition",
+    "ImageprocError",
+    "InvalidImage",
+    "InvalidInput",
+    "InvalidKey",
+    "InvalidPipeline",
+    "LeaseLost",
+    "ObjectNotFound",
+    "StorageError",
+    "TaskNotFound",
+    "WaitTimeout",
+    "is_transient",
+]
+
+
+class ImageprocError(Exception):
+    """Root of every error imageproc raises.
+
+    ``code`` is a stable machine-readable identifier (it is stored on failed tasks and returned by
+    the HTTP API); ``transient`` says whether trying the same operation again may succeed.
+    """
+
+    code: ClassVar[str] = "error"
+    #: The class default; an instance may override it (see :class:`StorageError`).
+    default_transient: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, transient: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transient = self.default_transient if transient is None else transient
+
+
+class InvalidInput(ImageprocError):
+    """The caller sent something that can never be processed as given."""
+
+    code = "invalid_input"
+
+
+class InvalidImage(InvalidInput):
+    """The upload is empty, not an image, corrupt, truncated, too large or of a refused format."""
+
+    code = "invalid_image"
+
+
+class InvalidPipeline(InvalidInput):
+    """A pipeline (or preset name) that does not parse or breaks a configured limit."""
+
+    code = "invalid_pipeline"
+
+
+class InvalidKey(InvalidInput):
+    """A storage key that is malformed or would reach outside the storage root."""
+
+    code = "invalid_key"
+
+
+class ConfigurationError(ImageprocError):
+    """The Processor or a backend was set up with options that cannot work."""
+
+    code = "configuration_error"
+
+
+class TaskNotFound(ImageprocError):
+    """No task has that id."""
+
+    code = "task_not_found"
+
+
+class IllegalTransition(ImageprocError):
+    """A task was asked to move between two statuses the lifecycle does not connect."""
+
+    code = "illegal_transition"
+
+
+class LeaseLost(ImageprocError):
+    """The worker's lease on a task expired or was taken over; its result must not be recorded."""
+
+    code = "lease_lost"
+
+
+class WaitTimeout(ImageprocError, TimeoutError):
+    """``Processor.wait`` gave up before the task reached a final status.
+
+    It is also a :class:`TimeoutError`, so ``except TimeoutError`` catches it.
+    """
+
+    code = "timeout"
+    default_transient = True
+
+
+class StorageError(ImageprocError):
+    """Storage could not read or write an object.
+
+    Transient by default (timeouts, throttling, connection resets); raised with
+    ``transient=False`` for failures that will not heal on their own, such as a permission error.
+    """
+
+    code = "storage_error"
+    default_transient = True
+
+
+class ObjectNotFound(StorageError):
+    """No stored object has that key."""
+
+    code = "object_not_found"
+    default_transient = False
+
+
+class BackendUnavailable(ImageprocError):
+    """The task repository or queue cannot be reached right now (a lost connection, a restart)."""
+
+    code = "backend_unavailable"
+    default_transient = True
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` is worth retrying.
+
+    Errors that are not imageproc's own are treated as transient: they are most likely an
+    infrastructure failure the backends did not map, and a task that keeps hitting one still ends in
+    the dead-letter set after ``max_attempts``.
+    """
+    if isinstance(error, ImageprocError):
+        return error.transient
+    return True

@@ -1,0 +1,198 @@
+"""The Pillow engine: read an image header safely, then make every variant from one decode.
+
+Pure functions, bytes in and bytes out, no I/O. Every failure Pillow can report for a bad file is
+mapped here to :class:`~imageproc.InvalidImage`, so nothing above this module sees a Pillow error.
+Pillow's global ``Image.MAX_IMAGE_PIXELS`` is never read or changed: our own limit is checked
+against the header before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import attrs
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imageproc.errors import InvalidImage
+from imageproc.pipeline import Fit, Operation, Pipeline, Resize, Variant
+from imageproc.task import SourceInfo
+
+__all__ = ["ImageLimits", "Rendered", "probe", "render"]
+
+#: Formats accepted as input by default (Pillow's names).
+DEFAULT_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"})
+#: File extensions for stored originals, by Pillow format.
+_EXTENSIONS: Final = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "TIFF": "tiff"}
+_CONTENT_TYPES: Final = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "TIFF": "image/tiff",
+    "BMP": "image/bmp",
+}
+#: Everything Pillow raises for a file it cannot read: a bad header, a truncated body, a bomb.
+_PILLOW_ERRORS: Final = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    KeyError,
+    struct.error,
+)
+
+
+@attrs.frozen
+class ImageLimits:
+    """What an upload may be. Checked from the header, before any pixel is decoded."""
+
+    #: Most pixels (width x height) in one image; imgproxy's default.
+    max_pixels: int = 50_000_000
+    #: Largest upload in bytes.
+    max_bytes: int = 50 * 1024 * 1024
+    #: Input formats accepted (Pillow's names, such as ``"JPEG"``).
+    formats: frozenset[str] = attrs.field(default=DEFAULT_FORMATS, converter=frozenset)
+
+
+@attrs.frozen
+class Rendered:
+    """One encoded variant, ready to store."""
+
+    name: str
+    format: str
+    content_type: str
+    extension: str
+    width: int
+    height: int
+    data: bytes
+
+
+def extension_for(pillow_format: str) -> str:
+    """The file extension used for a stored original of this format."""
+    return _EXTENSIONS.get(pillow_format, pillow_format.lower())
+
+
+def content_type_for(pillow_format: str) -> str:
+    """The MIME type of a stored original of this format."""
+    return _CONTENT_TYPES.get(pillow_format, "application/octet-stream")
+
+
+@contextmanager
+def _mapped_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except InvalidImage:
+        raise
+    except _PILLOW_ERRORS as error:
+        raise InvalidImage(f"{what}: {type(error).__name__}: {error}") from error
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    if not data:
+        raise InvalidImage("empty upload")
+    if len(data) > limits.max_bytes:
+        raise InvalidImage(f"upload of {len(data)} bytes is over the limit of {limits.max_bytes}")
+    with _mapped_errors("not a readable image"):
+        image = Image.open(io.BytesIO(data), formats=sorted(limits.formats))
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"image declares an empty size {width}x{height}")
+    if width * height > limits.max_pixels:
+        raise InvalidImage(
+            f"image of {width}x{height} pixels is over the limit of {limits.max_pixels} pixels"
+        )
+    return image
+
+
+def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
+    """Read the header of ``data`` and check it against ``limits`` without decoding pixels.
+
+    Raises :class:`~imageproc.InvalidImage` for an empty, unreadable, oversized or refused image.
+    """
+    limits = limits or ImageLimits()
+    with _open(data, limits) as image:
+        return SourceInfo(
+            format=str(image.format),
+            width=image.width,
+            height=image.height,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+
+def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
+    with _open(data, limits) as image, _mapped_errors("corrupt or truncated image"):
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        return upright if upright is not None else image.copy()
+
+
+def _apply(image: Image.Image, operation: Operation, *, upscale: bool) -> Image.Image:
+    if isinstance(operation, Fit | Resize):
+        size = operation.target_size(image.width, image.height, upscale=upscale)
+        if size == image.size:
+            return image
+        return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    raise NotImplementedError(f"no engine for {operation!r}")  # pragma: no cover
+
+
+def _for_encoding(image: Image.Image, pillow_format: str) -> Image.Image:
+    """Convert to a mode the encoder can write, flattening transparency onto white for JPEG."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if pillow_format == "JPEG":
+        if has_alpha:
+            rgba = image.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            return background
+        return image if image.mode in ("RGB", "L") else image.convert("RGB")
+    if has_alpha:
+        return image if image.mode == "RGBA" else image.convert("RGBA")
+    return image if image.mode in ("RGB", "L") else image.convert("RGB")
+
+
+def _encode(image: Image.Image, variant: Variant) -> Rendered:
+    encoding = variant.encoding
+    image = _for_encoding(image, encoding.pillow_format)
+    options: dict[str, object] = {}
+    if encoding.effective_quality is not None:
+        options["quality"] = encoding.effective_quality
+    if encoding.format == "jpeg":
+        options["optimize"] = True
+    buffer = io.BytesIO()
+    image.save(buffer, encoding.pillow_format, **options)
+    return Rendered(
+        name=variant.name,
+        format=encoding.format,
+        content_type=encoding.content_type,
+        extension=encoding.extension,
+        width=image.width,
+        height=image.height,
+        data=buffer.getvalue(),
+    )
+
+
+def render(data: bytes, pipeline: Pipeline, limits: ImageLimits | None = None) -> list[Rendered]:
+    """Decode ``data`` once, upright it from EXIF, and encode every variant of ``pipeline``.
+
+    Raises :class:`~imageproc.InvalidImage` if the image cannot be decoded.
+    """
+    limits = limits or ImageLimits()
+    source = _decode(data, limits)
+    results = []
+    for variant in pipeline.variants:
+        image = source
+        for operation in variant.operations:
+            image = _apply(image, operation, upscale=variant.upscale)
+        results.append(_encode(image, variant))
+    return results

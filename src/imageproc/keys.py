@@ -1,0 +1,50 @@
+"""Storage keys: how they are made, and the rules every key must pass at the storage boundary.
+
+A key is a relative, ``/``-separated path. Validation refuses anything that could reach outside
+the storage root or be read differently by two backends, so a hostile key never gets as far as a
+filesystem or an S3 call.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from imageproc.errors import InvalidKey
+
+__all__ = ["MAX_KEY_LENGTH", "output_key", "source_key", "validate_key"]
+
+MAX_KEY_LENGTH: Final = 1024
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative storage key; else :class:`~imageproc.InvalidKey`.
+
+    Refused: empty or over-long keys, absolute paths, backslashes, control characters, empty
+    segments (``a//b``, a trailing ``/``), and ``.`` or ``..`` segments.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("a storage key must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"storage key longer than {MAX_KEY_LENGTH} characters")
+    if _CONTROL.search(key):
+        raise InvalidKey("storage key contains a control character")
+    if "\\" in key:
+        raise InvalidKey("storage key contains a backslash")
+    if key.startswith("/"):
+        raise InvalidKey("storage key must be relative, not start with '/'")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKey(f"storage key has an empty, '.' or '..' segment: {key!r}")
+    return key
+
+
+def source_key(sha256: str, extension: str) -> str:
+    """The content-addressed key of an original: the same bytes always land on the same key."""
+    return f"originals/{sha256[:2]}/{sha256}.{extension}"
+
+
+def output_key(task_id: str, variant: str, extension: str) -> str:
+    """The deterministic key of one variant of one task: a retry overwrites, never duplicates."""
+    return f"outputs/{task_id}/{variant}.{extension}"

@@ -1,0 +1,419 @@
+"""The :class:`Processor`: the public entry point, tying storage, repository and queue together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Self, TypeVar
+
+import tenacity
+
+from imageproc import imaging, keys
+from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.clock import Clock, utcnow
+from imageproc.errors import (
+    ConfigurationError,
+    ImageprocError,
+    InvalidImage,
+    InvalidPipeline,
+    LeaseLost,
+    WaitTimeout,
+    is_transient,
+)
+from imageproc.imaging import ImageLimits
+from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
+from imageproc.protocols import Lease, Queue, Repository, Storage
+from imageproc.task import Output, Task, TaskError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from imageproc.worker import WorkerPool
+
+__all__ = ["Processor", "Source"]
+
+logger = logging.getLogger("imageproc")
+
+#: What ``submit`` accepts as an image: its bytes, a binary file object, or a path.
+Source = bytes | bytearray | memoryview | IO[bytes] | str | os.PathLike[str]
+PipelineSpec = Pipeline | str | None
+
+_T = TypeVar("_T")
+_CHANGE_TRIES = 5
+
+
+class Processor:
+    """Submit images, let workers make their variants, and read the results.
+
+    The three backends can be anything that implements :mod:`imageproc.protocols`; the class
+    methods :meth:`in_memory` and :meth:`from_urls` build common combinations.
+
+    Options:
+        pipeline: what a task gets when ``submit`` names none (default: one 800 px wide JPEG).
+        presets: named pipelines that ``submit`` accepts by name.
+        presets_only: accept nothing but preset names (for pipelines that come from remote clients).
+        max_attempts: tries per task before a task that keeps failing transiently is ``dead``.
+        lease_seconds: how long a worker's claim lasts between heartbeats.
+        image_limits, pipeline_limits: what an upload and a pipeline may be.
+        backoff_base, backoff_max: seconds; the requeue delay doubles per attempt from
+            ``backoff_base`` up to ``backoff_max``, with jitter.
+        in_place_tries, in_place_wait: quick retries of one storage call before giving up on
+            the attempt (``in_place_wait`` is the first pause in seconds; it doubles).
+        poll_interval: longest an idle worker sleeps before it looks for work again.
+        clock: where timestamps come from (timezone-aware UTC).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        queue: Queue,
+        repository: Repository,
+        *,
+        pipeline: PipelineSpec = None,
+        presets: Mapping[str, Pipeline | str] | None = None,
+        presets_only: bool = False,
+        max_attempts: int = 5,
+        lease_seconds: float = 30.0,
+        image_limits: ImageLimits | None = None,
+        pipeline_limits: PipelineLimits | None = None,
+        backoff_base: float = 2.0,
+        backoff_max: float = 600.0,
+        in_place_tries: int = 3,
+        in_place_wait: float = 0.1,
+        poll_interval: float = 0.5,
+        clock: Clock = utcnow,
+    ) -> None:
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        if lease_seconds <= 0:
+            raise ConfigurationError("lease_seconds must be positive")
+        if in_place_tries < 1:
+            raise ConfigurationError("in_place_tries must be at least 1")
+        self.storage = storage
+        self.queue = queue
+        self.repository = repository
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
+        self.image_limits = image_limits or ImageLimits()
+        self.pipeline_limits = pipeline_limits or PipelineLimits()
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._in_place_tries = in_place_tries
+        self._in_place_wait = in_place_wait
+        self.presets_only = presets_only
+        self.presets: dict[str, Pipeline] = {}
+        for name, spec in (presets or {}).items():
+            preset = spec if isinstance(spec, Pipeline) else Pipeline.parse(spec)
+            self.pipeline_limits.check(preset)
+            self.presets[name] = preset
+        self.pipeline = DEFAULT_PIPELINE
+        if pipeline is not None:
+            self.pipeline = self._resolve(pipeline, allow_any=True)
+        self._pool: WorkerPool | None = None
+        self._pool_lock = threading.Lock()
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def in_memory(cls, **options: Any) -> Processor:
+        """A Processor whose storage, repository and queue all live in memory (tests, scripts)."""
+        repository = MemoryRepository(clock=options.get("clock", utcnow))
+        return cls(MemoryStorage(), MemoryQueue(repository), repository, **options)
+
+    @classmethod
+    def from_urls(cls, database_url: str, storage_url: str, **options: Any) -> Processor:
+        """Build a Processor from a database URL and a storage URL.
+
+        Understood so far: ``memory://`` for both.
+        """
+        if database_url.partition("://")[0] != "memory":
+            raise ConfigurationError(f"unsupported database URL scheme in {database_url!r}")
+        if storage_url.partition("://")[0] != "memory":
+            raise ConfigurationError(f"unsupported storage URL scheme in {storage_url!r}")
+        return cls.in_memory(**options)
+
+    # -- the task API -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        source: Source,
+        pipeline: PipelineSpec = None,
+        *,
+        priority: int = 0,
+        owner: str | None = None,
+    ) -> Task:
+        """Store an image and queue a task to make the variants of ``pipeline`` from it.
+
+        ``pipeline`` is a :class:`Pipeline`, its text form, a preset name, or None for the
+        Processor's default. The pipeline and the image header are checked before anything is
+        stored: a bad one raises :class:`~imageproc.InvalidPipeline` or
+        :class:`~imageproc.InvalidImage` and leaves nothing behind.
+        """
+        resolved = self.pipeline if pipeline is None else self._resolve(pipeline)
+        data = _read_source(source, self.image_limits.max_bytes)
+        info = imaging.probe(data, self.image_limits)
+        key = keys.source_key(info.sha256, imaging.extension_for(info.format))
+        content_type = imaging.content_type_for(info.format)
+        # Content-addressed: the same upload is stored once, however often it is submitted.
+        if not self._in_place(self.storage.exists, key):
+            self._in_place(lambda: self.storage.put(key, data, content_type=content_type))
+        task = Task.new(
+            pipeline=resolved,
+            source_key=key,
+            source=info,
+            now=self.clock(),
+            max_attempts=self.max_attempts,
+            priority=priority,
+            owner=owner,
+        )
+        self.repository.add(task)
+        logger.debug("submitted task %s (%s)", task.id, resolved)
+        return task
+
+    def get(self, task_id: str) -> Task:
+        """The task with this id; :class:`~imageproc.TaskNotFound` if there is none."""
+        return self.repository.get(task_id)
+
+    def wait(self, task_id: str, timeout: float) -> Task:
+        """Block until the task is in a final status and return it.
+
+        Raises :class:`~imageproc.WaitTimeout` (a :class:`TimeoutError`) after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            task = self.get(task_id)
+            if task.status.is_final:
+                return task
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"task {task_id} is still {task.status} after {timeout}s")
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.25)
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel a queued or processing task; a worker still processing it will not record a
+        result. :class:`~imageproc.IllegalTransition` if the task has already ended."""
+        return self._change(task_id, lambda task: task.cancel(self.clock()))
+
+    def retry(self, task_id: str) -> Task:
+        """Queue a failed or dead task again, with a fresh allowance of attempts."""
+        return self._change(task_id, lambda task: task.retry(self.clock()))
+
+    def read(self, key: str) -> bytes:
+        """The stored object under ``key`` (an original's or an output's key)."""
+        return self._in_place(self.storage.get, key)
+
+    def open(self, key: str) -> BinaryIO:
+        """A binary stream over the stored object under ``key``; close it when done."""
+        return self._in_place(self.storage.open, key)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> WorkerPool | None:
+        """The running worker pool, if :meth:`start` was called and :meth:`stop` was not."""
+        return self._pool
+
+    def start(self, workers: int | tuple[int, int] = 4, *, idle_timeout: float = 30.0) -> None:
+        """Start background worker threads in this process and return at once.
+
+        ``workers`` is a count, or ``(min, max)`` to grow the pool while tasks wait and shrink it
+        back after workers have been idle for ``idle_timeout`` seconds. Stop them with
+        :meth:`stop` (or by leaving the ``with`` block).
+        """
+        from imageproc.worker import WorkerPool
+
+        with self._pool_lock:
+            if self._pool is not None and self._pool.running:
+                raise RuntimeError("workers are already running; stop() them first")
+            low, high = (workers, workers) if isinstance(workers, int) else workers
+            self._pool = WorkerPool(
+                self, min_workers=low, max_workers=high, idle_timeout=idle_timeout
+            )
+            self._pool.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let tasks in flight finish for up to ``timeout`` seconds, then release
+        the leases of any still running so another worker takes them at once."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop(timeout)
+
+    def run(self, workers: int | tuple[int, int] = 4, *, stop_timeout: float = 30.0) -> None:
+        """Run workers in the foreground until SIGINT or SIGTERM, then stop them gracefully.
+
+        For a dedicated worker process; call it from the main thread.
+        """
+        from imageproc.worker import run_until_signalled
+
+        run_until_signalled(self, workers, stop_timeout=stop_timeout)
+
+    def run_until_idle(self, *, worker: str = "inline") -> int:
+        """Process every task that is due, one by one in this thread; return how many were run.
+
+        Tasks put back with a backoff delay are not due, so this always returns.
+        """
+        count = 0
+        while leases := self.queue.claim(worker, lease_seconds=self.lease_seconds):
+            for lease in leases:
+                self.process(lease)
+                count += 1
+        return count
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- processing one task ------------------------------------------------------------------
+
+    def process(self, lease: Lease) -> Task | None:
+        """Carry out one leased task and record its outcome.
+
+        Returns the task as recorded, or None if the lease was lost meanwhile (the task was
+        cancelled, or its lease expired and another worker owns it now). Never raises for a
+        problem with the task itself: a permanent error fails the task, a transient one puts it
+        back with a backoff delay or, out of attempts, makes it dead.
+        """
+        task = lease.task
+        try:
+            outputs = self._produce(task)
+        except Exception as error:  # every failure of a task is recorded on the task
+            return self._record_failure(lease, error)
+        return self._record(lease, task.succeed(outputs, self.clock()), self.queue.complete)
+
+    def _produce(self, task: Task) -> tuple[Output, ...]:
+        data = self._in_place(self.storage.get, task.source_key)
+        outputs = []
+        for rendered in imaging.render(data, task.pipeline, self.image_limits):
+            key = keys.output_key(task.id, rendered.name, rendered.extension)
+            self._in_place(
+                lambda k=key, r=rendered: self.storage.put(k, r.data, content_type=r.content_type)
+            )
+            outputs.append(
+                Output(
+                    name=rendered.name,
+                    key=key,
+                    format=rendered.format,
+                    width=rendered.width,
+                    height=rendered.height,
+                    bytes=len(rendered.data),
+                )
+            )
+        return tuple(outputs)
+
+    def _record_failure(self, lease: Lease, error: Exception) -> Task | None:
+        task, now = lease.task, self.clock()
+        task_error = _task_error(error)
+        if not is_transient(error):
+            logger.info("task %s failed: %s", task.id, task_error.message)
+            return self._record(lease, task.fail(task_error, now), self.queue.complete)
+        if not isinstance(error, ImageprocError):
+            logger.error("task %s: unexpected error", task.id, exc_info=error)
+        if task.attempts >= task.max_attempts:
+            logger.warning("task %s is dead after %d attempts", task.id, task.attempts)
+            return self._record(lease, task.die(task_error, now), self.queue.complete)
+        delay = self.backoff(task.attempts)
+        logger.info("task %s attempt %d failed, retry in %.1fs", task.id, task.attempts, delay)
+        requeued = task.requeue(now, delay=timedelta(seconds=delay), error=task_error)
+        return self._record(lease, requeued, self.queue.release)
+
+    def _record(self, lease: Lease, task: Task, how: Callable[[Lease, Task], None]) -> Task | None:
+        try:
+            self._in_place(how, lease, task)
+        except LeaseLost:
+            logger.info("task %s: lease lost, result not recorded", task.id)
+            return None
+        return task
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before the next try after ``attempt`` failed: exponential, with equal jitter.
+
+        Half the delay is fixed and half random, so delays still grow from one attempt to the next
+        while workers that failed together do not all return together.
+        """
+        delay = min(self.backoff_max, self.backoff_base * 2.0 ** max(0, attempt - 1))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _in_place(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Call ``fn``, retrying a few times at once on a transient imageproc error."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, ImageprocError) and e.transient
+            ),
+            stop=tenacity.stop_after_attempt(self._in_place_tries),
+            wait=tenacity.wait_exponential_jitter(
+                initial=self._in_place_wait, max=max(self._in_place_wait, 2.0)
+            ),
+            reraise=True,
+        )
+        return retrying(fn, *args)
+
+    def _resolve(self, spec: Pipeline | str, *, allow_any: bool = False) -> Pipeline:
+        if isinstance(spec, str) and spec in self.presets:
+            return self.presets[spec]
+        if self.presets_only and not allow_any:
+            if isinstance(spec, Pipeline) and spec in self.presets.values():
+                return spec
+            names = ", ".join(sorted(self.presets)) or "none are configured"
+            raise InvalidPipeline(f"only presets are accepted here ({names}), got {str(spec)!r}")
+        pipeline = spec if isinstance(spec, Pipeline) else Pipeline.parse(spec)
+        self.pipeline_limits.check(pipeline)
+        return pipeline
+
+    def _change(self, task_id: str, change: Callable[[Task], Task]) -> Task:
+        # Compare-and-set, so a worker finishing at the same moment is never overwritten.
+        for _ in range(_CHANGE_TRIES):
+            current = self.get(task_id)
+            changed = change(current)
+            if self.repository.update(changed, expected=current.status):
+                return changed
+        raise ImageprocError(f"task {task_id} kept changing; try again", transient=True)
+
+
+def _read_source(source: Source, limit: int) -> bytes:
+    """The bytes of ``source``, reading at most one byte past ``limit`` so an oversize upload is
+    refused without holding all of it."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    elif isinstance(source, str | os.PathLike):
+        try:
+            with Path(source).open("rb") as file:
+                data = file.read(limit + 1)
+        except OSError as error:
+            raise InvalidImage(f"cannot read {os.fspath(source)!r}: {error.strerror}") from error
+    elif hasattr(source, "read"):
+        data = source.read(limit + 1)
+        if not isinstance(data, bytes):
+            raise InvalidImage("the file object must be opened in binary mode")
+    else:
+        raise InvalidImage(f"cannot read an image from a {type(source).__name__}")
+    if len(data) > limit:
+        raise InvalidImage(f"upload is over the limit of {limit} bytes")
+    return data
+
+
+def _task_error(error: BaseException) -> TaskError:
+    if isinstance(error, ImageprocError):
+        return TaskError(error.code, error.message)
+    # Not ours: its text may hold paths or driver internals, so only the type goes on the task.
+    return TaskError("internal_error", f"unexpected {type(error).__name__}; see the worker's log")

@@ -1,0 +1,140 @@
+"""The three interfaces between imageproc and the outside world, and the values they pass.
+
+* :class:`Storage` keeps bytes under keys (originals and outputs).
+* :class:`Repository` keeps task records.
+* :class:`Queue` hands queued tasks to workers, under leases.
+
+A backend may implement Repository and Queue on one table (the SQL backend does), so that
+recording a status and moving the task in the queue happen together. The queue is
+*at-least-once*: a claimed task is invisible to other claimers until its lease expires; the holder
+renews the lease while it works (a heartbeat), then completes the task or releases it with a delay;
+a lease that expires makes the task claimable again, so a crashed worker loses nothing. Every
+operation that records a result checks the lease token, so a worker whose lease was taken over
+cannot overwrite the new holder's result. Claim order: higher ``priority`` first, then the earliest
+``available_at``, then the oldest.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import BinaryIO, Protocol, runtime_checkable
+
+import attrs
+
+from imageproc.task import Task, TaskStatus
+
+__all__ = ["Lease", "ObjectInfo", "Queue", "Repository", "Storage"]
+
+
+@attrs.frozen
+class Lease:
+    """A worker's claim on one task, valid until ``expires_at`` unless renewed."""
+
+    #: The task as claimed: status ``processing``, this attempt already counted.
+    task: Task
+    #: Unique to this claim; completing, renewing or releasing checks it.
+    token: str
+    #: Who holds the lease (for logs and inspection).
+    worker: str
+    expires_at: datetime
+
+
+@attrs.frozen
+class ObjectInfo:
+    """What storage knows about one object."""
+
+    key: str
+    size: int
+    content_type: str
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Bytes under validated keys.
+
+    Implementations map their own errors to :class:`~imageproc.StorageError` (transient or not)
+    and :class:`~imageproc.ObjectNotFound`, and refuse unsafe keys with
+    :class:`~imageproc.InvalidKey` (see :func:`imageproc.keys.validate_key`).
+    """
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
+        """Store ``data`` under ``key``, replacing any object there; never leave half an object."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The whole object under ``key``."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object under ``key``; the caller closes it."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and content type of the object under ``key``."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``; a missing object is not an error."""
+        ...
+
+    def url(self, key: str, *, expires: timedelta) -> str | None:
+        """A URL that fetches the object directly until ``expires`` passes, or None if the
+        backend cannot give one."""
+        ...
+
+
+@runtime_checkable
+class Repository(Protocol):
+    """Task records. Every method may raise :class:`~imageproc.BackendUnavailable`."""
+
+    def add(self, task: Task) -> None:
+        """Record a new task. A ``queued`` task becomes claimable from the queue at once."""
+        ...
+
+    def get(self, task_id: str) -> Task:
+        """The task with this id, or :class:`~imageproc.TaskNotFound`."""
+        ...
+
+    def update(self, task: Task, *, expected: TaskStatus) -> bool:
+        """Replace the record of ``task.id`` if its stored status is still ``expected``.
+
+        Returns False (and changes nothing) if the status has moved on meanwhile. Any lease on the
+        task is dropped, so its holder can no longer record a result. Used for changes made outside
+        a lease: cancel and retry. Raises :class:`~imageproc.TaskNotFound`.
+        """
+        ...
+
+
+@runtime_checkable
+class Queue(Protocol):
+    """Claimable tasks under leases; any method may raise :class:`~imageproc.BackendUnavailable`."""
+
+    def claim(self, worker: str, *, lease_seconds: float, limit: int = 1) -> list[Lease]:
+        """Lease up to ``limit`` claimable tasks, in claim order, and mark them ``processing``.
+
+        Claimable: ``queued`` and due, or ``processing`` under a lease that has expired.
+        """
+        ...
+
+    def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
+        """Extend ``lease`` by ``lease_seconds`` from now; :class:`~imageproc.LeaseLost` if it is
+        no longer held."""
+        ...
+
+    def complete(self, lease: Lease, task: Task) -> None:
+        """Record ``task`` (in a final status) and end the lease; :class:`~imageproc.LeaseLost` if
+        it is no longer held, in which case nothing is recorded."""
+        ...
+
+    def release(self, lease: Lease, task: Task) -> None:
+        """Record ``task`` (``queued``, due at its ``available_at``) and end the lease;
+        :class:`~imageproc.LeaseLost` if it is no longer held."""
+        ...
+
+    def wait(self, timeout: float) -> None:
+        """Block until a task may have become claimable, or ``timeout`` seconds pass."""
+        ...

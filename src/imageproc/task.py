@@ -1,0 +1,212 @@
+"""The task record and its lifecycle.
+
+A :class:`Task` is an immutable snapshot; every change makes a new one through a method here, and
+those methods are the only place the legal status transitions are written down::
+
+    queued ──claim──▶ processing ──▶ succeeded | failed | dead
+      ▲                  │
+      └──── requeue ─────┘          (a retry after backoff, or an expired lease)
+    queued | processing ──▶ cancelled
+    failed | dead ──retry──▶ queued
+
+Anything else raises :class:`~imageproc.IllegalTransition`.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import attrs
+
+from imageproc.errors import IllegalTransition
+from imageproc.pipeline import Pipeline
+
+__all__ = [
+    "Output",
+    "SourceInfo",
+    "Task",
+    "TaskError",
+    "TaskStatus",
+    "new_task_id",
+]
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its lifecycle."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    #: A permanent error: trying again cannot help.
+    FAILED = "failed"
+    #: Attempts exhausted on transient errors: the dead-letter set, re-drivable with ``retry``.
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether no worker will touch a task in this status again (unless it is retried)."""
+        return self in _FINAL
+
+
+_FINAL: Final = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED}
+)
+
+TRANSITIONS: Final[Mapping[TaskStatus, frozenset[TaskStatus]]] = {
+    TaskStatus.QUEUED: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
+    TaskStatus.PROCESSING: frozenset(
+        {
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+            TaskStatus.DEAD,
+            TaskStatus.QUEUED,
+            TaskStatus.CANCELLED,
+        }
+    ),
+    TaskStatus.SUCCEEDED: frozenset(),
+    TaskStatus.FAILED: frozenset({TaskStatus.QUEUED}),
+    TaskStatus.DEAD: frozenset({TaskStatus.QUEUED}),
+    TaskStatus.CANCELLED: frozenset(),
+}
+"""Every legal move: status → the statuses it may become."""
+
+
+def new_task_id() -> str:
+    """A random, unguessable task id (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+@attrs.frozen
+class SourceInfo:
+    """What the header of an uploaded image says, and its digest."""
+
+    format: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+@attrs.frozen
+class Output:
+    """One stored variant of a finished task."""
+
+    name: str
+    key: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+
+
+@attrs.frozen
+class TaskError:
+    """Why a task failed or was retried: an error code and a human-readable message."""
+
+    code: str
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """One submitted image and the work asked of it. Immutable: transitions return a new Task."""
+
+    id: str
+    status: TaskStatus
+    pipeline: Pipeline
+    source_key: str
+    source: SourceInfo
+    outputs: tuple[Output, ...] = ()
+    attempts: int = 0
+    max_attempts: int = 5
+    priority: int = 0
+    owner: str | None = None
+    error: TaskError | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: When the task may next be claimed (later than ``created_at`` while backing off).
+    available_at: datetime
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        pipeline: Pipeline,
+        source_key: str,
+        source: SourceInfo,
+        now: datetime,
+        max_attempts: int = 5,
+        priority: int = 0,
+        owner: str | None = None,
+    ) -> Task:
+        """A freshly queued task with a new random id."""
+        return cls(
+            id=new_task_id(),
+            status=TaskStatus.QUEUED,
+            pipeline=pipeline,
+            source_key=source_key,
+            source=source,
+            max_attempts=max_attempts,
+            priority=priority,
+            owner=owner,
+            created_at=now,
+            updated_at=now,
+            available_at=now,
+        )
+
+    def _move(self, status: TaskStatus, now: datetime, **changes: Any) -> Task:
+        if status not in TRANSITIONS[self.status]:
+            raise IllegalTransition(f"task {self.id} cannot go from {self.status} to {status}")
+        return attrs.evolve(self, status=status, updated_at=now, **changes)
+
+    def claim(self, now: datetime) -> Task:
+        """queued → processing: a worker took it; this counts as one attempt."""
+        return self._move(TaskStatus.PROCESSING, now, attempts=self.attempts + 1, started_at=now)
+
+    def succeed(self, outputs: tuple[Output, ...], now: datetime) -> Task:
+        """processing → succeeded, with the stored outputs."""
+        return self._move(
+            TaskStatus.SUCCEEDED, now, outputs=tuple(outputs), error=None, finished_at=now
+        )
+
+    def fail(self, error: TaskError, now: datetime) -> Task:
+        """processing → failed: a permanent error."""
+        return self._move(TaskStatus.FAILED, now, error=error, finished_at=now)
+
+    def die(self, error: TaskError, now: datetime) -> Task:
+        """processing → dead: transient errors used up every attempt."""
+        return self._move(TaskStatus.DEAD, now, error=error, finished_at=now)
+
+    def requeue(self, now: datetime, *, delay: timedelta, error: TaskError | None = None) -> Task:
+        """processing → queued: try again after ``delay`` (a backoff, or an expired lease)."""
+        return self._move(
+            TaskStatus.QUEUED, now, available_at=now + delay, error=error or self.error
+        )
+
+    def cancel(self, now: datetime) -> Task:
+        """queued | processing → cancelled."""
+        return self._move(TaskStatus.CANCELLED, now, finished_at=now)
+
+    def retry(self, now: datetime) -> Task:
+        """failed | dead → queued, with a fresh allowance of attempts."""
+        return self._move(
+            TaskStatus.QUEUED,
+            now,
+            attempts=0,
+            available_at=now,
+            outputs=(),
+            started_at=None,
+            finished_at=None,
+        )
+
+    @property
+    def attempts_left(self) -> int:
+        """How many more times a worker may try this task."""
+        return max(0, self.max_attempts - self.attempts)
