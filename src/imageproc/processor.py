@@ -65,7 +65,7 @@ class Processor:
         backoff_base, backoff_max: seconds; the requeue delay doubles per attempt from
             ``backoff_base`` up to ``backoff_max``, with jitter.
         in_place_tries, in_place_wait: quick retries of one storage call before giving up on
-            the attempt (``in_place_wait`` is the first pause in seconds; it doubles).
+            the attempt (random pauses of up to ``in_place_wait`` seconds, doubling per try).
         poll_interval: longest an idle worker sleeps before it looks for work again.
         clock: where timestamps come from (timezone-aware UTC).
     """
@@ -361,8 +361,8 @@ class Processor:
                 lambda e: isinstance(e, ImageprocError) and e.transient
             ),
             stop=tenacity.stop_after_attempt(self._in_place_tries),
-            wait=tenacity.wait_exponential_jitter(
-                initial=self._in_place_wait, max=max(self._in_place_wait, 2.0)
+            wait=tenacity.wait_random_exponential(
+                multiplier=self._in_place_wait, max=max(self._in_place_wait, 2.0)
             ),
             reraise=True,
         )

@@ -161,8 +161,17 @@ class Task:
             available_at=now,
         )
 
-    def _move(self, status: TaskStatus, now: datetime, **changes: Any) -> Task:
-        if status not in TRANSITIONS[self.status]:
+    def _move(
+        self,
+        status: TaskStatus,
+        now: datetime,
+        *,
+        only_from: frozenset[TaskStatus] | None = None,
+        **changes: Any,
+    ) -> Task:
+        # only_from narrows an edge to the one move that means it: requeue and retry both lead to
+        # queued, but from processing and from failed/dead respectively.
+        if status not in TRANSITIONS[self.status] or (only_from and self.status not in only_from):
             raise IllegalTransition(f"task {self.id} cannot go from {self.status} to {status}")
         return attrs.evolve(self, status=status, updated_at=now, **changes)
 
@@ -187,7 +196,11 @@ class Task:
     def requeue(self, now: datetime, *, delay: timedelta, error: TaskError | None = None) -> Task:
         """processing → queued: try again after ``delay`` (a backoff, or an expired lease)."""
         return self._move(
-            TaskStatus.QUEUED, now, available_at=now + delay, error=error or self.error
+            TaskStatus.QUEUED,
+            now,
+            only_from=frozenset({TaskStatus.PROCESSING}),
+            available_at=now + delay,
+            error=error or self.error,
         )
 
     def cancel(self, now: datetime) -> Task:
@@ -196,9 +209,14 @@ class Task:
 
     def retry(self, now: datetime) -> Task:
         """failed | dead → queued, with a fresh allowance of attempts."""
+        if self.status == TaskStatus.PROCESSING:
+            raise IllegalTransition(
+                f"task {self.id} cannot go from {self.status} to queued by retry"
+            )
         return self._move(
             TaskStatus.QUEUED,
             now,
+            only_from=frozenset({TaskStatus.FAILED, TaskStatus.DEAD}),
             attempts=0,
             available_at=now,
             outputs=(),

@@ -1,0 +1,203 @@
+"""The Repository + Queue contract, run against every implementation."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+
+import attrs
+import pytest
+
+from imageproc import LeaseLost, SourceInfo, Task, TaskError, TaskNotFound, TaskStatus
+from imageproc.clock import utcnow
+from imageproc.pipeline import DEFAULT_PIPELINE
+from tests.backends.conftest import Backend
+
+LEASE = 30.0
+SHORT = 0.15
+
+
+def new_task(priority: int = 0, *, age: float = 0.0, due_in: float | None = None) -> Task:
+    """A queued task created ``age`` seconds ago, due ``due_in`` seconds from now (default: at
+    its creation)."""
+    now = utcnow()
+    task = Task.new(
+        pipeline=DEFAULT_PIPELINE,
+        source_key="originals/ab/ab.jpg",
+        source=SourceInfo("JPEG", 1, 1, 1, "ab" * 32),
+        now=now - timedelta(seconds=age),
+        priority=priority,
+    )
+    if due_in is not None:
+        task = attrs.evolve(task, available_at=now + timedelta(seconds=due_in))
+    return task
+
+
+def test_add_then_get(backend: Backend) -> None:
+    task = new_task()
+    backend.repository.add(task)
+    assert backend.repository.get(task.id) == task
+    with pytest.raises(TaskNotFound):
+        backend.repository.get("no-such-task")
+
+
+def test_a_claimed_task_is_invisible_to_other_claimers(backend: Backend) -> None:
+    task = new_task()
+    backend.repository.add(task)
+    (lease,) = backend.queue.claim("w1", lease_seconds=LEASE)
+    assert lease.task.id == task.id
+    assert (lease.task.status, lease.task.attempts, lease.worker) == (
+        TaskStatus.PROCESSING,
+        1,
+        "w1",
+    )
+    assert backend.repository.get(task.id).status == TaskStatus.PROCESSING
+    assert backend.queue.claim("w2", lease_seconds=LEASE) == []
+
+
+def test_claim_order_priority_then_due_time_then_age(backend: Backend) -> None:
+    now = utcnow()
+    due = now - timedelta(seconds=30)
+    oldest_but_due_later = attrs.evolve(new_task(age=100), available_at=now - timedelta(seconds=10))
+    due_first = attrs.evolve(new_task(age=40), available_at=due)
+    younger = attrs.evolve(new_task(age=35), available_at=due)  # same due time, created later
+    high = new_task(5)
+    for task in (younger, oldest_but_due_later, high, due_first):
+        backend.repository.add(task)
+    claimed = [backend.queue.claim("w", lease_seconds=LEASE)[0].task.id for _ in range(4)]
+    assert claimed == [high.id, due_first.id, younger.id, oldest_but_due_later.id]
+
+
+def test_claim_in_batches_keeps_the_order(backend: Backend) -> None:
+    tasks = [new_task(p) for p in (1, 3, 2)]
+    for task in tasks:
+        backend.repository.add(task)
+    leases = backend.queue.claim("w", lease_seconds=LEASE, limit=2)
+    assert [lease.task.priority for lease in leases] == [3, 2]
+    assert len({lease.token for lease in leases}) == 2
+
+
+def test_a_delayed_task_waits_until_due(backend: Backend) -> None:
+    task = new_task(due_in=SHORT)
+    backend.repository.add(task)
+    assert backend.queue.claim("w", lease_seconds=LEASE) == []
+    time.sleep(SHORT + 0.05)
+    assert [lease.task.id for lease in backend.queue.claim("w", lease_seconds=LEASE)] == [task.id]
+
+
+def test_an_expired_lease_makes_the_task_claimable_and_the_old_holder_loses(
+    backend: Backend,
+) -> None:
+    task = new_task()
+    backend.repository.add(task)
+    (stale,) = backend.queue.claim("crashed", lease_seconds=SHORT)
+    time.sleep(SHORT + 0.05)
+    (fresh,) = backend.queue.claim("rescuer", lease_seconds=LEASE)
+    assert fresh.task.id == task.id
+    assert fresh.task.attempts == 2
+    with pytest.raises(LeaseLost):
+        backend.queue.complete(stale, stale.task.succeed((), utcnow()))
+    with pytest.raises(LeaseLost):
+        backend.queue.renew(stale, lease_seconds=LEASE)
+    backend.queue.complete(fresh, fresh.task.succeed((), utcnow()))
+    assert backend.repository.get(task.id).status == TaskStatus.SUCCEEDED
+
+
+def test_renewing_keeps_the_lease(backend: Backend) -> None:
+    backend.repository.add(new_task())
+    (lease,) = backend.queue.claim("w1", lease_seconds=SHORT)
+    for _ in range(4):
+        time.sleep(SHORT / 2)
+        lease = backend.queue.renew(lease, lease_seconds=SHORT)
+        assert backend.queue.claim("w2", lease_seconds=LEASE) == []
+    backend.queue.complete(lease, lease.task.succeed((), utcnow()))
+
+
+def test_complete_records_and_ends_the_lease(backend: Backend) -> None:
+    backend.repository.add(new_task())
+    (lease,) = backend.queue.claim("w", lease_seconds=SHORT)
+    done = lease.task.fail(TaskError("invalid_image", "nope"), utcnow())
+    backend.queue.complete(lease, done)
+    assert backend.repository.get(done.id) == done
+    time.sleep(SHORT + 0.05)
+    assert backend.queue.claim("w", lease_seconds=LEASE) == []  # a final task is never reclaimed
+    with pytest.raises(LeaseLost):
+        backend.queue.complete(lease, done)  # once only
+
+
+def test_release_puts_the_task_back_after_its_delay(backend: Backend) -> None:
+    backend.repository.add(new_task())
+    (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
+    backend.queue.release(lease, lease.task.requeue(utcnow(), delay=timedelta(seconds=SHORT)))
+    assert backend.queue.claim("w", lease_seconds=LEASE) == []
+    time.sleep(SHORT + 0.05)
+    (again,) = backend.queue.claim("w", lease_seconds=LEASE)
+    assert again.task.attempts == 2
+    with pytest.raises(LeaseLost):
+        backend.queue.release(lease, lease.task.requeue(utcnow(), delay=timedelta(0)))
+
+
+def test_update_is_compare_and_set_and_drops_the_lease(backend: Backend) -> None:
+    task = new_task()
+    backend.repository.add(task)
+    (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
+    cancelled = lease.task.cancel(utcnow())
+    assert backend.repository.update(cancelled, expected=TaskStatus.QUEUED) is False
+    assert backend.repository.update(cancelled, expected=TaskStatus.PROCESSING) is True
+    assert backend.repository.get(task.id).status == TaskStatus.CANCELLED
+    with pytest.raises(LeaseLost):
+        backend.queue.complete(lease, lease.task.succeed((), utcnow()))
+    with pytest.raises(TaskNotFound):
+        backend.repository.update(new_task(), expected=TaskStatus.QUEUED)
+
+
+def test_update_back_to_queued_makes_it_claimable(backend: Backend) -> None:
+    backend.repository.add(new_task())
+    (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
+    dead = lease.task.die(TaskError("storage_error", "down"), utcnow())
+    backend.queue.complete(lease, dead)
+    assert backend.repository.update(dead.retry(utcnow()), expected=TaskStatus.DEAD)
+    (again,) = backend.queue.claim("w", lease_seconds=LEASE)
+    assert again.task.attempts == 1
+
+
+def test_wait_wakes_up_when_work_arrives(backend: Backend) -> None:
+    timer = threading.Timer(0.1, lambda: backend.repository.add(new_task()))
+    started = time.monotonic()
+    timer.start()
+    try:
+        backend.queue.wait(5.0)
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 2.0
+    assert len(backend.queue.claim("w", lease_seconds=LEASE)) == 1
+
+
+def test_wait_returns_at_its_timeout(backend: Backend) -> None:
+    started = time.monotonic()
+    backend.queue.wait(0.1)
+    assert 0.05 <= time.monotonic() - started < 2.0
+
+
+def test_concurrent_claimers_never_share_a_task(backend: Backend) -> None:
+    tasks = [new_task() for _ in range(300)]
+    for task in tasks:
+        backend.repository.add(task)
+    claims: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        while leases := backend.queue.claim(name, lease_seconds=LEASE, limit=3):
+            for lease in leases:
+                with lock:
+                    claims[lease.task.id] += 1
+                backend.queue.complete(lease, lease.task.succeed((), utcnow()))
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert claims == Counter({task.id: 1 for task in tasks})

@@ -1,0 +1,79 @@
+"""Test doubles that observe or slow down the real in-memory backends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import BinaryIO
+
+from imageproc import Lease, ObjectInfo, Queue, Storage, Task
+
+
+class CountingQueue:
+    """Delegates to a real queue and counts the completions that were actually recorded."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.completed: Counter[str] = Counter()
+        self.released: list[Task] = []
+        self._lock = threading.Lock()
+
+    def claim(self, worker: str, *, lease_seconds: float, limit: int = 1) -> list[Lease]:
+        return self.queue.claim(worker, lease_seconds=lease_seconds, limit=limit)
+
+    def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
+        return self.queue.renew(lease, lease_seconds=lease_seconds)
+
+    def complete(self, lease: Lease, task: Task) -> None:
+        self.queue.complete(lease, task)  # raises LeaseLost before we count it
+        with self._lock:
+            self.completed[task.id] += 1
+
+    def release(self, lease: Lease, task: Task) -> None:
+        self.queue.release(lease, task)
+        with self._lock:
+            self.released.append(task)
+
+    def wait(self, timeout: float) -> None:
+        self.queue.wait(timeout)
+
+
+class SlowStorage:
+    """Delegates to a real storage; ``get`` takes ``delay`` seconds (a slow task)."""
+
+    def __init__(self, storage: Storage, delay: float) -> None:
+        self.storage = storage
+        self.delay = delay
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
+        return self.storage.put(key, data, content_type=content_type)
+
+    def get(self, key: str) -> bytes:
+        time.sleep(self.delay)
+        return self.storage.get(key)
+
+    def open(self, key: str) -> BinaryIO:
+        return self.storage.open(key)
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.storage.stat(key)
+
+    def exists(self, key: str) -> bool:
+        return self.storage.exists(key)
+
+    def delete(self, key: str) -> None:
+        self.storage.delete(key)
+
+    def url(self, key: str, *, expires: timedelta) -> str | None:
+        return self.storage.url(key, expires=expires)
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from imageproc import ImageLimits, InvalidImage, Pipeline
+from imageproc.imaging import probe, render
+from imageproc.testing import sample_image
+
+# How a viewer turns stored pixels upright, per EXIF orientation; storing the inverse of an upright
+# picture under each tag must give the upright picture back.
+INVERSE = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_probe_reads_the_header() -> None:
+    data = sample_image(640, 480, "PNG")
+    info = probe(data)
+    assert (info.format, info.width, info.height, info.bytes) == ("PNG", 640, 480, len(data))
+    assert len(info.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty upload"),
+        (b"hello, this is not an image", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n", "not a readable image"),
+    ],
+)
+def test_probe_refuses_non_images(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidImage, match=message):
+        probe(data)
+
+
+def test_probe_refuses_too_many_pixels_from_the_header() -> None:
+    with pytest.raises(InvalidImage, match="8000x8000 pixels is over the limit of 50000000"):
+        probe(png_declaring(8000, 8000))
+    with pytest.raises(InvalidImage):
+        probe(png_declaring(30000, 30000))
+
+
+def test_probe_refuses_large_uploads_and_other_formats() -> None:
+    data = sample_image(64, 64, "PNG")
+    with pytest.raises(InvalidImage, match="over the limit of 10"):
+        probe(data, ImageLimits(max_bytes=10))
+    with pytest.raises(InvalidImage, match="not a readable image"):
+        probe(data, ImageLimits(formats={"JPEG"}))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF"])
+def test_truncated_files_fail_at_decode(fmt: str) -> None:
+    data = sample_image(400, 300, fmt)
+    truncated = data[: len(data) // 2]
+    # WebP's decoder refuses at the header already; the others only once pixels are decoded.
+    with pytest.raises(InvalidImage, match=r"corrupt or truncated|not a readable image"):
+        render(truncated, Pipeline.parse("png"))
+
+
+def test_render_every_variant_from_one_decode() -> None:
+    data = sample_image(2400, 1600)
+    pipeline = Pipeline.parse("thumb=fit:256x256,webp:q80;big=resize:1000x,png;same=jpeg")
+    results = render(data, pipeline)
+    assert [(r.name, r.format, r.width, r.height) for r in results] == [
+        ("thumb", "webp", 256, 171),
+        ("big", "png", 1000, 667),
+        ("same", "jpeg", 2400, 1600),
+    ]
+    for result, pillow_format in zip(results, ["WEBP", "PNG", "JPEG"], strict=True):
+        with Image.open(io.BytesIO(result.data)) as image:
+            assert (image.format, image.size) == (pillow_format, (result.width, result.height))
+
+
+def test_transparency_is_flattened_onto_white_for_jpeg_and_kept_for_png() -> None:
+    image = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    jpeg, png = render(buffer.getvalue(), Pipeline.parse("a=jpeg;b=png"))
+    with Image.open(io.BytesIO(jpeg.data)) as out:
+        assert out.mode == "RGB"
+        assert min(out.getpixel((10, 10))) > 245  # type: ignore[arg-type]
+    with Image.open(io.BytesIO(png.data)) as out:
+        assert out.mode == "RGBA"
+        assert out.getpixel((10, 10))[3] == 0  # type: ignore[index]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_comes_out_upright(orientation: int) -> None:
+    upright = Image.new("RGB", (60, 40), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 30, 20))  # red in the top-left quarter only
+    transpose = INVERSE[orientation]
+    stored = upright if transpose is None else upright.transpose(transpose)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", quality=95, exif=exif)
+
+    (result,) = render(buffer.getvalue(), Pipeline.parse("png"))
+    assert (result.width, result.height) == (60, 40)
+    with Image.open(io.BytesIO(result.data)) as out:
+        red, _, blue = out.getpixel((5, 5))  # type: ignore[misc]
+        assert red > 200
+        assert blue < 60
+        red, _, blue = out.getpixel((55, 35))  # type: ignore[misc]
+        assert red < 60
+        assert blue > 200

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imageproc import InvalidKey
+from imageproc.keys import MAX_KEY_LENGTH, output_key, source_key, validate_key
+
+segment = st.from_regex(r"[A-Za-z0-9_.-]{1,20}", fullmatch=True).filter(
+    lambda s: s not in (".", "..")
+)
+
+
+@given(st.lists(segment, min_size=1, max_size=6))
+def test_plain_relative_keys_pass(segments: list[str]) -> None:
+    key = "/".join(segments)
+    assert validate_key(key) == key
+
+
+hostile_parts = st.sampled_from(
+    ["..", ".", "", "\x00", "\n", "\x7f", "\\", "/etc/passwd", "a\\..\\b"]
+)
+
+
+@given(st.lists(segment, max_size=3), hostile_parts, st.lists(segment, max_size=3))
+def test_hostile_keys_are_refused(before: list[str], hostile: str, after: list[str]) -> None:
+    key = "/".join([*before, hostile, *after])
+    with pytest.raises(InvalidKey):
+        validate_key(key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "/abs",
+        "a//b",
+        "a/",
+        "../x",
+        "a/../../b",
+        "./a",
+        "a\\b",
+        "a\x00b",
+        "x" * (MAX_KEY_LENGTH + 1),
+    ],
+)
+def test_refused_examples(key: str) -> None:
+    with pytest.raises(InvalidKey):
+        validate_key(key)
+
+
+def test_made_keys_are_valid_and_deterministic() -> None:
+    digest = "ab" * 32
+    assert source_key(digest, "jpg") == f"originals/ab/{digest}.jpg"
+    assert output_key("T1", "thumb", "webp") == "outputs/T1/thumb.webp"
+    validate_key(source_key(digest, "jpg"))

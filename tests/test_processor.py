@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imageproc import (
+    ConfigurationError,
+    IllegalTransition,
+    InvalidImage,
+    InvalidPipeline,
+    Pipeline,
+    Processor,
+    StorageError,
+    TaskNotFound,
+    TaskStatus,
+    WaitTimeout,
+)
+from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
+from tests.doubles import CountingQueue
+
+PIPELINE = "thumb=fit:256x256,webp:q80;large=resize:1000x,jpeg:q85"
+
+
+def build(storage: object = None, **options: object) -> tuple[Processor, CountingQueue]:
+    repository = MemoryRepository()
+    queue = CountingQueue(MemoryQueue(repository))
+    proc = Processor(
+        storage or MemoryStorage(),  # type: ignore[arg-type]
+        queue,
+        repository,
+        **{**FAST_OPTIONS, **options},  # type: ignore[arg-type]
+    )
+    return proc, queue
+
+
+def test_submit_then_process_gives_the_outputs(processor: Processor) -> None:
+    task = processor.submit(sample_image(2000, 1500), PIPELINE, owner="alice")
+    assert (task.status, task.owner, task.attempts) == (TaskStatus.QUEUED, "alice", 0)
+    assert (task.source.format, task.source.width, task.source.height) == ("JPEG", 2000, 1500)
+    assert processor.run_until_idle() == 1
+
+    done = processor.get(task.id)
+    assert done.status == TaskStatus.SUCCEEDED
+    assert done.attempts == 1
+    assert done.finished_at is not None
+    assert done.started_at is not None
+    assert [(o.name, o.format, o.width, o.height) for o in done.outputs] == [
+        ("thumb", "webp", 256, 192),
+        ("large", "jpeg", 1000, 750),
+    ]
+    for output in done.outputs:
+        data = processor.read(output.key)
+        assert len(data) == output.bytes
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.size == (output.width, output.height)
+        with processor.open(output.key) as stream:
+            assert stream.read() == data
+
+
+def test_default_pipeline_is_one_jpeg_800_wide(processor: Processor) -> None:
+    task = processor.submit(sample_image(1600, 1200))
+    processor.run_until_idle()
+    (output,) = processor.get(task.id).outputs
+    assert (output.format, output.width, output.height) == ("jpeg", 800, 600)
+
+
+def test_sources_may_be_bytes_files_or_paths(processor: Processor, tmp_path: Path) -> None:
+    data = sample_image(300, 200, "PNG")
+    path = tmp_path / "in.png"
+    path.write_bytes(data)
+    tasks = [
+        processor.submit(data),
+        processor.submit(io.BytesIO(data)),
+        processor.submit(path),
+        processor.submit(str(path)),
+    ]
+    # The same bytes are stored once, under their digest.
+    assert len({task.source_key for task in tasks}) == 1
+    assert processor.read(tasks[0].source_key) == data
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (b"", "empty upload"),
+        (b"GIF89a but not really", "not a readable image"),
+        (b"<html>nope</html>", "not a readable image"),
+    ],
+)
+def test_bad_uploads_are_refused_and_nothing_is_stored(source: bytes, message: str) -> None:
+    storage = MemoryStorage()
+    proc, _ = build(storage)
+    with pytest.raises(InvalidImage, match=message):
+        proc.submit(source)
+    assert storage.keys() == []
+    assert len(proc.repository) == 0  # type: ignore[arg-type]
+
+
+def test_a_bad_pipeline_is_refused_before_anything_is_stored() -> None:
+    storage = MemoryStorage()
+    proc, _ = build(storage)
+    with pytest.raises(InvalidPipeline):
+        proc.submit(sample_image(), "thumb=fit:huge")
+    assert storage.keys() == []
+
+
+def test_an_upload_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    from imageproc import ImageLimits
+
+    proc, _ = build(image_limits=ImageLimits(max_bytes=1000))
+    stream = io.BytesIO(sample_image(800, 600, "PNG"))
+    with pytest.raises(InvalidImage, match="over the limit of 1000 bytes"):
+        proc.submit(stream)
+    assert stream.tell() == 1001
+
+
+def test_a_missing_path_is_an_invalid_image(processor: Processor, tmp_path: Path) -> None:
+    with pytest.raises(InvalidImage, match="cannot read"):
+        processor.submit(tmp_path / "nope.jpg")
+
+
+def test_a_truncated_image_fails_with_invalid_image(processor: Processor) -> None:
+    data = sample_image(800, 600)
+    task = processor.submit(data[: len(data) // 2])
+    processor.run_until_idle()
+    failed = processor.get(task.id)
+    assert failed.status == TaskStatus.FAILED
+    assert failed.attempts == 1
+    assert failed.error is not None
+    assert failed.error.code == "invalid_image"
+
+
+def test_storage_failing_twice_transiently_still_succeeds() -> None:
+    flaky = FlakyStorage(MemoryStorage(), failures=2, methods=frozenset({"get"}))
+    proc, queue = build(flaky)
+    task = proc.submit(sample_image())
+    proc.run_until_idle()
+    assert proc.get(task.id).status == TaskStatus.SUCCEEDED
+    assert proc.get(task.id).attempts == 1  # retried in place, not requeued
+    assert flaky.failed == 2
+    assert queue.released == []
+
+
+def test_storage_always_failing_transiently_ends_dead_with_growing_delays() -> None:
+    flaky = FlakyStorage(MemoryStorage(), failures=None, methods=frozenset({"get"}))
+    proc, queue = build(flaky, max_attempts=5, in_place_tries=2)
+    task = proc.submit(sample_image())
+    proc.start(workers=2)
+    try:
+        dead = proc.wait(task.id, timeout=20)
+    finally:
+        proc.stop(timeout=5)
+    assert dead.status == TaskStatus.DEAD
+    assert dead.attempts == 5
+    assert dead.error is not None
+    assert dead.error.code == "storage_error"
+    assert flaky.failed == 5 * 2
+    delays = [(t.available_at - t.updated_at).total_seconds() for t in queue.released]
+    assert len(delays) == 4
+    assert delays == sorted(delays)
+    assert delays[-1] >= 4 * delays[0]
+    assert queue.completed[task.id] == 1
+
+
+def test_a_permanent_storage_failure_fails_after_one_attempt() -> None:
+    flaky = FlakyStorage(
+        MemoryStorage(),
+        failures=None,
+        error=StorageError("access denied", transient=False),
+        methods=frozenset({"get"}),
+    )
+    proc, queue = build(flaky)
+    task = proc.submit(sample_image())
+    proc.run_until_idle()
+    failed = proc.get(task.id)
+    assert (failed.status, failed.attempts, flaky.failed) == (TaskStatus.FAILED, 1, 1)
+    assert failed.error is not None
+    assert failed.error.message == "access denied"
+    assert queue.released == []
+
+
+def test_an_unexpected_exception_is_recorded_without_its_details() -> None:
+    class Exploding(MemoryStorage):
+        def get(self, key: str) -> bytes:
+            raise RuntimeError("secret /internal/path")
+
+    proc, _ = build(Exploding(), max_attempts=1)
+    task = proc.submit(sample_image())
+    proc.run_until_idle()
+    dead = proc.get(task.id)
+    assert dead.status == TaskStatus.DEAD
+    assert dead.error is not None
+    assert dead.error.code == "internal_error"
+    assert "/internal" not in dead.error.message
+
+
+def test_higher_priority_goes_first(processor: Processor) -> None:
+    low = processor.submit(sample_image(64, 64), priority=0)
+    high = processor.submit(sample_image(64, 64), priority=10)
+    mid = processor.submit(sample_image(64, 64), priority=5)
+    processor.run_until_idle()
+    started = sorted((processor.get(t.id).started_at, t.id) for t in (low, high, mid))
+    assert [task_id for _, task_id in started] == [high.id, mid.id, low.id]
+
+
+def test_cancel_a_queued_task(processor: Processor) -> None:
+    task = processor.submit(sample_image())
+    assert processor.cancel(task.id).status == TaskStatus.CANCELLED
+    assert processor.run_until_idle() == 0
+    assert processor.get(task.id).status == TaskStatus.CANCELLED
+    with pytest.raises(IllegalTransition):
+        processor.cancel(task.id)
+
+
+def test_cancel_while_processing_discards_the_result() -> None:
+    proc, queue = build()
+    task = proc.submit(sample_image())
+    (lease,) = proc.queue.claim("w", lease_seconds=30)
+    proc.cancel(task.id)
+    assert proc.process(lease) is None
+    assert proc.get(task.id).status == TaskStatus.CANCELLED
+    assert queue.completed[task.id] == 0
+
+
+def test_retry_a_dead_task() -> None:
+    flaky = FlakyStorage(MemoryStorage(), failures=1, methods=frozenset({"get"}))
+    proc, _ = build(flaky, max_attempts=1, in_place_tries=1)
+    task = proc.submit(sample_image())
+    proc.run_until_idle()
+    assert proc.get(task.id).status == TaskStatus.DEAD
+    retried = proc.retry(task.id)
+    assert (retried.status, retried.attempts) == (TaskStatus.QUEUED, 0)
+    proc.run_until_idle()
+    assert proc.get(task.id).status == TaskStatus.SUCCEEDED
+    with pytest.raises(IllegalTransition):
+        proc.retry(task.id)
+
+
+def test_get_and_wait(processor: Processor) -> None:
+    with pytest.raises(TaskNotFound):
+        processor.get("missing")
+    task = processor.submit(sample_image())
+    with pytest.raises(WaitTimeout):
+        processor.wait(task.id, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        processor.wait(task.id, timeout=0.01)
+    processor.run_until_idle()
+    assert processor.wait(task.id, timeout=1).status == TaskStatus.SUCCEEDED
+
+
+def test_presets() -> None:
+    proc = memory_processor(presets={"avatar": "fit:128x128,webp"}, presets_only=True)
+    task = proc.submit(sample_image(), "avatar")
+    assert str(task.pipeline) == "default=fit:128x128,webp"
+    assert proc.submit(sample_image(), Pipeline.parse("fit:128x128,webp")).pipeline == task.pipeline
+    with pytest.raises(InvalidPipeline, match=r"only presets are accepted here \(avatar\)"):
+        proc.submit(sample_image(), "fit:4000x4000,png")
+    open_proc = memory_processor(presets={"avatar": "fit:128x128,webp"})
+    assert open_proc.submit(sample_image(), "png").pipeline == Pipeline.parse("png")
+
+
+def test_from_urls_understands_memory_only_for_now() -> None:
+    proc = Processor.from_urls("memory://", "memory://")
+    assert isinstance(proc.storage, MemoryStorage)
+    with pytest.raises(ConfigurationError, match="unsupported database URL"):
+        Processor.from_urls("mysql://x", "memory://")
+    with pytest.raises(ConfigurationError, match="unsupported storage URL"):
+        Processor.from_urls("memory://", "ftp://x")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_attempts": 0}, {"lease_seconds": 0}, {"in_place_tries": 0}],
+)
+def test_bad_options_are_refused(options: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        memory_processor(**options)
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    proc = memory_processor(backoff_base=1.0, backoff_max=8.0)
+    for attempt, full in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        for _ in range(20):
+            assert full / 2 <= proc.backoff(attempt) <= full

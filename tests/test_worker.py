@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from imageproc import BackendUnavailable, Lease, Processor, TaskStatus
+from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.testing import FAST_OPTIONS, sample_image
+from tests.doubles import CountingQueue, SlowStorage, wait_until
+
+TINY = sample_image(64, 48)
+
+
+def build(delay: float = 0.0, **options: object) -> tuple[Processor, CountingQueue]:
+    repository = MemoryRepository()
+    queue = CountingQueue(MemoryQueue(repository))
+    storage = SlowStorage(MemoryStorage(), delay) if delay else MemoryStorage()
+    proc = Processor(storage, queue, repository, **{**FAST_OPTIONS, **options})  # type: ignore[arg-type]
+    return proc, queue
+
+
+def statuses(proc: Processor, ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task_id in ids:
+        status = proc.get(task_id).status
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def test_200_tasks_on_4_threads_each_completed_exactly_once() -> None:
+    proc, queue = build()
+    ids = [proc.submit(TINY, "fit:32x32,png").id for _ in range(200)]
+    proc.start(workers=4)
+    try:
+        for task_id in ids:
+            assert proc.wait(task_id, timeout=60).status == TaskStatus.SUCCEEDED
+    finally:
+        proc.stop(timeout=10)
+    assert queue.completed == dict.fromkeys(ids, 1)
+    assert all(proc.get(task_id).attempts == 1 for task_id in ids)
+
+
+def test_a_crashed_workers_task_is_finished_by_another_after_its_lease_expires() -> None:
+    proc, queue = build(lease_seconds=0.3)
+    task = proc.submit(TINY)
+    (crashed,) = proc.queue.claim("crashed-worker", lease_seconds=0.3)  # ...and never finishes
+    started = time.monotonic()
+    proc.start(workers=1)
+    try:
+        done = proc.wait(task.id, timeout=10)
+    finally:
+        proc.stop(timeout=5)
+    assert time.monotonic() - started >= 0.25  # not before the lease ran out
+    assert (done.status, done.attempts) == (TaskStatus.SUCCEEDED, 2)
+    assert queue.completed[task.id] == 1
+    assert proc.process(crashed) is None  # the crashed worker, back from the dead, records nothing
+    assert queue.completed[task.id] == 1
+
+
+def test_heartbeats_keep_a_long_task_from_being_taken_over() -> None:
+    proc, queue = build(delay=1.0, lease_seconds=0.3)
+    task = proc.submit(TINY)
+    proc.start(workers=2)
+    try:
+        done = proc.wait(task.id, timeout=10)
+    finally:
+        proc.stop(timeout=5)
+    assert (done.status, done.attempts) == (TaskStatus.SUCCEEDED, 1)
+    assert queue.completed[task.id] == 1
+
+
+def test_stop_lets_tasks_in_flight_finish() -> None:
+    proc, queue = build(delay=0.3)
+    ids = [proc.submit(TINY).id for _ in range(2)]
+    proc.start(workers=2)
+    wait_until(lambda: proc.pool is not None and proc.pool.busy == 2)
+    proc.stop(timeout=10)
+    assert statuses(proc, ids) == {TaskStatus.SUCCEEDED: 2}
+    assert queue.completed == dict.fromkeys(ids, 1)
+
+
+def test_stop_with_tasks_still_running_loses_none() -> None:
+    proc, queue = build(delay=0.5)
+    ids = [proc.submit(TINY).id for _ in range(6)]
+    proc.start(workers=3)
+    wait_until(lambda: proc.pool is not None and proc.pool.busy == 3)
+    proc.stop(timeout=0.05)  # too short: the three in flight are released
+    assert statuses(proc, ids) == {TaskStatus.QUEUED: 6}
+    assert sum(queue.completed.values()) == 0
+
+    proc.start(workers=3)
+    try:
+        for task_id in ids:
+            assert proc.wait(task_id, timeout=20).status == TaskStatus.SUCCEEDED
+    finally:
+        proc.stop(timeout=10)
+    time.sleep(0.6)  # let the abandoned threads of the first pool try to record, and fail
+    assert queue.completed == dict.fromkeys(ids, 1)
+
+
+def test_the_pool_grows_under_load_and_shrinks_when_idle() -> None:
+    proc, _ = build(delay=0.2)
+    ids = [proc.submit(TINY).id for _ in range(12)]
+    proc.start(workers=(1, 4), idle_timeout=0.2)
+    pool = proc.pool
+    assert pool is not None
+    try:
+        wait_until(lambda: pool.size == 4, timeout=10)
+        for task_id in ids:
+            assert proc.wait(task_id, timeout=20).status == TaskStatus.SUCCEEDED
+        wait_until(lambda: pool.size == 1, timeout=10)
+    finally:
+        proc.stop(timeout=5)
+
+
+def test_workers_survive_an_unreachable_backend() -> None:
+    class Outage(CountingQueue):
+        failures = 3
+
+        def claim(self, worker: str, *, lease_seconds: float, limit: int = 1) -> list[Lease]:
+            if self.failures:
+                self.failures -= 1
+                raise BackendUnavailable("database restarting")
+            return super().claim(worker, lease_seconds=lease_seconds, limit=limit)
+
+    repository = MemoryRepository()
+    queue = Outage(MemoryQueue(repository))
+    proc = Processor(MemoryStorage(), queue, repository, **FAST_OPTIONS)  # type: ignore[arg-type]
+    task = proc.submit(TINY)
+    with proc:
+        proc.start(workers=1)
+        assert proc.wait(task.id, timeout=10).status == TaskStatus.SUCCEEDED
+    assert queue.failures == 0
+    assert proc.pool is None  # leaving the with block stopped the workers
+
+
+def test_start_twice_is_refused(processor: Processor) -> None:
+    processor.start(workers=1)
+    with pytest.raises(RuntimeError, match="already running"):
+        processor.start(workers=1)
+
+
+@pytest.mark.parametrize("workers", [0, (2, 1), (0, 3)])
+def test_bad_pool_sizes_are_refused(processor: Processor, workers: int | tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match="min_workers"):
+        processor.start(workers=workers)
+
+
+@pytest.mark.slow
+def test_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from imageproc import TaskStatus
+            from imageproc.testing import memory_processor, sample_image
+            from tests.doubles import SlowStorage
+
+            proc = memory_processor()
+            proc.storage = SlowStorage(proc.storage, 0.2)
+            ids = [proc.submit(sample_image(64, 48)).id for _ in range(20)]
+            print("ready", flush=True)
+            proc.run(workers=2, stop_timeout=10)
+            counts = {}
+            for task_id in ids:
+                status = proc.get(task_id).status
+                counts[status] = counts.get(status, 0) + 1
+            print(sorted(counts.items()), flush=True)
+            assert set(counts) <= {TaskStatus.SUCCEEDED, TaskStatus.QUEUED}, counts
+            assert counts.get(TaskStatus.SUCCEEDED, 0) >= 2, counts
+            """
+        )
+    )
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.7)
+        child.terminate()  # SIGTERM
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "succeeded" in out
