@@ -7,6 +7,14 @@ from datetime import timedelta
 import pytest
 
 from imageproc import InvalidKey, ObjectInfo, ObjectNotFound, Storage
+from imageproc.backends.memory import MemoryStorage
+
+
+@pytest.fixture(params=["memory"])
+def storage(request: pytest.FixtureRequest) -> Storage:
+    """Every Storage implementation."""
+    return MemoryStorage()
+
 
 HOSTILE = ["../escape", "/etc/passwd", "a/../../b", "a\\b", "a\x00b", "", "a//b"]
 
