@@ -129,3 +129,18 @@ def test_every_exif_orientation_comes_out_upright(orientation: int) -> None:
         red, _, blue = out.getpixel((55, 35))  # type: ignore[misc]
         assert red < 60
         assert blue > 200
+
+
+def test_render_refuses_outputs_over_the_pixel_limit() -> None:
+    from imageproc import InvalidPipeline
+
+    data = sample_image(16, 2000, "PNG")
+    with pytest.raises(InvalidPipeline, match="over the limit of 50000000 pixels"):
+        render(data, Pipeline.parse("resize:4096x,upscale,png"))
+
+
+def test_error_messages_do_not_name_memory_objects() -> None:
+    with pytest.raises(InvalidImage) as info:
+        probe(b"hello, this is not an image")
+    assert "0x" not in info.value.message
+    assert "BytesIO" not in info.value.message

@@ -100,6 +100,7 @@ def test_malformed_text_is_refused_helpfully(text: str, fragment: str) -> None:
         {"variants": [{"name": "a", "encoding": {"format": "bmp"}}]},
         {"variants": [{"name": "a", "operations": [{"op": "fit", "width": "x", "height": 1}]}]},
         {"variants": "nope"},
+        {"variants": [{"name": "a", "operations": ["fit"]}]},
     ],
 )
 def test_malformed_json_is_refused(obj: dict[str, object]) -> None:

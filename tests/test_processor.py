@@ -286,3 +286,28 @@ def test_backoff_grows_and_is_capped() -> None:
     for attempt, full in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
         for _ in range(20):
             assert full / 2 <= proc.backoff(attempt) <= full
+
+
+def test_a_pipeline_that_would_make_a_huge_image_is_refused_at_submit(
+    processor: Processor,
+) -> None:
+    tall = sample_image(16, 2000, "PNG")  # 32,000 pixels, far under the limit...
+    with pytest.raises(InvalidPipeline, match=r"would make a 4096x512000 image"):
+        processor.submit(tall, "resize:4096x,upscale,png")  # ...asking for 2 gigapixels
+
+
+def test_a_file_object_that_returns_short_reads_is_read_whole(processor: Processor) -> None:
+    class Trickle(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            return self.data.read(min(size, 1000) if size >= 0 else 1000)
+
+    data = sample_image(400, 300, "PNG")
+    task = processor.submit(Trickle(data))
+    assert processor.read(task.source_key) == data
+    assert task.source.bytes == len(data)

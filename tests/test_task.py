@@ -38,6 +38,7 @@ MOVES: dict[str, tuple[set[TaskStatus], TaskStatus, Callable[[Task], Task]]] = {
     "requeue": ({S.PROCESSING}, S.QUEUED, lambda t: t.requeue(LATER, delay=timedelta(1))),
     "cancel": ({S.QUEUED, S.PROCESSING}, S.CANCELLED, lambda t: t.cancel(LATER)),
     "retry": ({S.FAILED, S.DEAD}, S.QUEUED, lambda t: t.retry(LATER)),
+    "unclaim": ({S.PROCESSING}, S.QUEUED, lambda t: t.unclaim(LATER)),
 }
 
 
@@ -115,3 +116,21 @@ def test_ids_are_random_and_url_safe() -> None:
     ids = {new_task_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(len(i) >= 22 and i.replace("-", "").replace("_", "").isalnum() for i in ids)
+
+
+def test_after_failure_requeues_until_the_attempts_run_out() -> None:
+    task = make_task(S.PROCESSING, attempts=2, max_attempts=3)
+    again = task.after_failure(ERROR, LATER, delay=timedelta(seconds=4))
+    assert (again.status, again.available_at, again.error) == (
+        S.QUEUED,
+        LATER + timedelta(seconds=4),
+        ERROR,
+    )
+    last = make_task(S.PROCESSING, attempts=3, max_attempts=3)
+    dead = last.after_failure(ERROR, LATER, delay=timedelta(seconds=4))
+    assert (dead.status, dead.finished_at, dead.error) == (S.DEAD, LATER, ERROR)
+
+
+def test_unclaim_gives_the_attempt_back() -> None:
+    task = make_task().claim(NOW).unclaim(LATER)
+    assert (task.status, task.attempts, task.available_at) == (S.QUEUED, 0, LATER)

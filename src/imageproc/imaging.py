@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import Final
 import attrs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imageproc.errors import InvalidImage
+from imageproc.errors import InvalidImage, InvalidPipeline
 from imageproc.pipeline import Fit, Operation, Pipeline, Resize, Variant
 from imageproc.task import SourceInfo
 
@@ -77,6 +78,9 @@ class Rendered:
     data: bytes
 
 
+_OBJECT_REPR: Final = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def extension_for(pillow_format: str) -> str:
     """The file extension used for a stored original of this format."""
     return _EXTENSIONS.get(pillow_format, pillow_format.lower())
@@ -94,7 +98,9 @@ def _mapped_errors(what: str) -> Iterator[None]:
     except InvalidImage:
         raise
     except _PILLOW_ERRORS as error:
-        raise InvalidImage(f"{what}: {type(error).__name__}: {error}") from error
+        # Pillow's text may name the in-memory file object; keep it in __cause__ and the logs.
+        detail = _OBJECT_REPR.sub("the upload", str(error)) or type(error).__name__
+        raise InvalidImage(f"{what}: {detail}") from error
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
@@ -133,8 +139,9 @@ def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
 def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
     with _open(data, limits) as image, _mapped_errors("corrupt or truncated image"):
         image.load()
-        upright = ImageOps.exif_transpose(image)
-        return upright if upright is not None else image.copy()
+        # In place: a transposed copy would double peak memory for every upright image.
+        ImageOps.exif_transpose(image, in_place=True)
+        return image
 
 
 def _apply(image: Image.Image, operation: Operation, *, upscale: bool) -> Image.Image:
@@ -182,6 +189,25 @@ def _encode(image: Image.Image, variant: Variant) -> Rendered:
     )
 
 
+def check_output_sizes(pipeline: Pipeline, width: int, height: int, limits: ImageLimits) -> None:
+    """Refuse a pipeline that would make any image, intermediate or final, of more pixels than
+    ``limits.max_pixels`` from a ``width`` x ``height`` source, whichever way EXIF turns it.
+
+    A small source and ``resize:…,upscale`` could otherwise ask for gigabytes.
+    """
+    for w, h in {(width, height), (height, width)}:
+        for variant in pipeline.variants:
+            size = (w, h)
+            for operation in variant.operations:
+                size = operation.target_size(*size, upscale=variant.upscale)
+                if size[0] * size[1] > limits.max_pixels:
+                    raise InvalidPipeline(
+                        f"variant {variant.name!r} would make a {size[0]}x{size[1]} image from"
+                        f" this {width}x{height} source, over the limit of {limits.max_pixels}"
+                        " pixels"
+                    )
+
+
 def render(data: bytes, pipeline: Pipeline, limits: ImageLimits | None = None) -> list[Rendered]:
     """Decode ``data`` once, upright it from EXIF, and encode every variant of ``pipeline``.
 
@@ -189,6 +215,7 @@ def render(data: bytes, pipeline: Pipeline, limits: ImageLimits | None = None) -
     """
     limits = limits or ImageLimits()
     source = _decode(data, limits)
+    check_output_sizes(pipeline, source.width, source.height, limits)
     results = []
     for variant in pipeline.variants:
         image = source

@@ -16,13 +16,17 @@ __all__ = ["MAX_KEY_LENGTH", "output_key", "source_key", "validate_key"]
 
 MAX_KEY_LENGTH: Final = 1024
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+# An allow-list, not a deny-list: no glob characters (fsspec expands them), no '~', ':', spaces
+# or Unicode look-alikes, and no hidden '.' names. Every key imageproc makes fits it.
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 
 
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a safe relative storage key; else :class:`~imageproc.InvalidKey`.
 
     Refused: empty or over-long keys, absolute paths, backslashes, control characters, empty
-    segments (``a//b``, a trailing ``/``), and ``.`` or ``..`` segments.
+    segments (``a//b``, a trailing ``/``), ``.`` or ``..`` segments, and any segment that is not
+    ASCII letters, digits, ``.``, ``_`` and ``-`` (not starting with ``.``).
     """
     if not isinstance(key, str) or not key:
         raise InvalidKey("a storage key must be a non-empty string")
@@ -37,6 +41,11 @@ def validate_key(key: str) -> str:
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
             raise InvalidKey(f"storage key has an empty, '.' or '..' segment: {key!r}")
+        if not _SEGMENT.fullmatch(segment):
+            raise InvalidKey(
+                f"storage key segment {segment!r} must be ASCII letters, digits, '.', '_' or '-',"
+                " not starting with '.'"
+            )
     return key
 
 

@@ -359,8 +359,9 @@ class Pipeline:
             )
         except InvalidPipeline:
             raise
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidPipeline(f"malformed pipeline JSON: {error!r}") from error
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            what = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+            raise InvalidPipeline(f"malformed pipeline JSON: {what}") from error
 
     def to_json(self) -> dict[str, Any]:
         """This pipeline as a JSON-serialisable object."""

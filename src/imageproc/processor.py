@@ -30,7 +30,7 @@ from imageproc.errors import (
 from imageproc.imaging import ImageLimits
 from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
 from imageproc.protocols import Lease, Queue, Repository, Storage
-from imageproc.task import Output, Task, TaskError
+from imageproc.task import Output, Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -161,6 +161,7 @@ class Processor:
         resolved = self.pipeline if pipeline is None else self._resolve(pipeline)
         data = _read_source(source, self.image_limits.max_bytes)
         info = imaging.probe(data, self.image_limits)
+        imaging.check_output_sizes(resolved, info.width, info.height, self.image_limits)
         key = keys.source_key(info.sha256, imaging.extension_for(info.format))
         content_type = imaging.content_type_for(info.format)
         # Content-addressed: the same upload is stored once, however often it is submitted.
@@ -327,13 +328,13 @@ class Processor:
             return self._record(lease, task.fail(task_error, now), self.queue.complete)
         if not isinstance(error, ImageprocError):
             logger.error("task %s: unexpected error", task.id, exc_info=error)
-        if task.attempts >= task.max_attempts:
-            logger.warning("task %s is dead after %d attempts", task.id, task.attempts)
-            return self._record(lease, task.die(task_error, now), self.queue.complete)
         delay = self.backoff(task.attempts)
+        after = task.after_failure(task_error, now, delay=timedelta(seconds=delay))
+        if after.status == TaskStatus.DEAD:
+            logger.warning("task %s is dead after %d attempts", task.id, task.attempts)
+            return self._record(lease, after, self.queue.complete)
         logger.info("task %s attempt %d failed, retry in %.1fs", task.id, task.attempts, delay)
-        requeued = task.requeue(now, delay=timedelta(seconds=delay), error=task_error)
-        return self._record(lease, requeued, self.queue.release)
+        return self._record(lease, after, self.queue.release)
 
     def _record(self, lease: Lease, task: Task, how: Callable[[Lease, Task], None]) -> Task | None:
         try:
@@ -385,7 +386,7 @@ class Processor:
         for _ in range(_CHANGE_TRIES):
             current = self.get(task_id)
             changed = change(current)
-            if self.repository.update(changed, expected=current.status):
+            if self.repository.update(changed, expected=current):
                 return changed
         raise ImageprocError(f"task {task_id} kept changing; try again", transient=True)
 
@@ -402,9 +403,19 @@ def _read_source(source: Source, limit: int) -> bytes:
         except OSError as error:
             raise InvalidImage(f"cannot read {os.fspath(source)!r}: {error.strerror}") from error
     elif hasattr(source, "read"):
-        data = source.read(limit + 1)
-        if not isinstance(data, bytes):
-            raise InvalidImage("the file object must be opened in binary mode")
+        # One read() may return less than asked (raw files, sockets): read to the end or limit.
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = source.read(limit + 1 - size)
+            if chunk is None:
+                raise InvalidImage("the file object has no data ready (non-blocking?)")
+            if not isinstance(chunk, bytes):
+                raise InvalidImage("the file object must be opened in binary mode")
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
     else:
         raise InvalidImage(f"cannot read an image from a {type(source).__name__}")
     if len(data) > limit:

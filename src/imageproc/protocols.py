@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
-from imageproc.task import Task, TaskStatus
+from imageproc.task import Task
 
 __all__ = ["Lease", "ObjectInfo", "Queue", "Repository", "Storage"]
 
@@ -99,10 +99,11 @@ class Repository(Protocol):
         """The task with this id, or :class:`~imageproc.TaskNotFound`."""
         ...
 
-    def update(self, task: Task, *, expected: TaskStatus) -> bool:
-        """Replace the record of ``task.id`` if its stored status is still ``expected``.
+    def update(self, task: Task, *, expected: Task) -> bool:
+        """Replace the record of ``task.id`` if it is still as ``expected`` says (the same status
+        and ``updated_at``): a compare-and-set.
 
-        Returns False (and changes nothing) if the status has moved on meanwhile. Any lease on the
+        Returns False (and changes nothing) if the task has moved on meanwhile. Any lease on the
         task is dropped, so its holder can no longer record a result. Used for changes made outside
         a lease: cancel and retry. Raises :class:`~imageproc.TaskNotFound`.
         """

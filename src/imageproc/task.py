@@ -112,6 +112,10 @@ class TaskError:
     message: str
 
 
+#: Recorded on a task whose worker's lease ran out (the worker died or hung) mid-attempt.
+LEASE_EXPIRED: Final = TaskError("lease_expired", "the worker's lease expired before it finished")
+
+
 @attrs.frozen(kw_only=True)
 class Task:
     """One submitted image and the work asked of it. Immutable: transitions return a new Task."""
@@ -179,6 +183,16 @@ class Task:
         """queued → processing: a worker took it; this counts as one attempt."""
         return self._move(TaskStatus.PROCESSING, now, attempts=self.attempts + 1, started_at=now)
 
+    def unclaim(self, now: datetime) -> Task:
+        """processing → queued at once, undoing a claim whose work never started."""
+        return self._move(
+            TaskStatus.QUEUED,
+            now,
+            only_from=frozenset({TaskStatus.PROCESSING}),
+            attempts=max(0, self.attempts - 1),
+            available_at=now,
+        )
+
     def succeed(self, outputs: tuple[Output, ...], now: datetime) -> Task:
         """processing → succeeded, with the stored outputs."""
         return self._move(
@@ -209,20 +223,27 @@ class Task:
 
     def retry(self, now: datetime) -> Task:
         """failed | dead → queued, with a fresh allowance of attempts."""
-        if self.status == TaskStatus.PROCESSING:
-            raise IllegalTransition(
-                f"task {self.id} cannot go from {self.status} to queued by retry"
-            )
         return self._move(
             TaskStatus.QUEUED,
             now,
             only_from=frozenset({TaskStatus.FAILED, TaskStatus.DEAD}),
             attempts=0,
             available_at=now,
+            error=None,
             outputs=(),
             started_at=None,
             finished_at=None,
         )
+
+    def after_failure(self, error: TaskError, now: datetime, *, delay: timedelta) -> Task:
+        """processing → queued after ``delay``, or → dead once every attempt is used up.
+
+        The one rule for an attempt that ended without a result, whatever ended it: a transient
+        error, an expired lease (the worker died), or a worker stopping mid-task.
+        """
+        if self.attempts >= self.max_attempts:
+            return self.die(error, now)
+        return self.requeue(now, delay=delay, error=error)
 
     @property
     def attempts_left(self) -> int:

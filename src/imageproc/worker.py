@@ -103,18 +103,8 @@ class WorkerPool:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             stranded = list(self._in_flight.values())
-        now = self.processor.clock()
         for lease in stranded:
-            try:
-                self.processor.queue.release(
-                    lease, lease.task.requeue(now, delay=timedelta(0), error=_INTERRUPTED)
-                )
-                logger.warning("released task %s still running at stop", lease.task.id)
-            except LeaseLost:
-                pass  # it finished (or was cancelled) just now
-            except Exception:
-                # The lease will expire on its own; the task is not lost either way.
-                logger.exception("could not release task %s at stop", lease.task.id)
+            self._give_back(lease, interrupted=True)
         self._stopped.set()
         if self._heartbeat is not None:
             self._heartbeat.join(max(0.0, deadline - time.monotonic()))
@@ -155,8 +145,33 @@ class WorkerPool:
         with self._lock:
             self._threads.pop(name, None)
 
+    def _give_back(self, lease: Lease, *, interrupted: bool) -> None:
+        """Return a leased task to the queue: ``interrupted`` mid-task (the attempt counts), or
+        claimed just as the pool stopped and never started (it does not)."""
+        queue, now = self.processor.queue, self.processor.clock()
+        try:
+            if not interrupted:
+                queue.release(lease, lease.task.unclaim(now))
+                return
+            task = lease.task.after_failure(_INTERRUPTED, now, delay=timedelta(0))
+            if task.status.is_final:
+                queue.complete(lease, task)
+            else:
+                queue.release(lease, task)
+            logger.warning("gave back task %s, still running at stop", lease.task.id)
+        except LeaseLost:
+            pass  # it finished (or was cancelled) just now
+        except Exception:
+            # The lease will expire on its own; the task is not lost either way.
+            logger.exception("could not give back task %s at stop", lease.task.id)
+
     def _run_one(self, name: str, lease: Lease) -> None:
         with self._lock:
+            # Checked under the lock that stop() collects in-flight leases under, so a lease
+            # claimed as the pool stops is either seen by stop() or given back here.
+            if self._stopping.is_set():
+                self._give_back(lease, interrupted=False)
+                return
             self._in_flight[name] = lease
             # Every worker busy and room to grow: more work is probably waiting.
             if len(self._in_flight) == len(self._threads) < self.max_workers:

@@ -105,6 +105,30 @@ def test_an_expired_lease_makes_the_task_claimable_and_the_old_holder_loses(
     assert backend.repository.get(task.id).status == TaskStatus.SUCCEEDED
 
 
+def test_an_expired_lease_with_no_attempts_left_makes_the_task_dead(backend: Backend) -> None:
+    task = attrs.evolve(new_task(), max_attempts=1)
+    backend.repository.add(task)
+    backend.queue.claim("crashed", lease_seconds=SHORT)
+    time.sleep(SHORT + 0.05)
+    assert backend.queue.claim("rescuer", lease_seconds=LEASE) == []
+    dead = backend.repository.get(task.id)
+    assert (dead.status, dead.attempts) == (TaskStatus.DEAD, 1)
+    assert dead.error is not None
+    assert dead.error.code == "lease_expired"
+    assert dead.finished_at is not None
+
+
+def test_update_refuses_a_task_that_moved_on_in_the_same_status(backend: Backend) -> None:
+    task = new_task()
+    backend.repository.add(task)
+    (first,) = backend.queue.claim("w1", lease_seconds=SHORT)
+    time.sleep(SHORT + 0.05)
+    (second,) = backend.queue.claim("w2", lease_seconds=LEASE)  # processing again, re-claimed
+    assert second.task.status == first.task.status
+    assert backend.repository.update(first.task.cancel(utcnow()), expected=first.task) is False
+    assert backend.repository.get(task.id).attempts == 2
+
+
 def test_renewing_keeps_the_lease(backend: Backend) -> None:
     backend.repository.add(new_task())
     (lease,) = backend.queue.claim("w1", lease_seconds=SHORT)
@@ -144,13 +168,13 @@ def test_update_is_compare_and_set_and_drops_the_lease(backend: Backend) -> None
     backend.repository.add(task)
     (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
     cancelled = lease.task.cancel(utcnow())
-    assert backend.repository.update(cancelled, expected=TaskStatus.QUEUED) is False
-    assert backend.repository.update(cancelled, expected=TaskStatus.PROCESSING) is True
+    assert backend.repository.update(cancelled, expected=task) is False  # still queued?
+    assert backend.repository.update(cancelled, expected=lease.task) is True
     assert backend.repository.get(task.id).status == TaskStatus.CANCELLED
     with pytest.raises(LeaseLost):
         backend.queue.complete(lease, lease.task.succeed((), utcnow()))
     with pytest.raises(TaskNotFound):
-        backend.repository.update(new_task(), expected=TaskStatus.QUEUED)
+        backend.repository.update(new_task(), expected=task)
 
 
 def test_update_back_to_queued_makes_it_claimable(backend: Backend) -> None:
@@ -158,7 +182,7 @@ def test_update_back_to_queued_makes_it_claimable(backend: Backend) -> None:
     (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
     dead = lease.task.die(TaskError("storage_error", "down"), utcnow())
     backend.queue.complete(lease, dead)
-    assert backend.repository.update(dead.retry(utcnow()), expected=TaskStatus.DEAD)
+    assert backend.repository.update(dead.retry(utcnow()), expected=dead)
     (again,) = backend.queue.claim("w", lease_seconds=LEASE)
     assert again.task.attempts == 1
 

@@ -26,11 +26,9 @@ from imageproc.clock import Clock, utcnow
 from imageproc.errors import LeaseLost, ObjectNotFound, TaskNotFound
 from imageproc.keys import validate_key
 from imageproc.protocols import Lease, ObjectInfo
-from imageproc.task import Task, TaskError, TaskStatus
+from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 __all__ = ["MemoryQueue", "MemoryRepository", "MemoryStorage"]
-
-_LEASE_EXPIRED = TaskError("lease_expired", "the worker's lease expired before it finished")
 
 
 class MemoryStorage:
@@ -127,11 +125,11 @@ class MemoryRepository:
         with self._changed:
             return self._row(task_id).task
 
-    def update(self, task: Task, *, expected: TaskStatus) -> bool:
-        """Replace the task if its status is still ``expected``; drops any lease."""
+    def update(self, task: Task, *, expected: Task) -> bool:
+        """Replace the task if it is still ``expected``; drops any lease."""
         with self._changed:
             row = self._row(task.id)
-            if row.task.status != expected:
+            if (row.task.status, row.task.updated_at) != (expected.status, expected.updated_at):
                 return False
             self._write(row, task)
             return True
@@ -179,7 +177,8 @@ class MemoryRepository:
                 continue
             if row.lease_expires is not None and row.lease_expires > now:
                 continue  # renewed since; a newer heap entry stands for it
-            self._write(row, row.task.requeue(now, delay=timedelta(0), error=_LEASE_EXPIRED))
+            # The worker died (or hung) mid-task: that attempt counts, like any other failure.
+            self._write(row, row.task.after_failure(LEASE_EXPIRED, now, delay=timedelta(0)))
 
     def _next_due(self) -> datetime | None:
         times = [heap[0][0] for heap in (self._delayed, self._leases) if heap]
