@@ -9,6 +9,8 @@ from hypothesis import HealthCheck, settings
 from imageproc import Processor
 from imageproc.testing import memory_processor
 
+pytest_plugins = ["tests.databases"]
+
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile(
     "dev", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]

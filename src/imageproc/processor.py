@@ -130,16 +130,62 @@ class Processor:
         return cls(MemoryStorage(), MemoryQueue(repository), repository, **options)
 
     @classmethod
-    def from_urls(cls, database_url: str, storage_url: str, **options: Any) -> Processor:
+    def from_urls(
+        cls,
+        database_url: str,
+        storage_url: str,
+        *,
+        migrate: bool = True,
+        engine_options: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Processor:
         """Build a Processor from a database URL and a storage URL.
 
-        Understood so far: ``memory://`` for both.
+        Databases: ``sqlite:///path.db`` (the embedded default), ``postgresql+psycopg://…``
+        (``postgresql://`` means the same), or ``memory://``. The SQL schema is created or
+        upgraded unless ``migrate=False``; ``engine_options`` go to SQLAlchemy.
+
+        Storage: ``file://path``, ``s3://bucket/prefix``, ``memory://`` or any other fsspec
+        protocol installed; ``storage_options`` go to the filesystem (e.g. ``endpoint_url`` for
+        an S3-compatible server). Other keyword arguments are Processor options.
         """
-        if database_url.partition("://")[0] != "memory":
-            raise ConfigurationError(f"unsupported database URL scheme in {database_url!r}")
-        if storage_url.partition("://")[0] != "memory":
-            raise ConfigurationError(f"unsupported storage URL scheme in {storage_url!r}")
-        return cls.in_memory(**options)
+        clock = options.get("clock", utcnow)
+        scheme = database_url.partition("://")[0]
+        repository: Repository
+        queue: Queue
+        if scheme == "memory":
+            memory = MemoryRepository(clock=clock)
+            repository, queue = memory, MemoryQueue(memory)
+        elif scheme.split("+")[0] in ("sqlite", "postgresql"):
+            from imageproc.backends.sql import SQLBackend
+
+            sql = SQLBackend(database_url, clock=clock, **dict(engine_options or {}))
+            if migrate:
+                sql.migrate()
+            repository = queue = sql
+        else:
+            raise ConfigurationError(
+                f"unsupported database URL scheme {scheme!r}: use sqlite, postgresql or memory"
+            )
+        storage: Storage
+        if storage_url.partition("://")[0] == "memory" and not storage_options:
+            storage = MemoryStorage()
+        else:
+            from imageproc.backends.fsspec import FsspecStorage
+
+            storage = FsspecStorage(storage_url, **dict(storage_options or {}))
+        return cls(storage, queue, repository, **options)
+
+    def close(self) -> None:
+        """Stop the workers and release the backends' connections (those that hold any)."""
+        self.stop()
+        closed: set[int] = set()
+        for backend in (self.queue, self.repository, self.storage):
+            close = getattr(backend, "close", None)
+            if callable(close) and id(backend) not in closed:
+                closed.add(id(backend))
+                close()
 
     # -- the task API -----------------------------------------------------------------------
 
@@ -218,6 +264,27 @@ class Processor:
         """A binary stream over the stored object under ``key``; close it when done."""
         return self._in_place(self.storage.open, key)
 
+    def purge(self, older_than: timedelta, *, batch: int = 500) -> int:
+        """Delete tasks that finished more than ``older_than`` ago, with their outputs, and each
+        original no remaining task uses. Returns how many tasks were deleted.
+
+        Records go first and files after, so a crash in between leaves unreferenced files
+        (wasted space), never a task whose files are gone.
+        """
+        cutoff = self.clock() - older_than
+        deleted = 0
+        while purged := self.repository.purge(cutoff, limit=batch):
+            deleted += len(purged)
+            for task in purged:
+                for output in task.outputs:
+                    self._in_place(self.storage.delete, output.key)
+            for source_key in {task.source_key for task in purged}:
+                if not self.repository.source_in_use(source_key):
+                    self._in_place(self.storage.delete, source_key)
+            if len(purged) < batch:
+                break
+        return deleted
+
     # -- workers ----------------------------------------------------------------------------
 
     @property
@@ -281,7 +348,7 @@ class Processor:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
 
     # -- processing one task ------------------------------------------------------------------
 

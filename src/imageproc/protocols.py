@@ -109,6 +109,15 @@ class Repository(Protocol):
         """
         ...
 
+    def purge(self, before: datetime, *, limit: int = 500) -> list[Task]:
+        """Delete up to ``limit`` tasks in a final status that finished before ``before``, oldest
+        first, and return them (so their stored files can be deleted too)."""
+        ...
+
+    def source_in_use(self, source_key: str) -> bool:
+        """Whether any task still refers to the original stored under ``source_key``."""
+        ...
+
 
 @runtime_checkable
 class Queue(Protocol):

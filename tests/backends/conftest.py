@@ -5,6 +5,7 @@ import pytest
 
 from imageproc import Queue, Repository
 from imageproc.backends.memory import MemoryQueue, MemoryRepository
+from tests.databases import make_backend
 
 
 @attrs.frozen
@@ -13,8 +14,11 @@ class Backend:
     queue: Queue
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest) -> Backend:
-    """Every Repository + Queue implementation; the SQL ones join this list."""
-    repository = MemoryRepository()
-    return Backend(repository, MemoryQueue(repository))
+    """Every Repository + Queue implementation."""
+    if request.param == "memory":
+        repository = MemoryRepository()
+        return Backend(repository, MemoryQueue(repository))
+    sql = make_backend(request.param, request)
+    return Backend(sql, sql)

@@ -134,6 +134,22 @@ class MemoryRepository:
             self._write(row, task)
             return True
 
+    def purge(self, before: datetime, *, limit: int = 500) -> list[Task]:
+        """Delete up to ``limit`` finished tasks that finished before ``before``; return them."""
+        with self._changed:
+            old = sorted(
+                (row.task for row in self._rows.values() if _finished_before(row.task, before)),
+                key=lambda task: (task.finished_at, task.id),
+            )[:limit]
+            for task in old:
+                del self._rows[task.id]
+            return old
+
+    def source_in_use(self, source_key: str) -> bool:
+        """Whether any task refers to the original under ``source_key``."""
+        with self._changed:
+            return any(row.task.source_key == source_key for row in self._rows.values())
+
     def __len__(self) -> int:
         with self._changed:
             return len(self._rows)
@@ -183,6 +199,10 @@ class MemoryRepository:
     def _next_due(self) -> datetime | None:
         times = [heap[0][0] for heap in (self._delayed, self._leases) if heap]
         return min(times) if times else None
+
+
+def _finished_before(task: Task, before: datetime) -> bool:
+    return task.status.is_final and task.finished_at is not None and task.finished_at < before
 
 
 def _check_result(lease: Lease, task: Task, *, final: bool) -> None:

@@ -1,0 +1,486 @@
+"""The SQL backend: :class:`SQLBackend` is both the Repository and the Queue, on one table.
+
+SQLite (one file, no server) is the embedded default; PostgreSQL lets any number of worker
+processes on any number of machines share one queue, coordinated by the database alone.
+
+A claim is one statement: a CTE picks the claimable rows in claim order with
+``FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite serialises writers with ``BEGIN IMMEDIATE``), and
+an ``UPDATE … RETURNING`` leases them. *Claimable* is "queued and due, or processing under a lease
+that has expired", so a crashed worker's task is rescued by the next claim with no sweeper to
+forget. Completing, releasing and renewing match the lease token, so a worker whose lease was
+taken over cannot overwrite the new holder's result.
+
+Idle workers wake through ``LISTEN``/``NOTIFY`` on PostgreSQL (sent in the transaction that
+queues a task, not by a trigger) and fall back to polling; on SQLite they poll with backoff, and
+tasks queued by the same process wake them at once.
+
+Errors from the driver are mapped at this boundary: a lost connection, a restarting server or a
+locked SQLite file raise :class:`~imageproc.BackendUnavailable` (transient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from importlib.resources import as_file, files
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection, Engine
+
+from imageproc.clock import Clock, utcnow
+from imageproc.errors import BackendUnavailable, ConfigurationError, LeaseLost, TaskNotFound
+from imageproc.protocols import Lease
+from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
+
+from .sqlschema import VERSION_TABLE, task_from_row, task_to_row, tasks
+
+__all__ = ["SQLBackend"]
+
+logger = logging.getLogger("imageproc.sql")
+
+CHANNEL = "imageproc_tasks"
+_FINAL = [s.value for s in TaskStatus if s.is_final]
+_QUEUED, _PROCESSING = TaskStatus.QUEUED.value, TaskStatus.PROCESSING.value
+_CLAIM_ORDER = (tasks.c.priority.desc(), tasks.c.available_at, tasks.c.created_at, tasks.c.id)
+
+
+class SQLBackend:
+    """Repository and Queue on SQLAlchemy Core, for SQLite and PostgreSQL.
+
+    ``url`` is a SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://user@host/db``);
+    ``engine_options`` go to :func:`sqlalchemy.create_engine`. Call :meth:`migrate` (or build the
+    Processor with ``Processor.from_urls``) to create or upgrade the schema.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock = utcnow,
+        sqlite_busy_timeout: float = 30.0,
+        poll_interval: float = 1.0,
+        **engine_options: Any,
+    ) -> None:
+        parsed = sa.make_url(url)
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ConfigurationError(
+                f"unsupported database {self.dialect!r}; use SQLite or PostgreSQL"
+            )
+        if self.dialect == "sqlite":
+            connect_args = engine_options.setdefault("connect_args", {})
+            connect_args.setdefault("timeout", sqlite_busy_timeout)
+            connect_args.setdefault("check_same_thread", False)
+        else:
+            engine_options.setdefault("pool_pre_ping", True)
+        self.engine: Engine = sa.create_engine(parsed, **engine_options)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+        self._url = parsed
+        self._wakeup = _Wakeup()
+        self._listener: _Listener | None = None
+        self._closed = False
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade imageproc's tables to the newest schema (safe to run concurrently)."""
+        from alembic import command
+        from alembic.config import Config
+
+        with (
+            as_file(files("imageproc") / "migrations") as location,
+            self._begin(write=True) as conn,
+        ):
+            config = Config()
+            config.set_main_option("script_location", str(location))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def schema_revision(self) -> str | None:
+        """The schema revision the database is at, or None before the first migration."""
+        with self._begin() as conn:
+            if not sa.inspect(conn).has_table(VERSION_TABLE):
+                return None
+            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+    # -- Repository -------------------------------------------------------------------------
+
+    def add(self, task: Task) -> None:
+        """Record a new task; a queued one is claimable at once (and idle workers are woken)."""
+        with self._begin(write=True) as conn:
+            try:
+                conn.execute(tasks.insert().values(**task_to_row(task)))
+            except exc.IntegrityError as error:
+                raise ValueError(f"task {task.id} already exists") from error
+            if task.status == TaskStatus.QUEUED:
+                self._notify(conn)
+
+    def get(self, task_id: str) -> Task:
+        """The task with this id, or :class:`~imageproc.TaskNotFound`."""
+        with self._begin() as conn:
+            row = conn.execute(tasks.select().where(tasks.c.id == task_id)).mappings().first()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return task_from_row(row)
+
+    def update(self, task: Task, *, expected: Task) -> bool:
+        """Replace the task if it is still ``expected``; drops any lease."""
+        with self._begin(write=True) as conn:
+            result = conn.execute(
+                tasks.update()
+                .where(
+                    tasks.c.id == task.id,
+                    tasks.c.status == expected.status.value,
+                    tasks.c.updated_at == expected.updated_at,
+                )
+                .values(**task_to_row(task), **_NO_LEASE)
+            )
+            if result.rowcount == 0:
+                exists = conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task.id)).first()
+                if exists is None:
+                    raise TaskNotFound(f"no task with id {task.id!r}")
+                return False
+            if task.status == TaskStatus.QUEUED:
+                self._notify(conn)
+            return True
+
+    def purge(self, before: datetime, *, limit: int = 500) -> list[Task]:
+        """Delete up to ``limit`` finished tasks that finished before ``before``; return them."""
+        with self._begin(write=True) as conn:
+            ids = (
+                sa.select(tasks.c.id)
+                .where(tasks.c.status.in_(_FINAL), tasks.c.finished_at < before)
+                .order_by(tasks.c.finished_at)
+                .limit(limit)
+            )
+            if self.dialect == "postgresql":
+                ids = ids.with_for_update(skip_locked=True)
+            rows = conn.execute(
+                tasks.delete().where(tasks.c.id.in_(ids.scalar_subquery())).returning(*tasks.c)
+            ).mappings()
+            return [task_from_row(row) for row in rows]
+
+    def source_in_use(self, source_key: str) -> bool:
+        """Whether any task still refers to the original under ``source_key``."""
+        with self._begin() as conn:
+            query = sa.select(tasks.c.id).where(tasks.c.source_key == source_key).limit(1)
+            return conn.execute(query).first() is not None
+
+    # -- Queue ------------------------------------------------------------------------------
+
+    def claim(self, worker: str, *, lease_seconds: float, limit: int = 1) -> list[Lease]:
+        """Lease up to ``limit`` claimable tasks in claim order, in one statement.
+
+        A task whose lease expired with no attempts left is made ``dead`` by the same statement
+        rather than leased again: a file that kills every worker that touches it must not cycle
+        forever.
+        """
+        self._wakeup.mark()
+        leases: list[Lease] = []
+        # Bounded: each round either leases something, or buries at least one exhausted task.
+        for _ in range(limit + 8):
+            leased, buried = self._claim_once(worker, lease_seconds, limit - len(leases))
+            leases.extend(leased)
+            if len(leases) >= limit or not buried:
+                break
+        if leases:
+            self._wakeup.claimed()
+        return leases
+
+    def _claim_once(self, worker: str, lease_seconds: float, limit: int) -> tuple[list[Lease], int]:
+        now = self.clock()
+        expires = now + timedelta(seconds=lease_seconds)
+        # One random prefix per claim, the id per row: every lease gets a token of its own.
+        token = secrets.token_hex(16) + ":"
+        expired = tasks.c.status == _PROCESSING
+        exhausted = sa.and_(expired, tasks.c.attempts >= tasks.c.max_attempts)
+        claimable = sa.or_(
+            sa.and_(tasks.c.status == _QUEUED, tasks.c.available_at <= now),
+            sa.and_(expired, tasks.c.lease_expires_at <= now),
+        )
+        picked = (
+            sa.select(tasks.c.id)
+            .where(tasks.c.status.in_([_QUEUED, _PROCESSING]), claimable)
+            .order_by(*_CLAIM_ORDER)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("picked")
+        )
+
+        def unless_exhausted(leased: Any, dead: Any) -> sa.ColumnElement[Any]:
+            return sa.case((exhausted, dead), else_=leased)
+
+        statement = (
+            tasks.update()
+            .where(tasks.c.id.in_(sa.select(picked.c.id)))
+            .values(
+                # queued → processing, or processing (lease expired) → processing / dead; the
+                # same moves as Task.claim and Task.after_failure, done in the database.
+                status=unless_exhausted(_PROCESSING, TaskStatus.DEAD.value),
+                attempts=unless_exhausted(tasks.c.attempts + 1, tasks.c.attempts),
+                started_at=unless_exhausted(now, tasks.c.started_at),
+                finished_at=unless_exhausted(tasks.c.finished_at, now),
+                updated_at=now,
+                # A rescued task says why its last attempt ended.
+                error_code=sa.case((expired, LEASE_EXPIRED.code), else_=tasks.c.error_code),
+                error_message=sa.case(
+                    (expired, LEASE_EXPIRED.message), else_=tasks.c.error_message
+                ),
+                lease_token=unless_exhausted(sa.literal(token) + tasks.c.id, None),
+                lease_owner=unless_exhausted(worker, None),
+                lease_expires_at=unless_exhausted(expires, None),
+            )
+            .returning(*tasks.c)
+        )
+        with self._begin(write=True) as conn:
+            rows = conn.execute(statement).mappings().all()
+        claimed = [task_from_row(row) for row in rows]
+        leased = sorted((t for t in claimed if t.status == TaskStatus.PROCESSING), key=_claim_key)
+        buried = len(claimed) - len(leased)
+        if buried:
+            logger.warning("%d task(s) dead: leases expired with no attempts left", buried)
+        return [Lease(task, token + task.id, worker, expires) for task in leased], buried
+
+    def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
+        """Extend ``lease`` to ``lease_seconds`` from now, if it is still held."""
+        expires = self.clock() + timedelta(seconds=lease_seconds)
+        with self._begin(write=True) as conn:
+            result = conn.execute(
+                tasks.update().where(*_held(lease)).values(lease_expires_at=expires)
+            )
+        if result.rowcount == 0:
+            raise _lost(lease)
+        return Lease(lease.task, lease.token, lease.worker, expires)
+
+    def complete(self, lease: Lease, task: Task) -> None:
+        """Record the final ``task`` and end the lease, if it is still held."""
+        if not task.status.is_final or task.id != lease.task.id:
+            raise ValueError(f"complete takes the leased task in a final status, not {task.status}")
+        self._record(lease, task)
+
+    def release(self, lease: Lease, task: Task) -> None:
+        """Record the requeued ``task`` and end the lease, if it is still held."""
+        if task.status != TaskStatus.QUEUED or task.id != lease.task.id:
+            raise ValueError(f"release takes the leased task queued again, not {task.status}")
+        self._record(lease, task)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a task is queued (a notification, or one queued in this process), or
+        until the next poll is due, or ``timeout`` passes."""
+        if self.dialect == "postgresql":
+            self._ensure_listener()
+        self._wakeup.wait(timeout, self.poll_interval)
+
+    def close(self) -> None:
+        """Stop listening and close every pooled connection."""
+        self._closed = True
+        if self._listener is not None:
+            self._listener.stop()
+        self.engine.dispose()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _record(self, lease: Lease, task: Task) -> None:
+        with self._begin(write=True) as conn:
+            result = conn.execute(
+                tasks.update().where(*_held(lease)).values(**task_to_row(task), **_NO_LEASE)
+            )
+            if result.rowcount == 0:
+                raise _lost(lease)
+            if task.status == TaskStatus.QUEUED and task.available_at <= self.clock():
+                self._notify(conn)
+
+    def _notify(self, conn: Connection) -> None:
+        if self.dialect == "postgresql":
+            conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
+        # Workers of this process wake at once, whatever the database.
+        self._wakeup.after_commit(conn)
+
+    @contextlib.contextmanager
+    def _begin(self, *, write: bool = False) -> Iterator[Connection]:
+        """A transaction, with driver errors mapped; on SQLite a writing one starts IMMEDIATE so
+        concurrent writers queue on the busy timeout instead of failing on lock upgrade."""
+        try:
+            with self.engine.connect() as conn:
+                if write and self.dialect == "sqlite":
+                    conn = conn.execution_options(imageproc_immediate=True)
+                with conn.begin():
+                    yield conn
+        except exc.ProgrammingError as error:
+            raise _schema_error(error) from error
+        except (exc.OperationalError, exc.InterfaceError) as error:
+            if "no such table" in str(error.orig):  # SQLite's word for a missing schema
+                raise _schema_error(error) from error
+            raise BackendUnavailable(f"database unavailable: {_brief(error)}") from error
+        except exc.DBAPIError as error:
+            if error.connection_invalidated:
+                raise BackendUnavailable(f"database connection lost: {_brief(error)}") from error
+            raise
+        except exc.TimeoutError as error:
+            raise BackendUnavailable("no database connection free in time") from error
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None and not self._closed:
+            with self._wakeup.lock:
+                if self._listener is None:
+                    self._listener = _Listener(self._url, self._wakeup)
+                    self._listener.start()
+
+
+_NO_LEASE: dict[str, Any] = {"lease_token": None, "lease_owner": None, "lease_expires_at": None}
+
+
+def _held(lease: Lease) -> tuple[sa.ColumnElement[bool], ...]:
+    return (
+        tasks.c.id == lease.task.id,
+        tasks.c.lease_token == lease.token,
+        tasks.c.status == _PROCESSING,
+    )
+
+
+def _lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
+
+
+def _schema_error(error: exc.DBAPIError) -> ConfigurationError:
+    return ConfigurationError(
+        f"imageproc's tables are missing or out of date ({_brief(error)}); run migrate()"
+    )
+
+
+def _claim_key(task: Task) -> tuple[int, datetime, datetime, str]:
+    return (-task.priority, task.available_at, task.created_at, task.id)
+
+
+def _brief(error: exc.DBAPIError | exc.SQLAlchemyError) -> str:
+    """The first line of the driver's message, without the SQL or parameters it carries."""
+    original = getattr(error, "orig", None) or error
+    return (
+        str(original).strip().splitlines()[0][:200]
+        if str(original).strip()
+        else type(original).__name__
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("imageproc_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class _Wakeup:
+    """Wakes idle workers: after a commit that queued work (this process), or on a notification
+    (PostgreSQL). Each thread notes the wake-up count when it claims, so a wake-up that arrives
+    between its empty claim and its wait is not missed. Between wake-ups, waits poll, backing off
+    from 50 ms to the poll interval while the queue stays empty."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)
+        self._generation = 0
+        self._local = threading.local()
+
+    def after_commit(self, conn: Connection) -> None:
+        # Wake only once the work is visible to other connections.
+        event.listen(conn, "commit", lambda _: self.wake(), once=True)
+
+    def wake(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def mark(self) -> None:
+        """Note the wake-up count as this thread starts a claim."""
+        self._local.seen = self._generation
+
+    def claimed(self) -> None:
+        """This thread found work: poll eagerly again next time the queue runs dry."""
+        self._local.backoff = _FIRST_POLL
+
+    def wait(self, timeout: float, poll_interval: float) -> None:
+        backoff = getattr(self._local, "backoff", _FIRST_POLL)
+        self._local.backoff = min(backoff * 2, poll_interval)
+        with self._changed:
+            seen = getattr(self._local, "seen", self._generation)
+            self._changed.wait_for(lambda: self._generation != seen, timeout=min(timeout, backoff))
+            self._local.seen = self._generation
+
+
+_FIRST_POLL = 0.05
+
+
+class _Listener(threading.Thread):
+    """LISTENs on its own autocommit psycopg connection and turns notifications into wake-ups;
+    reconnects with backoff when the server goes away."""
+
+    def __init__(self, url: sa.URL, wakeup: _Wakeup) -> None:
+        super().__init__(name="imageproc-listener", daemon=True)
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._wakeup = wakeup
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        import psycopg
+
+        delay, reconnecting = 0.1, False
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    delay = 0.1
+                    if reconnecting:
+                        self._wakeup.wake()  # for anything queued while we were not listening
+                    reconnecting = True
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._wakeup.wake()
+            except psycopg.Error as error:
+                reconnecting = True
+                logger.warning("listener lost its connection (%s); retrying", _first_line(error))
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def wait_for_database(backend: SQLBackend, timeout: float) -> None:
+    """Block until ``backend`` answers a query, for up to ``timeout`` seconds (start-up scripts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with backend._begin() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return
+        except BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -1,0 +1,1 @@
+"""Alembic migrations for imageproc's SQL schema (run through SQLBackend.migrate)."""

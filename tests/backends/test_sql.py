@@ -1,0 +1,202 @@
+"""What only the SQL backend has: its schema, migrations, notifications, driver errors, and
+Processor runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import attrs
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from imageproc import (
+    BackendUnavailable,
+    ConfigurationError,
+    Processor,
+    SourceInfo,
+    Task,
+    TaskStatus,
+)
+from imageproc.backends.memory import MemoryStorage
+from imageproc.backends.sql import SQLBackend
+from imageproc.backends.sqlschema import VERSION_TABLE, metadata
+from imageproc.clock import utcnow
+from imageproc.pipeline import DEFAULT_PIPELINE
+from imageproc.testing import FAST_OPTIONS, sample_image
+from tests.databases import make_backend
+from tests.doubles import CountingQueue
+
+KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def new_task() -> Task:
+    return Task.new(
+        pipeline=DEFAULT_PIPELINE,
+        source_key="originals/ab/ab.jpg",
+        source=SourceInfo("JPEG", 1, 1, 1, "ab" * 32),
+        now=utcnow(),
+    )
+
+
+@pytest.fixture(params=KINDS)
+def sql(request: pytest.FixtureRequest) -> SQLBackend:
+    return make_backend(request.param, request)
+
+
+def test_migrations_build_exactly_the_declared_schema(sql: SQLBackend) -> None:
+    with sql.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        diff = compare_metadata(context, metadata)
+    assert [d for d in diff if "alembic_version" not in str(d)] == []
+    assert sql.schema_revision() == "0001"
+
+
+def test_migrate_again_is_a_no_op_and_leaves_the_hosts_alembic_alone(sql: SQLBackend) -> None:
+    with sql.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('hosts_own_head')"))
+    sql.add(task := new_task())
+    sql.migrate()
+    with sql.engine.connect() as conn:
+        host = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    assert host == "hosts_own_head"
+    assert sql.get(task.id) == task
+    assert sql.schema_revision() == "0001"
+
+
+def test_the_status_column_refuses_unknown_statuses(sql: SQLBackend) -> None:
+    sql.add(task := new_task())
+    with pytest.raises(sa.exc.IntegrityError), sql.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE imageproc_tasks SET status = 'lost' WHERE id = :id"), {"id": task.id}
+        )
+
+
+def test_naive_timestamps_are_refused(sql: SQLBackend) -> None:
+    naive = attrs.evolve(new_task(), created_at=datetime(2026, 1, 1))
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+        sql.add(naive)
+
+
+def test_using_an_unmigrated_database_says_so(request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("sqlite_url")
+    backend = SQLBackend(url)
+    request.addfinalizer(backend.close)
+    with pytest.raises(ConfigurationError, match="run migrate"):
+        backend.get("x")
+
+
+def test_an_unreachable_server_is_backend_unavailable() -> None:
+    backend = SQLBackend(
+        "postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2}
+    )
+    try:
+        with pytest.raises(BackendUnavailable) as info:
+            backend.get("x")
+        assert info.value.transient
+        assert "SELECT" not in info.value.message  # no SQL in what we say
+    finally:
+        backend.close()
+
+
+def test_a_locked_sqlite_file_is_backend_unavailable(request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("sqlite_url")
+    SQLBackend(url).migrate()
+    impatient = SQLBackend(url, sqlite_busy_timeout=0.1)
+    request.addfinalizer(impatient.close)
+    blocker = sa.create_engine(url).connect()
+    blocker.exec_driver_sql("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(BackendUnavailable, match="locked"):
+            impatient.add(new_task())
+    finally:
+        blocker.exec_driver_sql("ROLLBACK")
+        blocker.close()
+    impatient.add(new_task())  # and carries on once the lock is gone
+
+
+def test_unsupported_databases_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="unsupported database 'mysql'"):
+        SQLBackend("mysql://root@localhost/x")
+
+
+@pytest.mark.postgres
+def test_a_notification_wakes_an_idle_worker_of_another_process(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("postgres_url")
+    waiter, submitter = SQLBackend(url, poll_interval=30), SQLBackend(url)
+    request.addfinalizer(waiter.close)
+    request.addfinalizer(submitter.close)
+    waiter.claim("w", lease_seconds=30)  # nothing yet; this is when it starts listening from
+    waiter.wait(0.05)  # starts the listener
+    time.sleep(0.3)
+    woke = threading.Event()
+
+    def idle_worker() -> None:
+        waiter.wait(10.0)
+        woke.set()
+
+    thread = threading.Thread(target=idle_worker)
+    thread.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    submitter.add(new_task())
+    assert woke.wait(5.0)
+    latency = time.monotonic() - started
+    thread.join(5)
+    assert latency < 0.5, f"woke after {latency:.3f}s"
+
+
+@pytest.mark.postgres
+def test_killed_connections_are_survived(request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("postgres_url")
+    backend = SQLBackend(url)
+    request.addfinalizer(backend.close)
+    backend.add(task := new_task())
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    admin.dispose()
+    assert backend.get(task.id) == task  # pre-ping replaced the dead pooled connection
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_processor_on_sql_runs_200_tasks_on_4_threads_exactly_once(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    sql = make_backend(kind, request)
+    counting = CountingQueue(sql)
+    proc = Processor(MemoryStorage(), counting, sql, **FAST_OPTIONS)  # type: ignore[arg-type]
+    image = sample_image(64, 48)
+    ids = [proc.submit(image, "fit:32x32,png").id for _ in range(200)]
+    proc.start(workers=4)
+    try:
+        for task_id in ids:
+            assert proc.wait(task_id, timeout=60).status == TaskStatus.SUCCEEDED
+    finally:
+        proc.stop(timeout=10)
+    assert counting.completed == dict.fromkeys(ids, 1)
+
+
+def test_from_urls_builds_and_migrates_sqlite(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/nested.db"
+    with Processor.from_urls(url, "memory://", **FAST_OPTIONS) as proc:
+        assert isinstance(proc.repository, SQLBackend)
+        task = proc.submit(sample_image(400, 300))
+        proc.run_until_idle()
+        assert proc.get(task.id).status == TaskStatus.SUCCEEDED
+    # The file outlives the Processor.
+    with Processor.from_urls(url, "memory://", migrate=False) as again:
+        assert again.get(task.id).status == TaskStatus.SUCCEEDED
+        assert again.get(task.id).finished_at is not None
+        assert again.get(task.id).finished_at.tzinfo is UTC  # type: ignore[union-attr]
