@@ -1,0 +1,403 @@
+"""FsspecStorage beyond the contract: faults and retries, configuration, and end to end on S3.
+
+Transient and permanent faults are injected by a memory filesystem registered under its own
+protocol (``imageproc-flaky://``), so they reach the storage through the same public route as
+any installed fsspec protocol. The S3 outage is real: moto's server is stopped and started again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any
+
+import fsspec
+import pytest
+from botocore.exceptions import ClientError
+from fsspec.implementations.memory import MemoryFileSystem
+
+from imageproc import (
+    ConfigurationError,
+    ObjectNotFound,
+    Processor,
+    StorageError,
+    TaskStatus,
+)
+from imageproc.backends.fsspec import S3_ENDPOINT_ENV, FsspecStorage
+from imageproc.backends.memory import MemoryQueue, MemoryRepository
+from imageproc.testing import FAST_OPTIONS, sample_image
+from tests.s3server import S3Server
+
+FLAKY = "imageproc-flaky"
+
+
+def _client_error(status: int, code: str) -> ClientError:
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "GetObject")
+
+
+#: What a filesystem raises, by name: the transient kinds first, then the permanent ones.
+ERRORS: dict[str, Callable[[], Exception]] = {
+    "timeout": lambda: TimeoutError("timed out"),
+    "reset": lambda: ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+    "throttled": lambda: OSError(errno.EBUSY, "SlowDown"),  # s3fs's form of a 503
+    "http-503": lambda: _client_error(503, "ServiceUnavailable"),
+    "http-500": lambda: _client_error(500, "InternalError"),
+    "permission": lambda: PermissionError(errno.EACCES, "Access Denied"),
+    "http-403": lambda: _client_error(403, "AccessDenied"),
+    "read-only": lambda: OSError(errno.EROFS, "Read-only file system"),
+    "not-found": lambda: FileNotFoundError(errno.ENOENT, "No such file"),
+}
+TRANSIENT = ["timeout", "reset", "throttled", "http-503", "http-500"]
+PERMANENT = ["permission", "http-403", "read-only"]
+
+
+class FlakyMemoryFileSystem(MemoryFileSystem):  # type: ignore[misc]
+    """fsspec's memory filesystem whose next ``failures`` calls raise ``error`` (None: all)."""
+
+    protocol = FLAKY
+
+    def __init__(self, *, failures: int | None = 0, error: str = "timeout", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.failures = failures
+        self.error = error
+        self.failed = 0
+        self.calls: Counter[str] = Counter()
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, str):
+            path = path.removeprefix(f"{FLAKY}://")
+        return super()._strip_protocol(path)
+
+    def fail_next(self, failures: int | None, error: str | None = None) -> None:
+        """Make the next ``failures`` calls fail (None: every call from now on)."""
+        self.failures = None if failures is None else self.failed + failures
+        self.error = error or self.error
+
+    def _maybe_fail(self, method: str) -> None:
+        self.calls[method] += 1
+        if self.failures is None or self.failed < self.failures:
+            self.failed += 1
+            raise ERRORS[self.error]()
+
+    def cat_file(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        self._maybe_fail("cat_file")
+        return super().cat_file(path, *args, **kwargs)
+
+    def pipe_file(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        self._maybe_fail("pipe_file")
+        return super().pipe_file(path, *args, **kwargs)
+
+    def info(self, path: str, **kwargs: Any) -> Any:
+        self._maybe_fail("info")
+        return super().info(path, **kwargs)
+
+    def rm_file(self, path: str) -> Any:
+        self._maybe_fail("rm_file")
+        return super().rm_file(path)
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        self._maybe_fail("open")
+        file = super()._open(path, mode, **kwargs)
+        if mode == "rb":
+            return _FlakyFile(file, self)
+        return file
+
+
+class _FlakyFile:
+    """A read stream whose reads go through the filesystem's failure switch."""
+
+    def __init__(self, file: Any, fs: FlakyMemoryFileSystem) -> None:
+        self._file = file
+        self._fs = fs
+
+    def read(self, *args: Any) -> Any:
+        self._fs._maybe_fail("read")
+        return self._file.read(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+fsspec.register_implementation(FLAKY, FlakyMemoryFileSystem, clobber=True)
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[FsspecStorage, FlakyMemoryFileSystem]]:
+    """A storage on a fresh flaky filesystem (no failures until a test asks for them)."""
+    root = f"{FLAKY}://imageproc-tests/{secrets.token_hex(6)}"
+    storage = FsspecStorage(
+        root, retry_attempts=4, retry_wait=0.001, retry_max_wait=0.01, skip_instance_cache=True
+    )
+    fs = storage.fs
+    assert isinstance(fs, FlakyMemoryFileSystem)
+    yield storage, fs
+    fs.fail_next(0)
+    with suppress(FileNotFoundError):
+        fs.rm(storage.root, recursive=True)
+
+
+# -- transient, permanent and not-found failures ----------------------------------------------
+
+
+@pytest.mark.parametrize("error", TRANSIENT)
+def test_transient_failures_are_retried(
+    flaky: tuple[FsspecStorage, FlakyMemoryFileSystem], error: str
+) -> None:
+    storage, fs = flaky
+    operations: list[Callable[[], object]] = [
+        lambda: storage.put("outputs/t/a.png", b"png", content_type="image/png"),
+        lambda: storage.get("outputs/t/a.png"),
+        lambda: storage.stat("outputs/t/a.png"),
+        lambda: storage.exists("outputs/t/a.png"),
+        lambda: storage.open("outputs/t/a.png").close(),
+        lambda: storage.delete("outputs/t/a.png"),
+    ]
+    for operation in operations:
+        before = fs.failed
+        fs.fail_next(2, error)
+        operation()
+        assert fs.failed == before + 2
+    assert not storage.exists("outputs/t/a.png")
+
+
+def test_transient_failures_give_up_after_the_attempts(
+    flaky: tuple[FsspecStorage, FlakyMemoryFileSystem],
+) -> None:
+    storage, fs = flaky
+    fs.fail_next(None, "reset")
+    with pytest.raises(StorageError) as failure:
+        storage.get("k")
+    assert failure.value.transient
+    assert fs.calls["cat_file"] == storage.retry_attempts == 4
+    assert isinstance(failure.value.__cause__, ConnectionResetError)
+
+
+@pytest.mark.parametrize("error", PERMANENT)
+def test_permanent_failures_surface_at_once(error: str) -> None:
+    # Waits this long between tries would show at once if a permanent error were retried.
+    storage = FsspecStorage(
+        f"{FLAKY}://imageproc-tests/{secrets.token_hex(6)}",
+        retry_wait=30,
+        retry_max_wait=30,
+        failures=None,
+        error=error,
+        skip_instance_cache=True,
+    )
+    fs = storage.fs
+    started = time.monotonic()
+    for operation in (
+        lambda: storage.put("k.png", b"png", content_type="image/png"),
+        lambda: storage.get("k.png"),
+        lambda: storage.stat("k.png"),
+        lambda: storage.delete("k.png"),
+    ):
+        with pytest.raises(StorageError) as failure:
+            operation()
+        assert not failure.value.transient
+        assert type(failure.value) is StorageError
+        assert "k.png" in failure.value.message
+    assert time.monotonic() - started < 2
+    assert fs.failed == 4  # one call each, no retries
+
+
+def test_not_found_is_object_not_found_and_not_retried(
+    flaky: tuple[FsspecStorage, FlakyMemoryFileSystem],
+) -> None:
+    storage, fs = flaky
+    with pytest.raises(ObjectNotFound):
+        storage.get("missing.png")
+    assert fs.calls["cat_file"] == 1
+    # Injected, too: whatever the filesystem says is missing is missing.
+    fs.fail_next(1, "not-found")
+    with pytest.raises(ObjectNotFound):
+        storage.stat("missing.png")
+    assert fs.calls["info"] == 1
+
+
+def test_errors_while_streaming_are_mapped(
+    flaky: tuple[FsspecStorage, FlakyMemoryFileSystem],
+) -> None:
+    storage, fs = flaky
+    storage.put("a.png", b"png", content_type="image/png")
+    with storage.open("a.png") as stream:
+        fs.fail_next(1, "reset")
+        with pytest.raises(StorageError) as failure:
+            stream.read()
+        assert failure.value.transient
+        assert stream.read() == b"png"  # the stream itself is still usable
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def test_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="unsupported"):
+        FsspecStorage("no-such-protocol://x")
+    with pytest.raises(ConfigurationError, match="bucket"):
+        FsspecStorage("s3://")
+    with pytest.raises(ConfigurationError, match="retry_attempts"):
+        FsspecStorage("memory://x", retry_attempts=0)
+    # ftp connects as it is built; nothing listens on port 9. The password stays out of sight.
+    with pytest.raises(ConfigurationError, match="cannot set up storage") as failure:
+        FsspecStorage("ftp://user:hunter2@127.0.0.1:9/images", timeout=2)
+    assert "hunter2" not in failure.value.message
+
+
+def test_importing_needs_no_s3fs(tmp_path: Any) -> None:
+    code = """
+import sys
+import imageproc
+import imageproc.backends.fsspec
+S3 = {"s3fs", "botocore", "aiobotocore", "boto3", "aiohttp"}
+assert not S3 & {name.split(".")[0] for name in sys.modules}, "an S3 package was imported"
+
+class NoS3:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in S3:
+            raise ImportError(f"{name} is not installed here")
+
+sys.meta_path.insert(0, NoS3())
+from imageproc import ConfigurationError
+from imageproc.backends.fsspec import FsspecStorage
+storage = FsspecStorage("memory://no-s3fs")
+storage.put("k", b"x", content_type="image/png")
+assert storage.get("k") == b"x"
+try:
+    FsspecStorage("s3://bucket/prefix")
+except ConfigurationError as error:
+    assert "imageproc[s3]" in error.message, error.message
+else:
+    raise AssertionError("no ConfigurationError")
+"""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# -- S3 ----------------------------------------------------------------------------------------
+
+
+def test_s3_outage_is_ridden_out(
+    s3_server: S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = FsspecStorage(
+        f"s3://{s3_bucket}/outage",
+        retry_attempts=40,
+        retry_wait=0.02,
+        retry_max_wait=0.2,
+        **s3_server.storage_options(),
+    )
+    storage.put("before.png", b"png", content_type="image/png")
+    caplog.set_level(logging.WARNING, logger="imageproc.storage")
+
+    s3_server.stop()
+    restart = threading.Timer(0.5, s3_server.start)
+    restart.start()
+    try:
+        started = time.monotonic()
+        storage.put("during.png", b"png2", content_type="image/png")
+        waited = time.monotonic() - started
+        assert storage.get("before.png") == b"png"
+    finally:
+        restart.join(timeout=10)
+    assert s3_server.running
+    assert 0.4 < waited < 8
+    assert storage.stat("during.png").content_type == "image/png"
+    assert any("StorageError" in record.getMessage() for record in caplog.records)
+
+
+def test_s3_missing_bucket(s3_server: S3Server) -> None:
+    storage = FsspecStorage(
+        "s3://no-such-bucket-here/prefix", retry_attempts=2, **s3_server.storage_options()
+    )
+    with pytest.raises(ObjectNotFound):
+        storage.get("k.png")
+    assert not storage.exists("k.png")
+    for operation in (
+        lambda: storage.put("k.png", b"png", content_type="image/png"),
+        lambda: storage.delete("k.png"),
+    ):
+        with pytest.raises(StorageError) as failure:
+            operation()
+        assert not failure.value.transient
+
+
+@pytest.mark.parametrize("variable", [S3_ENDPOINT_ENV, "AWS_ENDPOINT_URL_S3"])
+def test_s3_endpoint_from_the_environment(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, s3_server.endpoint_url)
+    storage = FsspecStorage(f"s3://{s3_bucket}/env")  # no endpoint, no credentials in code
+    storage.put("a.png", b"png", content_type="image/png")
+    client = s3_server.client()
+    try:
+        head = client.head_object(Bucket=s3_bucket, Key="env/a.png")
+    finally:
+        client.close()
+    assert head["ContentType"] == "image/png"
+
+
+def test_s3_endpoint_passed_in_wins_over_the_environment(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(S3_ENDPOINT_ENV, "http://127.0.0.1:9")  # nothing listens there
+    storage = FsspecStorage(f"s3://{s3_bucket}", retry_attempts=1, **s3_server.storage_options())
+    storage.put("a.png", b"png", content_type="image/png")
+    assert storage.get("a.png") == b"png"
+
+
+def test_end_to_end_processor_on_s3(s3_server: S3Server, s3_bucket: str) -> None:
+    storage = FsspecStorage(f"s3://{s3_bucket}/images", **s3_server.storage_options())
+    repository = MemoryRepository()
+    processor = Processor(storage, MemoryQueue(repository), repository, **FAST_OPTIONS)
+
+    task = processor.submit(sample_image(800, 600), "thumb=fit:64x64,webp:q80;big=fit:400x400,png")
+    assert processor.run_until_idle() == 1
+    done = processor.get(task.id)
+
+    assert done.status == TaskStatus.SUCCEEDED, done.error
+    assert {output.name for output in done.outputs} == {"thumb", "big"}
+    for output in done.outputs:
+        data = storage.get(output.key)
+        assert len(data) == output.bytes
+        assert storage.stat(output.key).content_type == f"image/{output.format}"
+        assert processor.read(output.key) == data
+    client = s3_server.client()
+    try:
+        listing = client.list_objects_v2(Bucket=s3_bucket, Prefix="images/")
+    finally:
+        client.close()
+    stored = {item["Key"] for item in listing.get("Contents", [])}
+    expected = {f"images/{key}" for key in (task.source_key, *(o.key for o in done.outputs))}
+    assert stored == expected
+
+
+def test_s3_without_credentials_fails_permanently(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    storage = FsspecStorage(
+        f"s3://{s3_bucket}", retry_wait=30, retry_max_wait=30, **s3_server.storage_options()
+    )
+    started = time.monotonic()
+    with pytest.raises(StorageError) as failure:
+        storage.put("a.png", b"png", content_type="image/png")
+    assert not failure.value.transient
+    assert "NoCredentialsError" in failure.value.message
+    assert time.monotonic() - started < 5
