@@ -263,13 +263,13 @@ def test_presets() -> None:
     assert open_proc.submit(sample_image(), "png").pipeline == Pipeline.parse("png")
 
 
-def test_from_urls_understands_memory_only_for_now() -> None:
+def test_from_urls_refuses_what_it_does_not_know() -> None:
     proc = Processor.from_urls("memory://", "memory://")
     assert isinstance(proc.storage, MemoryStorage)
     with pytest.raises(ConfigurationError, match="unsupported database URL"):
         Processor.from_urls("mysql://x", "memory://")
     with pytest.raises(ConfigurationError, match="unsupported storage URL"):
-        Processor.from_urls("memory://", "ftp://x")
+        Processor.from_urls("memory://", "no-such-protocol://x")
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,9 @@ class Processor:
             from imageproc.backends.fsspec import FsspecStorage
 
             storage = FsspecStorage(storage_url, **dict(storage_options or {}))
+            # FsspecStorage retries transient errors itself; retrying each of its calls again
+            # here would multiply the attempts (and the wait) for nothing.
+            options.setdefault("in_place_tries", 1)
         return cls(storage, queue, repository, **options)
 
     def close(self) -> None:

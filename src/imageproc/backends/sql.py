@@ -25,10 +25,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from importlib.resources import as_file, files
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -39,7 +39,7 @@ from imageproc.errors import BackendUnavailable, ConfigurationError, LeaseLost, 
 from imageproc.protocols import Lease
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
-from .sqlschema import VERSION_TABLE, task_from_row, task_to_row, tasks
+from .sqlschema import VERSION_TABLE, UTCDateTime, task_from_row, task_to_row, tasks
 
 __all__ = ["SQLBackend"]
 
@@ -204,48 +204,9 @@ class SQLBackend:
         expires = now + timedelta(seconds=lease_seconds)
         # One random prefix per claim, the id per row: every lease gets a token of its own.
         token = secrets.token_hex(16) + ":"
-        expired = tasks.c.status == _PROCESSING
-        exhausted = sa.and_(expired, tasks.c.attempts >= tasks.c.max_attempts)
-        claimable = sa.or_(
-            sa.and_(tasks.c.status == _QUEUED, tasks.c.available_at <= now),
-            sa.and_(expired, tasks.c.lease_expires_at <= now),
-        )
-        picked = (
-            sa.select(tasks.c.id)
-            .where(tasks.c.status.in_([_QUEUED, _PROCESSING]), claimable)
-            .order_by(*_CLAIM_ORDER)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .cte("picked")
-        )
-
-        def unless_exhausted(leased: Any, dead: Any) -> sa.ColumnElement[Any]:
-            return sa.case((exhausted, dead), else_=leased)
-
-        statement = (
-            tasks.update()
-            .where(tasks.c.id.in_(sa.select(picked.c.id)))
-            .values(
-                # queued → processing, or processing (lease expired) → processing / dead; the
-                # same moves as Task.claim and Task.after_failure, done in the database.
-                status=unless_exhausted(_PROCESSING, TaskStatus.DEAD.value),
-                attempts=unless_exhausted(tasks.c.attempts + 1, tasks.c.attempts),
-                started_at=unless_exhausted(now, tasks.c.started_at),
-                finished_at=unless_exhausted(tasks.c.finished_at, now),
-                updated_at=now,
-                # A rescued task says why its last attempt ended.
-                error_code=sa.case((expired, LEASE_EXPIRED.code), else_=tasks.c.error_code),
-                error_message=sa.case(
-                    (expired, LEASE_EXPIRED.message), else_=tasks.c.error_message
-                ),
-                lease_token=unless_exhausted(sa.literal(token) + tasks.c.id, None),
-                lease_owner=unless_exhausted(worker, None),
-                lease_expires_at=unless_exhausted(expires, None),
-            )
-            .returning(*tasks.c)
-        )
+        parameters = {"now": now, "expires": expires, "token": token, "worker": worker, "n": limit}
         with self._begin(write=True) as conn:
-            rows = conn.execute(statement).mappings().all()
+            rows = conn.execute(_CLAIM, parameters).mappings().all()
         claimed = [task_from_row(row) for row in rows]
         leased = sorted((t for t in claimed if t.status == TaskStatus.PROCESSING), key=_claim_key)
         buried = len(claimed) - len(leased)
@@ -256,10 +217,9 @@ class SQLBackend:
     def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
         """Extend ``lease`` to ``lease_seconds`` from now, if it is still held."""
         expires = self.clock() + timedelta(seconds=lease_seconds)
+        parameters = {"held_id": lease.task.id, "held_token": lease.token, "expires": expires}
         with self._begin(write=True) as conn:
-            result = conn.execute(
-                tasks.update().where(*_held(lease)).values(lease_expires_at=expires)
-            )
+            result = conn.execute(_RENEW, parameters)
         if result.rowcount == 0:
             raise _lost(lease)
         return Lease(lease.task, lease.token, lease.worker, expires)
@@ -293,14 +253,32 @@ class SQLBackend:
     # -- internals --------------------------------------------------------------------------
 
     def _record(self, lease: Lease, task: Task) -> None:
+        if not self.record_many([(lease, task)])[0]:
+            raise _lost(lease)
+
+    def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
+        """Record several outcomes in one transaction (one commit for the lot): each task is
+        written only if its lease is still held. Returns, for each, whether it was recorded.
+
+        Workers that claim in batches use this to complete a batch at once; ``complete`` and
+        ``release`` are the one-task case.
+        """
+        recorded, wake = [], False
         with self._begin(write=True) as conn:
-            result = conn.execute(
-                tasks.update().where(*_held(lease)).values(**task_to_row(task), **_NO_LEASE)
-            )
-            if result.rowcount == 0:
-                raise _lost(lease)
-            if task.status == TaskStatus.QUEUED and task.available_at <= self.clock():
+            for lease, task in results:
+                parameters = {
+                    **task_to_row(task),
+                    "held_id": lease.task.id,
+                    "held_token": lease.token,
+                }
+                held = conn.execute(_RECORD, parameters).rowcount == 1
+                recorded.append(held)
+                wake |= (
+                    held and task.status == TaskStatus.QUEUED and task.available_at <= self.clock()
+                )
+            if wake:
                 self._notify(conn)
+        return recorded
 
     def _notify(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
@@ -342,12 +320,89 @@ class SQLBackend:
 _NO_LEASE: dict[str, Any] = {"lease_token": None, "lease_owner": None, "lease_expires_at": None}
 
 
-def _held(lease: Lease) -> tuple[sa.ColumnElement[bool], ...]:
-    return (
-        tasks.c.id == lease.task.id,
-        tasks.c.lease_token == lease.token,
-        tasks.c.status == _PROCESSING,
+def _claim_statement() -> sa.Update:
+    """The claim, built once with bound parameters ``now``, ``expires``, ``token``, ``worker``
+    and ``n`` (the batch size)."""
+    now = sa.bindparam("now", type_=UTCDateTime)
+    expires = sa.bindparam("expires", type_=UTCDateTime)
+    limit = sa.bindparam("n", type_=sa.Integer)
+    expired = tasks.c.status == _PROCESSING
+    exhausted = sa.and_(expired, tasks.c.attempts >= tasks.c.max_attempts)
+
+    # Two small index walks, each stopping after `n` rows: queued tasks that are due (in claim
+    # order, on the queued-only index), and tasks whose lease expired (on the processing-only
+    # index). One OR over both makes PostgreSQL's planner fall back to sorting every live row
+    # whenever its estimates of the hot table go stale.
+    def candidates(where: sa.ColumnElement[bool], *order: Any) -> sa.CTE:
+        return (
+            sa.select(tasks.c.id, tasks.c.priority, tasks.c.available_at, tasks.c.created_at)
+            .where(where)
+            .order_by(*order)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte()
+        )
+
+    due = candidates(sa.and_(tasks.c.status == _QUEUED, tasks.c.available_at <= now), *_CLAIM_ORDER)
+    lapsed = candidates(sa.and_(expired, tasks.c.lease_expires_at <= now), tasks.c.lease_expires_at)
+    both = sa.union_all(sa.select(due), sa.select(lapsed)).subquery()
+    picked = (
+        sa.select(both.c.id)
+        .order_by(both.c.priority.desc(), both.c.available_at, both.c.created_at, both.c.id)
+        .limit(limit)
     )
+
+    def unless_exhausted(leased: Any, dead: Any) -> sa.ColumnElement[Any]:
+        return sa.case((exhausted, dead), else_=leased)
+
+    return (
+        tasks.update()
+        .where(tasks.c.id.in_(picked.scalar_subquery()))
+        .values(
+            # queued → processing, or processing (lease expired) → processing / dead: the same
+            # moves as Task.claim and Task.after_failure, done in the database.
+            status=unless_exhausted(_PROCESSING, TaskStatus.DEAD.value),
+            attempts=unless_exhausted(tasks.c.attempts + 1, tasks.c.attempts),
+            started_at=unless_exhausted(now, tasks.c.started_at),
+            finished_at=unless_exhausted(tasks.c.finished_at, now),
+            updated_at=now,
+            # A rescued task says why its last attempt ended.
+            error_code=sa.case((expired, LEASE_EXPIRED.code), else_=tasks.c.error_code),
+            error_message=sa.case((expired, LEASE_EXPIRED.message), else_=tasks.c.error_message),
+            lease_token=unless_exhausted(sa.bindparam("token", type_=sa.String) + tasks.c.id, None),
+            lease_owner=unless_exhausted(sa.bindparam("worker", type_=sa.String), None),
+            lease_expires_at=unless_exhausted(expires, None),
+        )
+        .returning(*tasks.c)
+    )
+
+
+_CLAIM: Final = _claim_statement()
+
+
+# Recording and renewing match the lease: the row's id, its token, and that it is processing.
+_HELD: Final = (
+    tasks.c.id == sa.bindparam("held_id"),
+    tasks.c.lease_token == sa.bindparam("held_token"),
+    tasks.c.status == _PROCESSING,
+)
+_RECORD: Final = (
+    tasks.update()
+    .where(*_HELD)
+    .values(
+        {
+            **{
+                column.name: sa.bindparam(column.name, type_=column.type)
+                for column in tasks.c
+                if not column.name.startswith("lease_")
+            },
+            **_NO_LEASE,
+        }
+    )
+)
+_RENEW: Final = (
+    tasks.update().where(*_HELD).values(lease_expires_at=sa.bindparam("expires", type_=UTCDateTime))
+)
 
 
 def _lost(lease: Lease) -> LeaseLost:

@@ -19,7 +19,8 @@ branch_labels = None
 depends_on = None
 
 STATUSES = ("queued", "processing", "succeeded", "failed", "dead", "cancelled")
-LIVE = sa.text("status IN ('queued', 'processing')")
+QUEUED = sa.text("status = 'queued'")
+PROCESSING = sa.text("status = 'processing'")
 FINISHED = sa.text("finished_at IS NOT NULL")
 
 
@@ -60,8 +61,15 @@ def upgrade() -> None:
         "imageproc_tasks_claim_idx",
         "imageproc_tasks",
         [sa.text("priority DESC"), "available_at", "created_at", "id"],
-        postgresql_where=LIVE,
-        sqlite_where=LIVE,
+        postgresql_where=QUEUED,
+        sqlite_where=QUEUED,
+    )
+    op.create_index(
+        "imageproc_tasks_lease_idx",
+        "imageproc_tasks",
+        ["lease_expires_at"],
+        postgresql_where=PROCESSING,
+        sqlite_where=PROCESSING,
     )
     op.create_index(
         "imageproc_tasks_finished_idx",
