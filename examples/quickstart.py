@@ -1,9 +1,11 @@
-"""Process one image with imageproc and write its variants to a folder.
+"""Process one image with imageproc on the embedded default: SQLite and a local folder.
 
     python examples/quickstart.py [IMAGE] [--out DIR] [--pipeline PIPELINE]
+                                  [--database URL] [--storage URL]
 
-With no IMAGE, a generated sample picture is used. Runs two worker threads in this process on the
-in-memory backends, waits for the task, and writes each output to DIR (./imageproc-output).
+With no IMAGE, a generated sample picture is used. The task is recorded in ./imageproc.db and the
+original and outputs are stored under ./imageproc-data/; two worker threads in this process make
+the variants, and each output is also copied to DIR (./imageproc-output) under its variant name.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         default="thumb=fit:256x256,webp:q80;large=fit:1600x1600,jpeg:q85",
         help="pipeline in the compact text form",
     )
+    parser.add_argument("--database", default="sqlite:///imageproc.db")
+    parser.add_argument("--storage", default="file://imageproc-data")
     args = parser.parse_args(argv)
     source = args.image if args.image is not None else sample_image(2400, 1600)
 
-    with Processor.from_urls("memory://", "memory://") as processor:
+    with Processor.from_urls(args.database, args.storage) as processor:
         try:
             task = processor.submit(source, args.pipeline)
         except ImageprocError as error:

@@ -27,6 +27,10 @@ def test_quickstart_with_a_sample(tmp_path: Path) -> None:
     with Image.open(tmp_path / "imageproc-output" / "large.jpg") as large:
         assert (large.format, large.size) == ("JPEG", (1600, 1067))
     assert "thumb: 256x171 webp" in result.stdout
+    # The embedded default: a SQLite file and a folder of originals and outputs.
+    assert (tmp_path / "imageproc.db").is_file()
+    stored = sorted(p.name for p in (tmp_path / "imageproc-data" / "outputs").glob("*/*"))
+    assert stored == ["large.jpg", "thumb.webp"]
 
 
 def test_quickstart_with_a_given_image_and_pipeline(tmp_path: Path) -> None:
