@@ -311,3 +311,26 @@ def test_a_file_object_that_returns_short_reads_is_read_whole(processor: Process
     task = processor.submit(Trickle(data))
     assert processor.read(task.source_key) == data
     assert task.source.bytes == len(data)
+
+
+def test_purge_deletes_old_finished_tasks_with_their_files() -> None:
+    from datetime import timedelta
+
+    storage = MemoryStorage()
+    proc, _ = build(storage)
+    image = sample_image(300, 200)
+    first = proc.submit(image, "png")
+    proc.run_until_idle()
+    second = proc.submit(image, "png")  # same original, still queued
+    assert proc.purge(older_than=timedelta(days=1)) == 0  # nothing that old
+
+    assert proc.purge(older_than=timedelta(0)) == 1
+    with pytest.raises(TaskNotFound):
+        proc.get(first.id)
+    # The finished task's outputs are gone, but the original is still used by the queued one.
+    assert storage.keys() == [first.source_key]
+
+    proc.run_until_idle()
+    assert proc.get(second.id).status == TaskStatus.SUCCEEDED
+    assert proc.purge(older_than=timedelta(0)) == 1
+    assert storage.keys() == []

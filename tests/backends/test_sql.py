@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import attrs
 import pytest
@@ -21,6 +22,7 @@ from imageproc import (
     Task,
     TaskStatus,
 )
+from imageproc.backends.fsspec import FsspecStorage
 from imageproc.backends.memory import MemoryStorage
 from imageproc.backends.sql import SQLBackend
 from imageproc.backends.sqlschema import VERSION_TABLE, metadata
@@ -200,3 +202,22 @@ def test_from_urls_builds_and_migrates_sqlite(tmp_path: object) -> None:
         assert again.get(task.id).status == TaskStatus.SUCCEEDED
         assert again.get(task.id).finished_at is not None
         assert again.get(task.id).finished_at.tzinfo is UTC  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_retention_deletes_finished_tasks_and_their_files(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    sql = make_backend(kind, request)
+    storage = FsspecStorage(f"file://{tmp_path / 'images'}")
+    proc = Processor(storage, sql, sql, **FAST_OPTIONS)
+    done = proc.submit(sample_image(300, 200), "thumb=fit:64x64,png")
+    proc.run_until_idle()
+    waiting = proc.submit(sample_image(200, 300), "png")
+    outputs = [output.key for output in proc.get(done.id).outputs]
+    assert all(storage.exists(key) for key in outputs)
+
+    assert proc.purge(older_than=timedelta(0)) == 1
+    assert not any(storage.exists(key) for key in [*outputs, done.source_key])
+    assert storage.exists(waiting.source_key)
+    assert proc.get(waiting.id).status == TaskStatus.QUEUED
