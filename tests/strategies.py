@@ -4,25 +4,63 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from imageproc import Encoding, Fit, Pipeline, Resize, Variant
-from imageproc.pipeline import DEFAULT_QUALITY, FORMATS
+from imageproc.pipeline import (
+    DEFAULT_QUALITY,
+    FORMATS,
+    GRAVITIES,
+    Blur,
+    Colour,
+    Crop,
+    Encoding,
+    Fill,
+    Fit,
+    Flip,
+    Grayscale,
+    Pad,
+    Pipeline,
+    Resize,
+    Rotate,
+    Sharpen,
+    Variant,
+)
 
 sides = st.integers(min_value=1, max_value=8192)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}", fullmatch=True)
+colours = st.builds(
+    Colour,
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(0, 255),
+)
+# Numbers as the text form writes them: up to four decimals.
+amounts = st.integers(1, 100_000).map(lambda n: n / 10_000)
 
 operations = st.one_of(
     st.builds(Fit, sides, sides),
+    st.builds(Fill, sides, sides, st.sampled_from(sorted(GRAVITIES))),
+    st.builds(Pad, sides, sides, colours),
     st.builds(Resize, sides, sides),
     st.builds(Resize, sides, st.none()),
     st.builds(Resize, st.none(), sides),
+    st.builds(Crop, st.integers(0, 9999), st.integers(0, 9999), sides, sides),
+    st.builds(Rotate, st.integers(-720, 720), colours),
+    st.builds(Flip, st.sampled_from(["h", "v"])),
+    st.just(Grayscale()),
+    st.builds(Blur, st.integers(1, 1_000_000).map(lambda n: n / 10_000)),
+    st.builds(Sharpen, amounts),
 )
 
 
 @st.composite
 def encodings(draw: st.DrawFn) -> Encoding:
-    fmt = draw(st.sampled_from(sorted(FORMATS)))
-    quality = draw(st.none() | st.integers(1, 100)) if fmt in DEFAULT_QUALITY else None
-    return Encoding(fmt, quality)
+    fmt = draw(st.sampled_from([*sorted(FORMATS), "original"]))
+    lossless = fmt == "webp" and draw(st.booleans())
+    quality = None
+    if fmt in DEFAULT_QUALITY and not lossless:
+        quality = draw(st.none() | st.integers(1, 100))
+    progressive = fmt == "jpeg" and draw(st.booleans())
+    return Encoding(fmt, quality, progressive, lossless)
 
 
 @st.composite
@@ -33,7 +71,11 @@ def pipelines(draw: st.DrawFn) -> Pipeline:
             name,
             tuple(draw(st.lists(operations, max_size=4))),
             draw(encodings()),
-            draw(st.booleans()),
+            upscale=draw(st.booleans()),
+            keep_metadata=draw(st.booleans()),
+            first_frame=draw(st.booleans()),
+            placeholder=draw(st.booleans()),
+            background=draw(colours),
         )
         for name in variant_names
     )

@@ -7,7 +7,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imageproc import Encoding, Fit, InvalidPipeline, Pipeline, PipelineLimits, Resize, Variant
-from imageproc.pipeline import DEFAULT_PIPELINE
+from imageproc.pipeline import (
+    DEFAULT_PIPELINE,
+    Blur,
+    Colour,
+    Crop,
+    Fill,
+    Flip,
+    Grayscale,
+    Pad,
+    Rotate,
+    Sharpen,
+)
 from tests.strategies import pipelines
 
 
@@ -27,6 +38,55 @@ def test_a_lone_unnamed_variant_is_called_default() -> None:
 
 def test_the_encoding_defaults_to_jpeg_and_means_the_same() -> None:
     assert Pipeline.parse("resize:800x") == Pipeline.parse("default=resize:800x,jpeg")
+
+
+def test_every_operation_and_option_parses() -> None:
+    text = (
+        "a=fit:100x80,fill:50x50:ne,pad:60x40:00000080,resize:30x,crop:1,2,3,4,rotate:-90:ff0000,"
+        "flip:h,grayscale,blur:1.5,sharpen:2,upscale,keep-metadata,first-frame,placeholder,"
+        "background:102030,jpeg:q90:progressive;b=webp:lossless;c=avif:q50;d=gif;e=tiff;f=original"
+    )
+    pipeline = Pipeline.parse(text)
+    a = pipeline.variants[0]
+    assert a.operations == (
+        Fit(100, 80),
+        Fill(50, 50, "ne"),
+        Pad(60, 40, Colour(0, 0, 0, 128)),
+        Resize(30, None),
+        Crop(1, 2, 3, 4),
+        Rotate(270, Colour(255, 0, 0)),
+        Flip("h"),
+        Grayscale(),
+        Blur(1.5),
+        Sharpen(2),
+    )
+    assert (a.upscale, a.keep_metadata, a.first_frame, a.placeholder) == (True, True, True, True)
+    assert a.background == Colour(16, 32, 48)
+    assert a.encoding == Encoding("jpeg", 90, progressive=True)
+    assert [v.encoding.format for v in pipeline.variants[1:]] == [
+        "webp",
+        "avif",
+        "gif",
+        "tiff",
+        "original",
+    ]
+    assert pipeline.variants[1].encoding.lossless
+    assert Pipeline.parse(str(pipeline)) == pipeline
+    assert str(Pipeline.parse(str(pipeline))) == str(pipeline)
+
+
+def test_defaults_are_left_out_of_the_text_form() -> None:
+    text = "fill:10x10:center,pad:5x5:ffffff,rotate:360,sharpen:1,background:ffffff,webp:q79"
+    assert str(Pipeline.parse(text)) == "default=fill:10x10,pad:5x5,rotate:0,sharpen,webp:q79"
+
+
+def test_original_resolves_to_the_source_format() -> None:
+    encoding = Pipeline.parse("original").variants[0].encoding
+    assert encoding.resolve("PNG") == Encoding("png")
+    assert encoding.resolve("BMP") == Encoding("png")  # not a format we write
+    assert encoding.resolve("JPEG").effective_quality == 85
+    assert Encoding("avif").effective_quality == 63
+    assert Encoding("webp", lossless=True).effective_quality is None
 
 
 def test_resize_forms() -> None:
@@ -69,19 +129,39 @@ def test_parse_raises_only_invalid_pipeline(text: str) -> None:
     ("text", "fragment"),
     [
         ("", "empty pipeline"),
-        ("fit:800", "fit takes a size WxH, got '800' (at character 1)"),
-        ("a=fit:10x10;b=blurr:3", "unknown operation 'blurr:3' (at character 15)"),
-        ("a=fit:10x10,,jpeg", "empty token (at character 13)"),
+        ("fit:800", "fit takes a size WxH, got '800' in 'fit:800' (at character 1)"),
+        ("a=fit:10x10;b=blurr:3", "unknown operation 'blurr:3' in 'blurr:3' (at character 15)"),
+        ("a=fit:10x10,,jpeg", "empty token in '' (at character 13)"),
         ("fit:10x10;fit:5x5", "needs a name"),
         ("a=jpeg;a=png", "used twice"),
-        ("a=jpeg,png", "second output format 'png' in variant 'a' (at character 8)"),
+        ("a=jpeg,png", "second output format 'png' in variant 'a' in 'png' (at character 8)"),
         ("jpeg:q101", "quality must be between 1 and 100"),
         ("png:q80", "png takes no quality in 'png:q80' (at character 1)"),
         ("jpeg:fast", "jpeg does not understand 'fast'"),
         ("bad name=jpeg", "bad variant name 'bad name' (at character 1)"),
         ("resize:x", "resize takes a size"),
-        ("fit:0x10", "fit width must be at least 1"),
-        ("fit", "fit needs arguments"),
+        ("fit:0x10", "width must be at least 1"),
+        ("fit", "fit needs arguments, as in fit:800x600"),
+        ("fill:10x10:middle", "gravity 'middle' is not one of"),
+        ("pad:10x10:red", "colour 'red' is not RRGGBB or RRGGBBAA hex"),
+        ("crop:1,2,3", "crop takes x,y,w,h"),
+        (
+            "a=fit:5x5,crop:1,2,3",
+            "crop takes x,y,w,h, got '1,2,3' in 'crop:1,2,3' (at character 11)",
+        ),
+        ("crop:-1,0,5,5", "crop x must not be negative, got -1"),
+        ("rotate:45.5", "rotate takes whole degrees"),
+        ("flip:x", "flip takes h or v"),
+        ("grayscale:1", "grayscale takes at most 0 argument(s)"),
+        ("blur:0", "sigma must be over 0"),
+        ("blur:1e3", "blur takes a number"),
+        ("sharpen:11", "amount must be over 0 and at most 10"),
+        ("png:progressive", "only jpeg can be progressive"),
+        ("jpeg:lossless", "only webp can be lossless"),
+        ("webp:q80:lossless", "lossless webp takes no quality"),
+        ("upscale,upscale,png", "unknown operation 'upscale'"),
+        ("background:fff,png", "colour 'fff' is not RRGGBB"),
+        ("bmp", "unknown operation 'bmp'"),
     ],
 )
 def test_malformed_text_is_refused_helpfully(text: str, fragment: str) -> None:
@@ -100,6 +180,15 @@ def test_malformed_text_is_refused_helpfully(text: str, fragment: str) -> None:
         {"variants": [{"name": "a", "encoding": {"format": "bmp"}}]},
         {"variants": [{"name": "a", "operations": [{"op": "fit", "width": "x", "height": 1}]}]},
         {"variants": "nope"},
+        {"variants": [{"name": "a", "operations": [{"op": "fit", "width": 1.5, "height": 1}]}]},
+        {
+            "variants": [
+                {
+                    "name": "a",
+                    "operations": [{"op": "crop", "x": "0", "y": 0, "width": 1, "height": 1}],
+                }
+            ]
+        },
         {"variants": [{"name": "a", "operations": ["fit"]}]},
     ],
 )
@@ -127,3 +216,12 @@ def test_geometry() -> None:
     assert Resize(500, 60).target_size(400, 200, upscale=False) == (400, 60)
     assert Resize(None, 100).target_size(400, 200, upscale=False) == (200, 100)
     assert Resize(1, None).target_size(400, 2, upscale=False) == (1, 1)  # never 0 wide
+    assert Fill(100, 50).target_size(400, 400, upscale=False) == (100, 50)
+    assert Fill(100, 50).target_size(40, 40, upscale=False) == (40, 20)  # same shape, not enlarged
+    assert Fill(100, 50).target_size(40, 40, upscale=True) == (100, 50)
+    assert Pad(100, 50).target_size(10, 10, upscale=False) == (100, 50)
+    assert Crop(10, 10, 100, 100).target_size(50, 60, upscale=False) == (40, 50)  # clipped
+    assert Crop(100, 0, 5, 5).target_size(50, 60, upscale=False) == (50, 60)  # outside: no-op
+    assert Rotate(90).target_size(40, 20, upscale=False) == (20, 40)
+    assert Rotate(180).target_size(40, 20, upscale=False) == (40, 20)
+    assert Rotate(45).target_size(10, 10, upscale=False) == (15, 15)

@@ -1,23 +1,52 @@
 """What to make from one upload: a :class:`Pipeline` of named :class:`Variant`\\ s.
 
-Each variant is a chain of operations and one output :class:`Encoding`. A pipeline has a compact
-text form (used by the CLI and the HTTP API) and a JSON form; both round-trip exactly::
+Each variant is a chain of operations, some options, and one output :class:`Encoding`. A pipeline
+has a compact text form (used by the CLI and the HTTP API) and a JSON form; both round-trip
+exactly, and two pipelines are equal when they mean the same work::
 
-    thumb=fit:256x256,webp:q80;large=fit:1600x1600,jpeg:q85
+    thumb=fill:256x256:smart,webp:q80;large=fit:1600x1600,jpeg:q85:progressive
 
 Variants are separated by ``;``; each is ``name=`` (optional for a lone variant, which is then
 called ``default``) followed by tokens separated by ``,``; a token is ``op`` or ``op:arg:arg``.
-The encoding token may be left out (JPEG at its default quality). ``upscale`` lets a variant's
-operations enlarge the image, which they never do otherwise.
+
+Operations (``W``, ``H`` in pixels; no operation enlarges the image unless the variant says
+``upscale``):
+
+==========================  ====================================================================
+``fit:WxH``                 scale to fit inside the box, keeping the aspect ratio
+``fill:WxH[:gravity]``      cover the box, then crop; gravity ``center`` (default), ``n``, ``s``,
+                            ``e``, ``w``, ``ne``, ``nw``, ``se``, ``sw``, or ``smart`` (the most
+                            detailed region)
+``pad:WxH[:colour]``        fit, then letterbox to exactly WxH (colour ``RRGGBB[AA]``, white)
+``resize:WxH``              exactly WxH, ignoring the aspect ratio
+``resize:Wx`` / ``xH``      one side, keeping the aspect ratio
+``crop:x,y,w,h``            the rectangle at (x, y) of w x h, clipped to the image
+``rotate:DEG[:colour]``     clockwise; 90/180/270 are lossless, other angles expand the canvas
+                            and fill the corners with the colour (white)
+``flip:h`` / ``flip:v``     mirror horizontally or vertically
+``grayscale``               drop colour
+``blur:SIGMA``              Gaussian blur (0 < SIGMA <= 100)
+``sharpen[:AMOUNT]``        unsharp mask (0 < AMOUNT <= 10, default 1)
+==========================  ====================================================================
+
+Encodings: ``jpeg[:qN][:progressive]``, ``png``, ``webp[:qN][:lossless]``, ``avif[:qN]``,
+``gif``, ``tiff``, and ``original`` (the input's format). Without one, a variant is JPEG. Default
+qualities: JPEG 85, WebP 79, AVIF 63 (imgproxy's choices for the last two).
+
+Variant options: ``upscale``; ``keep-metadata`` (metadata is stripped by default, for privacy;
+colours stay right either way); ``first-frame`` (one still image from an animation);
+``placeholder`` (a BlurHash and the dominant colour on the output); ``background:RRGGBB``
+(what transparency is flattened onto where the format has none; white by default).
 
 This module only describes work; :mod:`imageproc.imaging` carries it out.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Final
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Final, Literal, Self, get_args
 
 import attrs
 
@@ -25,69 +54,256 @@ from imageproc.errors import InvalidPipeline
 
 __all__ = [
     "DEFAULT_PIPELINE",
+    "OPERATIONS",
+    "Blur",
+    "Colour",
+    "Crop",
     "Encoding",
+    "Fill",
     "Fit",
+    "Flip",
+    "Grayscale",
     "Operation",
+    "Pad",
     "Pipeline",
     "PipelineLimits",
     "Resize",
+    "Rotate",
+    "Sharpen",
     "Variant",
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _SIZE = re.compile(r"(\d{1,6})?x(\d{1,6})?")
 _QUALITY = re.compile(r"q(\d{1,3})")
+_COLOUR = re.compile(r"[0-9a-fA-F]{6}(?:[0-9a-fA-F]{2})?")
+_INT = re.compile(r"-?\d{1,6}")
+_NUMBER = re.compile(r"\d{1,3}(?:\.\d{1,4})?")
 
-#: Output formats: the name used in pipelines, Pillow's format name, the file extension and
-#: content type of the result.
+Gravity = Literal["center", "n", "s", "e", "w", "ne", "nw", "se", "sw", "smart"]
+GRAVITIES: Final = frozenset(get_args(Gravity))
+
+#: Output formats: the name used in pipelines → (Pillow's format, file extension, content type).
 FORMATS: Final[Mapping[str, tuple[str, str, str]]] = {
     "jpeg": ("JPEG", "jpg", "image/jpeg"),
     "png": ("PNG", "png", "image/png"),
     "webp": ("WEBP", "webp", "image/webp"),
+    "avif": ("AVIF", "avif", "image/avif"),
+    "gif": ("GIF", "gif", "image/gif"),
+    "tiff": ("TIFF", "tiff", "image/tiff"),
 }
-#: Quality used when a lossy encoding names none (imgproxy's choices for WebP).
-DEFAULT_QUALITY: Final[Mapping[str, int]] = {"jpeg": 85, "webp": 79}
+#: Quality used when a lossy encoding names none (imgproxy's choices for WebP and AVIF).
+DEFAULT_QUALITY: Final[Mapping[str, int]] = {"jpeg": 85, "webp": 79, "avif": 63}
+#: What ``original`` becomes for input formats we do not write (BMP).
+ORIGINAL_FALLBACK: Final = "png"
 
 
 def _fail(message: str, position: int) -> InvalidPipeline:
     return InvalidPipeline(f"{message} (at character {position + 1})")
 
 
-def _positive(value: int, what: str) -> None:
+def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidPipeline(f"{attribute.name} must be a whole number, got {value!r}")
     if value < 1:
-        raise InvalidPipeline(f"{what} must be at least 1, got {value}")
+        raise InvalidPipeline(f"{attribute.name} must be at least 1, got {value}")
+
+
+def _number(value: float) -> str:
+    """A float in its shortest exact text (``2``, not ``2.0``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 @attrs.frozen
-class Fit:
-    """``fit:WxH``: scale to fit inside the box, keeping the aspect ratio."""
+class Colour:
+    """An sRGB colour with alpha, written ``RRGGBB`` or ``RRGGBBAA`` in pipelines."""
 
-    width: int = attrs.field()
-    height: int = attrs.field()
-    op: ClassVar[str] = "fit"
+    red: int
+    green: int
+    blue: int
+    alpha: int = 255
 
-    @width.validator
-    @height.validator
-    def _check(self, attribute: attrs.Attribute[int], value: int) -> None:
-        _positive(value, f"fit {attribute.name}")
+    @classmethod
+    def parse(cls, text: str) -> Colour:
+        """Read ``RRGGBB`` or ``RRGGBBAA`` (hex)."""
+        if not _COLOUR.fullmatch(text):
+            raise InvalidPipeline(f"colour {text!r} is not RRGGBB or RRGGBBAA hex")
+        values = [int(text[i : i + 2], 16) for i in range(0, len(text), 2)]
+        return cls(*values)
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        """The colour without alpha."""
+        return (self.red, self.green, self.blue)
+
+    @property
+    def rgba(self) -> tuple[int, int, int, int]:
+        """The colour with alpha."""
+        return (self.red, self.green, self.blue, self.alpha)
+
+    def __str__(self) -> str:
+        text = "".join(f"{v:02x}" for v in self.rgb)
+        return text if self.alpha == 255 else f"{text}{self.alpha:02x}"
+
+
+WHITE: Final = Colour(255, 255, 255)
+
+
+def _colour(value: Colour | str) -> Colour:
+    return value if isinstance(value, Colour) else Colour.parse(value)
+
+
+def _scale_to(width: int, height: int, scale: float) -> tuple[int, int]:
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class _Op:
+    """What every operation provides; see the concrete classes."""
+
+    op: ClassVar[str]
+    #: Whether the operation needs arguments in the text form.
+    needs_args: ClassVar[bool] = True
+
+    def args(self) -> list[str]:
+        """The arguments of the text form, in order."""
+        raise NotImplementedError
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        """Build from the text form's arguments; :class:`InvalidPipeline` if they are wrong."""
+        raise NotImplementedError
 
     def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
         """The size this operation turns a ``width`` x ``height`` image into."""
-        scale = min(self.width / width, self.height / height)
-        if scale >= 1 and not upscale:
-            return width, height
-        return max(1, round(width * scale)), max(1, round(height * scale))
+        return width, height
+
+    def sides(self) -> tuple[int, ...]:
+        """The pixel sizes this operation names, checked against the largest side allowed."""
+        return ()
 
     def __str__(self) -> str:
-        return f"fit:{self.width}x{self.height}"
+        args = self.args()
+        return ":".join([self.op, *args])
 
     def to_json(self) -> dict[str, Any]:
-        """This operation as a JSON object."""
-        return {"op": self.op, "width": self.width, "height": self.height}
+        """This operation as a JSON object: ``{"op": name, ...fields}``."""
+        fields = attrs.asdict(self, recurse=False)  # type: ignore[arg-type]
+        return {
+            "op": self.op,
+            **{k: str(v) if isinstance(v, Colour) else v for k, v in fields.items()},
+        }
+
+
+def _parse_size(
+    op: str, args: list[str], *, partial: bool = False
+) -> tuple[int | None, int | None]:
+    match = _SIZE.fullmatch(args[0]) if args else None
+    if match is None or (not partial and None in match.groups()) or match.groups() == (None, None):
+        wanted = "WxH, Wx or xH" if partial else "WxH"
+        raise InvalidPipeline(f"{op} takes a size {wanted}, got {':'.join(args)!r}")
+    width, height = match.groups()
+    return (int(width) if width else None), (int(height) if height else None)
+
+
+def _no_more(op: str, args: list[str], allowed: int) -> None:
+    if len(args) > allowed:
+        raise InvalidPipeline(f"{op} takes at most {allowed} argument(s), got {':'.join(args)!r}")
 
 
 @attrs.frozen
-class Resize:
+class Fit(_Op):
+    """``fit:WxH``: scale to fit inside the box, keeping the aspect ratio."""
+
+    width: int = attrs.field(validator=_at_least_one)
+    height: int = attrs.field(validator=_at_least_one)
+    op: ClassVar[str] = "fit"
+
+    def args(self) -> list[str]:
+        return [f"{self.width}x{self.height}"]
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 1)
+        width, height = _parse_size(cls.op, args)
+        return cls(width, height)  # type: ignore[arg-type]
+
+    def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
+        scale = min(self.width / width, self.height / height)
+        if scale >= 1 and not upscale:
+            return width, height
+        return _scale_to(width, height, scale)
+
+    def sides(self) -> tuple[int, ...]:
+        return (self.width, self.height)
+
+
+@attrs.frozen
+class Fill(_Op):
+    """``fill:WxH[:gravity]``: cover the box, keeping the aspect ratio, then crop to it.
+
+    Without ``upscale`` a smaller image is not enlarged: the crop is then the largest box of the
+    requested shape that fits.
+    """
+
+    width: int = attrs.field(validator=_at_least_one)
+    height: int = attrs.field(validator=_at_least_one)
+    gravity: Gravity = attrs.field(default="center")
+    op: ClassVar[str] = "fill"
+
+    @gravity.validator
+    def _check_gravity(self, _: object, value: str) -> None:
+        if value not in GRAVITIES:
+            raise InvalidPipeline(f"gravity {value!r} is not one of {sorted(GRAVITIES)}")
+
+    def args(self) -> list[str]:
+        size = f"{self.width}x{self.height}"
+        return [size] if self.gravity == "center" else [size, self.gravity]
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 2)
+        width, height = _parse_size(cls.op, args)
+        return cls(width, height, *args[1:])  # type: ignore[arg-type]
+
+    def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
+        if upscale or (self.width <= width and self.height <= height):
+            return self.width, self.height
+        # Too small to cover the box: the largest box of its shape that fits, unscaled.
+        scale = min(width / self.width, height / self.height, 1.0)
+        return _scale_to(self.width, self.height, scale)
+
+    def sides(self) -> tuple[int, ...]:
+        return (self.width, self.height)
+
+
+@attrs.frozen
+class Pad(_Op):
+    """``pad:WxH[:colour]``: fit inside the box, then letterbox to exactly WxH."""
+
+    width: int = attrs.field(validator=_at_least_one)
+    height: int = attrs.field(validator=_at_least_one)
+    colour: Colour = attrs.field(default=WHITE, converter=_colour)
+    op: ClassVar[str] = "pad"
+
+    def args(self) -> list[str]:
+        size = f"{self.width}x{self.height}"
+        return [size] if self.colour == WHITE else [size, str(self.colour)]
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 2)
+        width, height = _parse_size(cls.op, args)
+        return cls(width, height, *args[1:])  # type: ignore[arg-type]
+
+    def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
+        return self.width, self.height
+
+    def sides(self) -> tuple[int, ...]:
+        return (self.width, self.height)
+
+
+@attrs.frozen
+class Resize(_Op):
     """``resize:WxH`` (exact size, ignoring aspect), ``resize:Wx`` or ``resize:xH`` (one side)."""
 
     width: int | None = attrs.field(default=None)
@@ -98,86 +314,232 @@ class Resize:
     @height.validator
     def _check(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:
         if value is not None:
-            _positive(value, f"resize {attribute.name}")
+            _at_least_one(self, attribute, value)  # type: ignore[arg-type]
 
     def __attrs_post_init__(self) -> None:
         if self.width is None and self.height is None:
             raise InvalidPipeline("resize needs a width, a height or both")
 
+    def args(self) -> list[str]:
+        return [f"{self.width or ''}x{self.height or ''}"]
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 1)
+        return cls(*_parse_size(cls.op, args, partial=True))
+
     def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
-        """The size this operation turns a ``width`` x ``height`` image into."""
         if self.width is not None and self.height is not None:
-            new = (self.width, self.height)
-            if not upscale:
-                new = (min(new[0], width), min(new[1], height))
-            return new
+            if upscale:
+                return self.width, self.height
+            return min(self.width, width), min(self.height, height)
         scale = self.width / width if self.width is not None else self.height / height  # type: ignore[operator]
         if scale >= 1 and not upscale:
             return width, height
-        return max(1, round(width * scale)), max(1, round(height * scale))
+        return _scale_to(width, height, scale)
 
-    def __str__(self) -> str:
-        return f"resize:{self.width or ''}x{self.height or ''}"
-
-    def to_json(self) -> dict[str, Any]:
-        """This operation as a JSON object."""
-        return {"op": self.op, "width": self.width, "height": self.height}
+    def sides(self) -> tuple[int, ...]:
+        return tuple(v for v in (self.width, self.height) if v is not None)
 
 
-Operation = Fit | Resize
+@attrs.frozen
+class Crop(_Op):
+    """``crop:x,y,w,h``: the rectangle at (x, y) of w x h pixels, clipped to the image."""
+
+    x: int = attrs.field()
+    y: int = attrs.field()
+    width: int = attrs.field(validator=_at_least_one)
+    height: int = attrs.field(validator=_at_least_one)
+    op: ClassVar[str] = "crop"
+
+    @x.validator
+    @y.validator
+    def _check_origin(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidPipeline(f"crop {attribute.name} must be a whole number, got {value!r}")
+        if value < 0:
+            raise InvalidPipeline(f"crop {attribute.name} must not be negative, got {value}")
+
+    def args(self) -> list[str]:
+        return [f"{self.x},{self.y},{self.width},{self.height}"]
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        parts = args[0].split(",") if len(args) == 1 else []
+        if len(parts) != 4 or not all(_INT.fullmatch(p) for p in parts):
+            raise InvalidPipeline(f"crop takes x,y,w,h, got {':'.join(args)!r}")
+        return cls(*(int(p) for p in parts))
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
+        """The crop box clipped to a ``width`` x ``height`` image, or None if outside it."""
+        right, bottom = min(width, self.x + self.width), min(height, self.y + self.height)
+        if self.x >= width or self.y >= height:
+            return None
+        return (self.x, self.y, right, bottom)
+
+    def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
+        box = self.box(width, height)
+        return (width, height) if box is None else (box[2] - box[0], box[3] - box[1])
+
+    def sides(self) -> tuple[int, ...]:
+        return (self.width, self.height)
 
 
-def _parse_size(op: str, args: list[str], position: int, *, partial: bool) -> tuple[int, int]:
-    match = _SIZE.fullmatch(args[0]) if len(args) == 1 else None
-    if match is None or (not partial and None in match.groups()) or match.groups() == (None, None):
-        wanted = "WxH, Wx or xH" if partial else "WxH"
-        raise _fail(f"{op} takes a size {wanted}, got {':'.join(args)!r}", position)
-    w, h = match.groups()
-    return int(w) if w else 0, int(h) if h else 0
+def _degrees(value: int) -> int:
+    return int(value) % 360
 
 
-def _parse_fit(args: list[str], position: int) -> Operation:
-    width, height = _parse_size("fit", args, position, partial=False)
-    return Fit(width, height)
+@attrs.frozen
+class Rotate(_Op):
+    """``rotate:DEG[:colour]``: clockwise by DEG degrees (normalised to 0-359)."""
+
+    degrees: int = attrs.field(converter=_degrees)
+    colour: Colour = attrs.field(default=WHITE, converter=_colour)
+    op: ClassVar[str] = "rotate"
+
+    def args(self) -> list[str]:
+        return (
+            [str(self.degrees)] if self.colour == WHITE else [str(self.degrees), str(self.colour)]
+        )
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 2)
+        if not args or not _INT.fullmatch(args[0]):
+            raise InvalidPipeline(f"rotate takes whole degrees, got {':'.join(args)!r}")
+        return cls(int(args[0]), *args[1:])
+
+    @property
+    def lossless(self) -> bool:
+        """Whether this is a quarter turn (no resampling)."""
+        return self.degrees % 90 == 0
+
+    def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
+        if self.degrees in (90, 270):
+            return height, width
+        if self.lossless:
+            return width, height
+        radians = math.radians(self.degrees)
+        cos, sin = abs(math.cos(radians)), abs(math.sin(radians))
+        return math.ceil(width * cos + height * sin), math.ceil(width * sin + height * cos)
 
 
-def _parse_resize(args: list[str], position: int) -> Operation:
-    width, height = _parse_size("resize", args, position, partial=True)
-    return Resize(width or None, height or None)
+@attrs.frozen
+class Flip(_Op):
+    """``flip:h`` (mirror left-right) or ``flip:v`` (upside down)."""
+
+    direction: Literal["h", "v"] = attrs.field()
+    op: ClassVar[str] = "flip"
+
+    @direction.validator
+    def _check(self, _: object, value: str) -> None:
+        if value not in ("h", "v"):
+            raise InvalidPipeline(f"flip takes h or v, got {value!r}")
+
+    def args(self) -> list[str]:
+        return [self.direction]
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 1)
+        return cls(args[0])  # type: ignore[arg-type]
 
 
-_OPERATION_PARSERS: Final[Mapping[str, Callable[[list[str], int], Operation]]] = {
-    "fit": _parse_fit,
-    "resize": _parse_resize,
+@attrs.frozen
+class Grayscale(_Op):
+    """``grayscale``: drop colour."""
+
+    op: ClassVar[str] = "grayscale"
+    needs_args: ClassVar[bool] = False
+
+    def args(self) -> list[str]:
+        return []
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 0)
+        return cls()
+
+
+def _bounded(low: float, high: float) -> Any:
+    def check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+        if not low < value <= high:
+            raise InvalidPipeline(f"{attribute.name} must be over {low} and at most {high}")
+
+    return check
+
+
+def _parse_number(op: str, text: str) -> float:
+    if not _NUMBER.fullmatch(text):
+        raise InvalidPipeline(f"{op} takes a number such as 2 or 1.5, got {text!r}")
+    return float(text)
+
+
+@attrs.frozen
+class Blur(_Op):
+    """``blur:SIGMA``: Gaussian blur of radius SIGMA pixels."""
+
+    sigma: float = attrs.field(converter=float, validator=_bounded(0, 100))
+    op: ClassVar[str] = "blur"
+
+    def args(self) -> list[str]:
+        return [_number(self.sigma)]
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 1)
+        return cls(_parse_number(cls.op, args[0]))
+
+
+@attrs.frozen
+class Sharpen(_Op):
+    """``sharpen[:AMOUNT]``: unsharp mask; AMOUNT 1 is a moderate sharpening."""
+
+    amount: float = attrs.field(default=1.0, converter=float, validator=_bounded(0, 10))
+    op: ClassVar[str] = "sharpen"
+    needs_args: ClassVar[bool] = False
+
+    def args(self) -> list[str]:
+        return [] if self.amount == 1.0 else [_number(self.amount)]
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> Self:
+        _no_more(cls.op, args, 1)
+        return cls(_parse_number(cls.op, args[0])) if args else cls()
+
+
+Operation = Fit | Fill | Pad | Resize | Crop | Rotate | Flip | Grayscale | Blur | Sharpen
+#: Every operation class by its name in pipelines.
+OPERATIONS: Final[Mapping[str, type[Operation]]] = {
+    cls.op: cls for cls in (Fit, Fill, Pad, Resize, Crop, Rotate, Flip, Grayscale, Blur, Sharpen)
 }
 
 
 def _operation_from_json(obj: Mapping[str, Any]) -> Operation:
-    kind = obj.get("op")
-    if kind == "fit":
-        return Fit(int(obj["width"]), int(obj["height"]))
-    if kind == "resize":
-        width, height = obj.get("width"), obj.get("height")
-        return Resize(
-            None if width is None else int(width), None if height is None else int(height)
-        )
-    raise InvalidPipeline(f"unknown operation {kind!r}")
+    fields = dict(obj)
+    kind = fields.pop("op", None)
+    if kind not in OPERATIONS:
+        raise InvalidPipeline(f"unknown operation {kind!r}")
+    return OPERATIONS[kind](**fields)
 
 
 @attrs.frozen
 class Encoding:
-    """The output format of a variant, with its quality (``None``: the format's default)."""
+    """The output format of a variant and its settings (``quality=None``: the format's default)."""
 
     format: str = attrs.field(default="jpeg")
     quality: int | None = attrs.field(default=None)
+    progressive: bool = attrs.field(default=False)
+    lossless: bool = attrs.field(default=False)
 
     @format.validator
-    def _check_format(self, _: attrs.Attribute[str], value: str) -> None:
-        if value not in FORMATS:
-            raise InvalidPipeline(f"unknown output format {value!r}; use one of {sorted(FORMATS)}")
+    def _check_format(self, _: object, value: str) -> None:
+        if value not in FORMATS and value != "original":
+            known = sorted([*FORMATS, "original"])
+            raise InvalidPipeline(f"unknown output format {value!r}; use one of {known}")
 
     @quality.validator
-    def _check_quality(self, _: attrs.Attribute[int | None], value: int | None) -> None:
+    def _check_quality(self, _: object, value: int | None) -> None:
         if value is None:
             return
         if self.format not in DEFAULT_QUALITY:
@@ -185,14 +547,32 @@ class Encoding:
         if not 1 <= value <= 100:
             raise InvalidPipeline(f"quality must be between 1 and 100, got {value}")
 
+    def __attrs_post_init__(self) -> None:
+        if self.progressive and self.format != "jpeg":
+            raise InvalidPipeline("only jpeg can be progressive")
+        if self.lossless and self.format != "webp":
+            raise InvalidPipeline("only webp can be lossless")
+        if self.lossless and self.quality is not None:
+            raise InvalidPipeline("lossless webp takes no quality")
+
+    def resolve(self, source_format: str) -> Encoding:
+        """The concrete encoding: ``original`` becomes the source's format (PNG for formats we
+        do not write, such as BMP)."""
+        if self.format != "original":
+            return self
+        name = source_format.lower()
+        return Encoding(name if name in FORMATS else ORIGINAL_FALLBACK)
+
     @property
     def effective_quality(self) -> int | None:
-        """The quality the encoder will use."""
+        """The quality the encoder will use (None for lossless formats)."""
+        if self.lossless:
+            return None
         return self.quality if self.quality is not None else DEFAULT_QUALITY.get(self.format)
 
     @property
     def pillow_format(self) -> str:
-        """Pillow's name for this format."""
+        """Pillow's name for this format (not for ``original``: resolve it first)."""
         return FORMATS[self.format][0]
 
     @property
@@ -205,29 +585,66 @@ class Encoding:
         """The MIME type of outputs in this format."""
         return FORMATS[self.format][2]
 
+    @property
+    def animates(self) -> bool:
+        """Whether this format can hold an animation."""
+        return self.format in ("gif", "webp")
+
     def __str__(self) -> str:
-        return self.format if self.quality is None else f"{self.format}:q{self.quality}"
+        tokens = [self.format]
+        if self.quality is not None:
+            tokens.append(f"q{self.quality}")
+        if self.progressive:
+            tokens.append("progressive")
+        if self.lossless:
+            tokens.append("lossless")
+        return ":".join(tokens)
+
+    @classmethod
+    def parse(cls, fmt: str, args: list[str]) -> Encoding:
+        """Read an encoding token's arguments."""
+        options: dict[str, Any] = {}
+        for arg in args:
+            match = _QUALITY.fullmatch(arg)
+            key = "quality" if match else arg
+            if key in options or key not in ("quality", "progressive", "lossless"):
+                raise InvalidPipeline(f"{fmt} does not understand {arg!r}")
+            options[key] = int(match.group(1)) if match else True
+        return cls(fmt, **options)
 
     def to_json(self) -> dict[str, Any]:
         """This encoding as a JSON object."""
-        return {"format": self.format, "quality": self.quality}
+        return attrs.asdict(self)
 
 
 def _operations(operations: Iterable[Operation]) -> tuple[Operation, ...]:
     return tuple(operations)
 
 
+#: Variant options written as plain tokens in the text form, and their attribute names.
+_FLAGS: Final = {
+    "upscale": "upscale",
+    "keep-metadata": "keep_metadata",
+    "first-frame": "first_frame",
+    "placeholder": "placeholder",
+}
+
+
 @attrs.frozen
 class Variant:
-    """One named output: operations applied in order, then an encoding."""
+    """One named output: operations applied in order, options, then an encoding."""
 
     name: str = attrs.field()
     operations: tuple[Operation, ...] = attrs.field(default=(), converter=_operations)
     encoding: Encoding = attrs.field(factory=Encoding)
     upscale: bool = False
+    keep_metadata: bool = False
+    first_frame: bool = False
+    placeholder: bool = False
+    background: Colour = attrs.field(default=WHITE, converter=_colour)
 
     @name.validator
-    def _check_name(self, _: attrs.Attribute[str], value: str) -> None:
+    def _check_name(self, _: object, value: str) -> None:
         if not _NAME.fullmatch(value):
             raise InvalidPipeline(
                 f"variant name {value!r} must be 1-64 letters, digits, '_' or '-',"
@@ -242,8 +659,9 @@ class Variant:
 
     def __str__(self) -> str:
         tokens = [str(op) for op in self.operations]
-        if self.upscale:
-            tokens.append("upscale")
+        tokens += [token for token, attr in _FLAGS.items() if getattr(self, attr)]
+        if self.background != WHITE:
+            tokens.append(f"background:{self.background}")
         tokens.append(str(self.encoding))
         return f"{self.name}={','.join(tokens)}"
 
@@ -253,7 +671,8 @@ class Variant:
             "name": self.name,
             "operations": [op.to_json() for op in self.operations],
             "encoding": self.encoding.to_json(),
-            "upscale": self.upscale,
+            **{attr: getattr(self, attr) for attr in _FLAGS.values()},
+            "background": str(self.background),
         }
 
 
@@ -263,6 +682,18 @@ def _split(text: str, separator: str, start: int) -> Iterator[tuple[str, int]]:
     for piece in text.split(separator):
         yield piece, offset
         offset += len(piece) + 1
+
+
+def _tokens(body: str, start: int) -> Iterator[tuple[str, int]]:
+    """The variant's tokens with their offsets. ``crop:x,y,w,h`` uses the token separator inside
+    its argument, so a crop token takes the three pieces after it along."""
+    pieces = list(_split(body, ",", start))
+    index = 0
+    while index < len(pieces):
+        token, at = pieces[index]
+        width = 4 if token.strip().startswith("crop:") else 1
+        yield ",".join(piece for piece, _ in pieces[index : index + width]), at
+        index += width
 
 
 def _parse_variant(text: str, position: int, *, lone: bool) -> Variant:
@@ -275,40 +706,45 @@ def _parse_variant(text: str, position: int, *, lone: bool) -> Variant:
     elif not lone:
         raise _fail(f"variant {text!r} needs a name (name=…) when there are several", position)
     operations: list[Operation] = []
+    options: dict[str, Any] = {}
     encoding: Encoding | None = None
-    upscale = False
-    for token, at in _split(body, ",", body_at):
+    for token, at in _tokens(body, body_at):
         op, *args = token.strip().split(":")
         try:
-            if op in _OPERATION_PARSERS:
-                if not args:
-                    raise _fail(f"{op} needs arguments, as in {op}:800x600", at)
-                operations.append(_OPERATION_PARSERS[op](args, at))
-            elif op in FORMATS:
+            if op in OPERATIONS:
+                cls = OPERATIONS[op]
+                if cls.needs_args and not args:
+                    raise InvalidPipeline(f"{op} needs arguments, as in {_EXAMPLES[op]}")
+                operations.append(cls.parse_args(args))
+            elif op in FORMATS or op == "original":
                 if encoding is not None:
-                    raise _fail(f"second output format {token!r} in variant {name!r}", at)
-                encoding = _parse_encoding(op, args, at)
-            elif op == "upscale" and not args:
-                upscale = True
+                    raise InvalidPipeline(f"second output format {token!r} in variant {name!r}")
+                encoding = Encoding.parse(op, args)
+            elif op in _FLAGS and not args and _FLAGS[op] not in options:
+                options[_FLAGS[op]] = True
+            elif op == "background" and len(args) == 1 and "background" not in options:
+                options["background"] = Colour.parse(args[0])
             elif not op:
-                raise _fail("empty token", at)
+                raise InvalidPipeline("empty token")
             else:
-                raise _fail(f"unknown operation {token!r}", at)
+                raise InvalidPipeline(f"unknown operation {token!r}")
         except InvalidPipeline as error:
             if "(at character" in error.message:
                 raise
             raise _fail(f"{error.message} in {token!r}", at) from error
-    return Variant(name, tuple(operations), encoding or Encoding(), upscale)
+    return Variant(name, tuple(operations), encoding or Encoding(), **options)
 
 
-def _parse_encoding(fmt: str, args: list[str], position: int) -> Encoding:
-    quality = None
-    for arg in args:
-        match = _QUALITY.fullmatch(arg)
-        if match is None or quality is not None:
-            raise _fail(f"{fmt} does not understand {arg!r}", position)
-        quality = int(match.group(1))
-    return Encoding(fmt, quality)
+_EXAMPLES: Final = {
+    "fit": "fit:800x600",
+    "fill": "fill:256x256",
+    "pad": "pad:800x600",
+    "resize": "resize:800x",
+    "crop": "crop:0,0,100,100",
+    "rotate": "rotate:90",
+    "flip": "flip:h",
+    "blur": "blur:2",
+}
 
 
 def _variants(variants: Iterable[Variant]) -> tuple[Variant, ...]:
@@ -346,17 +782,19 @@ class Pipeline:
     def from_json(cls, obj: Mapping[str, Any]) -> Pipeline:
         """Read the JSON form (as produced by :meth:`to_json`)."""
         try:
-            return cls(
-                tuple(
+            variants = []
+            for v in obj["variants"]:
+                options = {attr: bool(v.get(attr, False)) for attr in _FLAGS.values()}
+                variants.append(
                     Variant(
                         str(v["name"]),
                         tuple(_operation_from_json(op) for op in v.get("operations", ())),
                         Encoding(**v.get("encoding", {})),
-                        bool(v.get("upscale", False)),
+                        background=v.get("background", str(WHITE)),
+                        **options,
                     )
-                    for v in obj["variants"]
                 )
-            )
+            return cls(variants)
         except InvalidPipeline:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -392,7 +830,7 @@ class PipelineLimits:
                     f" more than the limit of {self.max_operations}"
                 )
             for op in variant.operations:
-                if max(op.width or 0, op.height or 0) > self.max_side:
+                if max(op.sides(), default=0) > self.max_side:
                     raise InvalidPipeline(
                         f"{op} in variant {variant.name!r} is larger than the limit of"
                         f" {self.max_side} pixels a side"
