@@ -20,7 +20,8 @@ import attrs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imageproc.errors import InvalidImage, InvalidPipeline
-from imageproc.pipeline import Fit, Operation, Pipeline, Resize, Variant
+from imageproc import transforms
+from imageproc.pipeline import Pipeline, Variant
 from imageproc.task import SourceInfo
 
 __all__ = ["ImageLimits", "Rendered", "probe", "render"]
@@ -144,15 +145,6 @@ def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
         return image
 
 
-def _apply(image: Image.Image, operation: Operation, *, upscale: bool) -> Image.Image:
-    if isinstance(operation, Fit | Resize):
-        size = operation.target_size(image.width, image.height, upscale=upscale)
-        if size == image.size:
-            return image
-        return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    raise NotImplementedError(f"no engine for {operation!r}")  # pragma: no cover
-
-
 def _for_encoding(image: Image.Image, pillow_format: str) -> Image.Image:
     """Convert to a mode the encoder can write, flattening transparency onto white for JPEG."""
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
@@ -220,6 +212,6 @@ def render(data: bytes, pipeline: Pipeline, limits: ImageLimits | None = None) -
     for variant in pipeline.variants:
         image = source
         for operation in variant.operations:
-            image = _apply(image, operation, upscale=variant.upscale)
+            image = transforms.apply(image, operation, upscale=variant.upscale)
         results.append(_encode(image, variant))
     return results

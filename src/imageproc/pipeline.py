@@ -419,9 +419,20 @@ class Rotate(_Op):
             return height, width
         if self.lossless:
             return width, height
+        # The bounding box of the turned corners, rounded outwards as Pillow's rotate(expand=True)
+        # does, so the prediction matches the engine to the pixel.
         radians = math.radians(self.degrees)
-        cos, sin = abs(math.cos(radians)), abs(math.sin(radians))
-        return math.ceil(width * cos + height * sin), math.ceil(width * sin + height * cos)
+        cos, sin = math.cos(radians), math.sin(radians)
+        corners = [
+            (x - width / 2, y - height / 2)
+            for x, y in ((0, 0), (width, 0), (width, height), (0, height))
+        ]
+        xs = [x * cos - y * sin for x, y in corners]
+        ys = [x * sin + y * cos for x, y in corners]
+        return (
+            math.ceil(max(xs)) - math.floor(min(xs)),
+            math.ceil(max(ys)) - math.floor(min(ys)),
+        )
 
 
 @attrs.frozen
