@@ -19,8 +19,8 @@ from typing import Final
 import attrs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imageproc.errors import InvalidImage, InvalidPipeline
 from imageproc import transforms
+from imageproc.errors import InvalidImage, InvalidPipeline
 from imageproc.pipeline import Pipeline, Variant
 from imageproc.task import SourceInfo
 
