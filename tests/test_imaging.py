@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import functools
 import io
+import math
 import struct
 import zlib
 
@@ -144,3 +146,78 @@ def test_error_messages_do_not_name_memory_objects() -> None:
         probe(b"hello, this is not an image")
     assert "0x" not in info.value.message
     assert "BytesIO" not in info.value.message
+
+
+@functools.cache
+def detailed_jpeg(width: int, height: int, *, orientation: int | None = None) -> bytes:
+    """A JPEG with fine detail everywhere (a Mandelbrot set per channel), so resampling shows."""
+    channels = [
+        Image.effect_mandelbrot((width, height), (-2.0 + i * 0.1, -1.2, 1.0, 1.2), 40)
+        for i in range(3)
+    ]
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.merge("RGB", channels).save(buffer, "JPEG", quality=92, exif=exif)
+    return buffer.getvalue()
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    from PIL import ImageChops, ImageStat
+
+    rms = ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).rms
+    mse = sum(r * r for r in rms) / len(rms)
+    return float("inf") if mse == 0 else 20 * math.log10(255 / math.sqrt(mse))
+
+
+def test_shrink_target_allows_what_every_variant_can_afford() -> None:
+    from imageproc.imaging import shrink_target
+
+    assert shrink_target(Pipeline.parse("fit:256x256"), 4000, 3000) == (768, 576)
+    both = Pipeline.parse("a=fit:256x256;b=fill:500x500")
+    assert shrink_target(both, 4000, 3000) == (2000, 1500)  # fill covers: 3000 -> 500, x3
+    assert shrink_target(Pipeline.parse("a=fit:256x256;b=png"), 4000, 3000) is None
+    assert shrink_target(Pipeline.parse("crop:0,0,10,10,fit:5x5"), 4000, 3000) is None
+    assert shrink_target(Pipeline.parse("fit:2000x2000"), 4000, 3000) is None  # not 3x smaller
+
+
+@pytest.mark.parametrize(
+    ("size", "orientation"), [((2001, 1333), None), ((1333, 2001), 6), ((3000, 2000), 8)]
+)
+def test_shrunk_and_shared_decodes_give_the_predicted_sizes(
+    size: tuple[int, int], orientation: int | None
+) -> None:
+    pipeline = Pipeline.parse(
+        "a=fit:1024x1024,png;b=fit:256x256,png;c=fill:300x200:smart,png;"
+        "d=pad:300x300,png;e=resize:x100,png;f=fit:90x90,rotate:90,png"
+    )
+    results = render(detailed_jpeg(*size, orientation=orientation), pipeline)
+    upright = size[::-1] if orientation in (6, 8) else size
+    for variant, result in zip(pipeline.variants, results, strict=True):
+        assert (result.width, result.height) == variant.target_size(*upright), variant.name
+
+
+@pytest.mark.parametrize("target", [256, 1024])
+def test_fast_paths_stay_within_1_db_of_a_full_decode(target: int) -> None:
+    data = detailed_jpeg(4000, 3000)
+    (ours,) = render(data, Pipeline.parse(f"fit:{target}x{target},jpeg:q85"))
+    with Image.open(io.BytesIO(data)) as full:
+        full.load()
+        reference = full.resize((ours.width, ours.height), Image.Resampling.LANCZOS)
+    naive = io.BytesIO()
+    reference.save(naive, "JPEG", quality=85, optimize=True)
+    with Image.open(io.BytesIO(ours.data)) as mine, Image.open(naive) as theirs:
+        assert psnr(mine, reference) >= psnr(theirs, reference) - 1.0
+
+
+def test_a_smaller_variant_from_a_bigger_one_stays_within_1_db() -> None:
+    data = detailed_jpeg(3000, 2000)
+    together = render(data, Pipeline.parse("big=fit:1600x1600,png;small=fit:400x400,png"))
+    (alone,) = render(data, Pipeline.parse("small=fit:400x400,png"))
+    with (
+        Image.open(io.BytesIO(together[1].data)) as shared,
+        Image.open(io.BytesIO(alone.data)) as own,
+    ):
+        assert shared.size == own.size
+        assert psnr(shared, own) > 40

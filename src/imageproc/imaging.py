@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
 import struct
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imageproc import transforms
 from imageproc.errors import InvalidImage, InvalidPipeline
-from imageproc.pipeline import Pipeline, Variant
+from imageproc.pipeline import Fill, Fit, Operation, Pad, Pipeline, Resize, Variant
 from imageproc.task import SourceInfo
 
 __all__ = ["ImageLimits", "Rendered", "probe", "render"]
@@ -137,12 +138,66 @@ def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
         )
 
 
-def _decode(data: bytes, limits: ImageLimits) -> Image.Image:
+def _decode(data: bytes, limits: ImageLimits, pipeline: Pipeline) -> Image.Image:
     with _open(data, limits) as image, _mapped_errors("corrupt or truncated image"):
+        if image.format == "JPEG":
+            upright = shrink_target(pipeline, *_upright_size(image))
+            if upright is not None:
+                image.draft(image.mode, _stored_size(image, upright))
         image.load()
         # In place: a transposed copy would double peak memory for every upright image.
         ImageOps.exif_transpose(image, in_place=True)
         return image
+
+
+_TURNED: Final = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
+def _orientation(image: Image.Image) -> int:
+    return int(image.getexif().get(0x0112, 1) or 1)
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    return (height, width) if _orientation(image) in _TURNED else (width, height)
+
+
+def _stored_size(image: Image.Image, upright: tuple[int, int]) -> tuple[int, int]:
+    return (upright[1], upright[0]) if _orientation(image) in _TURNED else upright
+
+
+def _first_scale(variant: Variant, width: int, height: int) -> float | None:
+    """How much the variant's first operation scales a ``width`` x ``height`` source down, or
+    None if it needs full resolution (no scaling first, or a crop, rotate or filter first)."""
+    if not variant.operations:
+        return None
+    first = variant.operations[0]
+    if isinstance(first, Fit | Resize):
+        target = first.target_size(width, height, upscale=variant.upscale)
+        return max(target[0] / width, target[1] / height)
+    if isinstance(first, Fill):
+        target = first.target_size(width, height, upscale=variant.upscale)
+        return max(target[0] / width, target[1] / height)  # cover: the larger ratio
+    if isinstance(first, Pad):
+        inner = Fit(first.width, first.height).target_size(width, height, upscale=variant.upscale)
+        return max(inner[0] / width, inner[1] / height)
+    return None
+
+
+def shrink_target(pipeline: Pipeline, width: int, height: int) -> tuple[int, int] | None:
+    """The smallest upright size a decoder may shrink the source to on load and still give every
+    variant full quality, or None if some variant needs every pixel.
+
+    Each variant's first scaling must still be a reduction by at least ``REDUCING_GAP`` from the
+    shrunk image, so the final LANCZOS pass has the margin it would have from the full decode.
+    """
+    needed = 0.0
+    for variant in pipeline.variants:
+        scale = _first_scale(variant, width, height)
+        if scale is None or scale * transforms.REDUCING_GAP >= 1:
+            return None
+        needed = max(needed, scale * transforms.REDUCING_GAP)
+    return math.ceil(width * needed), math.ceil(height * needed)
 
 
 def _for_encoding(image: Image.Image, pillow_format: str) -> Image.Image:
@@ -203,15 +258,63 @@ def check_output_sizes(pipeline: Pipeline, width: int, height: int, limits: Imag
 def render(data: bytes, pipeline: Pipeline, limits: ImageLimits | None = None) -> list[Rendered]:
     """Decode ``data`` once, upright it from EXIF, and encode every variant of ``pipeline``.
 
-    Raises :class:`~imageproc.InvalidImage` if the image cannot be decoded.
+    The decode shrinks a JPEG on load as far as every variant allows (see :func:`shrink_target`),
+    and larger variants are made first so smaller ones can start from them. Raises
+    :class:`~imageproc.InvalidImage` if the image cannot be decoded, and
+    :class:`~imageproc.InvalidPipeline` if a variant would be larger than the pixel limit.
     """
     limits = limits or ImageLimits()
-    source = _decode(data, limits)
-    check_output_sizes(pipeline, source.width, source.height, limits)
-    results = []
-    for variant in pipeline.variants:
-        image = source
-        for operation in variant.operations:
+    with _open(data, limits) as header, _mapped_errors("corrupt or truncated image"):
+        upright = _upright_size(header)
+    check_output_sizes(pipeline, *upright, limits)
+    source = _decode(data, limits, pipeline)
+    made = _variants(source, upright, pipeline)
+    return [_encode(made[variant.name], variant) for variant in pipeline.variants]
+
+
+def _variants(
+    source: Image.Image, upright: tuple[int, int], pipeline: Pipeline
+) -> dict[str, Image.Image]:
+    # Biggest first, so that a smaller variant can start from a bigger one's first step.
+    order = sorted(pipeline.variants, key=lambda v: -_area(v.target_size(*upright)))
+    bases: list[Image.Image] = []  # first steps that keep the whole picture and its shape
+    made: dict[str, Image.Image] = {}
+    for variant in order:
+        image, operations = source, variant.operations
+        if operations and _first_scale(variant, *upright) is not None:
+            first = operations[0]
+            target = first.target_size(*upright, upscale=variant.upscale)
+            image = transforms.apply(
+                _smallest_base(bases, target, default=source),
+                first,
+                upscale=variant.upscale,
+                nominal=upright,
+            )
+            if _keeps_whole_picture(first):
+                bases.append(image)
+            operations = operations[1:]
+        for operation in operations:
             image = transforms.apply(image, operation, upscale=variant.upscale)
-        results.append(_encode(image, variant))
-    return results
+        made[variant.name] = image
+    return made
+
+
+def _area(size: tuple[int, int]) -> int:
+    return size[0] * size[1]
+
+
+def _keeps_whole_picture(operation: Operation) -> bool:
+    """A scaling that keeps all of the picture at its shape: its result can stand for the source."""
+    return isinstance(operation, Fit) or (
+        isinstance(operation, Resize) and None in (operation.width, operation.height)
+    )
+
+
+def _smallest_base(
+    bases: list[Image.Image], target: tuple[int, int], *, default: Image.Image
+) -> Image.Image:
+    """The smallest earlier result still ``REDUCING_GAP`` times the target on both sides: from
+    there, one LANCZOS pass gives what it would give from the full image."""
+    gap = transforms.REDUCING_GAP
+    fits = [b for b in bases if b.width >= target[0] * gap and b.height >= target[1] * gap]
+    return min(fits, key=lambda b: b.width * b.height, default=default)

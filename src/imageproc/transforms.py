@@ -122,19 +122,31 @@ def fill_box(image: Image.Image, fill: Fill, *, upscale: bool) -> tuple[float, f
     return (left, top, left + box_w, top + box_h)
 
 
-def apply(image: Image.Image, operation: Operation, *, upscale: bool = False) -> Image.Image:
-    """``image`` after ``operation``; a new image, or ``image`` itself if nothing changes."""
+def apply(
+    image: Image.Image,
+    operation: Operation,
+    *,
+    upscale: bool = False,
+    nominal: tuple[int, int] | None = None,
+) -> Image.Image:
+    """``image`` after ``operation``; a new image, or ``image`` itself if nothing changes.
+
+    ``nominal`` is the size ``image`` stands for when it is a smaller copy of the real thing (a
+    JPEG shrunk on load, or a larger variant reused): scaling operations then compute their
+    target from the nominal size, so the output is the same size to the pixel either way.
+    """
+    width, height = nominal or image.size
     match operation:
         case Fit() | Resize():
-            return _resize(image, operation.target_size(image.width, image.height, upscale=upscale))
+            return _resize(image, operation.target_size(width, height, upscale=upscale))
         case Fill():
-            size = operation.target_size(image.width, image.height, upscale=upscale)
+            size = operation.target_size(width, height, upscale=upscale)
             box = fill_box(image, operation, upscale=upscale)
             # One resample straight from the chosen region: no intermediate full-size copy.
             return _resize(image, size, box)
         case Pad():
             inner = Fit(operation.width, operation.height).target_size(
-                image.width, image.height, upscale=upscale
+                width, height, upscale=upscale
             )
             fitted = _resize(image, inner)
             if operation.colour.alpha < 255:
