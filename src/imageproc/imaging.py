@@ -78,6 +78,9 @@ class Rendered:
     width: int
     height: int
     data: bytes
+    #: With the variant's ``placeholder`` option: a BlurHash and the dominant colour.
+    blurhash: str | None = None
+    dominant_color: str | None = None
 
 
 _OBJECT_REPR: Final = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")

@@ -386,6 +386,8 @@ class Processor:
                     width=rendered.width,
                     height=rendered.height,
                     bytes=len(rendered.data),
+                    blurhash=rendered.blurhash,
+                    dominant_color=rendered.dominant_color,
                 )
             )
         return tuple(outputs)

@@ -102,6 +102,10 @@ class Output:
     width: int
     height: int
     bytes: int
+    #: A BlurHash of the picture, when the variant asked for a ``placeholder``.
+    blurhash: str | None = None
+    #: The picture's dominant colour as ``#rrggbb``, with the placeholder.
+    dominant_color: str | None = None
 
 
 @attrs.frozen

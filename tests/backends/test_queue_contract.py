@@ -10,7 +10,7 @@ from datetime import timedelta
 import attrs
 import pytest
 
-from imageproc import LeaseLost, SourceInfo, Task, TaskError, TaskNotFound, TaskStatus
+from imageproc import LeaseLost, Output, SourceInfo, Task, TaskError, TaskNotFound, TaskStatus
 from imageproc.clock import utcnow
 from imageproc.pipeline import DEFAULT_PIPELINE
 from tests.backends.conftest import Backend
@@ -258,3 +258,15 @@ def test_timestamps_come_back_timezone_aware_and_exact(backend: Backend) -> None
     stored = backend.repository.get(task.id)
     assert stored == task
     assert stored.created_at.utcoffset() == timedelta(0)
+
+
+def test_outputs_round_trip_with_every_field(backend: Backend) -> None:
+    backend.repository.add(new_task())
+    (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
+    outputs = (
+        Output("thumb", "outputs/t/thumb.webp", "webp", 256, 171, 1764, "LKO2?U%2Tw=w", "#a0b0c0"),
+        Output("large", "outputs/t/large.jpg", "jpeg", 1600, 1067, 48135),
+    )
+    done = lease.task.succeed(outputs, utcnow())
+    backend.queue.complete(lease, done)
+    assert backend.repository.get(done.id) == done

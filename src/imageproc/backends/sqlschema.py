@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import attrs
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
@@ -130,17 +131,7 @@ def task_to_row(task: Task) -> dict[str, Any]:
         "source_height": task.source.height,
         "source_bytes": task.source.bytes,
         "source_sha256": task.source.sha256,
-        "outputs": [
-            {
-                "name": o.name,
-                "key": o.key,
-                "format": o.format,
-                "width": o.width,
-                "height": o.height,
-                "bytes": o.bytes,
-            }
-            for o in task.outputs
-        ],
+        "outputs": [attrs.asdict(output) for output in task.outputs],
         "attempts": task.attempts,
         "max_attempts": task.max_attempts,
         "owner": task.owner,
