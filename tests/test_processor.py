@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,13 @@ from imageproc import (
     Pipeline,
     Processor,
     StorageError,
+    Task,
     TaskNotFound,
     TaskStatus,
     WaitTimeout,
 )
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.events import Events
 from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
 from tests.doubles import CountingQueue
 
@@ -334,3 +337,52 @@ def test_purge_deletes_old_finished_tasks_with_their_files() -> None:
     assert proc.get(second.id).status == TaskStatus.SUCCEEDED
     assert proc.purge(older_than=timedelta(0)) == 1
     assert storage.keys() == []
+
+
+class Recorder(Events):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def submitted(self, task: Task) -> None:
+        self.calls.append(("submitted", task.status))
+
+    def finished(self, task: Task) -> None:
+        self.calls.append(("finished", task.status))
+
+    def retried(self, task: Task) -> None:
+        self.calls.append(("retried", task.status))
+
+    def stage(self, name: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.calls.append(("stage", name))
+
+
+def test_events_follow_a_task() -> None:
+    recorder = Recorder()
+    flaky = FlakyStorage(MemoryStorage(), failures=1, methods=frozenset({"get"}))
+    proc, _ = build(flaky, events=recorder, in_place_tries=1)
+    proc.submit(sample_image())
+    proc.run_until_idle()  # the first attempt fails on fetch and is put back
+    time.sleep(0.1)
+    proc.run_until_idle()
+    assert recorder.calls == [
+        ("submitted", "queued"),
+        ("retried", "queued"),
+        ("stage", "fetch"),
+        ("stage", "decode"),
+        ("stage", "transform"),
+        ("stage", "encode"),
+        ("stage", "store"),
+        ("finished", "succeeded"),
+    ]
+
+
+def test_a_failing_hook_does_not_fail_the_task() -> None:
+    class Broken(Events):
+        def finished(self, task: Task) -> None:
+            raise RuntimeError("metrics backend down")
+
+    proc, _ = build(events=Broken())
+    task = proc.submit(sample_image())
+    proc.run_until_idle()
+    assert proc.get(task.id).status == TaskStatus.SUCCEEDED

@@ -13,7 +13,8 @@ import io
 import math
 import re
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
@@ -258,21 +259,46 @@ def check_output_sizes(pipeline: Pipeline, width: int, height: int, limits: Imag
                     )
 
 
-def render(data: bytes, pipeline: Pipeline, limits: ImageLimits | None = None) -> list[Rendered]:
+def render(
+    data: bytes,
+    pipeline: Pipeline,
+    limits: ImageLimits | None = None,
+    *,
+    stage: Callable[[str, float], None] | None = None,
+) -> list[Rendered]:
     """Decode ``data`` once, upright it from EXIF, and encode every variant of ``pipeline``.
 
     The decode shrinks a JPEG on load as far as every variant allows (see :func:`shrink_target`),
-    and larger variants are made first so smaller ones can start from them. Raises
+    and larger variants are made first so smaller ones can start from them. ``stage``, if given,
+    is told how long the ``decode``, ``transform`` and ``encode`` stages took. Raises
     :class:`~imageproc.InvalidImage` if the image cannot be decoded, and
     :class:`~imageproc.InvalidPipeline` if a variant would be larger than the pixel limit.
     """
     limits = limits or ImageLimits()
-    with _open(data, limits) as header, _mapped_errors("corrupt or truncated image"):
-        upright = _upright_size(header)
-    check_output_sizes(pipeline, *upright, limits)
-    source = _decode(data, limits, pipeline)
-    made = _variants(source, upright, pipeline)
-    return [_encode(made[variant.name], variant) for variant in pipeline.variants]
+    timer = _Timer(stage)
+    with timer("decode"):
+        with _open(data, limits) as header, _mapped_errors("corrupt or truncated image"):
+            upright = _upright_size(header)
+        check_output_sizes(pipeline, *upright, limits)
+        source = _decode(data, limits, pipeline)
+    with timer("transform"):
+        made = _variants(source, upright, pipeline)
+    with timer("encode"):
+        return [_encode(made[variant.name], variant) for variant in pipeline.variants]
+
+
+class _Timer:
+    def __init__(self, report: Callable[[str, float], None] | None) -> None:
+        self._report = report
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._report is not None:
+                self._report(name, time.perf_counter() - started)
 
 
 def _variants(

@@ -27,6 +27,7 @@ from imageproc.errors import (
     WaitTimeout,
     is_transient,
 )
+from imageproc.events import Events
 from imageproc.imaging import ImageLimits
 from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
 from imageproc.protocols import Lease, Queue, Repository, Storage
@@ -68,6 +69,7 @@ class Processor:
             the attempt (random pauses of up to ``in_place_wait`` seconds, doubling per try).
         poll_interval: longest an idle worker sleeps before it looks for work again.
         clock: where timestamps come from (timezone-aware UTC).
+        events: hooks called as tasks move (:class:`imageproc.events.Events`; metrics use it).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Processor:
         in_place_wait: float = 0.1,
         poll_interval: float = 0.5,
         clock: Clock = utcnow,
+        events: Events | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ConfigurationError("max_attempts must be at least 1")
@@ -107,6 +110,7 @@ class Processor:
         self.backoff_max = backoff_max
         self.poll_interval = poll_interval
         self.clock = clock
+        self.events = events or Events()
         self._in_place_tries = in_place_tries
         self._in_place_wait = in_place_wait
         self.presets_only = presets_only
@@ -227,6 +231,7 @@ class Processor:
         )
         self.repository.add(task)
         logger.debug("submitted task %s (%s)", task.id, resolved)
+        self._emit("submitted", task)
         return task
 
     def get(self, task_id: str) -> Task:
@@ -371,9 +376,18 @@ class Processor:
         return self._record(lease, task.succeed(outputs, self.clock()), self.queue.complete)
 
     def _produce(self, task: Task) -> tuple[Output, ...]:
+        started = time.perf_counter()
         data = self._in_place(self.storage.get, task.source_key)
+        self._emit("stage", "fetch", time.perf_counter() - started)
+        rendered_all = imaging.render(
+            data,
+            task.pipeline,
+            self.image_limits,
+            stage=lambda name, seconds: self._emit("stage", name, seconds),
+        )
+        started = time.perf_counter()
         outputs = []
-        for rendered in imaging.render(data, task.pipeline, self.image_limits):
+        for rendered in rendered_all:
             key = keys.output_key(task.id, rendered.name, rendered.extension)
             self._in_place(
                 lambda k=key, r=rendered: self.storage.put(k, r.data, content_type=r.content_type)
@@ -390,6 +404,7 @@ class Processor:
                     dominant_color=rendered.dominant_color,
                 )
             )
+        self._emit("stage", "store", time.perf_counter() - started)
         return tuple(outputs)
 
     def _record_failure(self, lease: Lease, error: Exception) -> Task | None:
@@ -414,7 +429,15 @@ class Processor:
         except LeaseLost:
             logger.info("task %s: lease lost, result not recorded", task.id)
             return None
+        self._emit("retried" if task.status == TaskStatus.QUEUED else "finished", task)
         return task
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        try:
+            getattr(self.events, hook)(*args)
+        except Exception:
+            # Observability must never fail a task.
+            logger.exception("events.%s raised", hook)
 
     def backoff(self, attempt: int) -> float:
         """Seconds before the next try after ``attempt`` failed: exponential, with equal jitter.

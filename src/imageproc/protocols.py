@@ -23,7 +23,7 @@ import attrs
 
 from imageproc.task import Task
 
-__all__ = ["Lease", "ObjectInfo", "Queue", "Repository", "Storage"]
+__all__ = ["Lease", "ObjectInfo", "Queue", "QueueStats", "Repository", "Storage"]
 
 
 @attrs.frozen
@@ -37,6 +37,18 @@ class Lease:
     #: Who holds the lease (for logs and inspection).
     worker: str
     expires_at: datetime
+
+
+@attrs.frozen
+class QueueStats:
+    """How the queue stands, for metrics and back-pressure."""
+
+    #: Tasks waiting to be claimed (due now or later).
+    queued: int
+    #: Tasks a worker holds.
+    processing: int
+    #: When the longest-waiting task that is due became due, or None if none is due.
+    oldest_due_at: datetime | None
 
 
 @attrs.frozen
@@ -116,6 +128,10 @@ class Repository(Protocol):
 
     def source_in_use(self, source_key: str) -> bool:
         """Whether any task still refers to the original stored under ``source_key``."""
+        ...
+
+    def queue_stats(self) -> QueueStats:
+        """How many tasks are queued and processing, and how long the oldest due one waits."""
         ...
 
 

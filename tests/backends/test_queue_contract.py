@@ -270,3 +270,17 @@ def test_outputs_round_trip_with_every_field(backend: Backend) -> None:
     done = lease.task.succeed(outputs, utcnow())
     backend.queue.complete(lease, done)
     assert backend.repository.get(done.id) == done
+
+
+def test_queue_stats(backend: Backend) -> None:
+    empty = backend.repository.queue_stats()
+    assert (empty.queued, empty.processing, empty.oldest_due_at) == (0, 0, None)
+    older, newer, later = new_task(age=60), new_task(age=5), new_task(due_in=3600)
+    for task in (older, newer, later):
+        backend.repository.add(task)
+    stats = backend.repository.queue_stats()
+    assert (stats.queued, stats.processing) == (3, 0)
+    assert stats.oldest_due_at == older.available_at
+    backend.queue.claim("w", lease_seconds=LEASE)
+    stats = backend.repository.queue_stats()
+    assert (stats.queued, stats.processing, stats.oldest_due_at) == (2, 1, newer.available_at)

@@ -25,7 +25,7 @@ import attrs
 from imageproc.clock import Clock, utcnow
 from imageproc.errors import LeaseLost, ObjectNotFound, TaskNotFound
 from imageproc.keys import validate_key
-from imageproc.protocols import Lease, ObjectInfo
+from imageproc.protocols import Lease, ObjectInfo, QueueStats
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 __all__ = ["MemoryQueue", "MemoryRepository", "MemoryStorage"]
@@ -149,6 +149,20 @@ class MemoryRepository:
         """Whether any task refers to the original under ``source_key``."""
         with self._changed:
             return any(row.task.source_key == source_key for row in self._rows.values())
+
+    def queue_stats(self) -> QueueStats:
+        """Counts by scanning the table (fine for the sizes memory is for)."""
+        with self._changed:
+            now = self.clock()
+            tasks = [row.task for row in self._rows.values()]
+        due = [
+            t.available_at for t in tasks if t.status == TaskStatus.QUEUED and t.available_at <= now
+        ]
+        return QueueStats(
+            queued=sum(t.status == TaskStatus.QUEUED for t in tasks),
+            processing=sum(t.status == TaskStatus.PROCESSING for t in tasks),
+            oldest_due_at=min(due, default=None),
+        )
 
     def __len__(self) -> int:
         with self._changed:

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from imageproc.clock import Clock, utcnow
 from imageproc.errors import BackendUnavailable, ConfigurationError, LeaseLost, TaskNotFound
-from imageproc.protocols import Lease
+from imageproc.protocols import Lease, QueueStats
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 from .sqlschema import VERSION_TABLE, UTCDateTime, task_from_row, task_to_row, tasks
@@ -177,6 +177,19 @@ class SQLBackend:
         with self._begin() as conn:
             query = sa.select(tasks.c.id).where(tasks.c.source_key == source_key).limit(1)
             return conn.execute(query).first() is not None
+
+    def queue_stats(self) -> QueueStats:
+        """Counts of queued and processing tasks and the oldest due one, in one query."""
+        now = self.clock()
+        queued = tasks.c.status == _QUEUED
+        query = sa.select(
+            sa.func.count().filter(queued),
+            sa.func.count().filter(tasks.c.status == _PROCESSING),
+            sa.func.min(tasks.c.available_at).filter(queued, tasks.c.available_at <= now),
+        ).where(tasks.c.status.in_([_QUEUED, _PROCESSING]))
+        with self._begin() as conn:
+            waiting, running, oldest = conn.execute(query).one()
+        return QueueStats(queued=waiting, processing=running, oldest_due_at=oldest)
 
     # -- Queue ------------------------------------------------------------------------------
 
