@@ -1,0 +1,363 @@
+"""All of imageproc's service configuration in one place: :class:`Settings`.
+
+Every setting comes, in this order of precedence, from an explicit override (a command-line
+flag), the environment (``IMAGEPROC_<NAME>``), a ``.env`` file, or its default::
+
+    settings = Settings.load()                              # environment, then ./.env
+    settings = Settings.load(port=9000, env_file=None)      # an override, no .env file
+    processor = settings.processor()                        # Processor.from_urls(…)
+
+Text values are parsed the same way wherever they come from (see :data:`ENV_VARS` for the names);
+anything malformed raises :class:`~imageproc.ConfigurationError` with a one-line message that
+names the variable or flag and the value's source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from imageproc.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from imageproc.processor import Processor
+
+__all__ = [
+    "ENV_PREFIX",
+    "ENV_VARS",
+    "LOG_LEVELS",
+    "Settings",
+    "parse_byte_size",
+    "parse_workers",
+    "read_env_file",
+]
+
+#: Every environment variable imageproc reads starts with this.
+ENV_PREFIX: Final = "IMAGEPROC_"
+#: The log levels ``log_level`` accepts.
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+_MiB: Final = 1024 * 1024
+_DEFAULT_ENV_FILE: Final = ".env"
+
+
+# -- parsers ----------------------------------------------------------------------------------
+
+
+def parse_workers(text: str) -> tuple[int, int]:
+    """``"4"`` → ``(4, 4)``; ``"2:8"`` → ``(2, 8)`` (at least one worker, min ≤ max).
+
+    Raises :class:`ValueError` with a message fit for the user.
+    """
+    low_text, sep, high_text = text.strip().partition(":")
+    try:
+        low = int(low_text)
+        high = int(high_text) if sep else low
+    except ValueError:
+        raise ValueError(f"expected a count N or MIN:MAX, got {text!r}") from None
+    _check_workers((low, high))
+    return low, high
+
+
+def _check_workers(value: tuple[int, int]) -> None:
+    low, high = value
+    if not 1 <= low <= high:
+        raise ValueError(f"need 1 <= MIN <= MAX, got {low}:{high}")
+
+
+# Bare K/M/G are binary, as in nginx's client_max_body_size; kB/MB/GB are decimal, KiB/MiB/GiB
+# binary, so every common spelling means what its reader expects.
+_SIZE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_SIZE: Final = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+
+
+def parse_byte_size(text: str) -> int:
+    """A byte count: ``"1048576"``, ``"512K"``, ``"50MiB"``, ``"10MB"`` (decimal), ``"1G"``.
+
+    Bare ``K``, ``M``, ``G`` and ``KiB``, ``MiB``, ``GiB`` are powers of 1024; ``kB``, ``MB``,
+    ``GB`` powers of 1000; case does not matter. Raises :class:`ValueError`.
+    """
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"expected a byte size such as 1048576, 512K or 50MiB, got {text!r}")
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    # An empty value (IMAGEPROC_METRICS_PORT=) or "none" switches an optional setting off, so a
+    # .env default can be cleared from the environment.
+    def parser(text: str) -> Any:
+        return None if text.strip().lower() in ("", "none", "off") else parse(text)
+
+    return parser
+
+
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _parse_text(text: str) -> str:
+    return text.strip()
+
+
+# -- checks (also run on values given as Python objects) --------------------------------------
+
+
+def _check_nonempty(value: str) -> None:
+    if not value:
+        raise ValueError("must not be empty")
+
+
+def _check_api_keys(value: str) -> None:
+    for number, entry in enumerate(_parse_list(value), 1):
+        owner, sep, key = entry.partition(":")
+        if not (sep and owner.strip() and key.strip()):
+            # Only the position is named: the entry may be a key, and keys are secrets.
+            raise ValueError(f"entry {number} is not an owner:key pair (pairs are comma-separated)")
+
+
+def _check_positive_int(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+
+
+def _check_port(value: int | None) -> None:
+    if value is not None and not 1 <= value <= 65535:
+        raise ValueError(f"must be a port number from 1 to 65535, got {value}")
+
+
+def _check_positive(value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"must be positive, got {value}")
+
+
+def _check_log_level(value: str) -> None:
+    if value not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
+def _no_check(value: Any) -> None:
+    pass
+
+
+@attrs.frozen
+class _Spec:
+    parse: Callable[[str], Any]
+    check: Callable[[Any], None]
+    types: tuple[type, ...]
+
+
+_SPECS: Final[dict[str, _Spec]] = {
+    "database_url": _Spec(_parse_text, _check_nonempty, (str,)),
+    "storage_url": _Spec(_parse_text, _check_nonempty, (str,)),
+    "api_keys": _Spec(_parse_text, _check_api_keys, (str,)),
+    "signing_keys": _Spec(_parse_list, _no_check, (tuple, list)),
+    "workers": _Spec(parse_workers, _check_workers, (tuple, list, int)),
+    "max_upload_bytes": _Spec(parse_byte_size, _check_positive_int, (int,)),
+    "max_queue_depth": _Spec(_optional(_parse_int), _check_positive_int, (int, type(None))),
+    "host": _Spec(_parse_text, _check_nonempty, (str,)),
+    "port": _Spec(_parse_int, _check_port, (int,)),
+    "lease_seconds": _Spec(_parse_float, _check_positive, (int, float)),
+    "max_attempts": _Spec(_parse_int, _check_positive_int, (int,)),
+    "metrics_port": _Spec(_optional(_parse_int), _check_port, (int, type(None))),
+    "url_ttl": _Spec(_parse_float, _check_positive, (int, float)),
+    "log_level": _Spec(lambda text: text.strip().lower(), _check_log_level, (str,)),
+}
+
+#: Setting name → the environment variable it is read from.
+ENV_VARS: Final[dict[str, str]] = {name: ENV_PREFIX + name.upper() for name in _SPECS}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """``value`` (text, or already a Python value) as the setting ``name`` holds it."""
+    spec = _SPECS[name]
+    if isinstance(value, str):
+        value = spec.parse(value)
+    elif isinstance(value, bool) or not isinstance(value, spec.types):
+        raise ValueError(f"expected text or {spec.types[0].__name__}, got {type(value).__name__}")
+    if name == "workers":
+        value = (value, value) if isinstance(value, int) else tuple(value)
+        if len(value) != 2 or not all(isinstance(v, int) for v in value):
+            raise ValueError(f"expected (MIN, MAX), got {value!r}")
+    elif name == "signing_keys":
+        value = tuple(str(key) for key in value)
+    elif name in ("lease_seconds", "url_ttl"):
+        value = float(value)
+    spec.check(value)
+    return value
+
+
+def _validated(instance: Settings, attribute: attrs.Attribute[Any], value: Any) -> None:
+    try:
+        coerced = _coerce(attribute.name, value)
+    except ValueError as error:
+        raise ConfigurationError(f"{attribute.name}: {error}") from None
+    if coerced != value:
+        raise ConfigurationError(f"{attribute.name}: expected {coerced!r}, got {value!r}")
+
+
+# -- .env files -------------------------------------------------------------------------------
+
+_ENV_LINE: Final = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*")
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The variables a ``.env`` file sets: ``NAME=value`` lines, ``#`` comments, blank lines,
+    an optional ``export`` prefix, and values optionally in single or double quotes.
+
+    Nothing is interpolated. Raises :class:`~imageproc.ConfigurationError` for a line that is
+    none of those, or a file that cannot be read.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigurationError(f"cannot read {os.fspath(path)}: {reason}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _ENV_LINE.fullmatch(line)
+        if match is None:
+            raise ConfigurationError(f"{os.fspath(path)}, line {number}: expected NAME=value")
+        name, value = match.groups()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()  # an unquoted value may carry a comment
+        values[name] = value
+    return values
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Configuration of an imageproc service: backends, HTTP, workers, metrics, logging.
+
+    Build it with :meth:`load` (overrides > environment > ``.env`` > defaults). Each attribute
+    is read from the environment variable ``IMAGEPROC_`` + its name in capitals.
+    """
+
+    #: Where tasks are recorded: ``sqlite:///path.db``, ``postgresql+psycopg://…``, ``memory://``.
+    database_url: str = attrs.field(default="sqlite:///imageproc.db", validator=_validated)
+    #: Where originals and outputs are stored: ``file://path``, ``s3://bucket/prefix``, ….
+    storage_url: str = attrs.field(default="file://imageproc-data", validator=_validated)
+    #: ``owner:key`` pairs separated by commas (a key may be ``sha256:<hex>``); empty: no auth.
+    #: Parse with :func:`imageproc.signing.parse_api_keys`.
+    api_keys: str = attrs.field(default="", validator=_validated, repr=False)
+    #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
+    signing_keys: tuple[str, ...] = attrs.field(default=(), validator=_validated, repr=False)
+    #: Worker threads, ``(min, max)``; from ``"4"`` or ``"2:8"``.
+    workers: tuple[int, int] = attrs.field(default=(2, 2), validator=_validated)
+    #: Largest upload accepted, in bytes (``50MiB``, ``10MB``, ``1048576``).
+    max_upload_bytes: int = attrs.field(default=50 * _MiB, validator=_validated)
+    #: Refuse uploads (HTTP 429) while more tasks than this are queued; None: no bound.
+    max_queue_depth: int | None = attrs.field(default=None, validator=_validated)
+    #: Address and port ``imageproc serve`` listens on.
+    host: str = attrs.field(default="127.0.0.1", validator=_validated)
+    port: int = attrs.field(default=8000, validator=_validated)
+    #: How long a worker's claim on a task lasts between heartbeats.
+    lease_seconds: float = attrs.field(default=30.0, validator=_validated)
+    #: Tries per task before one that keeps failing transiently is dead.
+    max_attempts: int = attrs.field(default=5, validator=_validated)
+    #: Port on which ``imageproc worker`` serves Prometheus metrics; None: not served.
+    metrics_port: int | None = attrs.field(default=None, validator=_validated)
+    #: Seconds a signed output URL stays valid.
+    url_ttl: float = attrs.field(default=3600.0, validator=_validated)
+    #: One of :data:`LOG_LEVELS`.
+    log_level: str = attrs.field(default="info", validator=_validated)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        env: Mapping[str, str] | None = None,
+        env_file: str | os.PathLike[str] | None = _DEFAULT_ENV_FILE,
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from ``overrides``, then ``env`` (default: ``os.environ``), then ``env_file``,
+        then the defaults.
+
+        An override of None counts as not given (so unset command-line flags can be passed
+        straight through); overrides may be text (parsed like the environment) or values. A
+        missing ``.env`` at the default path is fine; any other ``env_file`` must exist.
+        ``env_file=None`` reads no file. Raises :class:`~imageproc.ConfigurationError`.
+        """
+        unknown = sorted(set(overrides) - set(_SPECS))
+        if unknown:
+            raise ConfigurationError(f"unknown setting {unknown[0]!r}")
+        environ = os.environ if env is None else env
+        file_values: dict[str, str] = {}
+        file_label = ""
+        if env_file is not None:
+            path = Path(env_file)
+            if path.exists() or os.fspath(env_file) != _DEFAULT_ENV_FILE:
+                file_values = read_env_file(path)
+                file_label = os.fspath(env_file)
+        values: dict[str, Any] = {}
+        for name, variable in ENV_VARS.items():
+            if overrides.get(name) is not None:
+                raw, label = overrides[name], f"--{name.replace('_', '-')}"
+            elif variable in environ:
+                raw, label = environ[variable], variable
+            elif variable in file_values:
+                raw, label = file_values[variable], f"{variable} (in {file_label})"
+            else:
+                continue
+            try:
+                values[name] = _coerce(name, raw)
+            except ValueError as error:
+                raise ConfigurationError(f"{label}: {error}") from None
+        return cls(**values)
+
+    def processor(self, **options: Any) -> Processor:
+        """A :class:`~imageproc.Processor` on these settings' database and storage.
+
+        ``options`` go to :meth:`Processor.from_urls` (``migrate=False``, ``events=…``, …) and
+        win over the settings (``lease_seconds``, ``max_attempts``, and ``max_upload_bytes`` as
+        the image limit).
+        """
+        from imageproc.imaging import ImageLimits
+        from imageproc.processor import Processor
+
+        options.setdefault("lease_seconds", self.lease_seconds)
+        options.setdefault("max_attempts", self.max_attempts)
+        options.setdefault("image_limits", ImageLimits(max_bytes=self.max_upload_bytes))
+        return Processor.from_urls(self.database_url, self.storage_url, **options)
