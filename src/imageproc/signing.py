@@ -1,0 +1,143 @@
+"""API keys and signed URLs for the HTTP adapter, with no web framework in sight.
+
+* :func:`parse_api_keys` reads the ``owner:key`` pairs of ``IMAGEPROC_API_KEYS``;
+  :class:`ApiKeys` finds the owner of a presented key in constant time.
+* :class:`UrlSigner` signs a storage key with an expiry (HMAC-SHA256) and verifies it, accepting
+  every configured signing key so that keys can be rotated without breaking URLs already handed out.
+
+Kept apart from :mod:`imageproc.http` so the CLI and configuration can validate keys without
+importing Starlette, and so the cryptography is tested on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+__all__ = ["ApiKeys", "UrlSigner", "parse_api_keys"]
+
+#: The prefix of a key given by its SHA-256 rather than in clear.
+HASH_PREFIX: Final = "sha256:"
+_HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
+# Owners end up in logs and task records: printable ASCII without spaces, ':' or ','.
+_OWNER: Final = re.compile(r"[A-Za-z0-9._@+-]{1,128}")
+# Keys travel in an Authorization header: visible ASCII without ',' (the pair separator).
+_KEY: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,512}")
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """Parse ``"alice:k1,bob:sha256:<64 hex digits>"`` into ``{"alice": "k1", "bob": "sha256:…"}``.
+
+    Pairs are separated by commas (spaces around them are ignored); each pair is the owner, a
+    colon, and the key in clear or as ``sha256:`` and its hex digest. Blank text means no keys.
+    Raises :class:`ValueError` naming the bad pair (never echoing a key) for an empty owner or
+    key, characters outside the allowed sets, a malformed digest, or a repeated owner or key.
+    """
+    result: dict[str, str] = {}
+    seen: set[str] = set()
+    if not text.strip():
+        return result
+    for number, raw in enumerate(text.split(","), start=1):
+        pair = raw.strip()
+        owner, colon, key = pair.partition(":")
+        where = f"API key pair {number}"
+        if not colon:
+            raise ValueError(f"{where} must be written owner:key")
+        if not _OWNER.fullmatch(owner):
+            raise ValueError(f"{where}: the owner must be 1-128 ASCII letters, digits or . _ @ + -")
+        if key.startswith(HASH_PREFIX):
+            digest = key.removeprefix(HASH_PREFIX)
+            if not _HEX64.fullmatch(digest):
+                raise ValueError(f"{where} ({owner}): sha256: must be followed by 64 hex digits")
+            key = HASH_PREFIX + digest.lower()
+        elif not _KEY.fullmatch(key):
+            raise ValueError(
+                f"{where} ({owner}): the key must be 1-512 visible ASCII characters other than ','"
+            )
+        if owner in result:
+            raise ValueError(f"{where}: owner {owner!r} is listed twice")
+        if _digest(key) in seen:
+            raise ValueError(f"{where} ({owner}): the same key is given to two owners")
+        seen.add(_digest(key))
+        result[owner] = key
+    return result
+
+
+def _digest(key: str) -> str:
+    """The hex SHA-256 a key is compared by (a ``sha256:`` key already is one)."""
+    if key.startswith(HASH_PREFIX):
+        return key.removeprefix(HASH_PREFIX).lower()
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeys:
+    """Who a presented API key belongs to.
+
+    Every key is kept as its SHA-256 and a presented key is hashed and compared with each of them
+    using :func:`hmac.compare_digest`, without stopping at the first match, so the time taken says
+    nothing about which key (or how much of one) was right.
+    """
+
+    def __init__(self, keys: Mapping[str, str]) -> None:
+        self._digests: list[tuple[bytes, str]] = [
+            (_digest(key).encode(), owner) for owner, key in keys.items()
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def owner_of(self, presented: str) -> str | None:
+        """The owner of ``presented``, or None if it is no configured key."""
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest().encode()
+        found: str | None = None
+        for expected, owner in self._digests:
+            if hmac.compare_digest(digest, expected):
+                found = owner
+        return found
+
+
+class UrlSigner:
+    """Sign and verify ``(storage key, expiry)`` pairs with HMAC-SHA256.
+
+    The first signing key signs; every one verifies, so a new key can be put first while URLs
+    signed with the old one stay valid until the old key is dropped. With no keys, a random key
+    is made (URLs then stop working when the process restarts, and differ between processes).
+    The signature is URL-safe base64 without padding.
+    """
+
+    def __init__(self, keys: Sequence[str | bytes] = ()) -> None:
+        secrets_ = [k.encode() if isinstance(k, str) else bytes(k) for k in keys]
+        if any(not k for k in secrets_):
+            raise ValueError("a signing key must not be empty")
+        self._keys = secrets_ or [secrets.token_bytes(32)]
+
+    @staticmethod
+    def _mac(secret: bytes, key: str, expires: int) -> bytes:
+        # A NUL cannot occur in a valid storage key, so "key\0expires" has one reading only.
+        message = f"{key}\0{expires}".encode()
+        return hmac.new(secret, message, hashlib.sha256).digest()
+
+    def sign(self, key: str, expires: int) -> str:
+        """The signature of ``key`` valid until the Unix time ``expires``."""
+        mac = self._mac(self._keys[0], key, expires)
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def verify(self, key: str, expires: int, signature: str, *, now: float) -> bool:
+        """Whether ``signature`` signs ``key`` until ``expires`` and ``now`` is not past it."""
+        if expires < now:
+            return False
+        try:
+            presented = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+        except (ValueError, TypeError):
+            return False
+        valid = False
+        for secret in self._keys:
+            # Check every key rather than stop at a match: timing says nothing about which.
+            if hmac.compare_digest(presented, self._mac(secret, key, expires)):
+                valid = True
+        return valid
