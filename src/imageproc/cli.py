@@ -1,0 +1,418 @@
+"""The ``imageproc`` command: ``serve``, ``worker``, ``process``, ``status`` and ``migrate``.
+
+::
+
+    imageproc serve [--host H] [--port P] [--workers MIN:MAX]   HTTP API + embedded workers
+    imageproc worker [--workers MIN:MAX] [--metrics-port N]     workers only
+    imageproc process FILES… [-p PIPELINE] [-o DIR]             one-shot local processing
+    imageproc status TASK_ID                                    a task as JSON
+    imageproc migrate                                           create or upgrade the SQL schema
+
+Settings come from flags, then ``IMAGEPROC_*`` environment variables, then a ``.env`` file (see
+:mod:`imageproc.config` and ``.env.example``). Exit status: 0 on success, 1 when the work failed
+(a bad image, an unknown task, an unreachable database), 2 for bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from imageproc.config import LOG_LEVELS, Settings
+from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline, TaskNotFound
+
+if TYPE_CHECKING:
+    from imageproc.imaging import ImageLimits, Rendered
+    from imageproc.pipeline import Pipeline
+    from imageproc.task import Task
+
+__all__ = ["main", "task_to_json"]
+
+logger = logging.getLogger("imageproc.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _UsageError(Exception):
+    """Bad usage found after parsing (exit 2), as opposed to work that failed (exit 1)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``imageproc`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit
+    status. Errors are reported in one line on stderr, never as a traceback."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load(
+            env_file=getattr(args, "env_file", ".env"),
+            **{name: getattr(args, name, None) for name in _SETTING_FLAGS},
+        )
+        _configure_logging(settings.log_level)
+        command: Callable[[argparse.Namespace, Settings], int] = args.command
+        return command(args, settings)
+    except (ConfigurationError, InvalidPipeline, _UsageError) as error:
+        return _fail(f"{error}", EXIT_USAGE)
+    except TaskNotFound as error:
+        return _fail(f"{error}", EXIT_FAILED)
+    except ImageprocError as error:
+        return _fail(f"{error}", EXIT_FAILED)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"imageproc: error: {message}", file=sys.stderr)
+    return status
+
+
+# -- arguments ----------------------------------------------------------------------------------
+
+#: Settings that a command-line flag can set (``--database-url`` → ``database_url``).
+_SETTING_FLAGS = (
+    "database_url",
+    "storage_url",
+    "host",
+    "port",
+    "workers",
+    "metrics_port",
+    "log_level",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    # Global flags are accepted before and after the command name ("imageproc --database-url X
+    # worker" and "imageproc worker --database-url X"): a parent parser shared by both levels.
+    # SUPPRESS keeps a subcommand's unset copy from erasing what was given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url", default=argparse.SUPPRESS, help="IMAGEPROC_DATABASE_URL (sqlite:///…)"
+    )
+    common.add_argument(
+        "--storage-url", default=argparse.SUPPRESS, help="IMAGEPROC_STORAGE_URL (file://…)"
+    )
+    common.add_argument(
+        "--env-file",
+        default=argparse.SUPPRESS,
+        help="read settings from this file instead of ./.env",
+    )
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, help="IMAGEPROC_LOG_LEVEL"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="imageproc",
+        description="Asynchronous image processing: an HTTP service, workers, and local tools.",
+        epilog="Settings: flags, then IMAGEPROC_* environment variables, then .env.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", parents=[common], help="run the HTTP API with embedded workers"
+    )
+    serve.add_argument("--host", help="address to listen on (IMAGEPROC_HOST, 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on (IMAGEPROC_PORT, 8000)")
+    serve.add_argument("--workers", help="worker threads, N or MIN:MAX (IMAGEPROC_WORKERS)")
+    serve.set_defaults(command=_serve)
+
+    worker = commands.add_parser(
+        "worker", parents=[common], help="run workers only, sharing the database and storage"
+    )
+    worker.add_argument("--workers", help="worker threads, N or MIN:MAX (IMAGEPROC_WORKERS)")
+    worker.add_argument("--host", help="address the metrics listen on (IMAGEPROC_HOST)")
+    worker.add_argument(
+        "--metrics-port", help="serve Prometheus metrics on this port (IMAGEPROC_METRICS_PORT)"
+    )
+    worker.set_defaults(command=_worker)
+
+    process = commands.add_parser(
+        "process", parents=[common], help="process local files now, without a queue"
+    )
+    process.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    process.add_argument(
+        "-p", "--pipeline", help="pipeline text, e.g. thumb=fit:256x256,webp (default: 800px JPEG)"
+    )
+    process.add_argument(
+        "-o", "--out", type=Path, default=Path(), help="folder for DIR/<stem>-<variant>.<ext>"
+    )
+    process.add_argument(
+        "-j", "--jobs", type=int, default=os.cpu_count() or 1, help="files processed at once"
+    )
+    process.set_defaults(command=_process)
+
+    status = commands.add_parser("status", parents=[common], help="print a task as JSON")
+    status.add_argument("task_id", metavar="TASK_ID")
+    status.set_defaults(command=_status)
+
+    migrate = commands.add_parser(
+        "migrate", parents=[common], help="create or upgrade the SQL schema"
+    )
+    migrate.set_defaults(command=_migrate)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level != "debug":
+        # Alembic narrates every migration step at INFO; "migrate" prints the one line that matters.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        import uvicorn
+
+        from imageproc.http import create_app
+        from imageproc.metrics import Metrics
+        from imageproc.signing import parse_api_keys
+    except ImportError as error:
+        raise ConfigurationError(
+            f"serve needs the http and metrics extras (pip install 'imageproc[http,metrics]'):"
+            f" {error}"
+        ) from None
+
+    if not settings.signing_keys:
+        # create_app then signs with a random key: URLs work, but only against this process and
+        # only until it restarts. Fine on a laptop, not behind a load balancer.
+        logger.warning("IMAGEPROC_SIGNING_KEYS is not set: signed URLs die with this process")
+    metrics = Metrics()
+    processor = settings.processor(events=metrics)
+    try:
+        metrics.watch(processor)
+        app = create_app(
+            processor,
+            api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
+            signing_keys=settings.signing_keys,
+            max_upload_bytes=settings.max_upload_bytes,
+            max_queue_depth=settings.max_queue_depth,
+            url_ttl=timedelta(seconds=settings.url_ttl),
+            metrics_registry=metrics.registry,
+        )
+        processor.start(settings.workers)
+        # uvicorn catches SIGINT/SIGTERM itself, shuts the server down, restores the previous
+        # handlers and then re-raises the signal; with the default SIGTERM handler that would
+        # kill the process before the workers below are stopped. A no-op handler makes
+        # uvicorn.run simply return.
+        previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            uvicorn.run(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level,
+                lifespan="on",
+            )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        # HTTP has stopped taking uploads; let tasks in flight finish, then close the backends.
+        processor.close()
+    return EXIT_OK
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    logger.info("received %s, stopping", signal.Signals(signum).name)
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    metrics: Any = None
+    if settings.metrics_port is not None:
+        try:
+            from imageproc.metrics import Metrics
+        except ImportError:
+            raise ConfigurationError(
+                "--metrics-port needs the metrics extra (pip install 'imageproc[metrics]')"
+            ) from None
+        metrics = Metrics()
+    with settings.processor(**({"events": metrics} if metrics is not None else {})) as processor:
+        if metrics is not None:
+            metrics.watch(processor)
+            try:
+                # On IMAGEPROC_HOST (loopback by default): set it to 0.0.0.0 for a remote scraper.
+                metrics.serve(settings.metrics_port, settings.host)
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot serve metrics on port {settings.metrics_port}: {error.strerror}"
+                ) from None
+            logger.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+        low, high = settings.workers
+        logger.info("worker started: %d-%d threads on %s", low, high, _safe_url(settings))
+        processor.run(settings.workers)
+        if metrics is not None:
+            metrics.close()
+    return EXIT_OK
+
+
+def _safe_url(settings: Settings) -> str:
+    # A database URL may hold a password; the log gets the scheme and host part only.
+    scheme, _, rest = settings.database_url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+# -- process ------------------------------------------------------------------------------------
+
+
+def _process(args: argparse.Namespace, settings: Settings) -> int:
+    from imageproc.imaging import ImageLimits
+    from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
+
+    if args.jobs < 1:
+        raise _UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    pipeline = DEFAULT_PIPELINE
+    if args.pipeline is not None:
+        pipeline = Pipeline.parse(args.pipeline)
+        PipelineLimits().check(pipeline)
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _UsageError(f"cannot create {out}: {error.strerror}") from None
+    limits = ImageLimits(max_bytes=settings.max_upload_bytes)
+    files: list[Path] = args.files
+    total, done, failed = len(files), 0, 0
+    progress = _Progress(total)
+    # Pillow releases the GIL while it decodes, resizes and encodes, so threads use every core.
+    with ThreadPoolExecutor(max_workers=min(args.jobs, total)) as pool:
+        results = pool.map(lambda path: _process_one(path, pipeline, limits, out), files)
+        for path, problem in zip(files, results, strict=True):
+            done += 1
+            progress.show(done, path.name)
+            if problem is not None:
+                failed += 1
+                progress.error(f"{path}: {problem}")
+    progress.finish(f"{total - failed} processed, {failed} failed, into {out}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _process_one(path: Path, pipeline: Pipeline, limits: ImageLimits, out: Path) -> str | None:
+    """Render every variant of one file into ``out``; the problem as text, or None."""
+    from imageproc import imaging
+
+    try:
+        with path.open("rb") as file:
+            data = file.read(limits.max_bytes + 1)
+    except OSError as error:
+        return f"cannot read: {error.strerror}"
+    if len(data) > limits.max_bytes:
+        return f"larger than the limit of {limits.max_bytes} bytes"
+    try:
+        imaging.probe(data, limits)
+        rendered: list[Rendered] = imaging.render(data, pipeline, limits)
+    except ImageprocError as error:
+        return str(error)
+    except Exception as error:  # a file must not stop the batch; the rest still get done
+        logger.debug("unexpected error on %s", path, exc_info=True)
+        return f"unexpected {type(error).__name__}"
+    try:
+        for variant in rendered:
+            (out / f"{path.stem}-{variant.name}.{variant.extension}").write_bytes(variant.data)
+    except OSError as error:
+        return f"cannot write: {error.strerror}"
+    return None
+
+
+class _Progress:
+    """``[3/40] cat.jpg`` on one line of stderr, rewritten in place on a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self._width = 0
+
+    def show(self, done: int, name: str) -> None:
+        line = f"[{done}/{self.total}] {name}"
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            # Not a terminal (a log file, CI): one line per file, no carriage returns.
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def error(self, message: str) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+            self._width = 0
+        sys.stderr.write(f"error: {message}\n")
+
+    def finish(self, summary: str) -> None:
+        if self.tty and self._width:
+            sys.stderr.write("\n")
+        sys.stderr.write(summary + "\n")
+
+
+# -- status and migrate -------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    with settings.processor(migrate=False) as processor:
+        task = processor.get(args.task_id)
+    print(json.dumps(task_to_json(task), indent=2))
+    return EXIT_OK
+
+
+def task_to_json(task: Task) -> dict[str, Any]:
+    """``task`` as plain JSON values: timestamps in RFC 3339 (UTC), the pipeline in its text form,
+    the error as ``{"code", "message"}`` or null."""
+
+    def value(_: Any, __: Any, item: Any) -> Any:
+        if isinstance(item, datetime):
+            return item.isoformat().replace("+00:00", "Z")
+        if isinstance(item, Enum):
+            return item.value
+        return item
+
+    # The pipeline goes out in its compact text form, not as a tree of operation records.
+    data = attrs.asdict(
+        task,
+        filter=lambda attribute, _: attribute.name != "pipeline",
+        value_serializer=value,
+        retain_collection_types=False,
+    )
+    return {
+        "id": data.pop("id"),
+        "status": data.pop("status"),
+        "pipeline": str(task.pipeline),
+    } | data
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    scheme = settings.database_url.partition("://")[0].split("+")[0]
+    if scheme not in ("sqlite", "postgresql"):
+        raise ConfigurationError(
+            f"migrate needs a SQLite or PostgreSQL database URL, got a {scheme!r} one"
+        )
+    from imageproc.backends.sql import SQLBackend
+
+    backend = SQLBackend(settings.database_url)
+    try:
+        backend.migrate()
+        revision = backend.schema_revision()
+    finally:
+        backend.close()
+    print(f"schema at revision {revision}")
+    return EXIT_OK
