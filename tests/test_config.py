@@ -1,0 +1,300 @@
+"""Settings: precedence (overrides > environment > .env > defaults), parsing, clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imageproc import ConfigurationError
+from imageproc.config import ENV_VARS, Settings, parse_byte_size, parse_workers, read_env_file
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_HASH = "sha256:" + "ab" * 32
+
+
+def load(env: dict[str, str] | None = None, **overrides: object) -> Settings:
+    return Settings.load(env=env or {}, env_file=None, **overrides)
+
+
+# -- precedence -------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    settings = load()
+    assert settings == Settings()
+    assert settings.database_url == "sqlite:///imageproc.db"
+    assert settings.storage_url == "file://imageproc-data"
+    assert settings.workers == (2, 2)
+    assert settings.max_upload_bytes == 50 * 1024 * 1024
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert (settings.max_queue_depth, settings.metrics_port) == (None, None)
+    assert (settings.lease_seconds, settings.max_attempts) == (30.0, 5)
+    assert (settings.api_keys, settings.signing_keys, settings.log_level) == ("", (), "info")
+
+
+def test_overrides_beat_environment_beat_env_file_beat_defaults(tmp_path: Path) -> None:
+    env_file = tmp_path / "settings.env"
+    env_file.write_text("IMAGEPROC_PORT=7001\nIMAGEPROC_HOST=file-host\nIMAGEPROC_MAX_ATTEMPTS=3\n")
+    env = {"IMAGEPROC_PORT": "7002", "IMAGEPROC_HOST": "env-host"}
+    settings = Settings.load(env=env, env_file=env_file, port=7003)
+    assert settings.port == 7003  # override
+    assert settings.host == "env-host"  # environment over .env
+    assert settings.max_attempts == 3  # .env over the default
+    assert settings.lease_seconds == 30.0  # default
+
+
+def test_none_overrides_count_as_not_given() -> None:
+    # So unset command-line flags can be passed straight through.
+    assert load({"IMAGEPROC_PORT": "9000"}, port=None).port == 9000
+
+
+def test_the_default_env_file_is_read_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings.load(env={}) == Settings()  # no .env: fine
+    (tmp_path / ".env").write_text("IMAGEPROC_WORKERS=3:6\n")
+    assert Settings.load(env={}).workers == (3, 6)
+    assert Settings.load(env={}, env_file=None).workers == (2, 2)
+
+
+def test_the_environment_is_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEPROC_LOG_LEVEL", "DEBUG")
+    assert Settings.load(env_file=None).log_level == "debug"
+
+
+def test_an_empty_value_clears_an_optional_setting_from_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("IMAGEPROC_METRICS_PORT=9100\nIMAGEPROC_MAX_QUEUE_DEPTH=100\n")
+    settings = Settings.load(env={"IMAGEPROC_METRICS_PORT": ""}, env_file=env_file)
+    assert (settings.metrics_port, settings.max_queue_depth) == (None, 100)
+
+
+def test_env_example_documents_every_variable_with_its_default() -> None:
+    example = REPO / ".env.example"
+    assert set(read_env_file(example)) == set(ENV_VARS.values())
+    assert Settings.load(env={}, env_file=example) == Settings()
+
+
+# -- parsing every variable -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "attribute", "expected"),
+    [
+        (
+            "IMAGEPROC_DATABASE_URL",
+            " postgresql+psycopg://db/x ",
+            "database_url",
+            "postgresql+psycopg://db/x",
+        ),
+        ("IMAGEPROC_STORAGE_URL", "s3://bucket/prefix", "storage_url", "s3://bucket/prefix"),
+        (
+            "IMAGEPROC_API_KEYS",
+            f"alice:k1, bob:{KEY_HASH}",
+            "api_keys",
+            f"alice:k1, bob:{KEY_HASH}",
+        ),
+        ("IMAGEPROC_SIGNING_KEYS", "new, old,", "signing_keys", ("new", "old")),
+        ("IMAGEPROC_WORKERS", "4", "workers", (4, 4)),
+        ("IMAGEPROC_WORKERS", " 2:8 ", "workers", (2, 8)),
+        ("IMAGEPROC_MAX_UPLOAD_BYTES", "1048576", "max_upload_bytes", 1048576),
+        ("IMAGEPROC_MAX_UPLOAD_BYTES", "10MB", "max_upload_bytes", 10_000_000),
+        ("IMAGEPROC_MAX_UPLOAD_BYTES", "10mib", "max_upload_bytes", 10 * 1024 * 1024),
+        ("IMAGEPROC_MAX_QUEUE_DEPTH", "500", "max_queue_depth", 500),
+        ("IMAGEPROC_MAX_QUEUE_DEPTH", "none", "max_queue_depth", None),
+        ("IMAGEPROC_HOST", "0.0.0.0", "host", "0.0.0.0"),
+        ("IMAGEPROC_PORT", "8080", "port", 8080),
+        ("IMAGEPROC_LEASE_SECONDS", "2.5", "lease_seconds", 2.5),
+        ("IMAGEPROC_MAX_ATTEMPTS", "1", "max_attempts", 1),
+        ("IMAGEPROC_METRICS_PORT", "9100", "metrics_port", 9100),
+        ("IMAGEPROC_URL_TTL", "60", "url_ttl", 60.0),
+        ("IMAGEPROC_LOG_LEVEL", "Warning", "log_level", "warning"),
+    ],
+)
+def test_each_variable_is_parsed(
+    variable: str, text: str, attribute: str, expected: object
+) -> None:
+    assert getattr(load({variable: text}), attribute) == expected
+
+
+def test_every_setting_has_a_variable() -> None:
+    assert set(ENV_VARS) == {field.name for field in Settings.__attrs_attrs__}
+
+
+def test_overrides_may_be_python_values() -> None:
+    settings = load(workers=3, signing_keys=["a"], lease_seconds=1, max_upload_bytes=10)
+    assert settings.workers == (3, 3)
+    assert settings.signing_keys == ("a",)
+    assert settings.lease_seconds == 1.0
+    assert load(workers=(1, 4)).workers == (1, 4)
+
+
+@given(st.integers(1, 10_000), st.integers(0, 10_000))
+def test_workers_min_max_round_trips(low: int, extra: int) -> None:
+    assert parse_workers(f"{low}:{low + extra}") == (low, low + extra)
+    assert parse_workers(str(low)) == (low, low)
+
+
+@given(st.integers(-10_000, 10_000), st.integers(-10_000, 10_000))
+def test_workers_out_of_order_or_below_one_is_refused(low: int, high: int) -> None:
+    if 1 <= low <= high:
+        assert parse_workers(f"{low}:{high}") == (low, high)
+    else:
+        with pytest.raises(ValueError, match="MIN"):
+            parse_workers(f"{low}:{high}")
+
+
+@given(st.text(max_size=20))
+def test_workers_parser_only_ever_raises_value_error(text: str) -> None:
+    try:
+        low, high = parse_workers(text)
+    except ValueError:
+        return
+    assert 1 <= low <= high
+
+
+@given(
+    st.integers(0, 10**6),
+    st.sampled_from(
+        [
+            ("", 1),
+            ("b", 1),
+            ("K", 1024),
+            ("kB", 1000),
+            ("KiB", 1024),
+            ("M", 1024**2),
+            ("MB", 1000**2),
+            ("MiB", 1024**2),
+            ("g", 1024**3),
+            ("GB", 1000**3),
+            ("GiB", 1024**3),
+        ]
+    ),
+    st.sampled_from(["", " "]),
+)
+def test_byte_sizes(number: int, unit: tuple[str, int], space: str) -> None:
+    suffix, factor = unit
+    assert parse_byte_size(f"{number}{space}{suffix}") == number * factor
+
+
+@given(st.text(max_size=12))
+def test_byte_size_parser_only_ever_raises_value_error(text: str) -> None:
+    with contextlib.suppress(ValueError):
+        assert parse_byte_size(text) >= 0
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"IMAGEPROC_WORKERS": "many"},
+            "IMAGEPROC_WORKERS: expected a count N or MIN:MAX, got 'many'",
+        ),
+        ({"IMAGEPROC_WORKERS": "8:2"}, "IMAGEPROC_WORKERS: need 1 <= MIN <= MAX, got 8:2"),
+        ({"IMAGEPROC_WORKERS": "0"}, "IMAGEPROC_WORKERS: need 1 <= MIN <= MAX"),
+        (
+            {"IMAGEPROC_MAX_UPLOAD_BYTES": "10 parsecs"},
+            "IMAGEPROC_MAX_UPLOAD_BYTES: expected a byte size",
+        ),
+        ({"IMAGEPROC_MAX_UPLOAD_BYTES": "0"}, "IMAGEPROC_MAX_UPLOAD_BYTES: must be at least 1"),
+        ({"IMAGEPROC_MAX_QUEUE_DEPTH": "-1"}, "IMAGEPROC_MAX_QUEUE_DEPTH: must be at least 1"),
+        ({"IMAGEPROC_PORT": "http"}, "IMAGEPROC_PORT: expected a whole number, got 'http'"),
+        ({"IMAGEPROC_PORT": "70000"}, "IMAGEPROC_PORT: must be a port number from 1 to 65535"),
+        ({"IMAGEPROC_METRICS_PORT": "0"}, "IMAGEPROC_METRICS_PORT: must be a port number"),
+        ({"IMAGEPROC_LEASE_SECONDS": "0"}, "IMAGEPROC_LEASE_SECONDS: must be positive"),
+        ({"IMAGEPROC_LEASE_SECONDS": "nan"}, "IMAGEPROC_LEASE_SECONDS: expected a finite number"),
+        ({"IMAGEPROC_MAX_ATTEMPTS": "1.5"}, "IMAGEPROC_MAX_ATTEMPTS: expected a whole number"),
+        ({"IMAGEPROC_LOG_LEVEL": "loud"}, "IMAGEPROC_LOG_LEVEL: must be one of debug, info"),
+        ({"IMAGEPROC_DATABASE_URL": " "}, "IMAGEPROC_DATABASE_URL: must not be empty"),
+        (
+            {"IMAGEPROC_API_KEYS": "alice"},
+            "IMAGEPROC_API_KEYS: API key pair 1 must be written owner:key",
+        ),
+    ],
+)
+def test_bad_values_raise_a_one_line_error_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load(env)
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
+def test_an_api_key_is_never_echoed_in_an_error() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load({"IMAGEPROC_API_KEYS": "alice:ok,topsecretkey"})
+    assert "topsecretkey" not in str(raised.value)
+
+
+def test_errors_name_the_flag_or_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"^--port: must be a port number"):
+        load(port="0")
+    with pytest.raises(ConfigurationError, match=r"^--workers: need 1 <= MIN <= MAX"):
+        load(workers=(3, 1))
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("IMAGEPROC_PORT=x\n")
+    with pytest.raises(ConfigurationError, match=rf"^IMAGEPROC_PORT \(in {env_file}\): expected"):
+        Settings.load(env={}, env_file=env_file)
+
+
+def test_a_named_env_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"^cannot read .*missing\.env"):
+        Settings.load(env={}, env_file=tmp_path / "missing.env")
+
+
+def test_unknown_overrides_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="unknown setting 'prot'"):
+        load(prot=80)
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigurationError, match=r"^port: must be a port number"):
+        Settings(port=0)
+    with pytest.raises(ConfigurationError, match=r"^workers"):
+        Settings(workers="2:4")  # type: ignore[arg-type]
+
+
+def test_env_file_syntax(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# a comment\n"
+        "\n"
+        "export IMAGEPROC_HOST=0.0.0.0\n"
+        "IMAGEPROC_DATABASE_URL = 'sqlite:///a b.db'\n"
+        'IMAGEPROC_STORAGE_URL="file://data#1"\n'
+        "IMAGEPROC_LOG_LEVEL=debug # trailing comment\n"
+        "OTHER_TOOL=ignored\n"
+    )
+    values = read_env_file(env_file)
+    assert values["IMAGEPROC_HOST"] == "0.0.0.0"
+    assert values["IMAGEPROC_DATABASE_URL"] == "sqlite:///a b.db"
+    assert values["IMAGEPROC_STORAGE_URL"] == "file://data#1"
+    settings = Settings.load(env={}, env_file=env_file)
+    assert (settings.host, settings.log_level) == ("0.0.0.0", "debug")
+    env_file.write_text("IMAGEPROC_PORT=1\nthis is not a setting\n")
+    with pytest.raises(ConfigurationError, match=r"\.env, line 2: expected NAME=value"):
+        read_env_file(env_file)
+
+
+def test_processor_uses_the_settings(tmp_path: Path) -> None:
+    settings = load(
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        storage_url=f"file://{tmp_path / 'data'}",
+        lease_seconds=7,
+        max_attempts=2,
+        max_upload_bytes="1K",
+    )
+    with settings.processor() as processor:
+        assert (processor.lease_seconds, processor.max_attempts) == (7.0, 2)
+        assert processor.image_limits.max_bytes == 1024
+    with settings.processor(max_attempts=9, migrate=False) as processor:
+        assert processor.max_attempts == 9
