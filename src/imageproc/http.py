@@ -469,47 +469,51 @@ def create_app(
         await service.check_queue_depth()
         limit = service.max_upload_bytes
         content_type = request.headers.get("content-type", "").lower()
-        image: UploadFile
+        image: UploadFile | None = None
         form: FormData | None = None
         try:
-            if content_type.startswith("multipart/form-data"):
-                _check_length(request, limit + FORM_OVERHEAD)
-                form = await _read_form(request, service)
-                field = form.get("image")
-                if not isinstance(field, UploadFile):
+            try:
+                if content_type.startswith("multipart/form-data"):
+                    _check_length(request, limit + FORM_OVERHEAD)
+                    form = await _read_form(request, service)
+                    field = form.get("image")
+                    if not isinstance(field, UploadFile):
+                        raise ApiError(
+                            422,
+                            "missing_image",
+                            "the form needs the image as a file in field 'image'",
+                        )
+                    image = field
+                    if image.size is not None and image.size > limit:
+                        raise _TooLarge
+                    pipeline = _text_field(form, "pipeline")
+                    preset = _text_field(form, "preset")
+                    priority_text = _text_field(form, "priority")
+                elif content_type.startswith("image/"):
+                    _check_length(request, limit)
+                    image = await _spool_body(request, limit)
+                    pipeline = request.query_params.get("pipeline")
+                    preset = request.query_params.get("preset")
+                    priority_text = request.query_params.get("priority")
+                else:
                     raise ApiError(
-                        422, "missing_image", "the form needs the image as a file in field 'image'"
+                        415,
+                        "unsupported_media_type",
+                        "send multipart/form-data with the image in field 'image',"
+                        " or an image/* body",
                     )
-                image = field
-                if image.size is not None and image.size > limit:
-                    raise _TooLarge
-                pipeline = _text_field(form, "pipeline")
-                preset = _text_field(form, "preset")
-                priority_text = _text_field(form, "priority")
-            elif content_type.startswith("image/"):
-                _check_length(request, limit)
-                image = await _spool_body(request, limit)
-                pipeline = request.query_params.get("pipeline")
-                preset = request.query_params.get("preset")
-                priority_text = request.query_params.get("priority")
-            else:
-                raise ApiError(
-                    415,
-                    "unsupported_media_type",
-                    "send multipart/form-data with the image in field 'image', or an image/* body",
-                )
-        except _TooLarge:
-            raise _too_large(limit) from None
-        try:
+            except _TooLarge:
+                raise _too_large(limit) from None
             spec = _pipeline_spec(processor, pipeline, preset)
             priority = _priority(priority_text)
             task = await run_in_threadpool(
                 processor.submit, image.file, spec, priority=priority, owner=owner
             )
         finally:
+            # Closing deletes the spooled temporary files (the form's, or the raw body's).
             if form is not None:
                 await form.close()
-            else:
+            elif image is not None:
                 await image.close()
         status_url = str(request.url_for("status", task_id=task.id))
         return JSONResponse(

@@ -1,0 +1,649 @@
+"""The HTTP adapter through Starlette's test client, on in-memory backends: every status code,
+authentication and owner isolation, signed URLs, hostile keys, body limits and error bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from imageproc import BackendUnavailable, Processor, StorageError, TaskError
+from imageproc.backends.fsspec import FsspecStorage
+from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.http import create_app
+from imageproc.signing import UrlSigner
+from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
+
+pytestmark = pytest.mark.timeout(60)
+
+JPEG = sample_image(320, 240)
+PIPELINE = "thumb=fit:64x64,png;big=fit:160x160,webp"
+ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
+KEYS = {"alice": ALICE, "bob": "sha256:" + hashlib.sha256(BOB.encode()).hexdigest()}
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def client_for(processor: Processor, **options: Any) -> TestClient:
+    return TestClient(create_app(processor, **options))
+
+
+@pytest.fixture
+def client(processor: Processor) -> Iterator[TestClient]:
+    with client_for(processor) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def secured(processor: Processor) -> Iterator[TestClient]:
+    with client_for(processor, api_keys=KEYS, signing_keys=["s1"]) as test_client:
+        yield test_client
+
+
+def upload(
+    client: TestClient, data: bytes = JPEG, *, headers: dict[str, str] | None = None, **fields: str
+) -> Any:
+    return client.post(
+        "/upload",
+        files={"image": ("cat.jpg", data, "image/jpeg")},
+        data=fields,
+        headers=headers or {},
+    )
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    if code is not None:
+        assert body["error"]["code"] == code
+    assert "Traceback" not in response.text
+    assert "/work/" not in response.text
+    assert "/tmp/" not in response.text
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def finished(client: TestClient, processor: Processor, task_id: str, **kw: Any) -> Any:
+    processor.run_until_idle()
+    response = client.get(f"/status/{task_id}", **kw)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+
+
+# -- upload -------------------------------------------------------------------------------------
+
+
+def test_upload_status_and_image_round_trip(client: TestClient, processor: Processor) -> None:
+    response = upload(client, pipeline=PIPELINE)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) == {"id", "status", "status_url", "created_at"}
+    assert body["status"] == "queued"
+    assert response.headers["location"] == body["status_url"]
+    assert body["status_url"] == f"http://testserver/status/{body['id']}"
+    assert body["created_at"].endswith("Z")
+
+    task = finished(client, processor, body["id"])
+    assert task["status"] == "succeeded"
+    assert task["attempts"] == 1
+    assert task["error"] is None
+    for stamp in ("created_at", "updated_at", "started_at", "finished_at"):
+        assert task[stamp].endswith("Z"), stamp
+    outputs = {o["name"]: o for o in task["outputs"]}
+    assert set(outputs) == {"thumb", "big"}
+    thumb = outputs["thumb"]
+    assert (thumb["format"], thumb["width"], thumb["height"]) == ("png", 64, 48)
+    assert thumb["key"] == f"outputs/{body['id']}/thumb.png"
+    query = parse_qs(urlsplit(thumb["url"]).query)
+    assert set(query) == {"expires", "signature"}
+
+    image = client.get(path_of(thumb["url"]))
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/png"
+    assert int(image.headers["content-length"]) == len(image.content) == thumb["bytes"]
+    assert image.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert image.headers["etag"].startswith('"')
+    with Image.open(io.BytesIO(image.content)) as picture:
+        assert picture.size == (64, 48)
+    source = client.get(path_of(task["source"]["url"]))
+    assert source.status_code == 200
+    assert source.content == JPEG
+
+
+def test_raw_image_body_with_query_options(client: TestClient, processor: Processor) -> None:
+    response = client.post(
+        "/upload?pipeline=one%3Dfit%3A32x32%2Cjpeg&priority=5",
+        content=sample_image(100, 50, "PNG"),
+        headers={"Content-Type": "image/png"},
+    )
+    assert response.status_code == 202, response.text
+    task = finished(client, processor, response.json()["id"])
+    assert task["priority"] == 5
+    assert [(o["name"], o["width"], o["height"]) for o in task["outputs"]] == [("one", 32, 16)]
+
+
+def test_pipeline_in_json_form(client: TestClient, processor: Processor) -> None:
+    from imageproc import Pipeline
+
+    document = json.dumps(Pipeline.parse("small=fit:40x40,webp").to_json())
+    response = upload(client, pipeline=document)
+    assert response.status_code == 202, response.text
+    task = finished(client, processor, response.json()["id"])
+    assert [(o["name"], o["format"]) for o in task["outputs"]] == [("small", "webp")]
+
+
+def test_presets() -> None:
+    processor = memory_processor(presets={"avatar": "a=fill:16x16,png"}, presets_only=True)
+    with client_for(processor) as client:
+        ok = upload(client, preset="avatar")
+        assert ok.status_code == 202, ok.text
+        assert [o["name"] for o in finished(client, processor, ok.json()["id"])["outputs"]] == ["a"]
+        error = assert_error(upload(client, preset="nope"), 422, "invalid_pipeline")
+        assert "nope" in error["message"]
+        assert "avatar" in error["message"]
+        assert_error(upload(client, pipeline="x=fit:9x9"), 422, "invalid_pipeline")
+        assert_error(upload(client, preset="avatar", pipeline="x"), 422, "invalid_pipeline")
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "named"),
+    [("thumb=fit:axb", "fit"), ("{not json", "JSON"), ('{"variants": 3}', "")],
+)
+def test_a_bad_pipeline_is_422_naming_the_problem(
+    client: TestClient, pipeline: str, named: str
+) -> None:
+    error = assert_error(upload(client, pipeline=pipeline), 422, "invalid_pipeline")
+    assert named in error["message"]
+
+
+@pytest.mark.parametrize("priority", ["high", "1.5", "100000"])
+def test_a_bad_priority_is_422(client: TestClient, priority: str) -> None:
+    assert_error(upload(client, priority=priority), 422, "invalid_priority")
+
+
+@pytest.mark.parametrize(
+    "data", [b"not an image at all", b"", sample_image(32, 32, "ICO")], ids=["text", "empty", "ico"]
+)
+def test_not_an_image_or_a_refused_format_is_415(client: TestClient, data: bytes) -> None:
+    assert_error(upload(client, data), 415, "invalid_image")
+
+
+def test_other_content_types_are_415(client: TestClient) -> None:
+    response = client.post("/upload", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_a_form_without_the_image_is_422(client: TestClient) -> None:
+    response = client.post("/upload", files={"other": ("a.jpg", JPEG, "image/jpeg")})
+    assert_error(response, 422, "missing_image")
+    response = client.post("/upload", files={"image": (None, b"text")})
+    assert_error(response, 422)
+
+
+def test_a_malformed_form_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/upload", content=b"garbage", headers={"Content-Type": "multipart/form-data"}
+    )
+    assert_error(response, 400, "bad_request")
+
+
+def test_oversized_uploads_are_413(processor: Processor) -> None:
+    big = b"\xff\xd8" + bytes(20_000)
+    with client_for(processor, max_upload_bytes=10_000) as client:
+        # Declared too large: refused before a byte is read.
+        assert_error(
+            client.post("/upload", content=big, headers={"Content-Type": "image/jpeg"}),
+            413,
+            "too_large",
+        )
+
+        # Streamed without a Content-Length (chunked): cut off while counting.
+        def chunks() -> Iterator[bytes]:
+            for _ in range(100):
+                yield bytes(1000)
+
+        response = client.post("/upload", content=chunks(), headers={"Content-Type": "image/jpeg"})
+        assert "content-length" not in response.request.headers
+        assert_error(response, 413, "too_large")
+        # In a form.
+        assert_error(upload(client, big), 413, "too_large")
+    assert processor.repository.queue_stats().queued == 0
+
+
+def test_the_image_limit_caps_the_upload_limit() -> None:
+    from imageproc import ImageLimits
+
+    processor = memory_processor(image_limits=ImageLimits(max_bytes=1000))
+    with client_for(processor) as client:
+        assert_error(upload(client, JPEG), 413, "too_large")
+
+
+def test_a_deep_queue_is_429_with_retry_after(processor: Processor) -> None:
+    with client_for(processor, max_queue_depth=1) as client:
+        assert upload(client).status_code == 202
+        assert upload(client).status_code == 202
+        time.sleep(0.6)  # the depth reading is reused for half a second
+        response = upload(client)
+        assert_error(response, 429, "queue_full")
+        assert int(response.headers["retry-after"]) > 0
+        processor.run_until_idle()
+        time.sleep(0.6)
+        assert upload(client).status_code == 202
+
+
+# -- status, cancel, retry --------------------------------------------------------------------
+
+
+def test_unknown_task_is_404(client: TestClient) -> None:
+    for response in (
+        client.get("/status/nope"),
+        client.delete("/tasks/nope"),
+        client.post("/tasks/nope/retry"),
+        client.get(f"/status/{'x' * 500}"),
+    ):
+        assert_error(response, 404, "task_not_found")
+
+
+def test_cancel_then_cancel_again_is_409(client: TestClient) -> None:
+    task_id = upload(client).json()["id"]
+    response = client.delete(f"/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert_error(client.delete(f"/tasks/{task_id}"), 409, "illegal_transition")
+
+
+def fail_one(processor: Processor, code: str = "invalid_image", message: str = "bad") -> None:
+    (lease,) = processor.queue.claim("test", lease_seconds=30)
+    processor.queue.complete(lease, lease.task.fail(TaskError(code, message), processor.clock()))
+
+
+def test_retry_a_failed_task(client: TestClient, processor: Processor) -> None:
+    task_id = upload(client).json()["id"]
+    assert_error(client.post(f"/tasks/{task_id}/retry"), 409, "illegal_transition")
+    fail_one(processor)
+    failed = client.get(f"/status/{task_id}").json()
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"code": "invalid_image", "message": "bad"}
+    response = client.post(f"/tasks/{task_id}/retry")
+    assert response.status_code == 200
+    assert response.json()["status"] == "queued"
+    assert finished(client, processor, task_id)["status"] == "succeeded"
+
+
+def test_server_side_task_errors_are_not_shown_verbatim(
+    client: TestClient, processor: Processor
+) -> None:
+    task_id = upload(client).json()["id"]
+    fail_one(processor, "storage_error", "storage put of '/srv/secret/x' failed: OSError")
+    error = client.get(f"/status/{task_id}").json()["error"]
+    assert error["code"] == "storage_error"
+    assert "/srv" not in error["message"]
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def output(client: TestClient, processor: Processor) -> dict[str, Any]:
+    task = finished(client, processor, upload(client, pipeline=PIPELINE).json()["id"])
+    return task["outputs"][0]  # type: ignore[no-any-return]
+
+
+def test_if_none_match_gives_304(client: TestClient, output: dict[str, Any]) -> None:
+    first = client.get(path_of(output["url"]))
+    etag = first.headers["etag"]
+    for header in (etag, f'"other", {etag}', f"W/{etag}", "*"):
+        again = client.get(path_of(output["url"]), headers={"If-None-Match": header})
+        assert again.status_code == 304, header
+        assert again.content == b""
+        assert again.headers["etag"] == etag
+    other = client.get(path_of(output["url"]), headers={"If-None-Match": '"nope"'})
+    assert other.status_code == 200
+
+
+def test_head_gives_the_headers_only(client: TestClient, output: dict[str, Any]) -> None:
+    response = client.head(path_of(output["url"]))
+    assert response.status_code == 200
+    assert response.content == b""
+    assert int(response.headers["content-length"]) == output["bytes"]
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["etag"] == client.get(path_of(output["url"])).headers["etag"]
+
+
+def test_missing_and_unknown_images_are_404(client: TestClient) -> None:
+    assert_error(client.get("/image/outputs/none/x.png"), 404)
+    assert_error(client.get("/image/other/x.png"), 404)
+
+
+@pytest.fixture
+def file_processor(tmp_path: Path) -> Iterator[Processor]:
+    (tmp_path / "secret.txt").write_text("TOP SECRET")
+    (tmp_path / "store").mkdir()
+    repository = MemoryRepository()
+    processor = Processor(
+        FsspecStorage(f"file://{tmp_path / 'store'}"),
+        MemoryQueue(repository),
+        repository,
+        **FAST_OPTIONS,
+    )
+    yield processor
+    processor.close()
+
+
+HOSTILE = [
+    "/image/../secret.txt",
+    "/image/outputs/../../secret.txt",
+    "/image/%2e%2e/secret.txt",
+    "/image/%2E%2E/%2E%2E/secret.txt",
+    "/image/..%2fsecret.txt",
+    "/image/outputs%2f..%2f..%2fsecret.txt",
+    "/image//etc/passwd",
+    "/image/%2fetc%2fpasswd",
+    "/image/outputs/x%00.png",
+    "/image/outputs/x\x00.png",
+    "/image/..\\secret.txt",
+    "/image/outputs%5c..%5c..%5csecret.txt",
+    "/image/outputs/.hidden",
+    "/image/outputs/a/./b.png",
+    "/image/%252e%252e/secret.txt",
+]
+
+
+def asgi_get(app: Any, raw_path: bytes) -> tuple[int, bytes]:
+    """Send a GET whose raw path is exactly ``raw_path`` (an HTTP client would normalise it)."""
+    raw_path, _, query = raw_path.partition(b"?")
+    path = unquote(raw_path.decode("latin-1"))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1234),
+        "root_path": "",
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "headers": [(b"host", b"testserver")],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def call() -> None:
+        with anyio.fail_after(10):
+            await app(scope, receive, send)
+
+    anyio.run(call)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
+
+
+@pytest.mark.parametrize("raw", HOSTILE)
+def test_hostile_keys_never_reach_outside_storage(file_processor: Processor, raw: str) -> None:
+    app = create_app(file_processor)
+    status, body = asgi_get(app, raw.encode("latin-1"))
+    assert status in (400, 404), (raw, status)
+    assert b"TOP SECRET" not in body
+    assert json.loads(body)["error"]["code"] in ("invalid_key", "not_found")
+
+
+@pytest.mark.parametrize("raw", ["/image/../secret.txt", "/image/%2e%2e/secret.txt"])
+def test_hostile_keys_through_a_real_client(file_processor: Processor, raw: str) -> None:
+    with client_for(file_processor) as client:
+        response = client.get(raw)
+        assert response.status_code in (400, 404)
+        assert b"TOP SECRET" not in response.content
+
+
+def test_hostile_keys_with_a_valid_signature_are_still_refused(file_processor: Processor) -> None:
+    app = create_app(file_processor, signing_keys=["k"])
+    signature = UrlSigner(["k"]).sign("../secret.txt", int(time.time()) + 60)
+    raw = f"/image/%2e%2e/secret.txt?expires={int(time.time()) + 60}&signature={signature}"
+    status, body = asgi_get(app, raw.encode())
+    assert status == 400
+    assert b"TOP SECRET" not in body
+
+
+def test_a_file_backed_round_trip(file_processor: Processor) -> None:
+    with client_for(file_processor) as client:
+        task = finished(client, file_processor, upload(client, pipeline=PIPELINE).json()["id"])
+        response = client.get(path_of(task["outputs"][0]["url"]))
+        assert response.status_code == 200
+        assert len(response.content) == task["outputs"][0]["bytes"]
+
+
+# -- signed URLs --------------------------------------------------------------------------------
+
+
+def test_signed_urls_valid_tampered_expired_and_rotated(processor: Processor) -> None:
+    with client_for(processor, api_keys=KEYS, signing_keys=["old"]) as old:
+        task = finished(
+            old, processor, upload(old, headers=auth(ALICE)).json()["id"], headers=auth(ALICE)
+        )
+    out = task["outputs"][0]
+    url = path_of(out["url"])
+    query = parse_qs(urlsplit(out["url"]).query)
+    expires, signature = query["expires"][0], query["signature"][0]
+    key = out["key"]
+
+    rotated = client_for(processor, api_keys=KEYS, signing_keys=["new", "old"])
+    assert rotated.get(url).status_code == 200  # no API key needed
+    retired = client_for(processor, api_keys=KEYS, signing_keys=["new"])
+    assert_error(retired.get(url), 403, "invalid_signature")
+
+    tampered = signature[:-2] + ("AA" if not signature.endswith("AA") else "BB")
+    for bad in (
+        f"/image/{key}?expires={expires}&signature={tampered}",
+        f"/image/{key}?expires={int(expires) + 60}&signature={signature}",
+        f"/image/{key}?expires={expires}",
+        f"/image/{key}?signature={signature}",
+        f"/image/{key}?expires=abc&signature={signature}",
+        f"/image/{key}?expires={expires}&signature=%FF%FE",
+    ):
+        assert_error(rotated.get(bad), 403, "invalid_signature")
+    other_key = key.rsplit("/", 1)[0] + "/big.webp"
+    assert_error(rotated.get(f"/image/{other_key}?expires={expires}&signature={signature}"), 403)
+
+    past = int(time.time()) - 1
+    expired = UrlSigner(["old"]).sign(key, past)
+    assert_error(rotated.get(f"/image/{key}?expires={past}&signature={expired}"), 403)
+
+
+def test_url_ttl_sets_the_expiry(processor: Processor) -> None:
+    with client_for(processor, url_ttl=timedelta(minutes=5)) as client:
+        task = finished(client, processor, upload(client).json()["id"])
+    expires = int(parse_qs(urlsplit(task["outputs"][0]["url"]).query)["expires"][0])
+    assert time.time() + 4 * 60 < expires <= time.time() + 6 * 60 + 1
+
+
+def test_without_signing_keys_each_app_has_its_own(processor: Processor) -> None:
+    with client_for(processor) as first:
+        task = finished(first, processor, upload(first).json()["id"])
+    url = path_of(task["outputs"][0]["url"])
+    assert first.get(url).status_code == 200
+    secured_other = client_for(processor, api_keys=KEYS)
+    assert secured_other.get(url).status_code == 403
+
+
+# -- authentication and owners ------------------------------------------------------------------
+
+
+def test_api_keys_are_required(secured: TestClient) -> None:
+    for response in (
+        secured.post("/upload", files={"image": ("a.jpg", JPEG, "image/jpeg")}),
+        secured.get("/status/x"),
+        secured.delete("/tasks/x"),
+        secured.post("/tasks/x/retry"),
+        secured.get("/readyz"),
+        secured.get("/metrics"),
+        secured.get("/openapi.json"),
+        secured.get("/image/outputs/x/y.png"),
+        secured.get("/status/x", headers=auth("wrong")),
+        secured.get("/status/x", headers={"Authorization": f"Basic {ALICE}"}),
+        secured.get("/status/x", headers={"Authorization": "Bearer "}),
+        secured.get(
+            "/status/x", headers=auth("sha256:" + hashlib.sha256(BOB.encode()).hexdigest())
+        ),
+    ):
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert secured.get("/healthz").status_code == 200
+
+
+def test_a_key_sees_only_its_owners_tasks(secured: TestClient, processor: Processor) -> None:
+    response = upload(secured, headers=auth(ALICE), pipeline=PIPELINE)
+    assert response.status_code == 202
+    task_id = response.json()["id"]
+    assert processor.get(task_id).owner == "alice"
+    task = finished(secured, processor, task_id, headers=auth(ALICE))
+    key = task["outputs"][0]["key"]
+
+    # Bob's key (configured by its hash) works, but Alice's task does not exist for him.
+    assert_error(secured.get(f"/status/{task_id}", headers=auth(BOB)), 404, "task_not_found")
+    assert_error(secured.delete(f"/tasks/{task_id}", headers=auth(BOB)), 404, "task_not_found")
+    assert_error(secured.post(f"/tasks/{task_id}/retry", headers=auth(BOB)), 404)
+    assert_error(secured.get(f"/image/{key}", headers=auth(BOB)), 404, "not_found")
+    assert upload(secured, headers=auth(BOB)).status_code == 202
+
+    # Alice fetches her output with her key, privately cached; originals need the signed URL.
+    own = secured.get(f"/image/{key}", headers=auth(ALICE))
+    assert own.status_code == 200
+    assert own.headers["cache-control"] == "private, max-age=31536000, immutable"
+    assert_error(secured.get(f"/image/{task['source']['key']}", headers=auth(ALICE)), 404)
+    assert secured.get(path_of(task["source"]["url"])).status_code == 200
+    # An output key that the task does not list is not served, even to its owner.
+    assert_error(secured.get(f"/image/outputs/{task_id}/other.png", headers=auth(ALICE)), 404)
+
+
+# -- service endpoints and errors ---------------------------------------------------------------
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def processor_with(storage: Any = None, repository: Any = None) -> Processor:
+    repo = MemoryRepository() if repository is None else repository
+    store = MemoryStorage() if storage is None else storage
+    return Processor(store, MemoryQueue(repo), repo, **FAST_OPTIONS)
+
+
+def test_readyz_is_503_when_storage_is_down() -> None:
+    storage = FlakyStorage(
+        MemoryStorage(),
+        failures=None,
+        error=StorageError("cannot reach /srv/secret"),
+        methods=frozenset({"exists"}),
+    )
+    with client_for(processor_with(storage)) as client:
+        response = client.get("/readyz")
+        assert_error(response, 503, "not_ready")
+        assert "secret" not in response.text
+        assert "retry-after" in response.headers
+
+
+class BrokenRepository(MemoryRepository):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def get(self, task_id: str) -> Any:
+        raise self.error
+
+    def queue_stats(self) -> Any:
+        raise self.error
+
+
+def test_a_transient_backend_error_is_503(caplog: pytest.LogCaptureFixture) -> None:
+    error = BackendUnavailable("psycopg: connection to 10.0.0.5 refused")
+    with client_for(processor_with(repository=BrokenRepository(error))) as client:
+        response = client.get("/status/abc")
+        assert_error(response, 503, "backend_unavailable")
+        assert "10.0.0.5" not in response.text
+        assert response.headers["retry-after"] == "5"
+        assert_error(client.get("/readyz"), 503, "not_ready")
+
+
+def test_an_unexpected_error_is_a_generic_500(caplog: pytest.LogCaptureFixture) -> None:
+    error = RuntimeError("secret detail at /srv/app/db.py")
+    with client_for(processor_with(repository=BrokenRepository(error))) as client:
+        response = client.get("/status/abc")
+    body = assert_error(response, 500, "internal_error")
+    assert "secret" not in body["message"]
+    assert "unhandled error" in caplog.text  # logged for the operator
+
+
+def test_unknown_routes_and_methods_answer_in_json(client: TestClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.put("/upload"), 405, "method_not_allowed")
+
+
+def test_metrics(processor: Processor) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    with client_for(processor) as client:
+        assert_error(client.get("/metrics"), 404, "not_found")
+    registry = prometheus_client.CollectorRegistry()
+    prometheus_client.Counter("demo_total", "a demo", registry=registry).inc()
+    with client_for(processor, metrics_registry=registry) as client:
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        assert "demo_total 1.0" in response.text
+        assert response.headers["content-type"].startswith("text/plain")
+
+
+def test_openapi_describes_every_route(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    described = {
+        (path, method.upper())
+        for path, item in document["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+    routes = {
+        (route.path.replace(":path", ""), method)
+        for route in client.app.routes  # type: ignore[attr-defined]
+        for method in route.methods
+    }
+    # Starlette answers HEAD wherever there is a GET; only /image documents it, as it matters.
+    assert described == {
+        (path, method) for path, method in routes if method != "HEAD" or "image" in path
+    }
+
+
+def test_importing_imageproc_does_not_import_starlette() -> None:
+    code = "import sys, imageproc, imageproc.signing; print('starlette' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"
