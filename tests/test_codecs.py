@@ -24,6 +24,7 @@ from imageproc.codecs import (
     decode,
     encode,
     open_checked,
+    source_format,
 )
 from imageproc.pipeline import WHITE, Colour, Encoding
 from imageproc.testing import sample_image
@@ -704,6 +705,26 @@ def test_an_animated_webp_is_read() -> None:
     assert (len(decoded.frames), decoded.durations, decoded.loop) == (3, (70, 70, 70), 3)
 
 
+def test_an_animated_png_is_read() -> None:
+    frames = [Image.new("RGBA", (16, 16), c) for c in ((255, 0, 0, 255), (0, 0, 255, 128))]
+    data = save(
+        frames[0], "PNG", save_all=True, append_images=frames[1:], duration=[30, 60], loop=2
+    )
+    decoded = decode(data, LIMITS)
+    assert (decoded.format, decoded.durations, decoded.loop) == ("PNG", (30, 60), 2)
+    assert [f.getpixel((8, 8)) for f in decoded.frames] == [(255, 0, 0, 255), (0, 0, 255, 128)]
+
+
+def test_an_mpo_is_called_jpeg() -> None:
+    frames = [Image.new("RGB", (32, 24), c) for c in ("red", "blue")]
+    data = save(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    with open_checked(data, LIMITS) as image:
+        assert (image.format, source_format(image)) == ("MPO", "JPEG")
+    decoded = decode(data, LIMITS, draft=(16, 12))
+    assert (decoded.format, only(decoded).size) == ("JPEG", (16, 12))
+    assert near(only(decoded).getpixel((8, 6)), (255, 0, 0), 8)
+
+
 # --- metadata ------------------------------------------------------------------------------------
 
 
@@ -765,6 +786,13 @@ def test_a_tiffs_own_layout_is_not_kept_as_exif() -> None:
     exif.load(metadata.exif)
     assert exif[ExifTags.Base.Make] == "x"
     assert not {256, 257, 259, 273, 279} & set(exif)
+
+
+def test_metadata_too_long_for_a_jpeg_marker_is_dropped() -> None:
+    metadata = Metadata(exif=b"Exif\0\0" + b"\0" * 70_000, xmp=b"<x/>" * 20_000)
+    out = reopen(encode([Image.new("RGB", (4, 4))], Encoding("jpeg"), metadata=metadata))
+    assert "exif" not in out.info
+    assert "xmp" not in out.info
 
 
 def test_an_rgb_profile_is_not_written_into_a_gray_output() -> None:

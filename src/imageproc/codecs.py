@@ -44,6 +44,7 @@ __all__ = [
     "encode",
     "mapped_errors",
     "open_checked",
+    "source_format",
 ]
 
 #: Whether pillow-heif is installed; found without importing it.
@@ -107,6 +108,9 @@ _TIFF_LAYOUT_TAGS: Final = frozenset(
 _SIXTEEN_BIT: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 #: Largest side each encoder can write; larger outputs are refused before encoding.
 _MAX_SIDE: Final = {"JPEG": 65_500, "WEBP": 16_383, "GIF": 65_535}
+#: Bytes a JPEG marker segment holds, and what the XMP one spends on its namespace.
+_JPEG_MARKER: Final = 65_533
+_XMP_NAMESPACE: Final = 29
 #: Milliseconds per frame when an animation is encoded without durations.
 _DEFAULT_DURATION: Final = 100
 
@@ -245,6 +249,13 @@ def _open(data: bytes, limits: ImageLimits, *, all_frames: bool) -> tuple[Image.
     return image, frames
 
 
+def source_format(image: Image.Image) -> str:
+    """Pillow's name of the format of an image opened by :func:`open_checked`, except that a
+    JPEG with an MPF index (Pillow's "MPO", from most phone cameras) is called JPEG."""
+    name = str(image.format)
+    return _FORMAT_NAMES.get(name, name)
+
+
 def _frame_count(image: Image.Image) -> int:
     if image.format not in _ANIMATED or not getattr(image, "is_animated", False):
         return 1
@@ -332,8 +343,8 @@ def decode(
     """
     image, frame_count = _open(data, limits, all_frames=all_frames)
     with image, mapped_errors("corrupt or truncated image"):
-        source_format = str(image.format)
-        if draft is not None and source_format in ("JPEG", "MPO"):
+        pillow_format = str(image.format)
+        if draft is not None and pillow_format in ("JPEG", "MPO"):
             image.draft(None, (max(1, draft[0]), max(1, draft[1])))
         image.load()
         profile = _Profile.read(image.info.get("icc_profile"))
@@ -346,7 +357,7 @@ def decode(
         )
         if frame_count > 1:
             frames, durations = _decode_frames(image, frame_count, profile, limits)
-            loop: int | None = _plays(source_format, image.info)
+            loop: int | None = _plays(pillow_format, image.info)
         else:
             frames, durations, loop = [_bare(_normalise(image, profile))], [], None
         transpose = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
@@ -356,7 +367,7 @@ def decode(
         frames=tuple(frames),
         durations=tuple(durations),
         loop=loop,
-        format=_FORMAT_NAMES.get(source_format, source_format),
+        format=_FORMAT_NAMES.get(pillow_format, pillow_format),
         metadata=metadata,
     )
 
@@ -666,7 +677,7 @@ def encode(
             # Pillow writes GIF's Netscape count, "repeat N more times"; none at all plays once.
             if plays != 1:
                 options["loop"] = max(plays - 1, 0)
-            if "transparency" in prepared[0].info:
+            if any("transparency" in frame.info for frame in prepared):
                 # Frames are whole pictures: clear each before the next, or the previous frame
                 # shows through the transparent parts.
                 options["disposal"] = 2
@@ -708,7 +719,9 @@ def _options(encoding: Encoding, mode: str, metadata: Metadata | None) -> dict[s
             else:
                 options.update(quality=quality)
         case "AVIF":
-            options.update(quality=quality)
+            # libavif's speed 6 (Pillow's default) takes about 3.5 times as long as 8 for some
+            # 6 % smaller files; imgproxy uses 9.
+            options.update(quality=quality, speed=8)
         case "PNG":
             # zlib level 6 is most of level 9's gain at a fraction of its time; "optimize" would
             # try every filter and level.
@@ -728,7 +741,10 @@ def _metadata_options(pillow_format: str, mode: str, metadata: Metadata) -> dict
     if pillow_format == "GIF":
         return {}
     options: dict[str, Any] = {}
-    if metadata.exif:
+    # A JPEG marker holds 65533 bytes: longer EXIF or XMP cannot be written there, and dropping
+    # it beats failing the variant (Pillow splits only the profile over several markers).
+    fits = _JPEG_MARKER if pillow_format == "JPEG" else None
+    if metadata.exif and (fits is None or len(metadata.exif) <= fits):
         options["exif"] = metadata.exif
     icc = metadata.icc_profile
     # A profile must describe the output's colour space: sRGB's is RGB, and a grayscale output
@@ -736,7 +752,7 @@ def _metadata_options(pillow_format: str, mode: str, metadata: Metadata) -> dict
     space = b"GRAY" if mode in ("L", "LA") else b"RGB "
     if icc and icc[16:20] == space:
         options["icc_profile"] = icc
-    if metadata.xmp:
+    if metadata.xmp and (fits is None or len(metadata.xmp) <= fits - _XMP_NAMESPACE):
         if pillow_format in ("JPEG", "WEBP", "AVIF"):
             options["xmp"] = metadata.xmp
         elif pillow_format == "PNG":
@@ -778,9 +794,12 @@ def _flatten(frame: Image.Image, background: Colour) -> Image.Image:
 def _for_gif(frame: Image.Image, background: Colour) -> Image.Image:
     """A palette frame for GIF: 255 colours plus, for a frame with alpha, one transparent index
     for the pixels under half opacity (the rest is flattened onto ``background``)."""
+    # Fast octree: some 50 times as fast as median cut (Pillow's default) on a 2 MP frame, for a
+    # slightly larger file and a little more error.
+    method = Image.Quantize.FASTOCTREE
     if frame.mode not in ("RGBA", "LA"):
-        return _bare(frame.quantize(256))
-    paletted = _flatten(frame, background).convert("RGB").quantize(255)
+        return _bare(frame.quantize(256, method))
+    paletted = _flatten(frame, background).convert("RGB").quantize(255, method)
     clear = frame.getchannel("A").point(lambda a: 255 if a < 128 else 0)
     paletted.paste(255, mask=clear)
     palette = paletted.getpalette() or []
