@@ -391,7 +391,6 @@ def task_to_json(task: Task) -> dict[str, Any]:
         task,
         filter=lambda attribute, _: attribute.name != "pipeline",
         value_serializer=value,
-        retain_collection_types=False,
     )
     return {
         "id": data.pop("id"),

@@ -1,0 +1,331 @@
+"""The ``imageproc`` command, each subcommand run as a real subprocess in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imageproc import Processor, TaskStatus
+from imageproc.testing import sample_image
+
+TIMEOUT = 60
+
+
+def environment(**extra: str) -> dict[str, str]:
+    # The developer's own IMAGEPROC_* settings must not leak into the commands under test.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPROC_")}
+    return env | extra
+
+
+def imageproc(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imageproc", *args],
+        cwd=cwd,
+        env=env or environment(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "imageproc", *args],
+        cwd=cwd,
+        env=env or environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """SIGTERM, then the exit status and stderr (killing it if it will not stop)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"did not stop on SIGTERM:\n{stderr}")
+    return process.returncode, stderr
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def eventually(check: Any, *, timeout: float = TIMEOUT, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except (OSError, urllib.error.URLError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def urls(tmp_path: Path) -> tuple[str, str]:
+    return f"sqlite:///{tmp_path / 'imageproc.db'}", f"file://{tmp_path / 'data'}"
+
+
+@pytest.fixture
+def library(urls: tuple[str, str]) -> Iterator[Processor]:
+    """The library side, on the same database and storage as the commands."""
+    with Processor.from_urls(*urls) as processor:
+        yield processor
+
+
+# -- usage and configuration ------------------------------------------------------------------
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    result = imageproc("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("serve", "worker", "process", "status", "migrate"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["worker"], {"IMAGEPROC_WORKERS": "lots"}, "IMAGEPROC_WORKERS: expected a count"),
+        (["worker", "--workers", "4:2"], {}, "--workers: need 1 <= MIN <= MAX, got 4:2"),
+        (["serve", "--port", "99999"], {}, "--port: must be a port number from 1 to 65535"),
+        (["--env-file", "nope.env", "migrate"], {}, "cannot read nope.env"),
+        (["--database-url", "mysql://x", "status", "x"], {}, "unsupported database URL scheme"),
+        (["--database-url", "memory://", "migrate"], {}, "migrate needs a SQLite or PostgreSQL"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = imageproc(*args, cwd=tmp_path, env=environment(**env))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"imageproc: error: {message}")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_env_file_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("IMAGEPROC_DATABASE_URL=sqlite:///from-dotenv.db\n")
+    assert imageproc("migrate", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "from-dotenv.db").is_file()
+    # The environment wins over .env, and a flag over both.
+    env = environment(IMAGEPROC_DATABASE_URL="sqlite:///from-env.db")
+    assert imageproc("migrate", cwd=tmp_path, env=env).returncode == 0
+    assert (tmp_path / "from-env.db").is_file()
+    flag = imageproc("--database-url", "sqlite:///from-flag.db", "migrate", cwd=tmp_path, env=env)
+    assert flag.returncode == 0
+    assert (tmp_path / "from-flag.db").is_file()
+
+
+# -- migrate and status -----------------------------------------------------------------------
+
+
+def test_migrate_creates_the_schema_and_prints_the_revision(tmp_path: Path) -> None:
+    first = imageproc("migrate", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "schema at revision 0001\n"
+    assert (tmp_path / "imageproc.db").is_file()  # the default database
+    again = imageproc("migrate", cwd=tmp_path)  # idempotent
+    assert (again.returncode, again.stdout) == (0, "schema at revision 0001\n")
+
+
+def test_status_prints_the_task_as_json(
+    tmp_path: Path, urls: tuple[str, str], library: Processor
+) -> None:
+    task = library.submit(sample_image(300, 200), "small=fit:30x30,png")
+    result = imageproc(
+        "--database-url", urls[0], "--storage-url", urls[1], "status", task.id, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["id"] == task.id
+    assert shown["status"] == "queued"
+    assert shown["pipeline"] == "small=fit:30x30,png"
+    assert shown["source"]["width"] == 300
+    assert shown["created_at"].endswith("Z")
+    assert shown["outputs"] == []
+    assert shown["error"] is None
+
+
+def test_status_of_an_unknown_task_exits_1(tmp_path: Path, urls: tuple[str, str]) -> None:
+    imageproc("--database-url", urls[0], "migrate", cwd=tmp_path)
+    result = imageproc("--database-url", urls[0], "status", "no-such-task", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "imageproc: error: no task with id 'no-such-task'\n"
+
+
+# -- process ----------------------------------------------------------------------------------
+
+
+def test_process_writes_every_variant_of_every_file(tmp_path: Path) -> None:
+    (tmp_path / "cat.jpg").write_bytes(sample_image(800, 600))
+    (tmp_path / "dog.png").write_bytes(sample_image(300, 600, "PNG"))
+    result = imageproc(
+        "process", "cat.jpg", "dog.png", "-o", "out",
+        "-p", "thumb=fit:100x100,webp;gray=fit:200x200,grayscale,png", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = {
+        "cat-thumb.webp": ("WEBP", (100, 75)),
+        "cat-gray.png": ("PNG", (200, 150)),
+        "dog-thumb.webp": ("WEBP", (50, 100)),
+        "dog-gray.png": ("PNG", (100, 200)),
+    }
+    assert {p.name for p in (tmp_path / "out").iterdir()} == set(expected)
+    for name, (format, size) in expected.items():
+        with Image.open(tmp_path / "out" / name) as image:
+            assert (image.format, image.size) == (format, size), name
+    assert "[1/2]" in result.stderr
+    assert "[2/2]" in result.stderr
+    assert "2 processed, 0 failed" in result.stderr
+    assert not (tmp_path / "imageproc.db").exists()  # no queue, no database
+
+
+def test_process_uses_the_default_pipeline_and_the_current_folder(tmp_path: Path) -> None:
+    (tmp_path / "wide.jpg").write_bytes(sample_image(1600, 400))
+    result = imageproc("process", "wide.jpg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    outputs = [p for p in tmp_path.iterdir() if p.name.startswith("wide-")]
+    assert len(outputs) == 1
+    with Image.open(outputs[0]) as image:
+        assert (image.format, image.width) == ("JPEG", 800)
+
+
+def test_process_reports_bad_files_and_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "good.jpg").write_bytes(sample_image(200, 100))
+    (tmp_path / "notes.jpg").write_text("not an image")
+    image = sample_image(400, 300)
+    (tmp_path / "cut.jpg").write_bytes(image[: len(image) // 2])
+    result = imageproc(
+        "process", "good.jpg", "notes.jpg", "cut.jpg", "missing.jpg", "-p", "t=fit:50x50,png",
+        "-o", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "error: notes.jpg: not a readable image" in result.stderr
+    assert "error: cut.jpg: corrupt or truncated image" in result.stderr
+    assert "error: missing.jpg: cannot read: No such file or directory" in result.stderr
+    assert "1 processed, 3 failed" in result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good-t.png"]
+
+
+def test_process_refuses_a_bad_pipeline_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(sample_image(20, 20))
+    result = imageproc("process", "a.jpg", "-p", "t=zoom:3", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("imageproc: error: unknown operation 'zoom:3'")
+    assert "Traceback" not in result.stderr
+
+
+# -- worker and serve -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_worker_processes_tasks_submitted_through_the_library(
+    tmp_path: Path, urls: tuple[str, str], library: Processor
+) -> None:
+    ids = [library.submit(sample_image(400, 300), "t=fit:40x40,png").id for _ in range(3)]
+    port = free_port()
+    env = environment(
+        IMAGEPROC_DATABASE_URL=urls[0], IMAGEPROC_STORAGE_URL=urls[1], IMAGEPROC_LEASE_SECONDS="5"
+    )
+    worker = start("worker", "--workers", "1:2", "--metrics-port", str(port), cwd=tmp_path, env=env)
+    try:
+        eventually(
+            lambda: all(library.get(i).status == TaskStatus.SUCCEEDED for i in ids),
+            what="the worker to process every task",
+        )
+        metrics = eventually(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read(),
+            what="the metrics endpoint",
+        ).decode()
+        assert "imageproc_tasks_succeeded_total 3.0" in metrics
+        assert "imageproc_workers_total" in metrics
+    finally:
+        status, stderr = stop(worker)
+    assert status == 0, stderr
+    assert "Traceback" not in stderr
+    task = library.get(ids[0])
+    assert (task.outputs[0].width, task.outputs[0].height) == (40, 30)
+
+
+def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.read()
+
+
+@pytest.mark.slow
+def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
+    pytest.importorskip("imageproc.http", reason="the HTTP adapter (imageproc.http) is not built")
+    port = free_port()
+    server = start("serve", "--port", str(port), "--workers", "1:2", cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        status, body = eventually(lambda: _request(f"{base}/healthz"), what="/healthz")
+        assert status == 200
+        upload = BytesIO()
+        Image.new("RGB", (640, 480), "teal").save(upload, "PNG")
+        boundary = "imageproc-test-boundary"
+        form = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="pipeline"\r\n\r\n'
+                "small=fit:64x64,png\r\n"
+                f"--{boundary}\r\n"
+                'Content-Disposition: form-data; name="image"; filename="a.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + upload.getvalue()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        status, body = _request(
+            f"{base}/upload", form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
+        assert status == 202, body
+        task_id = json.loads(body)["id"]
+
+        def succeeded() -> dict[str, Any] | None:
+            task: dict[str, Any] = json.loads(_request(f"{base}/status/{task_id}")[1])
+            return task if task["status"] == "succeeded" else None
+
+        task = eventually(succeeded, what="the upload to be processed")
+        output = task["outputs"][0]
+        assert (output["width"], output["height"]) == (64, 48)
+        status, image = _request(output["url"] if "://" in output["url"] else base + output["url"])
+        with Image.open(BytesIO(image)) as picture:
+            assert picture.size == (64, 48)
+        status, metrics = _request(f"{base}/metrics")
+        assert b"imageproc_tasks_succeeded_total 1.0" in metrics
+    finally:
+        code, stderr = stop(server)
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert (tmp_path / "imageproc.db").is_file()  # SQLite and a local folder by default
+    assert (tmp_path / "imageproc-data" / "outputs").is_dir()
