@@ -36,6 +36,7 @@ from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline
 
 if TYPE_CHECKING:
     from imageproc.imaging import ImageLimits, Rendered
+    from imageproc.metrics import Metrics
     from imageproc.pipeline import Pipeline
     from imageproc.task import Task
 
@@ -183,22 +184,23 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         import uvicorn
 
         from imageproc.http import create_app
-        from imageproc.metrics import Metrics
-        from imageproc.signing import parse_api_keys
     except ImportError as error:
         raise ConfigurationError(
-            f"serve needs the http and metrics extras (pip install 'imageproc[http,metrics]'):"
-            f" {error}"
+            f"serve needs the http extra (pip install 'imageproc[http]'): {error}"
         ) from None
+    from imageproc.signing import parse_api_keys
 
+    metrics = _metrics_or_none()
+    if metrics is None:
+        logger.info("prometheus_client is not installed: /metrics is off (extra 'metrics')")
     if not settings.signing_keys:
         # create_app then signs with a random key: URLs work, but only against this process and
         # only until it restarts. Fine on a laptop, not behind a load balancer.
         logger.warning("IMAGEPROC_SIGNING_KEYS is not set: signed URLs die with this process")
-    metrics = Metrics()
     processor = settings.processor(events=metrics)
     try:
-        metrics.watch(processor)
+        if metrics is not None:
+            metrics.watch(processor)
         app = create_app(
             processor,
             api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
@@ -206,7 +208,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             max_upload_bytes=settings.max_upload_bytes,
             max_queue_depth=settings.max_queue_depth,
             url_ttl=timedelta(seconds=settings.url_ttl),
-            metrics_registry=metrics.registry,
+            metrics_registry=metrics.registry if metrics is not None else None,
         )
         processor.start(settings.workers)
         # uvicorn catches SIGINT/SIGTERM itself, shuts the server down, restores the previous
@@ -231,6 +233,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _metrics_or_none() -> Metrics | None:
+    """A :class:`~imageproc.metrics.Metrics`, or None without the ``metrics`` extra."""
+    try:
+        from imageproc.metrics import Metrics
+    except ImportError:
+        return None
+    return Metrics()
+
+
 def _ignore(signum: int, frame: FrameType | None) -> None:
     logger.info("received %s, stopping", signal.Signals(signum).name)
 
@@ -239,31 +250,30 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    metrics: Any = None
-    if settings.metrics_port is not None:
-        try:
-            from imageproc.metrics import Metrics
-        except ImportError:
-            raise ConfigurationError(
-                "--metrics-port needs the metrics extra (pip install 'imageproc[metrics]')"
-            ) from None
-        metrics = Metrics()
-    with settings.processor(**({"events": metrics} if metrics is not None else {})) as processor:
-        if metrics is not None:
+    port = settings.metrics_port
+    metrics = _metrics_or_none() if port is not None else None
+    if port is not None and metrics is None:
+        raise ConfigurationError(
+            "--metrics-port needs the metrics extra (pip install 'imageproc[metrics]')"
+        )
+    with settings.processor(events=metrics) as processor:
+        if metrics is not None and port is not None:
             metrics.watch(processor)
             try:
                 # On IMAGEPROC_HOST (loopback by default): set it to 0.0.0.0 for a remote scraper.
-                metrics.serve(settings.metrics_port, settings.host)
+                metrics.serve(port, settings.host)
             except OSError as error:
                 raise ConfigurationError(
-                    f"cannot serve metrics on port {settings.metrics_port}: {error.strerror}"
+                    f"cannot serve metrics on {settings.host}:{port}: {error.strerror}"
                 ) from None
-            logger.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+            logger.info("metrics on http://%s:%d/metrics", settings.host, port)
         low, high = settings.workers
         logger.info("worker started: %d-%d threads on %s", low, high, _safe_url(settings))
-        processor.run(settings.workers)
-        if metrics is not None:
-            metrics.close()
+        try:
+            processor.run(settings.workers)
+        finally:
+            if metrics is not None:
+                metrics.close()
     return EXIT_OK
 
 
