@@ -329,3 +329,15 @@ def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
     assert (tmp_path / "imageproc.db").is_file()  # SQLite and a local folder by default
     assert (tmp_path / "imageproc-data" / "outputs").is_dir()
+
+
+def test_serve_on_a_taken_port_fails_with_a_message(tmp_path: Path) -> None:
+    pytest.importorskip("imageproc.http", reason="the HTTP adapter (imageproc.http) is not built")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = imageproc("serve", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"imageproc: error: the HTTP server could not start on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

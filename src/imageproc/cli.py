@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -197,39 +198,58 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # create_app then signs with a random key: URLs work, but only against this process and
         # only until it restarts. Fine on a laptop, not behind a load balancer.
         logger.warning("IMAGEPROC_SIGNING_KEYS is not set: signed URLs die with this process")
-    processor = settings.processor(events=metrics)
+    servers: list[uvicorn.Server] = []  # the one server, once built; read by the handler
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stopping.set()
+        for server in servers:
+            server.should_exit = True
+
+    stopping = threading.Event()
+    # Installed before the slow part (migrations, connecting) so a SIGTERM during startup stops
+    # the server as soon as it starts instead of killing the process half-way. uvicorn swaps in
+    # its own handlers while it serves, then restores these and re-raises the signal it caught:
+    # with the default SIGTERM handler that would kill the process before the workers stop.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if metrics is not None:
-            metrics.watch(processor)
-        app = create_app(
-            processor,
-            api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
-            signing_keys=settings.signing_keys,
-            max_upload_bytes=settings.max_upload_bytes,
-            max_queue_depth=settings.max_queue_depth,
-            url_ttl=timedelta(seconds=settings.url_ttl),
-            metrics_registry=metrics.registry if metrics is not None else None,
-        )
-        processor.start(settings.workers)
-        # uvicorn catches SIGINT/SIGTERM itself, shuts the server down, restores the previous
-        # handlers and then re-raises the signal; with the default SIGTERM handler that would
-        # kill the process before the workers below are stopped. A no-op handler makes
-        # uvicorn.run simply return.
-        previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            uvicorn.run(
+        with settings.processor(events=metrics) as processor:
+            if metrics is not None:
+                metrics.watch(processor)
+            app = create_app(
+                processor,
+                api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
+                signing_keys=settings.signing_keys,
+                max_upload_bytes=settings.max_upload_bytes,
+                max_queue_depth=settings.max_queue_depth,
+                url_ttl=timedelta(seconds=settings.url_ttl),
+                metrics_registry=metrics.registry if metrics is not None else None,
+            )
+            processor.start(settings.workers)
+            config = uvicorn.Config(
                 app,
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level,
                 lifespan="on",
             )
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            servers.append(uvicorn.Server(config))
+            if not stopping.is_set():
+                try:
+                    servers[0].run()
+                except SystemExit as exit:
+                    # uvicorn exits when it cannot start (the port is taken); it has logged why.
+                    if exit.code:
+                        return _fail(
+                            f"the HTTP server could not start on {settings.host}:{settings.port}"
+                            " (see the log above)",
+                            EXIT_FAILED,
+                        )
+            # Leaving the block: HTTP has stopped taking uploads; tasks in flight finish, then
+            # the backends close.
     finally:
-        # HTTP has stopped taking uploads; let tasks in flight finish, then close the backends.
-        processor.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return EXIT_OK
 
 
@@ -240,10 +260,6 @@ def _metrics_or_none() -> Metrics | None:
     except ImportError:
         return None
     return Metrics()
-
-
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    logger.info("received %s, stopping", signal.Signals(signum).name)
 
 
 # -- worker -------------------------------------------------------------------------------------
