@@ -298,3 +298,19 @@ def test_processor_uses_the_settings(tmp_path: Path) -> None:
         assert processor.image_limits.max_bytes == 1024
     with settings.processor(max_attempts=9, migrate=False) as processor:
         assert processor.max_attempts == 9
+
+
+def test_a_misspelt_variable_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("IMAGEPROC_PROT=9000\nIMAGEPROC_S3_ENDPOINT_URL=http://minio\n")
+    settings = Settings.load(env={"IMAGEPROC_WORKER": "4", "OTHER": "x"}, env_file=env_file)
+    assert settings == Settings()
+    assert (
+        "IMAGEPROC_WORKER in the environment is not an imageproc setting;"
+        " did you mean IMAGEPROC_WORKERS?" in caplog.text
+    )
+    assert (
+        f"IMAGEPROC_PROT in {env_file} is not an imageproc setting; did you mean IMAGEPROC_PORT?"
+        in caplog.text
+    )
+    assert "S3_ENDPOINT" not in caplog.text  # read by the S3 storage, not a typo

@@ -14,6 +14,8 @@ names the variable or flag and the value's source.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -42,7 +44,11 @@ ENV_PREFIX: Final = "IMAGEPROC_"
 #: The log levels ``log_level`` accepts.
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
+logger = logging.getLogger("imageproc.config")
+
 _MiB: Final = 1024 * 1024
+# IMAGEPROC_* variables read elsewhere (the S3 storage, the install and test scripts): not typos.
+_READ_ELSEWHERE: Final = ("IMAGEPROC_S3_", "IMAGEPROC_TEST_", "IMAGEPROC_INSTALL")
 _DEFAULT_ENV_FILE: Final = ".env"
 
 
@@ -264,6 +270,20 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     return values
 
 
+def _warn_about_unknown(variables: Mapping[str, str], where: str) -> None:
+    # A misspelt variable would otherwise be ignored without a word, leaving a default in force.
+    known = list(ENV_VARS.values())
+    for variable in variables:
+        if (
+            variable.startswith(ENV_PREFIX)
+            and variable not in ENV_VARS.values()
+            and not variable.startswith(_READ_ELSEWHERE)
+        ):
+            close = difflib.get_close_matches(variable, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logger.warning("%s in %s is not an imageproc setting%s", variable, where, hint)
+
+
 # -- settings ---------------------------------------------------------------------------------
 
 
@@ -331,6 +351,8 @@ class Settings:
             if path.exists() or os.fspath(env_file) != _DEFAULT_ENV_FILE:
                 file_values = read_env_file(path)
                 file_label = os.fspath(env_file)
+        _warn_about_unknown(environ, "the environment")
+        _warn_about_unknown(file_values, file_label)
         values: dict[str, Any] = {}
         for name, variable in ENV_VARS.items():
             if overrides.get(name) is not None:
