@@ -337,7 +337,14 @@ def _check_length(request: Request, limit: int) -> None:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "too_large", f"the upload is larger than the limit of {limit} bytes")
+    # "Connection: close" makes the server drop the connection after answering instead of
+    # reading (and discarding) the rest of the body to keep the connection alive.
+    return ApiError(
+        413,
+        "too_large",
+        f"the upload is larger than the limit of {limit} bytes",
+        {"Connection": "close"},
+    )
 
 
 async def _read_form(request: Request, service: _Service) -> FormData:
