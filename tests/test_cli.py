@@ -117,7 +117,8 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         (["worker", "--workers", "4:2"], {}, "--workers: need 1 <= MIN <= MAX, got 4:2"),
         (["serve", "--port", "99999"], {}, "--port: must be a port number from 1 to 65535"),
         (["--env-file", "nope.env", "migrate"], {}, "cannot read nope.env"),
-        (["--database-url", "mysql://x", "status", "x"], {}, "unsupported database URL scheme"),
+        (["--database-url", "mysql://x", "worker"], {}, "unsupported database URL scheme"),
+        (["--database-url", "mysql://x", "status", "x"], {}, "status needs a SQLite or PostgreSQL"),
         (["--database-url", "memory://", "migrate"], {}, "migrate needs a SQLite or PostgreSQL"),
     ],
 )
@@ -341,3 +342,12 @@ def test_serve_on_a_taken_port_fails_with_a_message(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"imageproc: error: the HTTP server could not start on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_without_a_database_says_to_migrate_and_creates_nothing(tmp_path: Path) -> None:
+    result = imageproc("status", "some-task", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "imageproc: error: no database at imageproc.db: run `imageproc migrate` first\n"
+    )
+    assert list(tmp_path.iterdir()) == []

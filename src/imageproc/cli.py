@@ -36,6 +36,7 @@ from imageproc.config import LOG_LEVELS, Settings
 from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline, TaskNotFound
 
 if TYPE_CHECKING:
+    from imageproc.backends.sql import SQLBackend
     from imageproc.imaging import ImageLimits, Rendered
     from imageproc.metrics import Metrics
     from imageproc.pipeline import Pipeline
@@ -395,10 +396,41 @@ class _Progress:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    with settings.processor(migrate=False) as processor:
-        task = processor.get(args.task_id)
+    # Only the task records are needed: no storage (which would create its folder) and no
+    # migration (a read-only command must not change the schema).
+    backend = _sql_backend(settings, "status")
+    try:
+        if backend.schema_revision() is None:
+            raise ConfigurationError(
+                f"no imageproc tables in {_safe_url(settings)}: run `imageproc migrate` first"
+            )
+        task = backend.get(args.task_id)
+    finally:
+        backend.close()
     print(json.dumps(task_to_json(task), indent=2))
     return EXIT_OK
+
+
+def _sql_backend(settings: Settings, command: str) -> SQLBackend:
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from imageproc.backends.sql import SQLBackend
+
+    scheme = settings.database_url.partition("://")[0].split("+")[0]
+    if scheme not in ("sqlite", "postgresql"):
+        raise ConfigurationError(
+            f"{command} needs a SQLite or PostgreSQL database URL, got a {scheme!r} one"
+        )
+    try:
+        database = make_url(settings.database_url).database
+    except ArgumentError:
+        raise ConfigurationError(f"{command}: malformed database URL") from None
+    # SQLite would create an empty file, and then report missing tables.
+    is_file = scheme == "sqlite" and database not in (None, "", ":memory:")
+    if command != "migrate" and is_file and not Path(str(database)).is_file():
+        raise ConfigurationError(f"no database at {database}: run `imageproc migrate` first")
+    return SQLBackend(settings.database_url)
 
 
 def task_to_json(task: Task) -> dict[str, Any]:
@@ -426,14 +458,7 @@ def task_to_json(task: Task) -> dict[str, Any]:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    scheme = settings.database_url.partition("://")[0].split("+")[0]
-    if scheme not in ("sqlite", "postgresql"):
-        raise ConfigurationError(
-            f"migrate needs a SQLite or PostgreSQL database URL, got a {scheme!r} one"
-        )
-    from imageproc.backends.sql import SQLBackend
-
-    backend = SQLBackend(settings.database_url)
+    backend = _sql_backend(settings, "migrate")
     try:
         backend.migrate()
         revision = backend.schema_revision()
