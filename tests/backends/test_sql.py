@@ -221,3 +221,21 @@ def test_retention_deletes_finished_tasks_and_their_files(
     assert not any(storage.exists(key) for key in [*outputs, done.source_key])
     assert storage.exists(waiting.source_key)
     assert proc.get(waiting.id).status == TaskStatus.QUEUED
+
+
+def test_record_many_records_the_held_and_reports_the_lost(sql: SQLBackend) -> None:
+    for _ in range(3):
+        sql.add(new_task())
+    leases = sql.claim("w", lease_seconds=30, limit=3)
+    lost = leases[1]
+    assert sql.update(lost.task.cancel(utcnow()), expected=lost.task)  # takes the lease away
+    now = utcnow()
+    results = [(lease, lease.task.succeed((), now)) for lease in leases]
+    assert sql.record_many(results) == [True, False, True]
+    assert [sql.get(lease.task.id).status for lease in leases] == [
+        TaskStatus.SUCCEEDED,
+        TaskStatus.CANCELLED,
+        TaskStatus.SUCCEEDED,
+    ]
+    assert sql.record_many(results) == [False, False, False]  # once only
+    assert sql.record_many([]) == []

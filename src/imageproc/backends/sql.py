@@ -276,21 +276,47 @@ class SQLBackend:
         Workers that claim in batches use this to complete a batch at once; ``complete`` and
         ``release`` are the one-task case.
         """
-        recorded, wake = [], False
+        parameters = [
+            {**task_to_row(task), "held_id": lease.task.id, "held_token": lease.token}
+            for lease, task in results
+        ]
+        if not parameters:
+            return []
         with self._begin(write=True) as conn:
-            for lease, task in results:
-                parameters = {
-                    **task_to_row(task),
-                    "held_id": lease.task.id,
-                    "held_token": lease.token,
-                }
-                held = conn.execute(_RECORD, parameters).rowcount == 1
-                recorded.append(held)
-                wake |= (
-                    held and task.status == TaskStatus.QUEUED and task.available_at <= self.clock()
-                )
-            if wake:
+            if len(parameters) == 1:
+                # One task (the usual complete/release): the guarded UPDATE alone says it all.
+                recorded = [conn.execute(_RECORD, parameters[0]).rowcount == 1]
+            else:
+                recorded = self._record_batch(conn, results, parameters)
+            now = self.clock()
+            if any(
+                held and task.status == TaskStatus.QUEUED and task.available_at <= now
+                for held, (_, task) in zip(recorded, results, strict=True)
+            ):
                 self._notify(conn)
+        return recorded
+
+    def _record_batch(
+        self,
+        conn: Connection,
+        results: Sequence[tuple[Lease, Task]],
+        parameters: list[dict[str, Any]],
+    ) -> list[bool]:
+        # Lock the rows these leases still hold, then write them in one executemany (psycopg
+        # pipelines it) rather than a round trip per task; rowcount alone could not say which.
+        held_query = sa.select(tasks.c.id).where(
+            sa.tuple_(tasks.c.id, tasks.c.lease_token).in_(
+                [(lease.task.id, lease.token) for lease, _ in results]
+            ),
+            tasks.c.status == _PROCESSING,
+        )
+        if self.dialect == "postgresql":
+            held_query = held_query.with_for_update()
+        held = set(conn.execute(held_query).scalars())
+        recorded = [lease.task.id in held for lease, _ in results]
+        mine = [p for p, ok in zip(parameters, recorded, strict=True) if ok]
+        if mine:
+            conn.execute(_RECORD, mine)
         return recorded
 
     def _notify(self, conn: Connection) -> None:
