@@ -351,3 +351,38 @@ def test_status_without_a_database_says_to_migrate_and_creates_nothing(tmp_path:
         "imageproc: error: no database at imageproc.db: run `imageproc migrate` first\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_process_redraws_one_progress_line_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(sample_image(100, 100))
+    controller, terminal = pty.openpty()
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "imageproc", "process", "a.jpg", "b.jpg", "-o", "out"],
+            cwd=tmp_path, env=environment(), stderr=terminal, stdout=subprocess.DEVNULL,
+            timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    assert completed.returncode == 0
+    text = shown.decode()
+    assert "\r[1/2] " in text
+    assert "\r[2/2] " in text
+    assert "2 processed, 0 failed" in text

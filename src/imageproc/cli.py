@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
@@ -324,8 +324,10 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
     progress = _Progress(total)
     # Pillow releases the GIL while it decodes, resizes and encodes, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(args.jobs, total)) as pool:
-        results = pool.map(lambda path: _process_one(path, pipeline, limits, out), files)
-        for path, problem in zip(files, results, strict=True):
+        futures = {pool.submit(_process_one, path, pipeline, limits, out): path for path in files}
+        # In the order files finish, so the count moves while one big file is still working.
+        for future in as_completed(futures):
+            path, problem = futures[future], future.result()
             done += 1
             progress.show(done, path.name)
             if problem is not None:
