@@ -17,6 +17,7 @@ registered with Pillow the first time an upload looks like one, never by ``impor
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import re
@@ -446,7 +447,16 @@ def _srgb() -> ImageCms.ImageCmsProfile:
 
 @cache
 def _srgb_bytes() -> bytes:
-    return _srgb().tobytes()
+    """LittleCMS's sRGB profile, dated 2000-01-01 so that outputs do not depend on the time the
+    process made it (LittleCMS stamps the current time into the header)."""
+    data = bytearray(_srgb().tobytes())
+    data[24:36] = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
+    if any(data[84:100]):
+        # An ICC v4 profile ID is the MD5 of the profile with flags, intent and ID zeroed.
+        unsigned = bytearray(data)
+        unsigned[44:48], unsigned[64:68], unsigned[84:100] = bytes(4), bytes(4), bytes(16)
+        data[84:100] = hashlib.md5(unsigned).digest()
+    return bytes(data)
 
 
 @attrs.frozen
