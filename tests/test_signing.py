@@ -144,3 +144,9 @@ def test_random_key_when_none_given_and_empty_keys_refused() -> None:
     assert UrlSigner().sign("k", 1) != UrlSigner().sign("k", 1)
     with pytest.raises(ValueError, match="empty"):
         UrlSigner([""])
+
+
+@pytest.mark.parametrize("key", ["", "sha256:abc", "sha256:" + "g" * 64])
+def test_api_keys_refuse_unusable_keys(key: str) -> None:
+    with pytest.raises(ValueError, match="alice"):
+        ApiKeys({"alice": key})

@@ -84,6 +84,15 @@ class ApiKeys:
     """
 
     def __init__(self, keys: Mapping[str, str]) -> None:
+        for owner, key in keys.items():
+            # Checked here too, for mappings that did not come through parse_api_keys: a
+            # mistyped digest would otherwise lock its owner out without a word.
+            if not key:
+                raise ValueError(f"the API key of {owner!r} is empty")
+            if key.startswith(HASH_PREFIX) and not _HEX64.fullmatch(key[len(HASH_PREFIX) :]):
+                raise ValueError(
+                    f"the API key of {owner!r}: sha256: must be followed by 64 hex digits"
+                )
         self._digests: list[tuple[bytes, str]] = [
             (_digest(key).encode(), owner) for owner, key in keys.items()
         ]
