@@ -221,3 +221,65 @@ def test_a_smaller_variant_from_a_bigger_one_stays_within_1_db() -> None:
     ):
         assert shared.size == own.size
         assert psnr(shared, own) > 40
+
+
+def animated_gif(frames: int = 4, size: tuple[int, int] = (120, 80)) -> bytes:
+    images = [Image.new("RGB", size, (i * 60 % 256, 100, 200 - i * 40)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(
+        buffer,
+        "GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=[100 + 20 * i for i in range(frames)],
+        loop=0,
+    )
+    return buffer.getvalue()
+
+
+def test_an_animation_stays_animated_where_the_format_can_hold_it() -> None:
+    pipeline = Pipeline.parse(
+        "moving=fit:60x60,webp;still=fit:60x60,first-frame,webp;jpg=fit:60x60,jpeg"
+    )
+    moving, still, jpg = render(animated_gif(), pipeline)
+    with Image.open(io.BytesIO(moving.data)) as out:
+        assert getattr(out, "n_frames", 1) == 4
+        durations = []
+        for index in range(out.n_frames):
+            out.seek(index)
+            out.load()  # WebP reports a frame's duration once the frame is read
+            durations.append(out.info["duration"])
+        assert durations == [100, 120, 140, 160]
+        assert (moving.width, moving.height) == out.size == (60, 40)
+    for single in (still, jpg):
+        with Image.open(io.BytesIO(single.data)) as out:
+            assert getattr(out, "n_frames", 1) == 1
+
+
+def test_placeholder_and_metadata_options() -> None:
+    data = sample_image(400, 300, orientation=1)
+    plain, rich = render(
+        data, Pipeline.parse("a=fit:100x100,jpeg;b=fit:100x100,placeholder,keep-metadata,jpeg")
+    )
+    assert (plain.blurhash, plain.dominant_color) == (None, None)
+    assert rich.blurhash is not None
+    assert rich.dominant_color is not None
+    assert rich.dominant_color.startswith("#")
+    with Image.open(io.BytesIO(plain.data)) as out:
+        assert not out.getexif()
+    with Image.open(io.BytesIO(rich.data)) as out:
+        assert out.getexif().get(0x0112) == 1
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"), [("PNG", "png"), ("JPEG", "jpeg"), ("GIF", "gif"), ("BMP", "png")]
+)
+def test_original_keeps_the_input_format_where_it_can(fmt: str, expected: str) -> None:
+    (result,) = render(sample_image(64, 48, fmt), Pipeline.parse("original"))
+    assert result.format == expected
+
+
+def test_avif_out() -> None:
+    (result,) = render(sample_image(200, 100), Pipeline.parse("fit:100x100,avif:q50"))
+    with Image.open(io.BytesIO(result.data)) as out:
+        assert (out.format, out.size) == ("AVIF", (100, 50))

@@ -1,71 +1,53 @@
 """The Pillow engine: read an image header safely, then make every variant from one decode.
 
-Pure functions, bytes in and bytes out, no I/O. Every failure Pillow can report for a bad file is
-mapped here to :class:`~imageproc.InvalidImage`, so nothing above this module sees a Pillow error.
-Pillow's global ``Image.MAX_IMAGE_PIXELS`` is never read or changed: our own limit is checked
-against the header before any pixel is decoded.
+Pure functions, bytes in and bytes out, no I/O. :mod:`imageproc.codecs` reads (with the limits
+checked against the header before any pixel is decoded) and writes the formats;
+:mod:`imageproc.transforms` carries out the operations; this module plans the work: how far a
+JPEG may shrink on load, which variant starts from which, and which get every animation frame.
+Every failure Pillow can report for a bad file becomes :class:`~imageproc.InvalidImage`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
-import re
-import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
 import attrs
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from imageproc import transforms
-from imageproc.errors import InvalidImage, InvalidPipeline
-from imageproc.pipeline import Fill, Fit, Operation, Pad, Pipeline, Resize, Variant
+from imageproc.codecs import (
+    DEFAULT_FORMATS,
+    Decoded,
+    ImageLimits,
+    decode,
+    encode,
+    mapped_errors,
+    open_checked,
+    source_format,
+)
+from imageproc.errors import InvalidPipeline
+from imageproc.pipeline import Encoding, Fill, Fit, Operation, Pad, Pipeline, Resize, Variant
+from imageproc.placeholder import placeholder
 from imageproc.task import SourceInfo
 
-__all__ = ["ImageLimits", "Rendered", "probe", "render"]
+__all__ = ["DEFAULT_FORMATS", "ImageLimits", "Rendered", "probe", "render", "shrink_target"]
 
-#: Formats accepted as input by default (Pillow's names).
-DEFAULT_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"})
-#: File extensions for stored originals, by Pillow format.
-_EXTENSIONS: Final = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "TIFF": "tiff"}
-_CONTENT_TYPES: Final = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-    "TIFF": "image/tiff",
-    "BMP": "image/bmp",
+#: File extensions and content types of stored originals, by Pillow format.
+_ORIGINALS: Final = {
+    "JPEG": ("jpg", "image/jpeg"),
+    "PNG": ("png", "image/png"),
+    "WEBP": ("webp", "image/webp"),
+    "GIF": ("gif", "image/gif"),
+    "TIFF": ("tiff", "image/tiff"),
+    "BMP": ("bmp", "image/bmp"),
+    "AVIF": ("avif", "image/avif"),
+    "HEIF": ("heic", "image/heic"),
 }
-#: Everything Pillow raises for a file it cannot read: a bad header, a truncated body, a bomb.
-_PILLOW_ERRORS: Final = (
-    UnidentifiedImageError,
-    Image.DecompressionBombError,
-    Image.DecompressionBombWarning,
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    TypeError,
-    KeyError,
-    struct.error,
-)
-
-
-@attrs.frozen
-class ImageLimits:
-    """What an upload may be. Checked from the header, before any pixel is decoded."""
-
-    #: Most pixels (width x height) in one image; imgproxy's default.
-    max_pixels: int = 50_000_000
-    #: Largest upload in bytes.
-    max_bytes: int = 50 * 1024 * 1024
-    #: Input formats accepted (Pillow's names, such as ``"JPEG"``).
-    formats: frozenset[str] = attrs.field(default=DEFAULT_FORMATS, converter=frozenset)
 
 
 @attrs.frozen
@@ -84,46 +66,14 @@ class Rendered:
     dominant_color: str | None = None
 
 
-_OBJECT_REPR: Final = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
-
-
 def extension_for(pillow_format: str) -> str:
     """The file extension used for a stored original of this format."""
-    return _EXTENSIONS.get(pillow_format, pillow_format.lower())
+    return _ORIGINALS.get(pillow_format, (pillow_format.lower(), ""))[0]
 
 
 def content_type_for(pillow_format: str) -> str:
     """The MIME type of a stored original of this format."""
-    return _CONTENT_TYPES.get(pillow_format, "application/octet-stream")
-
-
-@contextmanager
-def _mapped_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except InvalidImage:
-        raise
-    except _PILLOW_ERRORS as error:
-        # Pillow's text may name the in-memory file object; keep it in __cause__ and the logs.
-        detail = _OBJECT_REPR.sub("the upload", str(error)) or type(error).__name__
-        raise InvalidImage(f"{what}: {detail}") from error
-
-
-def _open(data: bytes, limits: ImageLimits) -> Image.Image:
-    if not data:
-        raise InvalidImage("empty upload")
-    if len(data) > limits.max_bytes:
-        raise InvalidImage(f"upload of {len(data)} bytes is over the limit of {limits.max_bytes}")
-    with _mapped_errors("not a readable image"):
-        image = Image.open(io.BytesIO(data), formats=sorted(limits.formats))
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise InvalidImage(f"image declares an empty size {width}x{height}")
-    if width * height > limits.max_pixels:
-        raise InvalidImage(
-            f"image of {width}x{height} pixels is over the limit of {limits.max_pixels} pixels"
-        )
-    return image
+    return _ORIGINALS.get(pillow_format, ("", "application/octet-stream"))[1]
 
 
 def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
@@ -132,26 +82,14 @@ def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
     Raises :class:`~imageproc.InvalidImage` for an empty, unreadable, oversized or refused image.
     """
     limits = limits or ImageLimits()
-    with _open(data, limits) as image:
+    with open_checked(data, limits) as image:
         return SourceInfo(
-            format=str(image.format),
+            format=source_format(image),
             width=image.width,
             height=image.height,
             bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
-
-
-def _decode(data: bytes, limits: ImageLimits, pipeline: Pipeline) -> Image.Image:
-    with _open(data, limits) as image, _mapped_errors("corrupt or truncated image"):
-        if image.format == "JPEG":
-            upright = shrink_target(pipeline, *_upright_size(image))
-            if upright is not None:
-                image.draft(image.mode, _stored_size(image, upright))
-        image.load()
-        # In place: a transposed copy would double peak memory for every upright image.
-        ImageOps.exif_transpose(image, in_place=True)
-        return image
 
 
 _TURNED: Final = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
@@ -161,27 +99,15 @@ def _orientation(image: Image.Image) -> int:
     return int(image.getexif().get(0x0112, 1) or 1)
 
 
-def _upright_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
-    return (height, width) if _orientation(image) in _TURNED else (width, height)
-
-
-def _stored_size(image: Image.Image, upright: tuple[int, int]) -> tuple[int, int]:
-    return (upright[1], upright[0]) if _orientation(image) in _TURNED else upright
-
-
 def _first_scale(variant: Variant, width: int, height: int) -> float | None:
     """How much the variant's first operation scales a ``width`` x ``height`` source down, or
     None if it needs full resolution (no scaling first, or a crop, rotate or filter first)."""
     if not variant.operations:
         return None
     first = variant.operations[0]
-    if isinstance(first, Fit | Resize):
+    if isinstance(first, Fit | Resize | Fill):
         target = first.target_size(width, height, upscale=variant.upscale)
-        return max(target[0] / width, target[1] / height)
-    if isinstance(first, Fill):
-        target = first.target_size(width, height, upscale=variant.upscale)
-        return max(target[0] / width, target[1] / height)  # cover: the larger ratio
+        return max(target[0] / width, target[1] / height)  # fill covers: the larger ratio
     if isinstance(first, Pad):
         inner = Fit(first.width, first.height).target_size(width, height, upscale=variant.upscale)
         return max(inner[0] / width, inner[1] / height)
@@ -202,42 +128,6 @@ def shrink_target(pipeline: Pipeline, width: int, height: int) -> tuple[int, int
             return None
         needed = max(needed, scale * transforms.REDUCING_GAP)
     return math.ceil(width * needed), math.ceil(height * needed)
-
-
-def _for_encoding(image: Image.Image, pillow_format: str) -> Image.Image:
-    """Convert to a mode the encoder can write, flattening transparency onto white for JPEG."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    if pillow_format == "JPEG":
-        if has_alpha:
-            rgba = image.convert("RGBA")
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            return background
-        return image if image.mode in ("RGB", "L") else image.convert("RGB")
-    if has_alpha:
-        return image if image.mode == "RGBA" else image.convert("RGBA")
-    return image if image.mode in ("RGB", "L") else image.convert("RGB")
-
-
-def _encode(image: Image.Image, variant: Variant) -> Rendered:
-    encoding = variant.encoding
-    image = _for_encoding(image, encoding.pillow_format)
-    options: dict[str, object] = {}
-    if encoding.effective_quality is not None:
-        options["quality"] = encoding.effective_quality
-    if encoding.format == "jpeg":
-        options["optimize"] = True
-    buffer = io.BytesIO()
-    image.save(buffer, encoding.pillow_format, **options)
-    return Rendered(
-        name=variant.name,
-        format=encoding.format,
-        content_type=encoding.content_type,
-        extension=encoding.extension,
-        width=image.width,
-        height=image.height,
-        data=buffer.getvalue(),
-    )
 
 
 def check_output_sizes(pipeline: Pipeline, width: int, height: int, limits: ImageLimits) -> None:
@@ -266,25 +156,71 @@ def render(
     *,
     stage: Callable[[str, float], None] | None = None,
 ) -> list[Rendered]:
-    """Decode ``data`` once, upright it from EXIF, and encode every variant of ``pipeline``.
+    """Decode ``data`` once, upright and in sRGB, and encode every variant of ``pipeline``.
 
-    The decode shrinks a JPEG on load as far as every variant allows (see :func:`shrink_target`),
-    and larger variants are made first so smaller ones can start from them. ``stage``, if given,
-    is told how long the ``decode``, ``transform`` and ``encode`` stages took. Raises
-    :class:`~imageproc.InvalidImage` if the image cannot be decoded, and
-    :class:`~imageproc.InvalidPipeline` if a variant would be larger than the pixel limit.
+    A JPEG is shrunk on load as far as every variant allows (see :func:`shrink_target`), larger
+    variants are made first so smaller ones can start from them, and animation frames are decoded
+    only if some variant keeps them. ``stage``, if given, is told how long the ``decode``,
+    ``transform`` and ``encode`` stages took. Raises :class:`~imageproc.InvalidImage` if the image
+    cannot be decoded, and :class:`~imageproc.InvalidPipeline` if a variant would be larger than
+    the pixel limit or the output format allows.
     """
     limits = limits or ImageLimits()
     timer = _Timer(stage)
     with timer("decode"):
-        with _open(data, limits) as header, _mapped_errors("corrupt or truncated image"):
-            upright = _upright_size(header)
+        with (
+            open_checked(data, limits, all_frames=False) as header,
+            mapped_errors("corrupt or truncated image"),
+        ):
+            fmt, turned = source_format(header), _orientation(header) in _TURNED
+            stored = header.size
+        upright = (stored[1], stored[0]) if turned else stored
         check_output_sizes(pipeline, *upright, limits)
-        source = _decode(data, limits, pipeline)
+        encodings = {v.name: v.encoding.resolve(fmt) for v in pipeline.variants}
+        animate = {
+            v.name: encodings[v.name].animates and not v.first_frame for v in pipeline.variants
+        }
+        shrink = shrink_target(pipeline, *upright) if fmt == "JPEG" else None
+        draft = None if shrink is None else ((shrink[1], shrink[0]) if turned else shrink)
+        decoded = decode(data, limits, draft=draft, all_frames=any(animate.values()))
     with timer("transform"):
-        made = _variants(source, upright, pipeline)
+        made = _variants(decoded, upright, pipeline, animate)
     with timer("encode"):
-        return [_encode(made[variant.name], variant) for variant in pipeline.variants]
+        return [
+            _encode(made[v.name], v, encodings[v.name], decoded, animated=animate[v.name])
+            for v in pipeline.variants
+        ]
+
+
+def _encode(
+    frames: Sequence[Image.Image],
+    variant: Variant,
+    encoding: Encoding,
+    decoded: Decoded,
+    *,
+    animated: bool,
+) -> Rendered:
+    moving = animated and len(frames) > 1
+    data = encode(
+        frames,
+        encoding,
+        durations=decoded.durations if moving else (),
+        loop=decoded.loop if moving else None,
+        background=variant.background,
+        metadata=decoded.metadata if variant.keep_metadata else None,
+    )
+    blurhash, colour = placeholder(frames[0]) if variant.placeholder else (None, None)
+    return Rendered(
+        name=variant.name,
+        format=encoding.format,
+        content_type=encoding.content_type,
+        extension=encoding.extension,
+        width=frames[0].width,
+        height=frames[0].height,
+        data=data,
+        blurhash=blurhash,
+        dominant_color=colour,
+    )
 
 
 class _Timer:
@@ -302,10 +238,22 @@ class _Timer:
 
 
 def _variants(
-    source: Image.Image, upright: tuple[int, int], pipeline: Pipeline
+    decoded: Decoded, upright: tuple[int, int], pipeline: Pipeline, animate: dict[str, bool]
+) -> dict[str, list[Image.Image]]:
+    """Every variant's frames, transformed. A still variant takes the first frame only."""
+    made: dict[str, list[Image.Image]] = {}
+    for index, frame in enumerate(decoded.frames):
+        wanted = [v for v in pipeline.variants if index == 0 or animate[v.name]]
+        for name, image in _frame_variants(frame, upright, wanted).items():
+            made.setdefault(name, []).append(image)
+    return made
+
+
+def _frame_variants(
+    source: Image.Image, upright: tuple[int, int], variants: Sequence[Variant]
 ) -> dict[str, Image.Image]:
     # Biggest first, so that a smaller variant can start from a bigger one's first step.
-    order = sorted(pipeline.variants, key=lambda v: -_area(v.target_size(*upright)))
+    order = sorted(variants, key=lambda v: -_area(v.target_size(*upright)))
     bases: list[Image.Image] = []  # first steps that keep the whole picture and its shape
     made: dict[str, Image.Image] = {}
     for variant in order:
