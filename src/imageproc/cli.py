@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from imageproc.config import LOG_LEVELS, Settings
-from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline, TaskNotFound
+from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline
 
 if TYPE_CHECKING:
     from imageproc.backends.sql import SQLBackend
@@ -56,8 +56,10 @@ class _UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``imageproc`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit
     status. Errors are reported in one line on stderr, never as a traceback."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error argparse has already printed
+        return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     try:
         settings = Settings.load(
             env_file=getattr(args, "env_file", ".env"),
@@ -68,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args, settings)
     except (ConfigurationError, InvalidPipeline, _UsageError) as error:
         return _fail(f"{error}", EXIT_USAGE)
-    except TaskNotFound as error:
-        return _fail(f"{error}", EXIT_FAILED)
-    except ImageprocError as error:
+    except ImageprocError as error:  # an unknown task, an unreachable database, …
         return _fail(f"{error}", EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
