@@ -1,0 +1,45 @@
+"""The README's service quick start works as written: its curl lines, run by a shell against a
+real ``imageproc serve`` in a fresh folder (only the port is changed, to a free one)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imageproc.testing import sample_image
+from tests.test_cli import _request, eventually, free_port, start, stop
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def service_quick_start() -> str:
+    section = README.read_text().split("## Quick start: the service", 1)[1]
+    return section.split("```sh", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_curl_quick_start_works_as_written(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "cat.jpg").write_bytes(sample_image(1200, 800))
+    server = start("serve", "--port", str(port), cwd=tmp_path)
+    try:
+        eventually(lambda: _request(f"http://127.0.0.1:{port}/healthz")[0] == 200, what="serve")
+        script = service_quick_start().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    finally:
+        code, stderr = stop(server)
+    assert code == 0, stderr
+    with Image.open(tmp_path / "thumb.webp") as thumb:
+        assert (thumb.format, thumb.size) == ("WEBP", (256, 171))
