@@ -39,7 +39,14 @@ from imageproc.errors import BackendUnavailable, ConfigurationError, LeaseLost, 
 from imageproc.protocols import Lease, QueueStats
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
-from .sqlschema import VERSION_TABLE, UTCDateTime, task_from_row, task_to_row, tasks
+from .sqlschema import (
+    OUTCOME_COLUMNS,
+    VERSION_TABLE,
+    UTCDateTime,
+    task_from_row,
+    task_to_row,
+    tasks,
+)
 
 __all__ = ["SQLBackend"]
 
@@ -276,10 +283,7 @@ class SQLBackend:
         Workers that claim in batches use this to complete a batch at once; ``complete`` and
         ``release`` are the one-task case.
         """
-        parameters = [
-            {**task_to_row(task), "held_id": lease.task.id, "held_token": lease.token}
-            for lease, task in results
-        ]
+        parameters = [_outcome(lease, task) for lease, task in results]
         if not parameters:
             return []
         with self._begin(write=True) as conn:
@@ -425,16 +429,13 @@ _HELD: Final = (
     tasks.c.lease_token == sa.bindparam("held_token"),
     tasks.c.status == _PROCESSING,
 )
+# Recording writes only what an outcome can change: no pipeline JSON to encode, less to write.
 _RECORD: Final = (
     tasks.update()
     .where(*_HELD)
     .values(
         {
-            **{
-                column.name: sa.bindparam(column.name, type_=column.type)
-                for column in tasks.c
-                if not column.name.startswith("lease_")
-            },
+            **{name: sa.bindparam(name, type_=tasks.c[name].type) for name in OUTCOME_COLUMNS},
             **_NO_LEASE,
         }
     )
@@ -442,6 +443,11 @@ _RECORD: Final = (
 _RENEW: Final = (
     tasks.update().where(*_HELD).values(lease_expires_at=sa.bindparam("expires", type_=UTCDateTime))
 )
+
+
+def _outcome(lease: Lease, task: Task) -> dict[str, Any]:
+    row = task_to_row(task, only=OUTCOME_COLUMNS)
+    return {**row, "held_id": lease.task.id, "held_token": lease.token}
 
 
 def _lost(lease: Lease) -> LeaseLost:

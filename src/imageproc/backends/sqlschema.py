@@ -6,7 +6,7 @@ description must match what they build (a test compares the two).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -18,7 +18,15 @@ from sqlalchemy.engine import Dialect
 from imageproc.pipeline import Pipeline
 from imageproc.task import Output, SourceInfo, Task, TaskError, TaskStatus
 
-__all__ = ["TABLE_NAME", "VERSION_TABLE", "metadata", "task_from_row", "task_to_row", "tasks"]
+__all__ = [
+    "OUTCOME_COLUMNS",
+    "TABLE_NAME",
+    "VERSION_TABLE",
+    "metadata",
+    "task_from_row",
+    "task_to_row",
+    "tasks",
+]
 
 TABLE_NAME: Final = "imageproc_tasks"
 #: Alembic's version table for imageproc alone, so a host application's own history is untouched.
@@ -118,11 +126,16 @@ sa.Index(
 sa.Index("imageproc_tasks_source_key_idx", tasks.c.source_key)
 
 
-def task_to_row(task: Task) -> dict[str, Any]:
-    """The column values that record ``task`` (lease columns excluded)."""
+def task_to_row(task: Task, *, only: Collection[str] | None = None) -> dict[str, Any]:
+    """The column values that record ``task`` (lease columns excluded), or just the ``only``
+    ones (which must be among :data:`OUTCOME_COLUMNS`)."""
+    outcome = {
+        name: value(task) for name, value in _OUTCOME.items() if only is None or name in only
+    }
+    if only is not None:
+        return outcome
     return {
         "id": task.id,
-        "status": task.status.value,
         "priority": task.priority,
         "pipeline": task.pipeline.to_json(),
         "source_key": task.source_key,
@@ -131,18 +144,27 @@ def task_to_row(task: Task) -> dict[str, Any]:
         "source_height": task.source.height,
         "source_bytes": task.source.bytes,
         "source_sha256": task.source.sha256,
-        "outputs": [attrs.asdict(output) for output in task.outputs],
-        "attempts": task.attempts,
         "max_attempts": task.max_attempts,
         "owner": task.owner,
-        "error_code": task.error.code if task.error else None,
-        "error_message": task.error.message if task.error else None,
         "created_at": task.created_at,
-        "updated_at": task.updated_at,
-        "started_at": task.started_at,
-        "finished_at": task.finished_at,
-        "available_at": task.available_at,
+        **outcome,
     }
+
+
+# The columns a task's outcome can change (everything else is fixed when the task is created),
+# and how each is read off a Task.
+_OUTCOME: Final[Mapping[str, Callable[[Task], Any]]] = {
+    "status": lambda task: task.status.value,
+    "outputs": lambda task: [attrs.asdict(output) for output in task.outputs],
+    "attempts": lambda task: task.attempts,
+    "error_code": lambda task: task.error.code if task.error else None,
+    "error_message": lambda task: task.error.message if task.error else None,
+    "updated_at": lambda task: task.updated_at,
+    "started_at": lambda task: task.started_at,
+    "finished_at": lambda task: task.finished_at,
+    "available_at": lambda task: task.available_at,
+}
+OUTCOME_COLUMNS: Final = tuple(_OUTCOME)
 
 
 def task_from_row(row: Mapping[Any, Any]) -> Task:
