@@ -20,6 +20,7 @@ from imageproc import (
     Processor,
     SourceInfo,
     Task,
+    TaskError,
     TaskStatus,
 )
 from imageproc.backends.fsspec import FsspecStorage
@@ -239,3 +240,19 @@ def test_record_many_records_the_held_and_reports_the_lost(sql: SQLBackend) -> N
     ]
     assert sql.record_many(results) == [False, False, False]  # once only
     assert sql.record_many([]) == []
+
+
+def test_record_many_with_columns_that_are_null_in_every_row(sql: SQLBackend) -> None:
+    for _ in range(2):
+        sql.add(new_task())
+    leases = sql.claim("w", lease_seconds=30, limit=2)
+    now = utcnow()
+    error = TaskError("storage_error", "flaky")
+    # Requeued tasks: finished_at and outputs empty in every row of the batch.
+    back = [
+        (lease, lease.task.requeue(now, delay=timedelta(seconds=5), error=error))
+        for lease in leases
+    ]
+    assert sql.record_many(back) == [True, True]
+    for lease, task in back:
+        assert sql.get(lease.task.id) == task
