@@ -8,7 +8,8 @@ from collections import Counter
 from datetime import timedelta
 from typing import BinaryIO
 
-from imageproc import Lease, ObjectInfo, Queue, Storage, Task
+from imageproc import Lease, ObjectInfo, Processor, Queue, Storage, Task, TaskStatus
+from imageproc.testing import sample_image
 
 
 class CountingQueue:
@@ -77,3 +78,17 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.01)
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def run_to_completion(processor: Processor, count: int, *, workers: int = 4) -> list[str]:
+    """Submit ``count`` small tasks, run ``workers`` threads until every one has succeeded (60 s
+    at most each), stop them, and return the task ids."""
+    image = sample_image(64, 48)
+    ids = [processor.submit(image, "fit:32x32,png").id for _ in range(count)]
+    processor.start(workers=workers)
+    try:
+        for task_id in ids:
+            assert processor.wait(task_id, timeout=60).status == TaskStatus.SUCCEEDED
+    finally:
+        processor.stop(timeout=10)
+    return ids

@@ -28,6 +28,7 @@ from imageproc.codecs import (
 )
 from imageproc.pipeline import WHITE, Colour, Encoding
 from imageproc.testing import sample_image
+from tests.images import INVERSE
 
 LIMITS = ImageLimits()
 ORIENTATION = ExifTags.Base.Orientation
@@ -537,19 +538,6 @@ def test_a_profile_of_another_colour_space_is_ignored() -> None:
 
 
 # --- orientation and draft -----------------------------------------------------------------------
-
-# How a viewer turns stored pixels upright, per EXIF orientation; storing the inverse of an upright
-# picture under each tag must give the upright picture back.
-INVERSE = {
-    1: None,
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
 
 
 def oriented(orientation: int, fmt: str = "JPEG", size: tuple[int, int] = (60, 40)) -> bytes:

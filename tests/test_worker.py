@@ -12,7 +12,7 @@ import pytest
 from imageproc import BackendUnavailable, Lease, Processor, TaskStatus
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.testing import FAST_OPTIONS, sample_image
-from tests.doubles import CountingQueue, SlowStorage, wait_until
+from tests.doubles import CountingQueue, SlowStorage, run_to_completion, wait_until
 
 TINY = sample_image(64, 48)
 
@@ -35,13 +35,7 @@ def statuses(proc: Processor, ids: list[str]) -> dict[str, int]:
 
 def test_200_tasks_on_4_threads_each_completed_exactly_once() -> None:
     proc, queue = build()
-    ids = [proc.submit(TINY, "fit:32x32,png").id for _ in range(200)]
-    proc.start(workers=4)
-    try:
-        for task_id in ids:
-            assert proc.wait(task_id, timeout=60).status == TaskStatus.SUCCEEDED
-    finally:
-        proc.stop(timeout=10)
+    ids = run_to_completion(proc, 200, workers=4)
     assert queue.completed == dict.fromkeys(ids, 1)
     assert all(proc.get(task_id).attempts == 1 for task_id in ids)
 

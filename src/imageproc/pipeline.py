@@ -205,6 +205,12 @@ def _parse_size(
     return (int(width) if width else None), (int(height) if height else None)
 
 
+def _box_and_option(op: str, args: list[str]) -> list[Any]:
+    """``WxH`` and at most one more argument (a gravity, a colour), as constructor arguments."""
+    _no_more(op, args, 2)
+    return [*_parse_size(op, args), *args[1:]]
+
+
 def _no_more(op: str, args: list[str], allowed: int) -> None:
     if len(args) > allowed:
         raise InvalidPipeline(f"{op} takes at most {allowed} argument(s), got {':'.join(args)!r}")
@@ -261,9 +267,7 @@ class Fill(_Op):
 
     @classmethod
     def parse_args(cls, args: list[str]) -> Self:
-        _no_more(cls.op, args, 2)
-        width, height = _parse_size(cls.op, args)
-        return cls(width, height, *args[1:])  # type: ignore[arg-type]
+        return cls(*_box_and_option(cls.op, args))
 
     def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
         if upscale or (self.width <= width and self.height <= height):
@@ -291,9 +295,7 @@ class Pad(_Op):
 
     @classmethod
     def parse_args(cls, args: list[str]) -> Self:
-        _no_more(cls.op, args, 2)
-        width, height = _parse_size(cls.op, args)
-        return cls(width, height, *args[1:])  # type: ignore[arg-type]
+        return cls(*_box_and_option(cls.op, args))
 
     def target_size(self, width: int, height: int, *, upscale: bool) -> tuple[int, int]:
         return self.width, self.height

@@ -31,7 +31,7 @@ from imageproc.clock import utcnow
 from imageproc.pipeline import DEFAULT_PIPELINE
 from imageproc.testing import FAST_OPTIONS, sample_image
 from tests.databases import make_backend
-from tests.doubles import CountingQueue
+from tests.doubles import CountingQueue, run_to_completion
 
 KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -180,14 +180,7 @@ def test_processor_on_sql_runs_200_tasks_on_4_threads_exactly_once(
     sql = make_backend(kind, request)
     counting = CountingQueue(sql)
     proc = Processor(MemoryStorage(), counting, sql, **FAST_OPTIONS)  # type: ignore[arg-type]
-    image = sample_image(64, 48)
-    ids = [proc.submit(image, "fit:32x32,png").id for _ in range(200)]
-    proc.start(workers=4)
-    try:
-        for task_id in ids:
-            assert proc.wait(task_id, timeout=60).status == TaskStatus.SUCCEEDED
-    finally:
-        proc.stop(timeout=10)
+    ids = run_to_completion(proc, 200, workers=4)
     assert counting.completed == dict.fromkeys(ids, 1)
 
 
