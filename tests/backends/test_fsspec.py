@@ -32,7 +32,6 @@ from imageproc import (
     TaskStatus,
 )
 from imageproc.backends.fsspec import S3_ENDPOINT_ENV, FsspecStorage
-from imageproc.backends.memory import MemoryQueue, MemoryRepository
 from imageproc.testing import FAST_OPTIONS, sample_image
 from tests.s3server import S3Server
 
@@ -361,10 +360,17 @@ def test_s3_endpoint_passed_in_wins_over_the_environment(
     assert storage.get("a.png") == b"png"
 
 
-def test_end_to_end_processor_on_s3(s3_server: S3Server, s3_bucket: str) -> None:
-    storage = FsspecStorage(f"s3://{s3_bucket}/images", **s3_server.storage_options())
-    repository = MemoryRepository()
-    processor = Processor(storage, MemoryQueue(repository), repository, **FAST_OPTIONS)
+def test_end_to_end_processor_on_sqlite_and_s3(
+    s3_server: S3Server, s3_bucket: str, sqlite_url: str
+) -> None:
+    # The production shape in miniature: the SQL backend, storage on S3, through from_urls.
+    processor = Processor.from_urls(
+        sqlite_url,
+        f"s3://{s3_bucket}/images",
+        storage_options=s3_server.storage_options(),
+        **FAST_OPTIONS,
+    )
+    storage = processor.storage
 
     task = processor.submit(sample_image(800, 600), "thumb=fit:64x64,webp:q80;big=fit:400x400,png")
     assert processor.run_until_idle() == 1
@@ -385,6 +391,7 @@ def test_end_to_end_processor_on_s3(s3_server: S3Server, s3_bucket: str) -> None
     stored = {item["Key"] for item in listing.get("Contents", [])}
     expected = {f"images/{key}" for key in (task.source_key, *(o.key for o in done.outputs))}
     assert stored == expected
+    processor.close()
 
 
 def test_s3_without_credentials_fails_permanently(
