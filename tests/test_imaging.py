@@ -271,3 +271,22 @@ def test_avif_out() -> None:
     (result,) = render(sample_image(200, 100), Pipeline.parse("fit:100x100,avif:q50"))
     with Image.open(io.BytesIO(result.data)) as out:
         assert (out.format, out.size) == ("AVIF", (100, 50))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_render_decodes_the_pixels_once(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A PNG's getexif() decodes the whole image to reach chunks after the pixels: asking it for
+    # the orientation before decoding used to decode every PNG twice.
+    from PIL import ImageFile
+
+    decodes = 0
+    real = ImageFile.ImageFile.load_prepare
+
+    def counting(self: ImageFile.ImageFile) -> None:
+        nonlocal decodes
+        decodes += 1
+        real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load_prepare", counting)
+    render(sample_image(300, 200, fmt), Pipeline.parse("a=fit:100x100,png;b=fit:50x50,jpeg"))
+    assert decodes == 1

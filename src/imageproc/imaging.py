@@ -172,17 +172,22 @@ def render(
             open_checked(data, limits, all_frames=False) as header,
             mapped_errors("corrupt or truncated image"),
         ):
-            fmt, turned = source_format(header), _orientation(header) in _TURNED
-            stored = header.size
-        upright = (stored[1], stored[0]) if turned else stored
-        check_output_sizes(pipeline, *upright, limits)
+            fmt, stored = source_format(header), header.size
+            # Only a JPEG can shrink on load, and only there is the orientation needed before
+            # decoding; it is also cheap there (APP1 precedes the pixels), whereas a PNG's
+            # getexif() decodes the whole image to reach chunks after the pixel data.
+            turned = fmt == "JPEG" and _orientation(header) in _TURNED
+        check_output_sizes(pipeline, *stored, limits)  # checks both orientations
         encodings = {v.name: v.encoding.resolve(fmt) for v in pipeline.variants}
         animate = {
             v.name: encodings[v.name].animates and not v.first_frame for v in pipeline.variants
         }
+        upright = (stored[1], stored[0]) if turned else stored
         shrink = shrink_target(pipeline, *upright) if fmt == "JPEG" else None
         draft = None if shrink is None else ((shrink[1], shrink[0]) if turned else shrink)
         decoded = decode(data, limits, draft=draft, all_frames=any(animate.values()))
+        if shrink is None:
+            upright = decoded.size  # full size, turned upright by the decoder
     with timer("transform"):
         made = _variants(decoded, upright, pipeline, animate)
     with timer("encode"):
