@@ -162,12 +162,12 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
 def test_shrink_target_allows_what_every_variant_can_afford() -> None:
     from imageproc.imaging import shrink_target
 
-    assert shrink_target(Pipeline.parse("fit:256x256"), 4000, 3000) == (768, 576)
+    assert shrink_target(Pipeline.parse("fit:256x256"), 4000, 3000) == (512, 384)  # 2x 256
     both = Pipeline.parse("a=fit:256x256;b=fill:500x500")
-    assert shrink_target(both, 4000, 3000) == (2000, 1500)  # fill covers: 3000 -> 500, x3
+    assert shrink_target(both, 4000, 3000) == (1334, 1000)  # fill covers: 3000 -> 500, x2
     assert shrink_target(Pipeline.parse("a=fit:256x256;b=png"), 4000, 3000) is None
     assert shrink_target(Pipeline.parse("crop:0,0,10,10,fit:5x5"), 4000, 3000) is None
-    assert shrink_target(Pipeline.parse("fit:2000x2000"), 4000, 3000) is None  # not 3x smaller
+    assert shrink_target(Pipeline.parse("fit:2000x2000"), 4000, 3000) is None  # not 2x smaller
 
 
 @pytest.mark.parametrize(
