@@ -27,17 +27,41 @@ from imageproc.errors import (
     TaskNotFound,
     WaitTimeout,
 )
+from imageproc.events import Events
 from imageproc.imaging import ImageLimits
-from imageproc.pipeline import Encoding, Fit, Pipeline, PipelineLimits, Resize, Variant
+from imageproc.pipeline import (
+    Blur,
+    Colour,
+    Crop,
+    Encoding,
+    Fill,
+    Fit,
+    Flip,
+    Grayscale,
+    Pad,
+    Pipeline,
+    PipelineLimits,
+    Resize,
+    Rotate,
+    Sharpen,
+    Variant,
+)
 from imageproc.processor import Processor
-from imageproc.protocols import Lease, ObjectInfo, Queue, Repository, Storage
+from imageproc.protocols import Lease, ObjectInfo, Queue, QueueStats, Repository, Storage
 from imageproc.task import Output, SourceInfo, Task, TaskError, TaskStatus
 
 __all__ = [
     "BackendUnavailable",
+    "Blur",
+    "Colour",
     "ConfigurationError",
+    "Crop",
     "Encoding",
+    "Events",
+    "Fill",
     "Fit",
+    "Flip",
+    "Grayscale",
     "IllegalTransition",
     "ImageLimits",
     "ImageprocError",
@@ -50,12 +74,16 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFound",
     "Output",
+    "Pad",
     "Pipeline",
     "PipelineLimits",
     "Processor",
     "Queue",
+    "QueueStats",
     "Repository",
     "Resize",
+    "Rotate",
+    "Sharpen",
     "SourceInfo",
     "Storage",
     "StorageError",
