@@ -74,6 +74,18 @@ def test_an_empty_value_clears_an_optional_setting_from_env_file(tmp_path: Path)
     assert (settings.metrics_port, settings.max_queue_depth) == (None, 100)
 
 
+def test_an_s3_endpoint_in_env_file_reaches_the_storage(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "IMAGEPROC_STORAGE_URL=s3://bucket/images\n"
+        "IMAGEPROC_S3_ENDPOINT_URL=http://127.0.0.1:9000\n"
+    )
+    settings = Settings.load(env={}, env_file=env_file)
+    assert settings.storage_options() == {"endpoint_url": "http://127.0.0.1:9000"}
+    local = Settings.load(env={"IMAGEPROC_STORAGE_URL": "file://x"}, env_file=env_file)
+    assert local.storage_options() == {}
+
+
 def test_env_example_documents_every_variable_with_its_default() -> None:
     example = REPO / ".env.example"
     assert set(read_env_file(example)) == set(ENV_VARS.values())
@@ -304,7 +316,7 @@ def test_a_misspelt_variable_is_reported(tmp_path: Path, caplog: pytest.LogCaptu
     env_file = tmp_path / ".env"
     env_file.write_text("IMAGEPROC_PROT=9000\nIMAGEPROC_S3_ENDPOINT_URL=http://minio\n")
     settings = Settings.load(env={"IMAGEPROC_WORKER": "4", "OTHER": "x"}, env_file=env_file)
-    assert settings == Settings()
+    assert settings == Settings(s3_endpoint_url="http://minio")
     assert (
         "IMAGEPROC_WORKER in the environment is not an imageproc setting;"
         " did you mean IMAGEPROC_WORKERS?" in caplog.text
@@ -313,4 +325,4 @@ def test_a_misspelt_variable_is_reported(tmp_path: Path, caplog: pytest.LogCaptu
         f"IMAGEPROC_PROT in {env_file} is not an imageproc setting; did you mean IMAGEPROC_PORT?"
         in caplog.text
     )
-    assert "S3_ENDPOINT" not in caplog.text  # read by the S3 storage, not a typo
+    assert "S3_ENDPOINT" not in caplog.text  # a setting, not a typo

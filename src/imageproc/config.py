@@ -202,6 +202,7 @@ _SPECS: Final[dict[str, _Spec]] = {
     "max_attempts": _Spec(_parse_int, _check_positive_int, (int,)),
     "metrics_port": _Spec(_optional(_parse_int), _check_port, (int, type(None))),
     "url_ttl": _Spec(_parse_float, _check_positive, (int, float)),
+    "s3_endpoint_url": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
     "log_level": _Spec(lambda text: text.strip().lower(), _check_log_level, (str,)),
 }
 
@@ -321,6 +322,8 @@ class Settings:
     metrics_port: int | None = attrs.field(default=None, validator=_validated)
     #: Seconds a signed output URL stays valid.
     url_ttl: float = attrs.field(default=3600.0, validator=_validated)
+    #: An S3-compatible server (MinIO…) for ``s3://`` storage; None: AWS or AWS_ENDPOINT_URL_S3.
+    s3_endpoint_url: str | None = attrs.field(default=None, validator=_validated)
     #: One of :data:`LOG_LEVELS`.
     log_level: str = attrs.field(default="info", validator=_validated)
 
@@ -382,4 +385,12 @@ class Settings:
         options.setdefault("lease_seconds", self.lease_seconds)
         options.setdefault("max_attempts", self.max_attempts)
         options.setdefault("image_limits", ImageLimits(max_bytes=self.max_upload_bytes))
+        options.setdefault("storage_options", self.storage_options())
         return Processor.from_urls(self.database_url, self.storage_url, **options)
+
+    def storage_options(self) -> dict[str, Any]:
+        """The fsspec options these settings imply for the storage URL (an S3 endpoint, so a
+        ``.env`` file can name one as well as the environment can)."""
+        if self.s3_endpoint_url and self.storage_url.startswith(("s3://", "s3a://")):
+            return {"endpoint_url": self.s3_endpoint_url}
+        return {}
