@@ -245,7 +245,7 @@ class Task:
         The one rule for an attempt that ended without a result, whatever ended it: a transient
         error, an expired lease (the worker died), or a worker stopping mid-task.
         """
-        if self.attempts >= self.max_attempts:
+        if self.attempts_left == 0:
             return self.die(error, now)
         return self.requeue(now, delay=delay, error=error)
 

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from importlib.resources import as_file, files
@@ -570,17 +569,3 @@ class _Listener(threading.Thread):
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def wait_for_database(backend: SQLBackend, timeout: float) -> None:
-    """Block until ``backend`` answers a query, for up to ``timeout`` seconds (start-up scripts)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with backend._begin() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            return
-        except BackendUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
