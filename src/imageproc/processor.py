@@ -56,7 +56,7 @@ class Processor:
     The three backends can be anything that implements :mod:`imageproc.protocols`; the class
     methods :meth:`in_memory` and :meth:`from_urls` build common combinations.
 
-    Options:
+    Args:
         pipeline: what a task gets when ``submit`` names none (default: one 800 px wide JPEG).
         presets: named pipelines that ``submit`` accepts by name.
         presets_only: accept nothing but preset names (for pipelines that come from remote clients).
