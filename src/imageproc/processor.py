@@ -62,11 +62,12 @@ class Processor:
         presets_only: accept nothing but preset names (for pipelines that come from remote clients).
         max_attempts: tries per task before a task that keeps failing transiently is ``dead``.
         lease_seconds: how long a worker's claim lasts between heartbeats.
-        image_limits, pipeline_limits: what an upload and a pipeline may be.
-        backoff_base, backoff_max: seconds; the requeue delay doubles per attempt from
-            ``backoff_base`` up to ``backoff_max``, with jitter.
-        in_place_tries, in_place_wait: quick retries of one storage call before giving up on
-            the attempt (random pauses of up to ``in_place_wait`` seconds, doubling per try).
+        image_limits: what an upload may be (bytes, pixels, formats).
+        pipeline_limits: what a pipeline may ask for (largest side, variants, operations).
+        backoff_base: seconds; the requeue delay doubles per attempt from ``backoff_base``...
+        backoff_max: ...up to ``backoff_max``, with jitter.
+        in_place_tries: quick retries of one storage call before giving up on the attempt...
+        in_place_wait: ...with random pauses of up to this many seconds, doubling per try.
         poll_interval: longest an idle worker sleeps before it looks for work again.
         clock: where timestamps come from (timezone-aware UTC).
         events: hooks called as tasks move (:class:`imageproc.events.Events`; metrics use it).
