@@ -65,6 +65,19 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     assert result.stdout.strip() == "succeeded [('thumb', 256, 171), ('large', 1600, 1067)]"
 
 
+def test_the_testing_example_passes_its_own_tests(tmp_path: Path) -> None:
+    # examples/test_avatars.py tests examples/avatars.py with imageproc.testing, as a user's
+    # suite would; pytest does not collect examples/ on its own, so run it here.
+    result = run(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+        str(EXAMPLES / "test_avatars.py"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # all in memory: no database, no folder
+
+
 def test_every_example_is_exercised() -> None:
     # A new example must get a test; this map says where each one's is.
     tested = {
@@ -72,6 +85,11 @@ def test_every_example_is_exercised() -> None:
         "worker.py": "tests/test_examples_service.py",
         "batch.py": "tests/test_examples_service.py",
         "starlette_app.py": "tests/test_http_server.py",
+        "fastapi_app.py": "tests/test_examples_frameworks.py",
+        "flask_app.py": "tests/test_examples_frameworks.py",
+        "postgres_s3.py": "tests/test_examples_scaling.py",
+        "avatars.py": "tests/test_examples.py",  # through test_avatars.py
+        "test_avatars.py": "tests/test_examples.py",
     }
     assert {path.name for path in EXAMPLES.glob("*.py")} == set(tested)
     for example, module in tested.items():
