@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from avatars import PRESETS, AvatarError, avatar, upload_avatar
 from PIL import Image
+from starlette.testclient import TestClient
 
 from imageproc import Processor, TaskStatus
+from imageproc.http import create_app
 from imageproc.testing import FlakyStorage, memory_processor, sample_image
 
 
@@ -91,3 +93,21 @@ def test_with_worker_threads(processor: Processor) -> None:
     done = [processor.wait(task_id, timeout=30) for task_id in ids]  # WaitTimeout after 30 s
 
     assert [task.status for task in done] == [TaskStatus.SUCCEEDED] * 4
+
+
+def test_the_http_api_in_process(processor: Processor) -> None:
+    # The HTTP adapter is a Starlette app: Starlette's TestClient drives it in this process.
+    client = TestClient(create_app(processor))
+    reply = client.post(
+        "/upload",
+        files={"image": ("me.jpg", sample_image(800, 600), "image/jpeg")},
+        data={"preset": "avatar"},
+    )
+    assert reply.status_code == 202
+    processor.run_until_idle()
+
+    task = client.get(f"/status/{reply.json()['id']}").json()
+    assert task["status"] == "succeeded"
+    small = client.get(task["outputs"][0]["url"])  # the signed URL
+    assert small.headers["content-type"] == "image/webp"
+    assert sizes({"small": small.content}) == {"small": ("WEBP", (64, 64))}

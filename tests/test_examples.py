@@ -74,7 +74,7 @@ def test_the_testing_example_passes_its_own_tests(tmp_path: Path) -> None:
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 passed" in result.stdout
+    assert "6 passed" in result.stdout
     assert list(tmp_path.iterdir()) == []  # all in memory: no database, no folder
 
 
