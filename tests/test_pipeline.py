@@ -130,11 +130,15 @@ def test_parse_raises_only_invalid_pipeline(text: str) -> None:
     [
         ("", "empty pipeline"),
         ("fit:800", "fit takes a size WxH, got '800' in 'fit:800' (at character 1)"),
-        ("a=fit:10x10;b=blurr:3", "unknown operation 'blurr:3' in 'blurr:3' (at character 15)"),
+        (
+            "a=fit:10x10;b=blurr:3",
+            "unknown operation, format or option 'blurr' in 'blurr:3' (at character 15);"
+            " did you mean 'blur'?",
+        ),
         ("a=fit:10x10,,jpeg", "empty token in '' (at character 13)"),
         ("fit:10x10;fit:5x5", "needs a name"),
         ("a=jpeg;a=png", "used twice"),
-        ("a=jpeg,png", "second output format 'png' in variant 'a' in 'png' (at character 8)"),
+        ("a=jpeg,png", "a second output format (the variant has jpeg) in 'png' (at character 8)"),
         ("jpeg:q101", "quality must be between 1 and 100"),
         ("png:q80", "png takes no quality in 'png:q80' (at character 1)"),
         ("jpeg:fast", "jpeg does not understand 'fast'"),
@@ -152,16 +156,20 @@ def test_parse_raises_only_invalid_pipeline(text: str) -> None:
         ("crop:-1,0,5,5", "crop x must not be negative, got -1"),
         ("rotate:45.5", "rotate takes whole degrees"),
         ("flip:x", "flip takes h or v"),
-        ("grayscale:1", "grayscale takes at most 0 argument(s)"),
+        ("grayscale:1", "grayscale takes no arguments, got '1'"),
         ("blur:0", "sigma must be over 0"),
         ("blur:1e3", "blur takes a number"),
         ("sharpen:11", "amount must be over 0 and at most 10"),
         ("png:progressive", "only jpeg can be progressive"),
         ("jpeg:lossless", "only webp can be lossless"),
         ("webp:q80:lossless", "lossless webp takes no quality"),
-        ("upscale,upscale,png", "unknown operation 'upscale'"),
+        ("upscale,upscale,png", "option 'upscale' is given twice in 'upscale' (at character 9)"),
+        ("upscale:yes", "option 'upscale' takes no arguments"),
+        ("background,png", "background takes one colour, as in background:ffffff"),
+        ("webpp", "did you mean 'webp'?"),
         ("background:fff,png", "colour 'fff' is not RRGGBB"),
-        ("bmp", "unknown operation 'bmp'"),
+        ("bmp", "unknown operation, format or option 'bmp' (at character 1)"),
+        ("fit:1234567x1", "fit takes a size WxH"),
     ],
 )
 def test_malformed_text_is_refused_helpfully(text: str, fragment: str) -> None:
@@ -195,6 +203,91 @@ def test_malformed_text_is_refused_helpfully(text: str, fragment: str) -> None:
 def test_malformed_json_is_refused(obj: dict[str, object]) -> None:
     with pytest.raises(InvalidPipeline):
         Pipeline.from_json(obj)
+
+
+def _variant(**fields: object) -> dict[str, object]:
+    return {"variants": [{"name": "a", **fields}]}
+
+
+@pytest.mark.parametrize(
+    ("obj", "fragment"),
+    [
+        # Misspelt or unknown fields are refused, never ignored.
+        (_variant(upsacle=True), "a variant has no field 'upsacle'"),
+        ({"variants": [], "version": 2}, "a pipeline has no field 'version'"),
+        (_variant(encoding={"format": "jpeg", "qualty": 80}), "an encoding has no field 'qualty'"),
+        (
+            _variant(operations=[{"op": "fit", "width": 1, "height": 1, "gravity": "n"}]),
+            "operation 'fit' has no field 'gravity'",
+        ),
+        # Values only the JSON form could hold, which the text form could not write back.
+        (_variant(upscale="false"), "upscale must be true or false, got 'false'"),
+        (_variant(encoding={"format": "jpeg", "quality": True}), "quality must be between"),
+        (_variant(encoding={"format": "jpeg", "progressive": 1}), "progressive must be true"),
+        (_variant(operations=[{"op": "blur", "sigma": 1.23456}]), "at most 4 decimals"),
+        (_variant(operations=[{"op": "blur", "sigma": float("nan")}]), "at most 4 decimals"),
+        (_variant(operations=[{"op": "rotate", "degrees": 45.7}]), "whole number, got 45.7"),
+        (_variant(operations=[{"op": "fit", "width": 10**6, "height": 1}]), "at most 999999"),
+        (
+            _variant(operations=[{"op": "crop", "x": 10**7, "y": 0, "width": 1, "height": 1}]),
+            "at most 999999",
+        ),
+        (_variant(name=7), "a variant name must be text"),
+        (_variant(background=[255, 255, 255]), "background must be RRGGBB text"),
+        (_variant(operations={"op": "fit"}), "operations must be a JSON array"),
+    ],
+)
+def test_json_is_read_strictly(obj: dict[str, object], fragment: str) -> None:
+    with pytest.raises(InvalidPipeline) as info:
+        Pipeline.from_json(obj)
+    assert fragment in info.value.message
+
+
+def test_colour_channels_are_bytes() -> None:
+    with pytest.raises(InvalidPipeline, match="colour red must be 0-255, got 256"):
+        Colour(256, 0, 0)
+
+
+def test_spaces_around_variant_names_are_ignored() -> None:
+    assert Pipeline.parse("a=fit:1x1; b = png") == Pipeline.parse("a=fit:1x1;b=png")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**7), 10**7) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(st.data())
+def test_any_json_is_refused_or_prints_text_that_reads_back(data: st.DataObject) -> None:
+    # Start from a valid pipeline's JSON and replace one value anywhere in it with anything.
+    obj = data.draw(pipelines()).to_json()
+    paths: list[tuple[object, object]] = []
+
+    def walk(node: object) -> None:
+        items = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
+        for key, value in items:
+            paths.append((node, key))
+            walk(value)
+
+    walk(obj)
+    node, key = data.draw(st.sampled_from(paths))
+    node[key] = data.draw(json_values)  # type: ignore[index]
+    try:
+        pipeline = Pipeline.from_json(obj)
+    except InvalidPipeline:
+        return
+    assert Pipeline.parse(str(pipeline)) == pipeline
+    assert Pipeline.from_json(pipeline.to_json()) == pipeline
 
 
 def test_limits() -> None:

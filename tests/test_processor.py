@@ -263,8 +263,16 @@ def test_presets() -> None:
     assert proc.submit(sample_image(), Pipeline.parse("fit:128x128,webp")).pipeline == task.pipeline
     with pytest.raises(InvalidPipeline, match=r"only presets are accepted here \(avatar\)"):
         proc.submit(sample_image(), "fit:4000x4000,png")
+    # The same work in any form is the preset: text as well as a Pipeline value (or JSON).
+    assert proc.submit(sample_image(), "fit:128x128,webp").pipeline == task.pipeline
+    with pytest.raises(InvalidPipeline, match="only presets"):
+        proc.submit(sample_image(), "fit:128x128,,webp")
     open_proc = memory_processor(presets={"avatar": "fit:128x128,webp"})
     assert open_proc.submit(sample_image(), "png").pipeline == Pipeline.parse("png")
+    with pytest.raises(InvalidPipeline, match=r"'avatr' is neither a preset \(avatar\) nor a"):
+        open_proc.submit(sample_image(), "avatr")
+    with pytest.raises(InvalidPipeline, match="unknown operation, format or option 'fitt'"):
+        open_proc.submit(sample_image(), "fitt:10x10")
 
 
 def test_from_urls_refuses_what_it_does_not_know() -> None:

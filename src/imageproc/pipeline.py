@@ -43,6 +43,7 @@ This module only describes work; :mod:`imageproc.imaging` carries it out.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -102,11 +103,32 @@ def _fail(message: str, position: int) -> InvalidPipeline:
     return InvalidPipeline(f"{message} (at character {position + 1})")
 
 
-def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+# The text form writes whole numbers with at most six digits; the model holds no value the text
+# form could not write, so every pipeline, however it was built, prints text that parses back.
+_MAX_WHOLE: Final = 999_999
+
+
+def _whole(what: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidPipeline(f"{attribute.name} must be a whole number, got {value!r}")
-    if value < 1:
+        raise InvalidPipeline(f"{what} must be a whole number, got {value!r}")
+    if abs(value) > _MAX_WHOLE:
+        raise InvalidPipeline(f"{what} must be at most {_MAX_WHOLE}, got {value}")
+    return value
+
+
+def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if _whole(attribute.name, value) < 1:
         raise InvalidPipeline(f"{attribute.name} must be at least 1, got {value}")
+
+
+def _real(value: object) -> float:
+    """A number the text form can write: finite, at most 4 decimals (``1.5``, ``0.25``)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidPipeline(f"expected a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or round(number, 4) != number:
+        raise InvalidPipeline(f"expected a number with at most 4 decimals, got {value!r}")
+    return number
 
 
 def _number(value: float) -> str:
@@ -118,10 +140,18 @@ def _number(value: float) -> str:
 class Colour:
     """An sRGB colour with alpha, written ``RRGGBB`` or ``RRGGBBAA`` in pipelines."""
 
-    red: int
-    green: int
-    blue: int
-    alpha: int = 255
+    red: int = attrs.field()
+    green: int = attrs.field()
+    blue: int = attrs.field()
+    alpha: int = attrs.field(default=255)
+
+    @red.validator
+    @green.validator
+    @blue.validator
+    @alpha.validator
+    def _check_channel(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+            raise InvalidPipeline(f"colour {attribute.name} must be 0-255, got {value!r}")
 
     @classmethod
     def parse(cls, text: str) -> Colour:
@@ -213,7 +243,8 @@ def _box_and_option(op: str, args: list[str]) -> list[Any]:
 
 def _no_more(op: str, args: list[str], allowed: int) -> None:
     if len(args) > allowed:
-        raise InvalidPipeline(f"{op} takes at most {allowed} argument(s), got {':'.join(args)!r}")
+        most = "no arguments" if not allowed else f"at most {allowed} argument(s)"
+        raise InvalidPipeline(f"{op} takes {most}, got {':'.join(args)!r}")
 
 
 @attrs.frozen
@@ -357,9 +388,7 @@ class Crop(_Op):
     @x.validator
     @y.validator
     def _check_origin(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidPipeline(f"crop {attribute.name} must be a whole number, got {value!r}")
-        if value < 0:
+        if _whole(f"crop {attribute.name}", value) < 0:
             raise InvalidPipeline(f"crop {attribute.name} must not be negative, got {value}")
 
     def args(self) -> list[str]:
@@ -388,7 +417,7 @@ class Crop(_Op):
 
 
 def _degrees(value: int) -> int:
-    return int(value) % 360
+    return _whole("rotate degrees", value) % 360
 
 
 @attrs.frozen
@@ -492,7 +521,7 @@ def _parse_number(op: str, text: str) -> float:
 class Blur(_Op):
     """``blur:SIGMA``: Gaussian blur of radius SIGMA pixels."""
 
-    sigma: float = attrs.field(converter=float, validator=_bounded(0, 100))
+    sigma: float = attrs.field(converter=_real, validator=_bounded(0, 100))
     op: ClassVar[str] = "blur"
 
     def args(self) -> list[str]:
@@ -508,7 +537,7 @@ class Blur(_Op):
 class Sharpen(_Op):
     """``sharpen[:AMOUNT]``: unsharp mask; AMOUNT 1 is a moderate sharpening."""
 
-    amount: float = attrs.field(default=1.0, converter=float, validator=_bounded(0, 10))
+    amount: float = attrs.field(default=1.0, converter=_real, validator=_bounded(0, 10))
     op: ClassVar[str] = "sharpen"
     needs_args: ClassVar[bool] = False
 
@@ -529,11 +558,25 @@ OPERATIONS: Final[Mapping[str, type[Operation]]] = {
 
 
 def _operation_from_json(obj: Mapping[str, Any]) -> Operation:
-    fields = dict(obj)
+    fields = dict(_object(obj, "an operation"))
     kind = fields.pop("op", None)
     if kind not in OPERATIONS:
         raise InvalidPipeline(f"unknown operation {kind!r}")
-    return OPERATIONS[kind](**fields)
+    cls = OPERATIONS[kind]
+    _known_fields(fields, {field.name for field in attrs.fields(cls)}, f"operation {kind!r}")
+    return cls(**fields)
+
+
+def _object(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidPipeline(f"{what} must be a JSON object, got {value!r}")
+    return value
+
+
+def _known_fields(obj: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise InvalidPipeline(f"{what} has no field {unknown[0]!r}; it has {sorted(known)}")
 
 
 @attrs.frozen
@@ -544,6 +587,12 @@ class Encoding:
     quality: int | None = attrs.field(default=None)
     progressive: bool = attrs.field(default=False)
     lossless: bool = attrs.field(default=False)
+
+    @progressive.validator
+    @lossless.validator
+    def _check_flag(self, attribute: attrs.Attribute[bool], value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InvalidPipeline(f"{attribute.name} must be true or false, got {value!r}")
 
     @format.validator
     def _check_format(self, _: object, value: str) -> None:
@@ -557,7 +606,7 @@ class Encoding:
             return
         if self.format not in DEFAULT_QUALITY:
             raise InvalidPipeline(f"{self.format} takes no quality")
-        if not 1 <= value <= 100:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
             raise InvalidPipeline(f"quality must be between 1 and 100, got {value}")
 
     def __attrs_post_init__(self) -> None:
@@ -650,11 +699,19 @@ class Variant:
     name: str = attrs.field()
     operations: tuple[Operation, ...] = attrs.field(default=(), converter=_operations)
     encoding: Encoding = attrs.field(factory=Encoding)
-    upscale: bool = False
-    keep_metadata: bool = False
-    first_frame: bool = False
-    placeholder: bool = False
+    upscale: bool = attrs.field(default=False)
+    keep_metadata: bool = attrs.field(default=False)
+    first_frame: bool = attrs.field(default=False)
+    placeholder: bool = attrs.field(default=False)
     background: Colour = attrs.field(default=WHITE, converter=_colour)
+
+    @upscale.validator
+    @keep_metadata.validator
+    @first_frame.validator
+    @placeholder.validator
+    def _check_flag(self, attribute: attrs.Attribute[bool], value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InvalidPipeline(f"{attribute.name} must be true or false, got {value!r}")
 
     @name.validator
     def _check_name(self, _: object, value: str) -> None:
@@ -712,10 +769,13 @@ def _tokens(body: str, start: int) -> Iterator[tuple[str, int]]:
 def _parse_variant(text: str, position: int, *, lone: bool) -> Variant:
     name, body, body_at = "default", text, position
     if "=" in text:
-        name, body = text.split("=", 1)
-        body_at = position + len(name) + 1
+        raw_name, body = text.split("=", 1)
+        body_at = position + len(raw_name) + 1
+        name = raw_name.strip()  # "a=fit:1x1; b=png" reads as written
         if not _NAME.fullmatch(name):
-            raise _fail(f"bad variant name {name!r}", position)
+            raise _fail(
+                f"bad variant name {name!r}", position + len(raw_name) - len(raw_name.lstrip())
+            )
     elif not lone:
         raise _fail(f"variant {text!r} needs a name (name=…) when there are several", position)
     operations: list[Operation] = []
@@ -731,21 +791,41 @@ def _parse_variant(text: str, position: int, *, lone: bool) -> Variant:
                 operations.append(cls.parse_args(args))
             elif op in FORMATS or op == "original":
                 if encoding is not None:
-                    raise InvalidPipeline(f"second output format {token!r} in variant {name!r}")
+                    raise InvalidPipeline(f"a second output format (the variant has {encoding})")
                 encoding = Encoding.parse(op, args)
-            elif op in _FLAGS and not args and _FLAGS[op] not in options:
-                options[_FLAGS[op]] = True
-            elif op == "background" and len(args) == 1 and "background" not in options:
-                options["background"] = Colour.parse(args[0])
+            elif op in _FLAGS or op == "background":
+                attribute = _FLAGS.get(op, op)
+                if attribute in options:
+                    raise InvalidPipeline(f"option {op!r} is given twice")
+                if op == "background":
+                    if len(args) != 1:
+                        raise InvalidPipeline(
+                            "background takes one colour, as in background:ffffff"
+                        )
+                    options[attribute] = Colour.parse(args[0])
+                elif args:
+                    raise InvalidPipeline(f"option {op!r} takes no arguments")
+                else:
+                    options[attribute] = True
             elif not op:
                 raise InvalidPipeline("empty token")
             else:
-                raise InvalidPipeline(f"unknown operation {token!r}")
+                raise _unknown(op, token, at)
         except InvalidPipeline as error:
             if "(at character" in error.message:
                 raise
             raise _fail(f"{error.message} in {token!r}", at) from error
     return Variant(name, tuple(operations), encoding or Encoding(), **options)
+
+
+def _unknown(word: str, token: str, at: int) -> InvalidPipeline:
+    known = [*OPERATIONS, *FORMATS, "original", *_FLAGS, "background"]
+    close = difflib.get_close_matches(word, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    where = f" in {token!r}" if token.strip() != word else ""
+    return InvalidPipeline(
+        f"unknown operation, format or option {word!r}{where} (at character {at + 1}){hint}"
+    )
 
 
 _EXAMPLES: Final = {
@@ -758,6 +838,9 @@ _EXAMPLES: Final = {
     "flip": "flip:h",
     "blur": "blur:2",
 }
+
+
+_VARIANT_FIELDS: Final = ("name", "operations", "encoding", "background", *_FLAGS.values())
 
 
 def _variants(variants: Iterable[Variant]) -> tuple[Variant, ...]:
@@ -795,16 +878,29 @@ class Pipeline:
     def from_json(cls, obj: Mapping[str, Any]) -> Pipeline:
         """Read the JSON form (as produced by :meth:`to_json`)."""
         try:
+            _known_fields(_object(obj, "a pipeline"), ("variants",), "a pipeline")
+            if not isinstance(obj["variants"], list):
+                raise InvalidPipeline("variants must be a JSON array")
             variants = []
             for v in obj["variants"]:
-                options = {attr: bool(v.get(attr, False)) for attr in _FLAGS.values()}
+                _known_fields(_object(v, "a variant"), _VARIANT_FIELDS, "a variant")
+                if not isinstance(v["name"], str):
+                    raise InvalidPipeline(f"a variant name must be text, got {v['name']!r}")
+                operations = v.get("operations", [])
+                if not isinstance(operations, list):
+                    raise InvalidPipeline("operations must be a JSON array")
+                encoding = _object(v.get("encoding", {}), "an encoding")
+                _known_fields(encoding, [f.name for f in attrs.fields(Encoding)], "an encoding")
+                background = v.get("background", str(WHITE))
+                if not isinstance(background, str):
+                    raise InvalidPipeline(f"background must be RRGGBB text, got {background!r}")
                 variants.append(
                     Variant(
-                        str(v["name"]),
-                        tuple(_operation_from_json(op) for op in v.get("operations", ())),
-                        Encoding(**v.get("encoding", {})),
-                        background=v.get("background", str(WHITE)),
-                        **options,
+                        v["name"],
+                        tuple(_operation_from_json(op) for op in operations),
+                        Encoding(**encoding),
+                        background=background,
+                        **{attr: v.get(attr, False) for attr in _FLAGS.values()},
                     )
                 )
             return cls(variants)

@@ -469,11 +469,28 @@ class Processor:
         if isinstance(spec, str) and spec in self.presets:
             return self.presets[spec]
         if self.presets_only and not allow_any:
-            if isinstance(spec, Pipeline) and spec in self.presets.values():
-                return spec
+            # Only the work the presets describe, in whichever form it comes: a Pipeline value
+            # (or JSON) or text equal to a preset is that preset; anything else is refused.
+            try:
+                pipeline = spec if isinstance(spec, Pipeline) else Pipeline.parse(spec)
+            except InvalidPipeline:
+                pipeline = None
+            if pipeline is not None and pipeline in self.presets.values():
+                return pipeline
             names = ", ".join(sorted(self.presets)) or "none are configured"
             raise InvalidPipeline(f"only presets are accepted here ({names}), got {str(spec)!r}")
-        pipeline = spec if isinstance(spec, Pipeline) else Pipeline.parse(spec)
+        if isinstance(spec, Pipeline):
+            pipeline = spec
+        else:
+            try:
+                pipeline = Pipeline.parse(spec)
+            except InvalidPipeline:
+                if self.presets and _looks_like_a_name(spec):
+                    names = ", ".join(sorted(self.presets))
+                    raise InvalidPipeline(
+                        f"{spec!r} is neither a preset ({names}) nor a pipeline"
+                    ) from None
+                raise
         self.pipeline_limits.check(pipeline)
         return pipeline
 
@@ -485,6 +502,11 @@ class Processor:
             if self.repository.update(changed, expected=current):
                 return changed
         raise ImageprocError(f"task {task_id} kept changing; try again", transient=True)
+
+
+def _looks_like_a_name(text: str) -> bool:
+    """Whether ``text`` is a bare word (a misspelt preset), not an attempt at a pipeline."""
+    return bool(text) and not any(mark in text for mark in ":,;= ")
 
 
 def _read_source(source: Source, limit: int) -> bytes:
