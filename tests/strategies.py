@@ -33,6 +33,7 @@ colours = st.builds(
     st.integers(0, 255),
     st.integers(0, 255),
 )
+opaque_colours = st.builds(Colour, st.integers(0, 255), st.integers(0, 255), st.integers(0, 255))
 # Numbers as the text form writes them: up to four decimals.
 amounts = st.integers(1, 100_000).map(lambda n: n / 10_000)
 
@@ -75,7 +76,7 @@ def pipelines(draw: st.DrawFn) -> Pipeline:
             keep_metadata=draw(st.booleans()),
             first_frame=draw(st.booleans()),
             placeholder=draw(st.booleans()),
-            background=draw(colours),
+            background=draw(opaque_colours),
         )
         for name in variant_names
     )

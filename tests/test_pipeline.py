@@ -168,6 +168,7 @@ def test_parse_raises_only_invalid_pipeline(text: str) -> None:
         ("background,png", "background takes one colour, as in background:ffffff"),
         ("webpp", "did you mean 'webp'?"),
         ("background:fff,png", "colour 'fff' is not RRGGBB"),
+        ("background:00000080,jpeg", "background must be opaque (RRGGBB), got 00000080"),
         ("bmp", "unknown operation, format or option 'bmp' (at character 1)"),
         ("fit:1234567x1", "fit takes a size WxH"),
     ],

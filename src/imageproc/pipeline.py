@@ -683,6 +683,13 @@ def _operations(operations: Iterable[Operation]) -> tuple[Operation, ...]:
     return tuple(operations)
 
 
+def _opaque(_: object, __: object, colour: Colour) -> Colour:
+    # Flattening is onto an opaque colour: an opacity would be silently ignored.
+    if colour.alpha != 255:
+        raise InvalidPipeline(f"background must be opaque (RRGGBB), got {colour}")
+    return colour
+
+
 #: Variant options written as plain tokens in the text form, and their attribute names.
 _FLAGS: Final = {
     "upscale": "upscale",
@@ -703,7 +710,7 @@ class Variant:
     keep_metadata: bool = attrs.field(default=False)
     first_frame: bool = attrs.field(default=False)
     placeholder: bool = attrs.field(default=False)
-    background: Colour = attrs.field(default=WHITE, converter=_colour)
+    background: Colour = attrs.field(default=WHITE, converter=_colour, validator=_opaque)
 
     @upscale.validator
     @keep_metadata.validator
@@ -802,7 +809,7 @@ def _parse_variant(text: str, position: int, *, lone: bool) -> Variant:
                         raise InvalidPipeline(
                             "background takes one colour, as in background:ffffff"
                         )
-                    options[attribute] = Colour.parse(args[0])
+                    options[attribute] = _opaque(None, None, Colour.parse(args[0]))
                 elif args:
                     raise InvalidPipeline(f"option {op!r} takes no arguments")
                 else:
