@@ -181,3 +181,18 @@ def test_flask_example_stops_its_workers_at_exit(tmp_path: Path) -> None:
     with Processor.from_urls(database, storage, migrate=False) as library:
         task = library.get(task_id)
     assert task.status in (TaskStatus.SUCCEEDED, TaskStatus.QUEUED), task
+
+
+def test_flask_example_loads_with_the_flask_command(tmp_path: Path) -> None:
+    # The command line the guide gives (`flask --app 'examples/flask_app.py:create_app()' …`);
+    # `routes` builds the app, starts its workers, prints the routes, and exits cleanly.
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", f"{EXAMPLES / 'flask_app.py'}:create_app()",
+         "routes"],
+        cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    rules = {line.split()[-1] for line in result.stdout.splitlines()[2:]}
+    assert {"/photos", "/photos/<task_id>", "/photos/<task_id>/<name>"} <= rules
+    assert (tmp_path / "imageproc.db").is_file()  # the defaults: SQLite and a folder here
