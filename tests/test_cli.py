@@ -241,7 +241,7 @@ def test_process_refuses_a_bad_pipeline_with_exit_2(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(sample_image(20, 20))
     result = imageproc("process", "a.jpg", "-p", "t=zoom:3", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.startswith("imageproc: error: unknown operation 'zoom:3'")
+    assert result.stderr.startswith("imageproc: error: unknown operation, format or option 'zoom'")
     assert "Traceback" not in result.stderr
 
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imageproc import ConfigurationError
+from imageproc import ConfigurationError, InvalidImage, InvalidPipeline
 from imageproc.config import ENV_VARS, Settings, parse_byte_size, parse_workers, read_env_file
+from imageproc.testing import sample_image
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_HASH = "sha256:" + "ab" * 32
@@ -126,6 +127,16 @@ def test_env_example_documents_every_variable_with_its_default() -> None:
         ("IMAGEPROC_METRICS_PORT", "9100", "metrics_port", 9100),
         ("IMAGEPROC_URL_TTL", "60", "url_ttl", 60.0),
         ("IMAGEPROC_LOG_LEVEL", "Warning", "log_level", "warning"),
+        (
+            "IMAGEPROC_PRESETS",
+            '{"avatar": "fill:96x96,webp", "pair": "a=png;b=fit:9x9"}',
+            "presets",
+            (("avatar", "fill:96x96,webp"), ("pair", "a=png;b=fit:9x9")),
+        ),
+        ("IMAGEPROC_PRESETS", "", "presets", ()),
+        ("IMAGEPROC_PRESETS_ONLY", "True", "presets_only", True),
+        ("IMAGEPROC_PRESETS_ONLY", "off", "presets_only", False),
+        ("IMAGEPROC_MAX_PIXELS", "1000000", "max_pixels", 1_000_000),
     ],
 )
 def test_each_variable_is_parsed(
@@ -230,6 +241,15 @@ def test_byte_size_parser_only_ever_raises_value_error(text: str) -> None:
             {"IMAGEPROC_API_KEYS": "alice"},
             "IMAGEPROC_API_KEYS: API key pair 1 must be written owner:key",
         ),
+        ({"IMAGEPROC_PRESETS": "avatar=png"}, "IMAGEPROC_PRESETS: expected a JSON object"),
+        ({"IMAGEPROC_PRESETS": "[1]"}, "IMAGEPROC_PRESETS: expected a JSON object"),
+        (
+            {"IMAGEPROC_PRESETS": '{"avatar": "fitt:9x9"}'},
+            "IMAGEPROC_PRESETS: preset 'avatar': unknown operation, format or option 'fitt'",
+        ),
+        ({"IMAGEPROC_PRESETS": '{"avatar": 3}'}, "IMAGEPROC_PRESETS: preset 'avatar' must be"),
+        ({"IMAGEPROC_PRESETS_ONLY": "maybe"}, "IMAGEPROC_PRESETS_ONLY: expected true or false"),
+        ({"IMAGEPROC_MAX_PIXELS": "0"}, "IMAGEPROC_MAX_PIXELS: must be at least 1"),
     ],
 )
 def test_bad_values_raise_a_one_line_error_naming_the_variable(
@@ -310,6 +330,26 @@ def test_processor_uses_the_settings(tmp_path: Path) -> None:
         assert processor.image_limits.max_bytes == 1024
     with settings.processor(max_attempts=9, migrate=False) as processor:
         assert processor.max_attempts == 9
+
+
+def test_presets_and_pixel_limit_reach_the_processor(tmp_path: Path) -> None:
+    settings = load(
+        {
+            "IMAGEPROC_DATABASE_URL": "memory://",
+            "IMAGEPROC_STORAGE_URL": "memory://",
+            "IMAGEPROC_PRESETS": '{"avatar": "fill:96x96,webp"}',
+            "IMAGEPROC_PRESETS_ONLY": "true",
+            "IMAGEPROC_MAX_PIXELS": "10000",
+        }
+    )
+    with settings.processor() as processor:
+        assert str(processor.submit(sample_image(100, 100), "avatar").pipeline) == (
+            "default=fill:96x96,webp"
+        )
+        with pytest.raises(InvalidPipeline, match="only presets are accepted here"):
+            processor.submit(sample_image(100, 100), "fit:10x10")
+        with pytest.raises(InvalidImage, match="pixels"):
+            processor.submit(sample_image(101, 100), "avatar")
 
 
 def test_a_misspelt_variable_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

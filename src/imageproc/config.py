@@ -15,6 +15,7 @@ names the variable or flag and the value's source.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import re
@@ -141,6 +142,32 @@ def _parse_text(text: str) -> str:
     return text.strip()
 
 
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off", "")
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(f"expected true or false, got {text!r}")
+    return word in _TRUE
+
+
+def _parse_presets(text: str) -> tuple[tuple[str, str], ...]:
+    # Pipelines use ',', ';', '=' and ':' themselves, so the map is a JSON object.
+    if not text.strip():
+        return ()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(
+            'expected a JSON object of name → pipeline, such as {"avatar": "fill:96x96,webp"}'
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object of name → pipeline, got {type(value).__name__}")
+    return tuple(value.items())
+
+
 # -- checks (also run on values given as Python objects) --------------------------------------
 
 
@@ -155,6 +182,19 @@ def _check_api_keys(value: str) -> None:
     from imageproc.signing import parse_api_keys
 
     parse_api_keys(value)
+
+
+def _check_presets(value: tuple[tuple[str, str], ...]) -> None:
+    from imageproc.errors import InvalidPipeline
+    from imageproc.pipeline import Pipeline
+
+    for name, pipeline in value:
+        if not isinstance(name, str) or not name or not isinstance(pipeline, str):
+            raise ValueError(f"preset {name!r} must be a name and a pipeline's text")
+        try:
+            Pipeline.parse(pipeline)
+        except InvalidPipeline as error:
+            raise ValueError(f"preset {name!r}: {error.message}") from None
 
 
 def _check_positive_int(value: int | None) -> None:
@@ -203,6 +243,9 @@ _SPECS: Final[dict[str, _Spec]] = {
     "metrics_port": _Spec(_optional(_parse_int), _check_port, (int, type(None))),
     "url_ttl": _Spec(_parse_float, _check_positive, (int, float)),
     "s3_endpoint_url": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
+    "presets": _Spec(_parse_presets, _check_presets, (tuple, list, dict)),
+    "presets_only": _Spec(_parse_bool, _no_check, (bool,)),
+    "max_pixels": _Spec(_parse_int, _check_positive_int, (int,)),
     "log_level": _Spec(lambda text: text.strip().lower(), _check_log_level, (str,)),
 }
 
@@ -215,7 +258,7 @@ def _coerce(name: str, value: Any) -> Any:
     spec = _SPECS[name]
     if isinstance(value, str):
         value = spec.parse(value)
-    elif isinstance(value, bool) or not isinstance(value, spec.types):
+    elif (isinstance(value, bool) and bool not in spec.types) or not isinstance(value, spec.types):
         raise ValueError(f"expected text or {spec.types[0].__name__}, got {type(value).__name__}")
     if name == "workers":
         value = (value, value) if isinstance(value, int) else tuple(value)
@@ -223,6 +266,9 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(f"expected (MIN, MAX), got {value!r}")
     elif name == "signing_keys":
         value = tuple(str(key) for key in value)
+    elif name == "presets":
+        pairs = value.items() if isinstance(value, Mapping) else value
+        value = tuple((preset, text) for preset, text in pairs)
     elif name in ("lease_seconds", "url_ttl"):
         value = float(value)
     spec.check(value)
@@ -324,6 +370,13 @@ class Settings:
     url_ttl: float = attrs.field(default=3600.0, validator=_validated)
     #: An S3-compatible server (MinIO…) for ``s3://`` storage; None: AWS or AWS_ENDPOINT_URL_S3.
     s3_endpoint_url: str | None = attrs.field(default=None, validator=_validated)
+    #: Named pipelines (name → pipeline text) that uploads may ask for with ``preset``; from a
+    #: JSON object such as ``{"avatar": "fill:96x96,webp"}``.
+    presets: tuple[tuple[str, str], ...] = attrs.field(default=(), validator=_validated)
+    #: Accept only the presets' work, so remote clients cannot ask for arbitrary pipelines.
+    presets_only: bool = attrs.field(default=False, validator=_validated)
+    #: Most pixels in one upload (all frames of an animation together), checked from the header.
+    max_pixels: int = attrs.field(default=50_000_000, validator=_validated)
     #: One of :data:`LOG_LEVELS`.
     log_level: str = attrs.field(default="info", validator=_validated)
 
@@ -376,15 +429,19 @@ class Settings:
         """A :class:`~imageproc.Processor` on these settings' database and storage.
 
         ``options`` go to :meth:`Processor.from_urls` (``migrate=False``, ``events=…``, …) and
-        win over the settings (``lease_seconds``, ``max_attempts``, and ``max_upload_bytes`` as
-        the image limit).
+        win over the settings (``lease_seconds``, ``max_attempts``, ``presets``,
+        ``presets_only``, and ``max_upload_bytes`` and ``max_pixels`` as the image limits).
         """
         from imageproc.imaging import ImageLimits
         from imageproc.processor import Processor
 
         options.setdefault("lease_seconds", self.lease_seconds)
         options.setdefault("max_attempts", self.max_attempts)
-        options.setdefault("image_limits", ImageLimits(max_bytes=self.max_upload_bytes))
+        options.setdefault(
+            "image_limits", ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
+        )
+        options.setdefault("presets", dict(self.presets))
+        options.setdefault("presets_only", self.presets_only)
         options.setdefault("storage_options", self.storage_options())
         return Processor.from_urls(self.database_url, self.storage_url, **options)
 
