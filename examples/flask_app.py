@@ -7,7 +7,7 @@
 at interpreter exit, letting tasks in flight finish. Several processes (gunicorn's ``-w``) are
 fine: the queue lives in the database, so any process's workers take any process's uploads.
 Settings come from ``IMAGEPROC_DATABASE_URL``, ``IMAGEPROC_STORAGE_URL`` and
-``IMAGEPROC_WORKERS`` (a count), as ``imageproc serve`` reads them. Try it::
+``IMAGEPROC_WORKERS`` (``N`` or ``MIN:MAX``), as ``imageproc serve`` reads them. Try it::
 
     curl -F image=@cat.jpg http://127.0.0.1:5000/photos            # 202, Location: /photos/<id>
     curl http://127.0.0.1:5000/photos/<id>                         # status, sizes, variant URLs
@@ -22,6 +22,7 @@ import os
 from flask import Flask, Response, abort, jsonify, request, url_for
 
 from imageproc import InvalidImage, Processor, TaskNotFound, TaskStatus
+from imageproc.config import parse_workers
 
 PRESETS = {"photo": "thumb=fit:256x256,webp:q80;large=fit:1600x1600,jpeg:q85"}
 #: Seconds the workers get at exit to finish what they hold (gunicorn's graceful_timeout is 30).
@@ -31,7 +32,7 @@ STOP_TIMEOUT = 20.0
 def create_app(
     database_url: str | None = None,
     storage_url: str | None = None,
-    workers: int | None = None,
+    workers: int | tuple[int, int] | None = None,
 ) -> Flask:
     """The Flask app, with a Processor of its own whose workers run as background threads."""
     env = os.environ
@@ -40,7 +41,7 @@ def create_app(
         storage_url or env.get("IMAGEPROC_STORAGE_URL", "file://imageproc-data"),
         presets=PRESETS,
     )
-    processor.start(workers=workers or int(env.get("IMAGEPROC_WORKERS", "2")))
+    processor.start(workers=workers or parse_workers(env.get("IMAGEPROC_WORKERS", "2")))
     atexit.register(shutdown, processor)
 
     app = Flask(__name__)

@@ -185,11 +185,13 @@ def test_flask_example_stops_its_workers_at_exit(tmp_path: Path) -> None:
 
 def test_flask_example_loads_with_the_flask_command(tmp_path: Path) -> None:
     # The command line the guide gives (`flask --app 'examples/flask_app.py:create_app()' …`);
-    # `routes` builds the app, starts its workers, prints the routes, and exits cleanly.
+    # `routes` builds the app, starts its workers (IMAGEPROC_WORKERS as MIN:MAX), prints the
+    # routes, and exits cleanly.
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", f"{EXAMPLES / 'flask_app.py'}:create_app()",
          "routes"],
-        cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=tmp_path, env=environment(IMAGEPROC_WORKERS="1:3"), capture_output=True, text=True,
+        timeout=TIMEOUT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
