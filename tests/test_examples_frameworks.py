@@ -7,9 +7,11 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import io
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,7 +22,7 @@ from PIL import Image
 from imageproc import Processor, TaskStatus
 from imageproc.testing import sample_image
 
-from .test_cli import environment
+from .test_cli import environment, eventually, free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT = 60
@@ -103,6 +105,37 @@ def test_fastapi_example_submits_from_its_own_endpoint(tmp_path: Path) -> None:
         assert client.get("/images/readyz").status_code == 200
     # Leaving the client ran the rest of the lifespan: workers stopped, backends closed.
     assert processor.pool is None
+
+
+@pytest.mark.slow
+def test_fastapi_example_serves_from_the_command_line(tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "fastapi_app.py"), "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=environment(IMAGEPROC_SIGNING_KEYS="k1,k0"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def healthy() -> bool:
+        url = f"http://127.0.0.1:{port}/images/healthz"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+
+    try:
+        eventually(healthy, timeout=TIMEOUT, what="the FastAPI example to serve /images/healthz")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = server.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+            pytest.fail("the FastAPI example did not stop on SIGTERM")
+    # uvicorn shuts down gracefully, then re-raises the signal: exiting "by SIGTERM" is normal.
+    assert server.returncode in (0, -signal.SIGTERM), stderr
+    assert "Traceback" not in stderr
+    assert "Application shutdown complete" in stderr  # the lifespan stopped the workers
+    assert (tmp_path / "imageproc.db").is_file()
 
 
 @pytest.fixture
