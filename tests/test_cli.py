@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imageproc import Processor, TaskStatus
+from imageproc import Processor, TaskNotFound, TaskStatus
 from imageproc.testing import sample_image
 
 TIMEOUT = 60
@@ -106,7 +106,7 @@ def library(urls: tuple[str, str]) -> Iterator[Processor]:
 def test_help_lists_every_command(tmp_path: Path) -> None:
     result = imageproc("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("serve", "worker", "process", "status", "migrate"):
+    for command in ("serve", "worker", "process", "status", "migrate", "purge"):
         assert command in result.stdout
 
 
@@ -120,6 +120,13 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         (["--database-url", "mysql://x", "worker"], {}, "unsupported database URL scheme"),
         (["--database-url", "mysql://x", "status", "x"], {}, "status needs a SQLite or PostgreSQL"),
         (["--database-url", "memory://", "migrate"], {}, "migrate needs a SQLite or PostgreSQL"),
+        (
+            ["purge", "--older-than", "0s"],
+            {},
+            "no database at imageproc.db: run `imageproc migrate`",
+        ),
+        (["migrate"], {"IMAGEPROC_PIPELINE": "thumbnail"}, "IMAGEPROC_PIPELINE: neither a preset"),
+        (["serve", "--root-path", "images/"], {}, "--root-path: must start with / and not end"),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(
@@ -180,6 +187,34 @@ def test_status_of_an_unknown_task_exits_1(tmp_path: Path, urls: tuple[str, str]
     result = imageproc("--database-url", urls[0], "status", "no-such-task", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr == "imageproc: error: no task with id 'no-such-task'\n"
+
+
+def test_purge_deletes_old_finished_tasks_with_their_files(
+    tmp_path: Path, urls: tuple[str, str], library: Processor
+) -> None:
+    done = library.submit(sample_image(300, 200), "small=fit:30x30,png")
+    library.run_until_idle()
+    waiting = library.submit(sample_image(200, 300), "small=fit:30x30,png")
+    output = library.get(done.id).outputs[0].key
+    args = ("--database-url", urls[0], "--storage-url", urls[1], "purge")
+    kept = imageproc(*args, "--older-than", "1d", cwd=tmp_path)
+    assert (kept.returncode, kept.stdout) == (
+        0,
+        "purged 0 finished task(s) older than 1 day, 0:00:00\n",
+    )
+    purged = imageproc(*args, "--older-than", "0s", cwd=tmp_path)
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout == "purged 1 finished task(s) older than 0:00:00\n"
+    with pytest.raises(TaskNotFound):
+        library.get(done.id)
+    assert not library.storage.exists(output)
+    assert library.get(waiting.id).status == TaskStatus.QUEUED  # unfinished tasks stay
+
+
+def test_purge_needs_a_duration_with_a_unit(tmp_path: Path) -> None:
+    result = imageproc("purge", "--older-than", "30", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "expected a duration such as 30d, 12h or 90m, got '30'" in result.stderr
 
 
 # -- process ----------------------------------------------------------------------------------
@@ -330,6 +365,34 @@ def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
     assert (tmp_path / "imageproc.db").is_file()  # SQLite and a local folder by default
     assert (tmp_path / "imageproc-data" / "outputs").is_dir()
+
+
+@pytest.mark.slow
+def test_serve_without_workers_behind_a_path_prefix(tmp_path: Path) -> None:
+    pytest.importorskip("imageproc.http", reason="the HTTP adapter (imageproc.http) is not built")
+    port = free_port()
+    env = environment(IMAGEPROC_PRESETS='{"tiny": "fit:8x8,png"}', IMAGEPROC_PIPELINE="tiny")
+    server = start(
+        "serve", "--port", str(port), "--no-workers", "--root-path", "/images",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        eventually(lambda: _request(f"{base}/healthz")[0] == 200, what="/healthz")
+        upload = BytesIO()
+        Image.new("RGB", (64, 48), "teal").save(upload, "PNG")
+        status, body = _request(f"{base}/upload", upload.getvalue(), {"Content-Type": "image/png"})
+        assert status == 202, body
+        accepted = json.loads(body)
+        # The proxy in front adds /images: the URLs the service writes must carry it.
+        assert accepted["status_url"] == f"{base}/images/status/{accepted['id']}"
+        time.sleep(1)  # long enough for an embedded worker to have taken it, were there one
+        assert json.loads(_request(f"{base}/status/{accepted['id']}")[1])["status"] == "queued"
+    finally:
+        code, stderr = stop(server)
+    assert code == 0, stderr
+    shown = imageproc("status", accepted["id"], cwd=tmp_path, env=env)
+    assert json.loads(shown.stdout)["pipeline"] == "default=fit:8x8,png"  # IMAGEPROC_PIPELINE
 
 
 def test_serve_on_a_taken_port_fails_with_a_message(tmp_path: Path) -> None:

@@ -137,6 +137,9 @@ def test_env_example_documents_every_variable_with_its_default() -> None:
         ("IMAGEPROC_PRESETS_ONLY", "True", "presets_only", True),
         ("IMAGEPROC_PRESETS_ONLY", "off", "presets_only", False),
         ("IMAGEPROC_MAX_PIXELS", "1000000", "max_pixels", 1_000_000),
+        ("IMAGEPROC_PIPELINE", " fit:10x10,png ", "pipeline", "fit:10x10,png"),
+        ("IMAGEPROC_PIPELINE", "", "pipeline", None),
+        ("IMAGEPROC_ROOT_PATH", "/images", "root_path", "/images"),
     ],
 )
 def test_each_variable_is_parsed(

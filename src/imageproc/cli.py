@@ -7,6 +7,7 @@
     imageproc process FILES… [-p PIPELINE] [-o DIR]             one-shot local processing
     imageproc status TASK_ID                                    a task as JSON
     imageproc migrate                                           create or upgrade the SQL schema
+    imageproc purge --older-than 30d                            delete old finished tasks
 
 Settings come from flags, then ``IMAGEPROC_*`` environment variables, then a ``.env`` file (see
 :mod:`imageproc.config` and ``.env.example``). Exit status: 0 on success, 1 when the work failed
@@ -92,6 +93,7 @@ _SETTING_FLAGS = (
     "workers",
     "metrics_port",
     "log_level",
+    "root_path",
 )
 
 
@@ -129,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (IMAGEPROC_HOST, 127.0.0.1)")
     serve.add_argument("--port", help="port to listen on (IMAGEPROC_PORT, 8000)")
     serve.add_argument("--workers", help="worker threads, N or MIN:MAX (IMAGEPROC_WORKERS)")
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="serve HTTP only; `imageproc worker` processes elsewhere",
+    )
+    serve.add_argument(
+        "--root-path", help="path prefix a proxy serves this under (IMAGEPROC_ROOT_PATH)"
+    )
+    serve.add_argument("--no-migrate", action="store_true", help=_NO_MIGRATE)
     serve.set_defaults(command=_serve)
 
     worker = commands.add_parser(
@@ -139,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--metrics-port", help="serve Prometheus metrics on this port (IMAGEPROC_METRICS_PORT)"
     )
+    worker.add_argument("--no-migrate", action="store_true", help=_NO_MIGRATE)
     worker.set_defaults(command=_worker)
 
     process = commands.add_parser(
@@ -164,7 +176,32 @@ def _parser() -> argparse.ArgumentParser:
         "migrate", parents=[common], help="create or upgrade the SQL schema"
     )
     migrate.set_defaults(command=_migrate)
+
+    purge = commands.add_parser(
+        "purge", parents=[common], help="delete finished tasks older than a duration, with files"
+    )
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        type=_duration,
+        metavar="DURATION",
+        help="such as 30d, 12h, 90m or 3600s",
+    )
+    purge.set_defaults(command=_purge)
     return parser
+
+
+_NO_MIGRATE = "do not create or upgrade the schema at startup (run `imageproc migrate` first)"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> timedelta:
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    if unit not in _UNITS or not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 30d, 12h or 90m, got {text!r}"
+        )
+    return timedelta(seconds=int(number) * _UNITS[unit])
 
 
 def _configure_logging(level: str) -> None:
@@ -214,7 +251,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # with the default SIGTERM handler that would kill the process before the workers stop.
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with settings.processor(events=metrics) as processor:
+        with settings.processor(events=metrics, migrate=not args.no_migrate) as processor:
             if metrics is not None:
                 metrics.watch(processor)
             app = create_app(
@@ -226,13 +263,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 url_ttl=timedelta(seconds=settings.url_ttl),
                 metrics_registry=metrics.registry if metrics is not None else None,
             )
-            processor.start(settings.workers)
+            if not args.no_workers:
+                processor.start(settings.workers)
             config = uvicorn.Config(
                 app,
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level,
                 lifespan="on",
+                root_path=settings.root_path,
             )
             servers.append(uvicorn.Server(config))
             if not stopping.is_set():
@@ -273,7 +312,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(
             "--metrics-port needs the metrics extra (pip install 'imageproc[metrics]')"
         )
-    with settings.processor(events=metrics) as processor:
+    with settings.processor(events=metrics, migrate=not args.no_migrate) as processor:
         if metrics is not None and port is not None:
             metrics.watch(processor)
             try:
@@ -457,6 +496,15 @@ def task_to_json(task: Task) -> dict[str, Any]:
         "status": data.pop("status"),
         "pipeline": str(task.pipeline),
     } | data
+
+
+def _purge(args: argparse.Namespace, settings: Settings) -> int:
+    # A maintenance command: it must not change the schema, and finds no tasks without one.
+    _sql_backend(settings, "purge").close()
+    with settings.processor(migrate=False) as processor:
+        deleted = processor.purge(args.older_than)
+    print(f"purged {deleted} finished task(s) older than {args.older_than}")
+    return EXIT_OK
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -197,6 +197,11 @@ def _check_presets(value: tuple[tuple[str, str], ...]) -> None:
             raise ValueError(f"preset {name!r}: {error.message}") from None
 
 
+def _check_root_path(value: str) -> None:
+    if value and (not value.startswith("/") or value.endswith("/")):
+        raise ValueError(f"must start with / and not end with one, such as /images; got {value!r}")
+
+
 def _check_positive_int(value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"must be at least 1, got {value}")
@@ -246,6 +251,8 @@ _SPECS: Final[dict[str, _Spec]] = {
     "presets": _Spec(_parse_presets, _check_presets, (tuple, list, dict)),
     "presets_only": _Spec(_parse_bool, _no_check, (bool,)),
     "max_pixels": _Spec(_parse_int, _check_positive_int, (int,)),
+    "pipeline": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
+    "root_path": _Spec(_parse_text, _check_root_path, (str,)),
     "log_level": _Spec(lambda text: text.strip().lower(), _check_log_level, (str,)),
 }
 
@@ -377,8 +384,28 @@ class Settings:
     presets_only: bool = attrs.field(default=False, validator=_validated)
     #: Most pixels in one upload (all frames of an animation together), checked from the header.
     max_pixels: int = attrs.field(default=50_000_000, validator=_validated)
+    #: What an upload that names no pipeline gets: a pipeline's text or a preset's name; None:
+    #: one JPEG 800 pixels wide.
+    pipeline: str | None = attrs.field(default=None, validator=_validated)
+    #: The path prefix a reverse proxy serves ``imageproc serve`` under (``/images``), so the
+    #: URLs the service writes (status, signed images) carry it; empty: served at the root.
+    root_path: str = attrs.field(default="", validator=_validated)
     #: One of :data:`LOG_LEVELS`.
     log_level: str = attrs.field(default="info", validator=_validated)
+
+    def __attrs_post_init__(self) -> None:
+        # A default pipeline that names no preset must be a pipeline: say so at startup, naming
+        # the setting, rather than when the processor is built.
+        if self.pipeline is not None and self.pipeline not in dict(self.presets):
+            from imageproc.errors import InvalidPipeline
+            from imageproc.pipeline import Pipeline
+
+            try:
+                Pipeline.parse(self.pipeline)
+            except InvalidPipeline as error:
+                raise ConfigurationError(
+                    f"{ENV_VARS['pipeline']}: neither a preset nor a pipeline: {error.message}"
+                ) from None
 
     @classmethod
     def load(
@@ -442,6 +469,8 @@ class Settings:
         )
         options.setdefault("presets", dict(self.presets))
         options.setdefault("presets_only", self.presets_only)
+        if self.pipeline is not None:
+            options.setdefault("pipeline", self.pipeline)
         options.setdefault("storage_options", self.storage_options())
         return Processor.from_urls(self.database_url, self.storage_url, **options)
 
