@@ -180,8 +180,10 @@ def test_draft_scale_allows_what_every_variant_can_afford() -> None:
     def scale(text: str, width: int = 4000, height: int = 3000) -> int:
         return draft_scale(Pipeline.parse(text), width, height)
 
-    assert scale("fit:256x256") == 4  # 1/8 would leave 1.95x, under the 2x that 1/8 needs
+    assert scale("fit:256x256") == 4  # 1/8 would leave 1.95x, under the 2.5x that 1/8 needs
     assert scale("fit:256x256", 6000, 4000) == 8  # 750x500 leaves 2.93x
+    assert scale("fit:200x200") == 8  # 500x375 leaves 2.5x
+    assert scale("fit:201x201") == 4
     assert scale("fit:1600x1600") == 2  # 2000x1500 leaves 1.25x: enough at 1/2
     assert scale("fit:1601x1601") == 1  # 1/2 would leave less than 1.25x
     assert scale("a=fit:256x256;b=fit:1024x1024;c=fit:1600x1600,jpeg", 6000, 4000) == 2
@@ -227,6 +229,7 @@ def resamplings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], 
     ("pipeline", "decoded", "steps"),
     [
         ("fit:100x100,png", (250, 188), [((250, 188), (100, 75))]),
+        ("fit:120x120,png", (500, 375), [((500, 375), (120, 90))]),  # 1/8 would leave 2.08x
         ("fit:240x240,png", (500, 375), [((500, 375), (240, 180))]),  # 1/4 leaves 2.08x
         ("fit:400x400,png", (1000, 750), [((1000, 750), (400, 300))]),  # 1/4 would leave 1.25x
         ("fit:800x800,png", (1000, 750), [((1000, 750), (800, 600))]),
@@ -288,6 +291,8 @@ def test_fast_paths_stay_within_1_db_of_a_full_decode(target: int) -> None:
         "a=fit:1200x1200,png",  # 1/2, then 1.67x
         "a=fit:1600x1600,png;b=fit:1024x1024,png;c=fit:256x256,png",  # b from a, c from b
         "a=fit:256x256,png",  # 1/4, then 3.9x
+        "a=fit:500x500,png",  # 1/4, then 2x
+        "a=fit:200x200,png",  # 1/8, then 2.5x
     ],
 )
 def test_shrunk_decodes_and_shared_bases_stay_within_1_db_of_a_full_decode(

@@ -93,13 +93,13 @@ def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
 
 #: How much bigger than each variant a JPEG shrunk on load by 1/2, 1/4 or 1/8 must stay, so
 #: that the result is within 1 dB PSNR of a full decode and one LANCZOS pass, both measured
-#: against the ideal downscale of the picture the JPEG was made from (tests hold this). The scaled
-#: IDCT that does the shrinking is a different filter at each scale: at 1/2 it is a
-#: frequency-domain reduction, and a final LANCZOS pass of 1.25x is margin enough even on a noisy
-#: picture (1.2x measured 0.8 dB short of a full decode, 1.0x 1.5 dB); at 1/4 and 1/8 it is
-#: closer to a box average and needs the LANCZOS pass after it to reduce by 2x, as libvips' and
-#: Pillow's thumbnails have it.
-DRAFT_GAPS: Final = {2: 1.25, 4: 2.0, 8: 2.0}
+#: against the ideal downscale of the picture the JPEG was made from (tests hold this for a clean
+#: and a noisy picture). The scaled IDCT that does the shrinking is a different filter at each
+#: scale. At 1/2 it is a frequency-domain reduction: a final LANCZOS pass of 1.25x is margin
+#: enough even on the noisy picture (1.2x measured 0.8 dB short of a full decode, 1.0x 1.5 dB).
+#: 1/4 keeps 2x (0.75 dB short there), as libvips' and Pillow's thumbnails do; 1/8, the DC
+#: coefficient alone (an 8x8 box average), needs 2.5x (0.5 dB short; 2x was 2.1 dB short).
+DRAFT_GAPS: Final = {2: 1.25, 4: 2.0, 8: 2.5}
 #: How much bigger than a variant an earlier variant must be to stand in for the source. A
 #: LANCZOS result is already free of what would alias, so a second LANCZOS pass from 1.5x (1600
 #: to 1024 px) stays within 0.2 dB PSNR of one pass from the source (measured against the ideal
