@@ -22,7 +22,9 @@ on Linux: a child's ``ru_maxrss`` there starts from its parent's peak):
 Inside each process one run warms up, then the median of ``--repeat`` runs is reported. The runs
 happen on a worker thread, as in imageproc's workers: on glibc the main thread is markedly slower
 with big Pillow buffers (see benchmarks/throughput.py). The table gives milliseconds, peak RSS in
-MB, and imageproc's time as a ratio to pyvips and to naive Pillow (below 1 is faster).
+MB, imageproc's time as a ratio to pyvips and to naive Pillow (below 1 is faster), and the bytes
+each engine wrote for the job (all variants together), so that a speed-up bought with bigger
+files shows.
 """
 
 from __future__ import annotations
@@ -160,11 +162,12 @@ def measure(engine: str, job: str, path: Path, repeat: int) -> dict[str, float]:
     data = path.read_bytes()
     run = work(engine, JOBS[job], data)
     timings: list[float] = []
+    sizes: list[int] = []
     failure: list[BaseException] = []
 
     def loop() -> None:
         try:
-            run()
+            sizes.append(run())
             for _ in range(repeat):
                 started = time.perf_counter()
                 run()
@@ -177,7 +180,11 @@ def measure(engine: str, job: str, path: Path, repeat: int) -> dict[str, float]:
     thread.join()
     if failure:
         raise failure[0]
-    return {"ms": statistics.median(timings), "rss_mb": peak_rss_kb() / 1024}
+    return {
+        "ms": statistics.median(timings),
+        "rss_mb": peak_rss_kb() / 1024,
+        "kb": sizes[0] / 1024,
+    }
 
 
 def peak_rss_kb() -> int:
@@ -250,6 +257,7 @@ def main() -> None:
     header = (
         f"{'source':<11} {'job':<12} {'imageproc':>9} {'1-by-1':>7} {'Pillow':>7} {'pyvips':>7}"
         f" {'÷pyvips':>7} {'÷Pillow':>7}   peak RSS MB: imageproc  1-by-1  Pillow  pyvips"
+        "   output KB: imageproc  Pillow  pyvips"
     )
     print(
         f"ms per job (median of {args.repeat}), one thread; ratios are imageproc's time over theirs"
@@ -272,7 +280,8 @@ def main() -> None:
                 f" {cell(vips, 'ms'):>7} {ratio(mine, vips['ms'] if vips else None):>7}"
                 f" {ratio(mine, pillow['ms'] if pillow else None):>7}   {'':>12}"
                 f" {cell(ours, 'rss_mb'):>9} {cell(results.get('one by one'), 'rss_mb'):>7}"
-                f" {cell(pillow, 'rss_mb'):>7} {cell(vips, 'rss_mb'):>7}",
+                f" {cell(pillow, 'rss_mb'):>7} {cell(vips, 'rss_mb'):>7}   {'':>10}"
+                f" {cell(ours, 'kb'):>9} {cell(pillow, 'kb'):>7} {cell(vips, 'kb'):>7}",
                 flush=True,
             )
 

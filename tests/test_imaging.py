@@ -3,8 +3,10 @@ from __future__ import annotations
 import functools
 import io
 import math
+import random
 import struct
 import zlib
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -137,17 +139,30 @@ def test_error_messages_do_not_name_memory_objects() -> None:
 
 
 @functools.cache
-def detailed_jpeg(width: int, height: int, *, orientation: int | None = None) -> bytes:
-    """A JPEG with fine detail everywhere (a Mandelbrot set per channel), so resampling shows."""
+def detailed_picture(width: int, height: int, *, grain: bool = False) -> Image.Image:
+    """Fine detail everywhere (a Mandelbrot set per channel), so resampling shows; with ``grain``,
+    12 % of seeded noise on every pixel as well (the hardest case for a box-like filter)."""
     channels = [
         Image.effect_mandelbrot((width, height), (-2.0 + i * 0.1, -1.2, 1.0, 1.2), 40)
         for i in range(3)
     ]
+    picture = Image.merge("RGB", channels)
+    if grain:
+        noise = Image.frombytes("L", (width, height), random.Random(7).randbytes(width * height))
+        picture = Image.blend(picture, Image.merge("RGB", [noise] * 3), 0.12)
+    return picture
+
+
+@functools.cache
+def detailed_jpeg(
+    width: int, height: int, *, orientation: int | None = None, grain: bool = False
+) -> bytes:
+    """:func:`detailed_picture` as a JPEG (quality 92)."""
     exif = Image.Exif()
     if orientation is not None:
         exif[0x0112] = orientation
     buffer = io.BytesIO()
-    Image.merge("RGB", channels).save(buffer, "JPEG", quality=92, exif=exif)
+    detailed_picture(width, height, grain=grain).save(buffer, "JPEG", quality=92, exif=exif)
     return buffer.getvalue()
 
 
@@ -159,15 +174,84 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else 20 * math.log10(255 / math.sqrt(mse))
 
 
-def test_shrink_target_allows_what_every_variant_can_afford() -> None:
-    from imageproc.imaging import shrink_target
+def test_draft_scale_allows_what_every_variant_can_afford() -> None:
+    from imageproc.imaging import draft_scale
 
-    assert shrink_target(Pipeline.parse("fit:256x256"), 4000, 3000) == (512, 384)  # 2x 256
-    both = Pipeline.parse("a=fit:256x256;b=fill:500x500")
-    assert shrink_target(both, 4000, 3000) == (1334, 1000)  # fill covers: 3000 -> 500, x2
-    assert shrink_target(Pipeline.parse("a=fit:256x256;b=png"), 4000, 3000) is None
-    assert shrink_target(Pipeline.parse("crop:0,0,10,10,fit:5x5"), 4000, 3000) is None
-    assert shrink_target(Pipeline.parse("fit:2000x2000"), 4000, 3000) is None  # not 2x smaller
+    def scale(text: str, width: int = 4000, height: int = 3000) -> int:
+        return draft_scale(Pipeline.parse(text), width, height)
+
+    assert scale("fit:256x256") == 4  # 1/8 would leave 1.95x, under the 2.5x that 1/8 needs
+    assert scale("fit:256x256", 6000, 4000) == 8  # 750x500 leaves 2.93x
+    assert scale("fit:200x200") == 8  # 500x375 leaves 2.5x
+    assert scale("fit:201x201") == 4
+    assert scale("fit:1600x1600") == 2  # 2000x1500 leaves 1.25x: enough at 1/2
+    assert scale("fit:1601x1601") == 1  # 1/2 would leave less than 1.25x
+    assert scale("a=fit:256x256;b=fit:1024x1024;c=fit:1600x1600,jpeg", 6000, 4000) == 2
+    assert scale("a=fit:256x256;b=fill:500x500") == 2  # fill covers: 3000 -> 500
+    assert scale("a=fit:256x256;b=pad:300x300") == 4
+    assert scale("a=fit:256x256;b=png") == 1  # one variant needs every pixel
+    assert scale("crop:0,0,10,10,fit:5x5") == 1
+    assert scale("resize:8000x,upscale") == 1
+
+
+def decoded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Sizes of the images ``render`` decodes from now on, in order."""
+    from imageproc import imaging
+
+    sizes: list[tuple[int, int]] = []
+    real = imaging.decode
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        decoded = real(*args, **kwargs)
+        sizes.append(decoded.size)
+        return decoded
+
+    monkeypatch.setattr(imaging, "decode", spy)
+    return sizes
+
+
+def resamplings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(from, to) sizes of every scaling ``render`` does from now on, in order."""
+    from imageproc import transforms
+
+    calls: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    real = transforms._resize
+
+    def spy(image: Image.Image, size: tuple[int, int], box: Any = None) -> Image.Image:
+        calls.append((image.size, size))
+        return real(image, size, box)
+
+    monkeypatch.setattr(transforms, "_resize", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "decoded", "steps"),
+    [
+        ("fit:100x100,png", (250, 188), [((250, 188), (100, 75))]),
+        ("fit:120x120,png", (500, 375), [((500, 375), (120, 90))]),  # 1/8 would leave 2.08x
+        ("fit:240x240,png", (500, 375), [((500, 375), (240, 180))]),  # 1/4 leaves 2.08x
+        ("fit:400x400,png", (1000, 750), [((1000, 750), (400, 300))]),  # 1/4 would leave 1.25x
+        ("fit:800x800,png", (1000, 750), [((1000, 750), (800, 600))]),
+        ("fit:801x801,png", (2000, 1500), [((2000, 1500), (801, 601))]),
+        (
+            "a=fit:100x100,png;b=fit:1200x1200,png;c=fit:750x750,png",
+            (2000, 1500),
+            # Biggest first; 750 from 1200 (1.6x); 100 from 750, the smallest base 1.5x its size.
+            [((2000, 1500), (1200, 900)), ((1200, 900), (750, 562)), ((750, 562), (100, 75))],
+        ),
+    ],
+)
+def test_each_variant_starts_from_the_planned_decode_and_base(
+    pipeline: str,
+    decoded: tuple[int, int],
+    steps: list[tuple[tuple[int, int], tuple[int, int]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes, calls = decoded_sizes(monkeypatch), resamplings(monkeypatch)
+    render(detailed_jpeg(2000, 1500), Pipeline.parse(pipeline))
+    assert sizes == [decoded]
+    assert calls == steps
 
 
 @pytest.mark.parametrize(
@@ -186,7 +270,7 @@ def test_shrunk_and_shared_decodes_give_the_predicted_sizes(
         assert (result.width, result.height) == variant.target_size(*upright), variant.name
 
 
-@pytest.mark.parametrize("target", [256, 1024])
+@pytest.mark.parametrize("target", [256, 1024, 1600, 2000])
 def test_fast_paths_stay_within_1_db_of_a_full_decode(target: int) -> None:
     data = detailed_jpeg(4000, 3000)
     (ours,) = render(data, Pipeline.parse(f"fit:{target}x{target},jpeg:q85"))
@@ -197,6 +281,35 @@ def test_fast_paths_stay_within_1_db_of_a_full_decode(target: int) -> None:
     reference.save(naive, "JPEG", quality=85, optimize=True)
     with Image.open(io.BytesIO(ours.data)) as mine, Image.open(naive) as theirs:
         assert psnr(mine, reference) >= psnr(theirs, reference) - 1.0
+
+
+@pytest.mark.parametrize("grain", [False, True])
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        "a=fit:1600x1600,png",  # decoded at 1/2, then 1.25x
+        "a=fit:1200x1200,png",  # 1/2, then 1.67x
+        "a=fit:1600x1600,png;b=fit:1024x1024,png;c=fit:256x256,png",  # b from a, c from b
+        "a=fit:256x256,png",  # 1/4, then 3.9x
+        "a=fit:500x500,png",  # 1/4, then 2x
+        "a=fit:200x200,png",  # 1/8, then 2.5x
+    ],
+)
+def test_shrunk_decodes_and_shared_bases_stay_within_1_db_of_a_full_decode(
+    pipeline: str, grain: bool
+) -> None:
+    # Lossless outputs, measured against the ideal: the picture the JPEG was made from, scaled
+    # with LANCZOS. A full decode and one LANCZOS pass from it is what we must stay within 1 dB of.
+    picture = detailed_picture(4000, 3000, grain=grain)
+    data = detailed_jpeg(4000, 3000, grain=grain)
+    with Image.open(io.BytesIO(data)) as full:
+        full.load()
+        for result in render(data, Pipeline.parse(pipeline)):
+            size = (result.width, result.height)
+            ideal = picture.resize(size, Image.Resampling.LANCZOS)
+            naive = full.resize(size, Image.Resampling.LANCZOS)
+            with Image.open(io.BytesIO(result.data)) as ours:
+                assert psnr(ours, ideal) >= psnr(naive, ideal) - 1.0, (result.name, size)
 
 
 def test_a_smaller_variant_from_a_bigger_one_stays_within_1_db() -> None:
