@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imageproc import ImageLimits, InvalidImage, Pipeline
-from imageproc.imaging import probe, render
+from imageproc import ImageLimits, InvalidImage, InvalidPipeline, Pipeline
+from imageproc.imaging import check_output_sizes, probe, render
 from imageproc.testing import sample_image
 from tests.images import INVERSE
 
@@ -129,6 +129,25 @@ def test_render_refuses_outputs_over_the_pixel_limit() -> None:
     data = sample_image(16, 2000, "PNG")
     with pytest.raises(InvalidPipeline, match="over the limit of 50000000 pixels"):
         render(data, Pipeline.parse("resize:4096x,upscale,png"))
+
+
+def test_what_the_header_shows_impossible_is_refused_before_storing() -> None:
+    limits = ImageLimits()
+    wide = Pipeline.parse("w=webp")  # WebP holds at most 16383 pixels a side
+    with pytest.raises(InvalidPipeline, match="variant 'w': a 17000x100 image is larger than webp"):
+        check_output_sizes(wide, 17000, 100, limits, input_format="PNG")
+    check_output_sizes(Pipeline.parse("w=png"), 17000, 100, limits, input_format="PNG")
+    check_output_sizes(Pipeline.parse("w=fit:4000x4000,webp"), 17000, 100, limits)
+    # `original` is checked against the input's format when it is known.
+    with pytest.raises(InvalidPipeline, match="larger than gif can hold"):
+        check_output_sizes(Pipeline.parse("o=original"), 70000, 10, limits, input_format="GIF")
+    # A crop outside the image whichever way EXIF turns it is refused; one outside only one
+    # way is left to the worker, which knows the orientation.
+    with pytest.raises(InvalidPipeline, match="'c': crop:700,0,10,10 starts outside the"):
+        check_output_sizes(Pipeline.parse("c=crop:700,0,10,10"), 600, 400, limits)
+    check_output_sizes(Pipeline.parse("c=crop:500,0,10,10"), 600, 400, limits)
+    with pytest.raises(InvalidPipeline, match="starts outside the 600x400 image"):
+        render(sample_image(600, 400), Pipeline.parse("c=crop:0,500,10,10,png"))
 
 
 def test_error_messages_do_not_name_memory_objects() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline import (
     Blur,
     Colour,
@@ -90,9 +91,14 @@ def test_flip() -> None:
     assert colour_at(apply(quadrants(), Flip("v")), 5, 5) == (0, 0, 255)
 
 
-def test_crop_outside_the_image_changes_nothing() -> None:
+def test_a_crop_outside_the_image_is_an_error_not_the_whole_image() -> None:
     image = quadrants()
-    assert apply(image, Crop(500, 500, 10, 10)) is image
+    with pytest.raises(InvalidPipeline) as error:
+        apply(image, Crop(500, 0, 10, 10))
+    assert error.value.message == (
+        f"crop:500,0,10,10 starts outside the {image.width}x{image.height} image it is applied to"
+    )
+    assert not error.value.transient  # the task fails; trying again cannot help
 
 
 def test_pad_letterboxes_with_the_colour() -> None:

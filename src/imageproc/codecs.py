@@ -41,6 +41,7 @@ __all__ = [
     "Decoded",
     "ImageLimits",
     "Metadata",
+    "check_side",
     "decode",
     "encode",
     "mapped_errors",
@@ -638,6 +639,17 @@ def _upright_xmp(xmp: object) -> bytes | None:
 # --- encoding ------------------------------------------------------------------------------------
 
 
+def check_side(encoding: Encoding, width: int, height: int) -> None:
+    """Raise :class:`~imageproc.InvalidPipeline` if ``encoding`` (resolved) cannot hold a
+    ``width`` x ``height`` image (JPEG, WebP and GIF have a largest side)."""
+    limit = _MAX_SIDE.get(encoding.pillow_format)
+    if limit is not None and max(width, height) > limit:
+        raise InvalidPipeline(
+            f"a {width}x{height} image is larger than {encoding.format} can hold"
+            f" ({limit} pixels a side)"
+        )
+
+
 def encode(
     frames: Sequence[Image.Image],
     encoding: Encoding,
@@ -672,13 +684,7 @@ def encode(
     pillow_format = encoding.pillow_format
     if pillow_format == "AVIF" and not features.check("avif"):
         raise ConfigurationError("this Pillow was built without AVIF support; cannot write avif")
-    width, height = frames[0].size
-    limit = _MAX_SIDE.get(pillow_format)
-    if limit is not None and max(width, height) > limit:
-        raise InvalidPipeline(
-            f"a {width}x{height} image is larger than {encoding.format} can hold"
-            f" ({limit} pixels a side)"
-        )
+    check_side(encoding, *frames[0].size)
     prepared = [_for_format(frame, pillow_format, background) for frame in frames]
     options = _options(encoding, prepared[0].mode, metadata)
     if len(prepared) > 1:

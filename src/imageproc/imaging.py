@@ -23,6 +23,7 @@ from imageproc.codecs import (
     DEFAULT_FORMATS,
     Decoded,
     ImageLimits,
+    check_side,
     decode,
     encode,
     mapped_errors,
@@ -30,9 +31,20 @@ from imageproc.codecs import (
     source_format,
 )
 from imageproc.errors import InvalidPipeline
-from imageproc.pipeline import Encoding, Fill, Fit, Operation, Pad, Pipeline, Resize, Variant
+from imageproc.pipeline import (
+    Crop,
+    Encoding,
+    Fill,
+    Fit,
+    Operation,
+    Pad,
+    Pipeline,
+    Resize,
+    Variant,
+)
 from imageproc.placeholder import placeholder
 from imageproc.task import SourceInfo
+from imageproc.transforms import crop_outside
 
 __all__ = ["DEFAULT_FORMATS", "ImageLimits", "Rendered", "draft_scale", "probe", "render"]
 
@@ -146,23 +158,66 @@ def draft_scale(pipeline: Pipeline, width: int, height: int) -> int:
     return 1
 
 
-def check_output_sizes(pipeline: Pipeline, width: int, height: int, limits: ImageLimits) -> None:
-    """Refuse a pipeline that would make any image, intermediate or final, of more pixels than
-    ``limits.max_pixels`` from a ``width`` x ``height`` source, whichever way EXIF turns it.
+def check_output_sizes(
+    pipeline: Pipeline,
+    width: int,
+    height: int,
+    limits: ImageLimits,
+    *,
+    input_format: str | None = None,
+) -> None:
+    """Refuse, from the header alone, a pipeline this ``width`` x ``height`` source cannot
+    satisfy, so the upload is refused before it is stored rather than failing in a worker.
 
-    A small source and ``resize:…,upscale`` could otherwise ask for gigabytes.
+    EXIF may turn the source, and the header read here does not say which way, so each check
+    runs on both orientations: any image, intermediate or final, of more pixels than
+    ``limits.max_pixels`` in either is refused (a small source and ``resize:…,upscale`` could
+    otherwise ask for gigabytes), and so is a crop that starts outside the image, or an output
+    larger than its format can hold, in both. ``input_format`` (Pillow's name) resolves
+    ``original``; without it ``original`` outputs are not checked against their format.
     """
-    for w, h in {(width, height), (height, width)}:
+    # As stored first, so a message names the image as the user knows it.
+    orientations = list(dict.fromkeys([(width, height), (height, width)]))
+    # Variant name → why it cannot be made, per orientation where it cannot.
+    impossible: dict[str, list[str]] = {}
+    for w, h in orientations:
         for variant in pipeline.variants:
-            size = (w, h)
-            for operation in variant.operations:
-                size = operation.target_size(*size, upscale=variant.upscale)
-                if size[0] * size[1] > limits.max_pixels:
-                    raise InvalidPipeline(
-                        f"variant {variant.name!r} would make a {size[0]}x{size[1]} image from"
-                        f" this {width}x{height} source, over the limit of {limits.max_pixels}"
-                        " pixels"
-                    )
+            problem = _impossible(variant, w, h, width, height, limits, input_format)
+            if problem is not None:
+                impossible.setdefault(variant.name, []).append(problem)
+    for name, problems in impossible.items():
+        if len(problems) == len(orientations):
+            raise InvalidPipeline(f"variant {name!r}: {problems[0]}")
+
+
+def _impossible(
+    variant: Variant,
+    w: int,
+    h: int,
+    width: int,
+    height: int,
+    limits: ImageLimits,
+    input_format: str | None,
+) -> str | None:
+    """Why ``variant`` cannot be made from a ``w`` x ``h`` upright source, or None. Raises at once
+    for an image over the pixel limit: memory safety does not depend on the orientation."""
+    size = (w, h)
+    for operation in variant.operations:
+        if isinstance(operation, Crop) and operation.box(*size) is None:
+            return crop_outside(operation, *size).message
+        size = operation.target_size(*size, upscale=variant.upscale)
+        if size[0] * size[1] > limits.max_pixels:
+            raise InvalidPipeline(
+                f"variant {variant.name!r} would make a {size[0]}x{size[1]} image from this"
+                f" {width}x{height} source, over the limit of {limits.max_pixels} pixels"
+            )
+    if variant.encoding.format == "original" and input_format is None:
+        return None
+    try:
+        check_side(variant.encoding.resolve(input_format or ""), *size)
+    except InvalidPipeline as error:
+        return error.message
+    return None
 
 
 def render(
@@ -193,7 +248,7 @@ def render(
             # decoding; it is also cheap there (APP1 precedes the pixels), whereas a PNG's
             # getexif() decodes the whole image to reach chunks after the pixel data.
             turned = fmt == "JPEG" and _orientation(header) in _TURNED
-        check_output_sizes(pipeline, *stored, limits)  # checks both orientations
+        check_output_sizes(pipeline, *stored, limits, input_format=fmt)  # both orientations
         encodings = {v.name: v.encoding.resolve(fmt) for v in pipeline.variants}
         animate = {
             v.name: encodings[v.name].animates and not v.first_frame for v in pipeline.variants

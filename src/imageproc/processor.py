@@ -215,7 +215,9 @@ class Processor:
         resolved = self.pipeline if pipeline is None else self._resolve(pipeline)
         data = _read_source(source, self.image_limits.max_bytes)
         info = imaging.probe(data, self.image_limits)
-        imaging.check_output_sizes(resolved, info.width, info.height, self.image_limits)
+        imaging.check_output_sizes(
+            resolved, info.width, info.height, self.image_limits, input_format=info.format
+        )
         key = keys.source_key(info.sha256, imaging.extension_for(info.format))
         content_type = imaging.content_type_for(info.format)
         # Content-addressed: the same upload is stored once, however often it is submitted.

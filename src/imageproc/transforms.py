@@ -12,6 +12,7 @@ from typing import Final
 
 from PIL import Image, ImageFilter, ImageOps
 
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline import (
     Blur,
     Colour,
@@ -27,7 +28,7 @@ from imageproc.pipeline import (
     Sharpen,
 )
 
-__all__ = ["apply", "fill_box"]
+__all__ = ["apply", "crop_outside", "fill_box"]
 
 #: Pillow reduces by whole factors (cheap box averaging) down to this multiple of the target,
 #: then finishes with LANCZOS: far faster than LANCZOS all the way, and indistinguishable.
@@ -107,6 +108,12 @@ def _detail_offset(image: Image.Image, box_w: float, box_h: float) -> tuple[floa
     return (width - box_w) / 2, min(max(0.0, offset), height - box_h)
 
 
+def crop_outside(crop: Crop, width: int, height: int) -> InvalidPipeline:
+    """The error for a crop that starts outside a ``width`` x ``height`` image: it would keep
+    nothing, and handing back the whole image instead would hide the mistake."""
+    return InvalidPipeline(f"{crop} starts outside the {width}x{height} image it is applied to")
+
+
 def fill_box(image: Image.Image, fill: Fill, *, upscale: bool) -> tuple[float, float, float, float]:
     """The region of ``image`` that ``fill`` keeps, in source pixels (before scaling)."""
     width, height = image.size
@@ -158,7 +165,9 @@ def apply(
             return canvas
         case Crop():
             region = operation.box(image.width, image.height)
-            return image if region is None else image.crop(region)
+            if region is None:
+                raise crop_outside(operation, image.width, image.height)
+            return image.crop(region)
         case Rotate():
             if operation.degrees == 0:
                 return image
