@@ -12,8 +12,10 @@ and get the same requests: a ~200 KB JPEG in a multipart form (the documented wa
   shared with the image processing), API keys on;
 * imageproc (raw body): the same server, the JPEG sent as an ``image/jpeg`` body.
 
-Prints requests per second, p50 and p99 latency, and each row's throughput as a ratio of the
-floor's. Bounded: a fixed number of requests, a timeout on every request and on the servers.
+Prints requests per second, p50 and p99 latency, the CPU time each request cost the server and
+the client (the server's from ``/proc``, so on Linux; both share the machine's cores), and each
+row's throughput as a ratio of the floor's. Bounded: a fixed number of requests, a timeout on
+every request and on the servers.
 """
 
 from __future__ import annotations
@@ -180,17 +182,45 @@ def load(
     return elapsed, latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far; NaN off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Row = tuple[str, float, float, float, float, float]
+
+
 def measure(
+    name: str,
+    server: subprocess.Popen[bytes],
     port: int,
     path: str,
     body: bytes,
     headers: dict[str, str],
     args: argparse.Namespace,
-) -> tuple[float, float, float]:
+) -> Row:
+    """One row: uploads/s, p50 and p99 in ms, server and client CPU ms per request."""
     load(port, path, body, headers, min(200, args.requests), args.concurrency)  # warm up
+    server_before, client_before = cpu_seconds(server.pid), time.process_time()
     elapsed, latencies = load(port, path, body, headers, args.requests, args.concurrency)
+    server_cpu = cpu_seconds(server.pid) - server_before
+    client_cpu = time.process_time() - client_before
     cuts = statistics.quantiles(latencies, n=100)
-    return len(latencies) / elapsed, cuts[49] * 1000, cuts[98] * 1000
+    count = len(latencies)
+    return (
+        name,
+        count / elapsed,
+        cuts[49] * 1000,
+        cuts[98] * 1000,
+        server_cpu / count * 1000,
+        client_cpu / count * 1000,
+    )
 
 
 def main() -> None:
@@ -206,7 +236,7 @@ def main() -> None:
 
     image = jpeg_of_about(200 * 1024)
     form, form_type = multipart(image)
-    rows: list[tuple[str, float, float, float]] = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="imageproc-bench-") as folder:
         port = free_port()
         floor_dir = os.path.join(folder, "floor")
@@ -217,9 +247,14 @@ def main() -> None:
         )
         try:
             rows.append(
-                (
+                measure(
                     "floor (bare Starlette, write body)",
-                    *measure(port, "/upload", form, {"Content-Type": form_type}, args),
+                    floor,
+                    port,
+                    "/upload",
+                    form,
+                    {"Content-Type": form_type},
+                    args,
                 )
             )
         finally:
@@ -246,21 +281,25 @@ def main() -> None:
         auth = {"Authorization": f"Bearer {KEY}"}
         try:
             rows.append(
-                (
+                measure(
                     f"imageproc multipart (workers={args.workers})",
-                    *measure(port, "/api/upload", form, {**auth, "Content-Type": form_type}, args),
+                    server,
+                    port,
+                    "/api/upload",
+                    form,
+                    {**auth, "Content-Type": form_type},
+                    args,
                 )
             )
             rows.append(
-                (
+                measure(
                     f"imageproc raw body (workers={args.workers})",
-                    *measure(
-                        port,
-                        "/api/upload?pipeline=thumb%3Dfit%3A256x256%2Cwebp",
-                        image,
-                        {**auth, "Content-Type": "image/jpeg"},
-                        args,
-                    ),
+                    server,
+                    port,
+                    "/api/upload?pipeline=thumb%3Dfit%3A256x256%2Cwebp",
+                    image,
+                    {**auth, "Content-Type": "image/jpeg"},
+                    args,
                 )
             )
         finally:
@@ -271,9 +310,15 @@ def main() -> None:
         f"{len(image) // 1024} KB JPEG, {args.requests} requests, concurrency {args.concurrency},"
         f" {os.cpu_count()} CPUs (client and server share them)"
     )
-    print(f"{'':40} {'uploads/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'x floor':>8}")
-    for name, rate, p50, p99 in rows:
-        print(f"{name:40} {rate:10.1f} {p50:8.1f} {p99:8.1f} {rate / floor_rate:8.2f}")
+    print(
+        f"{'':40} {'uploads/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'server CPU':>10} {'client CPU':>10} {'x floor':>8}"
+    )
+    for name, rate, p50, p99, server_ms, client_ms in rows:
+        print(
+            f"{name:40} {rate:10.1f} {p50:8.1f} {p99:8.1f}"
+            f" {server_ms:8.2f}ms {client_ms:8.2f}ms {rate / floor_rate:8.2f}"
+        )
 
 
 if __name__ == "__main__":
