@@ -20,15 +20,21 @@ instance, reads ``a?versionId=x`` as ``a``; today's key rules already refuse ``?
 guarantee if they loosen). The first segment ``.imageproc`` holds the storage's own bookkeeping;
 keys never reach it (hidden names are refused, and this module refuses that segment itself too).
 
-**Content types.** S3 keeps an object's ``Content-Type`` itself, so S3 uses it. Elsewhere the
-content type goes to a small sidecar object under ``.imageproc/content-type/<key>`` in the same
-root. Deriving it from the key's extension is not enough (a key need not have an extension, and
-the caller chooses the type), extended attributes exist neither on every local filesystem nor on
-fsspec's memory or other backends, and a header inside the data file would stop the folder from
-being a plain folder of images that anything can serve. ``put`` removes the old sidecar before it
-writes the data and writes the new sidecar after it, so whatever a crash interrupts, an object's
-type is never a stale one from an earlier object: at worst it is missing, and a missing sidecar
-(also: files copied into the folder by hand) falls back to a guess from the extension.
+**Content types.** S3 keeps an object's ``Content-Type`` itself, so S3 uses it. Elsewhere an
+object's type is the one its key's extension implies, from a fixed table in this module
+(``.jpg`` → ``image/jpeg``, ``.webp`` → ``image/webp``, … every format imageproc stores), unless a
+small sidecar object under ``.imageproc/content-type/<key>`` in the same root says otherwise.
+``put`` writes a sidecar only when the caller's type differs from the implied one (a key without
+an extension, or a type the caller chose): imageproc's own keys carry the extension of their
+format, so storing an original or an output is one file, not two. The table is fixed rather than
+:mod:`mimetypes` because the latter reads the machine's own ``mime.types``, and a type skipped on
+one machine must read back the same on any other. Extended attributes exist neither on every
+local filesystem nor on fsspec's memory or other backends, and a header inside the data file would
+stop the folder from being a plain folder of images that anything can serve. ``put`` removes the
+old sidecar before it writes the data and writes any new sidecar after it, so whatever a crash
+interrupts, an object's type is never a stale one from an earlier object: at worst it is missing,
+and a missing sidecar (also: files copied into the folder by hand) falls back to the extension
+(the table, then :mod:`mimetypes`, then ``application/octet-stream``).
 
 **Atomic writes.** On a local folder ``put`` writes a temporary file in the destination's own
 directory, flushes and syncs it, then moves it over the key with :func:`os.replace`; a failed or
@@ -93,12 +99,20 @@ S3_ENDPOINT_ENV: Final = "IMAGEPROC_S3_ENDPOINT_URL"
 _RESERVED: Final = ".imageproc"
 _CONTENT_TYPES: Final = (_RESERVED, "content-type")
 _FALLBACK_TYPE: Final = "application/octet-stream"
-#: Extensions older mimetypes tables lack (the formats the engine writes).
-_IMAGE_TYPES: Final = {
+#: The content type an extension implies, whatever the machine's mimetypes tables say: every
+#: format imageproc stores. ``put`` writes no sidecar for an object whose type this implies.
+_IMPLIED_TYPES: Final = {
     ".avif": "image/avif",
+    ".bmp": "image/bmp",
+    ".gif": "image/gif",
     ".heic": "image/heic",
     ".heif": "image/heif",
+    ".jpeg": "image/jpeg",
+    ".jpg": "image/jpeg",
     ".jxl": "image/jxl",
+    ".png": "image/png",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
     ".webp": "image/webp",
 }
 #: Printable ASCII: what an HTTP header (S3's Content-Type) can carry without surprises.
@@ -340,9 +354,13 @@ def _redact(url: str) -> str:
     return _USERINFO.sub(r"\1***@", url)
 
 
+def _implied_type(key: str) -> str | None:
+    """The type the key's extension implies in the table, or None."""
+    return _IMPLIED_TYPES.get(os.path.splitext(key)[1].lower())
+
+
 def _guess_type(key: str) -> str:
-    extension = os.path.splitext(key)[1].lower()
-    return _IMAGE_TYPES.get(extension) or mimetypes.guess_type(key)[0] or _FALLBACK_TYPE
+    return _implied_type(key) or mimetypes.guess_type(key)[0] or _FALLBACK_TYPE
 
 
 def _parse_content_type(raw: bytes, key: str) -> str:
@@ -454,7 +472,8 @@ class _LocalDriver(_Driver):
         path, meta = self._data(key), self._meta(key)
         _unlink(meta)
         _atomic_write(path, data)
-        _atomic_write(meta, content_type.encode("ascii"))
+        if content_type != _implied_type(key):
+            _atomic_write(meta, content_type.encode("ascii"))
 
     def read(self, key: str) -> bytes:
         with open(self._data(key), "rb") as file:
@@ -561,7 +580,8 @@ class _FsspecDriver(_Driver):
         with suppress(FileNotFoundError):
             self.fs.rm_file(meta)
         self.fs.pipe_file(path, data)
-        self.fs.pipe_file(meta, content_type.encode("ascii"))
+        if content_type != _implied_type(key):
+            self.fs.pipe_file(meta, content_type.encode("ascii"))
 
     def read(self, key: str) -> bytes:
         path = self._data(key)
