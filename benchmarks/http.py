@@ -4,9 +4,14 @@
 
 Both servers run as their own uvicorn process on 127.0.0.1, one after the other in the same run,
 and get the same requests: a ~200 KB JPEG in a multipart form (the documented way to upload), from
-``--concurrency`` client threads each holding one keep-alive connection (``http.client``).
+``--concurrency`` client threads each holding one keep-alive connection (``http.client``). Every
+request carries a different image (a counter in a JPEG comment), as real uploads do: imageproc
+stores originals content-addressed, so the same bytes sent again are stored once, and a run of
+identical uploads would measure only that shortcut (``--same-image`` measures it on purpose).
 
-* floor: a Starlette endpoint that reads the body and writes it to a file (off the event loop);
+* floor: a Starlette endpoint that reads the body and writes it to a new file (off the event
+  loop), without an fsync: like an upload imageproc has answered, the file survives the server
+  process crashing (it is in the operating system's cache), not necessarily a power loss;
 * imageproc: ``examples/starlette_app.py`` on SQLite + a local folder, with ``--workers`` worker
   threads in the server (0 by default: the upload path alone; with workers the server's CPU is
   shared with the image processing), API keys on;
@@ -30,6 +35,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse  # noqa: E402
 import http.client  # noqa: E402
 import io  # noqa: E402
+import itertools  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
@@ -46,6 +52,10 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
+#: A JPEG comment in the image whose 16 hex digits each request replaces with its own number.
+MARK = b"imageproc-bench:"
+MARK_DIGITS = 16
+_numbers = itertools.count()
 
 
 def jpeg_of_about(target: int) -> bytes:
@@ -57,7 +67,7 @@ def jpeg_of_about(target: int) -> bytes:
         small = Image.frombytes("RGB", (side // 2, side // 2), noise[: (side // 2) ** 2 * 3])
         image = small.resize((side, side), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
+        image.save(buffer, "JPEG", quality=85, comment=MARK + b"0" * MARK_DIGITS)
         if buffer.tell() >= target:
             return buffer.getvalue()
         side += 40
@@ -141,13 +151,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def load(
-    port: int, path: str, body: bytes, headers: dict[str, str], requests: int, concurrency: int
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    requests: int,
+    concurrency: int,
+    *,
+    same_image: bool = False,
 ) -> tuple[float, list[float]]:
-    """Send ``requests`` POSTs from ``concurrency`` threads; (seconds, latencies)."""
+    """Send ``requests`` POSTs from ``concurrency`` threads; (seconds, latencies).
+
+    Each request gets a body of its own (a new number in the image's comment) unless
+    ``same_image``.
+    """
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(requests))
     failures: list[str] = []
+    at = body.index(MARK) + len(MARK)
+    head, tail = body[:at], body[at + MARK_DIGITS :]
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -157,8 +180,10 @@ def load(
                 with lock:
                     if next(counter, None) is None:
                         break
+                    number = next(_numbers)
+                content = body if same_image else b"%s%016x%s" % (head, number, tail)
                 started = time.perf_counter()
-                connection.request("POST", path, body=body, headers=headers)
+                connection.request("POST", path, body=content, headers=headers)
                 response = connection.getresponse()
                 response.read()
                 mine.append(time.perf_counter() - started)
@@ -206,9 +231,12 @@ def measure(
     args: argparse.Namespace,
 ) -> Row:
     """One row: uploads/s, p50 and p99 in ms, server and client CPU ms per request."""
-    load(port, path, body, headers, min(200, args.requests), args.concurrency)  # warm up
+    same = args.same_image
+    load(port, path, body, headers, min(200, args.requests), args.concurrency, same_image=same)
     server_before, client_before = cpu_seconds(server.pid), time.process_time()
-    elapsed, latencies = load(port, path, body, headers, args.requests, args.concurrency)
+    elapsed, latencies = load(
+        port, path, body, headers, args.requests, args.concurrency, same_image=same
+    )
     server_cpu = cpu_seconds(server.pid) - server_before
     client_cpu = time.process_time() - client_before
     cuts = statistics.quantiles(latencies, n=100)
@@ -228,6 +256,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="worker threads in the server")
+    parser.add_argument(
+        "--same-image",
+        action="store_true",
+        help="send the same image every time (imageproc then stores the original once)",
+    )
     parser.add_argument("--serve-floor", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_floor:
@@ -307,7 +340,8 @@ def main() -> None:
 
     floor_rate = rows[0][1]
     print(
-        f"{len(image) // 1024} KB JPEG, {args.requests} requests, concurrency {args.concurrency},"
+        f"{len(image) // 1024} KB JPEG ({'the same' if args.same_image else 'a new one'} each"
+        f" time), {args.requests} requests, concurrency {args.concurrency},"
         f" {os.cpu_count()} CPUs (client and server share them)"
     )
     print(
