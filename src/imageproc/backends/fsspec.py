@@ -457,6 +457,22 @@ class _LocalDriver(_Driver):
         self.root = os.path.realpath(root)
 
     def _resolve(self, *parts: str) -> str:
+        # What os.path.realpath gives, with fewer system calls: the root is resolved already,
+        # so only the key's own segments (valid ones: no "", "." or "..") are looked at, and
+        # only while they exist (what does not exist cannot be a link). Any symbolic link on
+        # the way sends the whole path through realpath and the containment check.
+        path = self.root
+        for index, part in enumerate(parts):
+            path = os.path.join(path, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return os.path.join(path, *parts[index + 1 :])
+            if stat_module.S_ISLNK(mode):
+                return self._resolve_links(*parts)
+        return path
+
+    def _resolve_links(self, *parts: str) -> str:
         real = os.path.realpath(os.path.join(self.root, *parts))
         if real == self.root or os.path.commonpath([real, self.root]) != self.root:
             raise InvalidKey("storage key resolves outside the storage root (through a symlink)")
@@ -469,10 +485,16 @@ class _LocalDriver(_Driver):
         return self._resolve(*_CONTENT_TYPES, *key.split("/"))
 
     def write(self, key: str, data: bytes, content_type: str) -> None:
-        path, meta = self._data(key), self._meta(key)
-        _unlink(meta)
+        path = self._data(key)
+        sidecar = content_type != _implied_type(key)
+        # Most objects have no sidecar and get none: one look (through any links; it is only a
+        # hint) finds there is none to remove, before resolving the sidecar's path properly.
+        meta = None
+        if sidecar or os.path.lexists(os.path.join(self.root, *_CONTENT_TYPES, key)):
+            meta = self._meta(key)
+            _unlink(meta)
         _atomic_write(path, data)
-        if content_type != _implied_type(key):
+        if meta is not None and sidecar:
             _atomic_write(meta, content_type.encode("ascii"))
 
     def read(self, key: str) -> bytes:
@@ -521,12 +543,15 @@ def _unlink(path: str) -> None:
 def _atomic_write(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     # os.open rather than mkstemp: mkstemp makes the file 0600, but the object should get the
     # usual umask-based mode (a web server may serve the folder). O_EXCL never follows a link.
     temporary = os.path.join(directory, f".imageproc-{secrets.token_hex(8)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(temporary, flags, 0o666)
+    try:
+        fd = os.open(temporary, flags, 0o666)
+    except FileNotFoundError:  # the directory is new: make it (one system call saved otherwise)
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(temporary, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
