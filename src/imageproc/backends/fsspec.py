@@ -298,6 +298,21 @@ class FsspecStorage:
             except Exception as error:
                 raise self._driver.map_error(op, key, error) from error
 
+        # The first try runs bare (tenacity's machinery costs more CPU than a local file
+        # operation); a retryable failure becomes tenacity's first attempt, so the tries, waits
+        # and logging are exactly those of a tenacity loop.
+        try:
+            return attempt()
+        except StorageError as error:
+            if not _is_retryable(error) or self.retry_attempts == 1:
+                raise
+            first: list[StorageError] = [error]
+
+        def again() -> _T:
+            if first:
+                raise first.pop()
+            return attempt()
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_is_retryable),
             stop=tenacity.stop_after_attempt(self.retry_attempts),
@@ -307,7 +322,7 @@ class FsspecStorage:
             before_sleep=tenacity.before_sleep_log(logger, logging.WARNING),
             reraise=True,
         )
-        return retrying(attempt)
+        return retrying(again)
 
     def _stream_error(self, key: str) -> Callable[[Exception], ImageprocError]:
         return lambda error: self._driver.map_error("read", key, error)
