@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import mimetypes
+import os
 import secrets
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from imageproc import (
     StorageError,
     TaskStatus,
 )
+from imageproc.backends import fsspec as fsspec_backend
 from imageproc.backends.fsspec import S3_ENDPOINT_ENV, FsspecStorage
 from imageproc.backends.memory import MemoryQueue, MemoryRepository
 from imageproc.testing import FAST_OPTIONS, sample_image
@@ -322,6 +324,21 @@ def test_processor_stores_originals_and_outputs_without_sidecars(plain: FsspecSt
     assert _sidecars(plain) == []
     assert plain.stat(done.source_key).content_type == "image/jpeg"
     assert {plain.stat(o.key).content_type for o in done.outputs} == {"image/webp", "image/png"}
+
+
+def test_new_directories_are_synced_into_their_parents(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FsspecStorage(f"file://{tmp_path}/store")
+    root = os.path.realpath(tmp_path / "store")
+    synced: list[str] = []
+    monkeypatch.setattr(fsspec_backend, "_sync_directory", synced.append)
+    storage.put("originals/ab/abcd.jpg", b"data", content_type="image/jpeg")
+    # The parents of both new directories, top down, then the directory holding the object.
+    assert synced == [root, f"{root}/originals", f"{root}/originals/ab"]
+    synced.clear()
+    storage.put("originals/ab/abce.jpg", b"data", content_type="image/jpeg")
+    assert synced == [f"{root}/originals/ab"]
 
 
 # -- configuration -----------------------------------------------------------------------------

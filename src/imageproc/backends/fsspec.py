@@ -37,7 +37,8 @@ and a missing sidecar (also: files copied into the folder by hand) falls back to
 (the table, then :mod:`mimetypes`, then ``application/octet-stream``).
 
 **Atomic writes.** On a local folder ``put`` writes a temporary file in the destination's own
-directory, flushes and syncs it, then moves it over the key with :func:`os.replace`; a failed or
+directory, flushes and syncs it, then moves it over the key with :func:`os.replace` and syncs the
+directory (and, for a directory it had to make, each new directory's parent); a failed or
 interrupted write never leaves a partial object under the key (a crash can leave a hidden
 ``.imageproc-*.tmp`` file behind, never a half image). Object stores replace an object whole.
 
@@ -565,7 +566,7 @@ def _atomic_write(path: str, data: bytes) -> None:
     try:
         fd = os.open(temporary, flags, 0o666)
     except FileNotFoundError:  # the directory is new: make it (one system call saved otherwise)
-        os.makedirs(directory, exist_ok=True)
+        _make_directories(directory)
         fd = os.open(temporary, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
@@ -578,6 +579,19 @@ def _atomic_write(path: str, data: bytes) -> None:
             os.unlink(temporary)
         raise
     _sync_directory(directory)
+
+
+def _make_directories(directory: str) -> None:
+    """Make ``directory`` and any missing parents, durably: each new directory's entry is synced
+    in its parent, or a power loss could take a synced file away with the directory it is in."""
+    missing = []
+    parent = directory
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    os.makedirs(directory, exist_ok=True)
+    for made in reversed(missing):
+        _sync_directory(os.path.dirname(made))
 
 
 def _sync_directory(directory: str) -> None:
