@@ -4,16 +4,23 @@
 
 Both servers run as their own uvicorn process on 127.0.0.1, one after the other in the same run,
 and get the same requests: a ~200 KB JPEG in a multipart form (the documented way to upload), from
-``--concurrency`` client threads each holding one keep-alive connection (``http.client``).
+``--concurrency`` client threads each holding one keep-alive connection (``http.client``). Every
+request carries a different image (a counter in a JPEG comment), as real uploads do: imageproc
+stores originals content-addressed, so the same bytes sent again are stored once, and a run of
+identical uploads would measure only that shortcut (``--same-image`` measures it on purpose).
 
-* floor: a Starlette endpoint that reads the body and writes it to a file (off the event loop);
+* floor: a Starlette endpoint that reads the body and writes it to a new file (off the event
+  loop), without an fsync: like an upload imageproc has answered, the file survives the server
+  process crashing (it is in the operating system's cache), not necessarily a power loss;
 * imageproc: ``examples/starlette_app.py`` on SQLite + a local folder, with ``--workers`` worker
   threads in the server (0 by default: the upload path alone; with workers the server's CPU is
   shared with the image processing), API keys on;
 * imageproc (raw body): the same server, the JPEG sent as an ``image/jpeg`` body.
 
-Prints requests per second, p50 and p99 latency, and each row's throughput as a ratio of the
-floor's. Bounded: a fixed number of requests, a timeout on every request and on the servers.
+Prints requests per second, p50 and p99 latency, the CPU time each request cost the server and
+the client (the server's from ``/proc``, so on Linux; both share the machine's cores), and each
+row's throughput as a ratio of the floor's. Bounded: a fixed number of requests, a timeout on
+every request and on the servers.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse  # noqa: E402
 import http.client  # noqa: E402
 import io  # noqa: E402
+import itertools  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import signal  # noqa: E402
@@ -44,6 +52,10 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
+#: A JPEG comment in the image whose 16 hex digits each request replaces with its own number.
+MARK = b"imageproc-bench:"
+MARK_DIGITS = 16
+_numbers = itertools.count()
 
 
 def jpeg_of_about(target: int) -> bytes:
@@ -55,7 +67,7 @@ def jpeg_of_about(target: int) -> bytes:
         small = Image.frombytes("RGB", (side // 2, side // 2), noise[: (side // 2) ** 2 * 3])
         image = small.resize((side, side), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
+        image.save(buffer, "JPEG", quality=85, comment=MARK + b"0" * MARK_DIGITS)
         if buffer.tell() >= target:
             return buffer.getvalue()
         side += 40
@@ -139,13 +151,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def load(
-    port: int, path: str, body: bytes, headers: dict[str, str], requests: int, concurrency: int
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    requests: int,
+    concurrency: int,
+    *,
+    same_image: bool = False,
 ) -> tuple[float, list[float]]:
-    """Send ``requests`` POSTs from ``concurrency`` threads; (seconds, latencies)."""
+    """Send ``requests`` POSTs from ``concurrency`` threads; (seconds, latencies).
+
+    Each request gets a body of its own (a new number in the image's comment) unless
+    ``same_image``.
+    """
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(requests))
     failures: list[str] = []
+    at = body.index(MARK) + len(MARK)
+    head, tail = body[:at], body[at + MARK_DIGITS :]
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -155,8 +180,10 @@ def load(
                 with lock:
                     if next(counter, None) is None:
                         break
+                    number = next(_numbers)
+                content = body if same_image else b"%s%016x%s" % (head, number, tail)
                 started = time.perf_counter()
-                connection.request("POST", path, body=body, headers=headers)
+                connection.request("POST", path, body=content, headers=headers)
                 response = connection.getresponse()
                 response.read()
                 mine.append(time.perf_counter() - started)
@@ -180,17 +207,48 @@ def load(
     return elapsed, latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far; NaN off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Row = tuple[str, float, float, float, float, float]
+
+
 def measure(
+    name: str,
+    server: subprocess.Popen[bytes],
     port: int,
     path: str,
     body: bytes,
     headers: dict[str, str],
     args: argparse.Namespace,
-) -> tuple[float, float, float]:
-    load(port, path, body, headers, min(200, args.requests), args.concurrency)  # warm up
-    elapsed, latencies = load(port, path, body, headers, args.requests, args.concurrency)
+) -> Row:
+    """One row: uploads/s, p50 and p99 in ms, server and client CPU ms per request."""
+    same = args.same_image
+    load(port, path, body, headers, min(200, args.requests), args.concurrency, same_image=same)
+    server_before, client_before = cpu_seconds(server.pid), time.process_time()
+    elapsed, latencies = load(
+        port, path, body, headers, args.requests, args.concurrency, same_image=same
+    )
+    server_cpu = cpu_seconds(server.pid) - server_before
+    client_cpu = time.process_time() - client_before
     cuts = statistics.quantiles(latencies, n=100)
-    return len(latencies) / elapsed, cuts[49] * 1000, cuts[98] * 1000
+    count = len(latencies)
+    return (
+        name,
+        count / elapsed,
+        cuts[49] * 1000,
+        cuts[98] * 1000,
+        server_cpu / count * 1000,
+        client_cpu / count * 1000,
+    )
 
 
 def main() -> None:
@@ -198,6 +256,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="worker threads in the server")
+    parser.add_argument(
+        "--same-image",
+        action="store_true",
+        help="send the same image every time (imageproc then stores the original once)",
+    )
     parser.add_argument("--serve-floor", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_floor:
@@ -206,7 +269,7 @@ def main() -> None:
 
     image = jpeg_of_about(200 * 1024)
     form, form_type = multipart(image)
-    rows: list[tuple[str, float, float, float]] = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="imageproc-bench-") as folder:
         port = free_port()
         floor_dir = os.path.join(folder, "floor")
@@ -217,9 +280,14 @@ def main() -> None:
         )
         try:
             rows.append(
-                (
+                measure(
                     "floor (bare Starlette, write body)",
-                    *measure(port, "/upload", form, {"Content-Type": form_type}, args),
+                    floor,
+                    port,
+                    "/upload",
+                    form,
+                    {"Content-Type": form_type},
+                    args,
                 )
             )
         finally:
@@ -246,21 +314,25 @@ def main() -> None:
         auth = {"Authorization": f"Bearer {KEY}"}
         try:
             rows.append(
-                (
+                measure(
                     f"imageproc multipart (workers={args.workers})",
-                    *measure(port, "/api/upload", form, {**auth, "Content-Type": form_type}, args),
+                    server,
+                    port,
+                    "/api/upload",
+                    form,
+                    {**auth, "Content-Type": form_type},
+                    args,
                 )
             )
             rows.append(
-                (
+                measure(
                     f"imageproc raw body (workers={args.workers})",
-                    *measure(
-                        port,
-                        "/api/upload?pipeline=thumb%3Dfit%3A256x256%2Cwebp",
-                        image,
-                        {**auth, "Content-Type": "image/jpeg"},
-                        args,
-                    ),
+                    server,
+                    port,
+                    "/api/upload?pipeline=thumb%3Dfit%3A256x256%2Cwebp",
+                    image,
+                    {**auth, "Content-Type": "image/jpeg"},
+                    args,
                 )
             )
         finally:
@@ -268,12 +340,19 @@ def main() -> None:
 
     floor_rate = rows[0][1]
     print(
-        f"{len(image) // 1024} KB JPEG, {args.requests} requests, concurrency {args.concurrency},"
+        f"{len(image) // 1024} KB JPEG ({'the same' if args.same_image else 'a new one'} each"
+        f" time), {args.requests} requests, concurrency {args.concurrency},"
         f" {os.cpu_count()} CPUs (client and server share them)"
     )
-    print(f"{'':40} {'uploads/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'x floor':>8}")
-    for name, rate, p50, p99 in rows:
-        print(f"{name:40} {rate:10.1f} {p50:8.1f} {p99:8.1f} {rate / floor_rate:8.2f}")
+    print(
+        f"{'':40} {'uploads/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'server CPU':>10} {'client CPU':>10} {'x floor':>8}"
+    )
+    for name, rate, p50, p99, server_ms, client_ms in rows:
+        print(
+            f"{name:40} {rate:10.1f} {p50:8.1f} {p99:8.1f}"
+            f" {server_ms:8.2f}ms {client_ms:8.2f}ms {rate / floor_rate:8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -441,6 +441,24 @@ def test_a_file_backed_round_trip(file_processor: Processor) -> None:
         assert len(response.content) == task["outputs"][0]["bytes"]
 
 
+def test_a_file_backed_upload_keeps_no_sidecars_and_serves_its_types(
+    file_processor: Processor, tmp_path: Path
+) -> None:
+    with client_for(file_processor) as client:
+        task = finished(client, file_processor, upload(client, pipeline=PIPELINE).json()["id"])
+        served = {
+            image["key"]: client.get(path_of(image["url"])).headers["content-type"]
+            for image in (task["source"], *task["outputs"])
+        }
+    assert served == {
+        task["source"]["key"]: "image/jpeg",
+        task["outputs"][0]["key"]: "image/png",
+        task["outputs"][1]["key"]: "image/webp",
+    }
+    # Every key imageproc made carries its format's extension: no type needed writing down.
+    assert not (tmp_path / "store" / ".imageproc").exists()
+
+
 # -- signed URLs --------------------------------------------------------------------------------
 
 

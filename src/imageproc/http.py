@@ -87,8 +87,7 @@ PRIORITY_RANGE: Final = range(-1000, 1001)
 RETRY_AFTER: Final = 5
 #: How long a queue depth reading is reused, so back-pressure costs no query per upload.
 QUEUE_DEPTH_TTL: Final = 0.5
-#: Submits run at once (each in a thread): on SQLite, and on any other repository.
-SQLITE_SUBMITS: Final = 2
+#: Submits run at once (each in a thread).
 CONCURRENT_SUBMITS: Final = 16
 #: How long /readyz waits for the backends before saying "not ready".
 READY_TIMEOUT: Final = 5.0
@@ -209,14 +208,11 @@ class _Service:
         self.url_ttl = url_ttl
         self.metrics_registry = metrics_registry
         self._depth: tuple[float, int] | None = None
-        # SQLite takes one writer at a time and its busy handler sleeps between tries, so many
-        # threads submitting at once mostly wait in those sleeps (p99 over 700 ms at 16 clients
-        # in benchmarks/http.py, 70 ms with two at a time, same throughput). Other backends
-        # (network round trips, S3 puts of new originals) gain from more submits in flight.
-        sqlite = getattr(processor.repository, "dialect", None) == "sqlite"
-        self.submit_limiter = anyio.CapacityLimiter(
-            SQLITE_SUBMITS if sqlite else CONCURRENT_SUBMITS
-        )
+        # Submits in flight at once. SQLite used to get two (its busy handler slept between
+        # tries while many threads fought for the write lock); adds now queue in the process
+        # and share transactions (backends/groupcommit.py), and with distinct uploads 16 gave
+        # more throughput than 2 or 4 in benchmarks/http.py.
+        self.submit_limiter = anyio.CapacityLimiter(CONCURRENT_SUBMITS)
 
     # -- access ---------------------------------------------------------------------------
 

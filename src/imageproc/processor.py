@@ -455,6 +455,21 @@ class Processor:
 
     def _in_place(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call ``fn``, retrying a few times at once on a transient imageproc error."""
+        # The first try runs bare: tenacity's machinery costs more CPU than a local storage
+        # call, and almost every call succeeds. A failure is handed to tenacity as its first
+        # attempt, so the tries, waits and stop are exactly those of a tenacity loop.
+        try:
+            return fn(*args)
+        except ImageprocError as error:
+            if not error.transient or self._in_place_tries == 1:
+                raise
+            first: list[ImageprocError] = [error]
+
+        def again(*args: Any) -> _T:
+            if first:
+                raise first.pop()
+            return fn(*args)
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(
                 lambda e: isinstance(e, ImageprocError) and e.transient
@@ -465,7 +480,7 @@ class Processor:
             ),
             reraise=True,
         )
-        return retrying(fn, *args)
+        return retrying(again, *args)
 
     def _resolve(self, spec: Pipeline | str, *, allow_any: bool = False) -> Pipeline:
         if isinstance(spec, str) and spec in self.presets:

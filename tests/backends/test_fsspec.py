@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import mimetypes
+import os
 import secrets
 import subprocess
 import sys
@@ -31,11 +33,18 @@ from imageproc import (
     StorageError,
     TaskStatus,
 )
+from imageproc.backends import fsspec as fsspec_backend
 from imageproc.backends.fsspec import S3_ENDPOINT_ENV, FsspecStorage
+from imageproc.backends.memory import MemoryQueue, MemoryRepository
 from imageproc.testing import FAST_OPTIONS, sample_image
 from tests.s3server import S3Server
 
 FLAKY = "imageproc-flaky"
+
+
+def _memory_backends() -> tuple[MemoryQueue, MemoryRepository]:
+    repository = MemoryRepository()
+    return MemoryQueue(repository), repository
 
 
 def _client_error(status: int, code: str) -> ClientError:
@@ -234,6 +243,102 @@ def test_errors_while_streaming_are_mapped(
             stream.read()
         assert failure.value.transient
         assert stream.read() == b"png"  # the stream itself is still usable
+
+
+# -- content types -----------------------------------------------------------------------------
+
+
+def _sidecars(storage: FsspecStorage) -> list[str]:
+    """Every content-type sidecar the storage holds, as keys."""
+    base = f"{storage.root}/.imageproc/content-type/"
+    if not storage.fs.exists(base):
+        return []
+    return sorted(path.removeprefix(base) for path in storage.fs.find(base))
+
+
+@pytest.fixture(params=["file", "memory"])
+def plain(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[FsspecStorage]:
+    """A storage with sidecars: a local folder, or fsspec's memory filesystem."""
+    if request.param == "file":
+        yield FsspecStorage(f"file://{tmp_path}/store")
+        return
+    storage = FsspecStorage(f"memory://imageproc-tests/{secrets.token_hex(6)}")
+    yield storage
+    with suppress(FileNotFoundError):
+        storage.fs.rm(storage.root, recursive=True)
+
+
+def test_no_sidecar_when_the_extension_implies_the_type(plain: FsspecStorage) -> None:
+    implied = {
+        "originals/ab/abcdef.jpg": "image/jpeg",
+        "outputs/t/thumb.webp": "image/webp",
+        "outputs/t/large.PNG": "image/png",
+        "outputs/t/anim.gif": "image/gif",
+        "outputs/t/scan.tiff": "image/tiff",
+        "outputs/t/photo.avif": "image/avif",
+        "originals/cd/cdef.heic": "image/heic",
+    }
+    for key, content_type in implied.items():
+        plain.put(key, b"data", content_type=content_type)
+    assert _sidecars(plain) == []
+    for key, content_type in implied.items():
+        assert plain.stat(key).content_type == content_type
+
+
+def test_a_sidecar_when_the_type_is_not_the_implied_one(plain: FsspecStorage) -> None:
+    plain.put("no-extension", b"data", content_type="image/avif")
+    plain.put("a/b.png", b"data", content_type="image/webp")
+    plain.put("c.jpg", b"data", content_type="image/JPEG")  # the caller's spelling is kept
+    assert _sidecars(plain) == ["a/b.png", "c.jpg", "no-extension"]
+    assert plain.stat("no-extension").content_type == "image/avif"
+    assert plain.stat("a/b.png").content_type == "image/webp"
+    assert plain.stat("c.jpg").content_type == "image/JPEG"
+
+
+def test_replacing_with_the_implied_type_drops_the_old_sidecar(plain: FsspecStorage) -> None:
+    plain.put("a/b.png", b"one", content_type="image/webp")
+    plain.put("a/b.png", b"two", content_type="image/png")
+    assert _sidecars(plain) == []
+    assert plain.stat("a/b.png").content_type == "image/png"
+    plain.delete("a/b.png")
+    assert not plain.exists("a/b.png")
+
+
+def test_implied_types_do_not_depend_on_the_machines_mimetypes(
+    plain: FsspecStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A type written without a sidecar on one machine reads back the same on any other.
+    plain.put("outputs/t/thumb.jpg", b"data", content_type="image/jpeg")
+    plain.put("outputs/t/thumb.webp", b"data", content_type="image/webp")
+    monkeypatch.setattr(mimetypes, "guess_type", lambda *args, **kwargs: ("text/x-odd", None))
+    assert plain.stat("outputs/t/thumb.jpg").content_type == "image/jpeg"
+    assert plain.stat("outputs/t/thumb.webp").content_type == "image/webp"
+
+
+def test_processor_stores_originals_and_outputs_without_sidecars(plain: FsspecStorage) -> None:
+    processor = Processor(plain, *_memory_backends(), **FAST_OPTIONS)
+    task = processor.submit(sample_image(64, 48), "thumb=fit:32x32,webp;big=fit:48x48,png")
+    processor.run_until_idle()
+    done = processor.get(task.id)
+    assert done.status == TaskStatus.SUCCEEDED
+    assert _sidecars(plain) == []
+    assert plain.stat(done.source_key).content_type == "image/jpeg"
+    assert {plain.stat(o.key).content_type for o in done.outputs} == {"image/webp", "image/png"}
+
+
+def test_new_directories_are_synced_into_their_parents(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FsspecStorage(f"file://{tmp_path}/store")
+    root = os.path.realpath(tmp_path / "store")
+    synced: list[str] = []
+    monkeypatch.setattr(fsspec_backend, "_sync_directory", synced.append)
+    storage.put("originals/ab/abcd.jpg", b"data", content_type="image/jpeg")
+    # The parents of both new directories, top down, then the directory holding the object.
+    assert synced == [root, f"{root}/originals", f"{root}/originals/ab"]
+    synced.clear()
+    storage.put("originals/ab/abce.jpg", b"data", content_type="image/jpeg")
+    assert synced == [f"{root}/originals/ab"]
 
 
 # -- configuration -----------------------------------------------------------------------------

@@ -20,18 +20,25 @@ instance, reads ``a?versionId=x`` as ``a``; today's key rules already refuse ``?
 guarantee if they loosen). The first segment ``.imageproc`` holds the storage's own bookkeeping;
 keys never reach it (hidden names are refused, and this module refuses that segment itself too).
 
-**Content types.** S3 keeps an object's ``Content-Type`` itself, so S3 uses it. Elsewhere the
-content type goes to a small sidecar object under ``.imageproc/content-type/<key>`` in the same
-root. Deriving it from the key's extension is not enough (a key need not have an extension, and
-the caller chooses the type), extended attributes exist neither on every local filesystem nor on
-fsspec's memory or other backends, and a header inside the data file would stop the folder from
-being a plain folder of images that anything can serve. ``put`` removes the old sidecar before it
-writes the data and writes the new sidecar after it, so whatever a crash interrupts, an object's
-type is never a stale one from an earlier object: at worst it is missing, and a missing sidecar
-(also: files copied into the folder by hand) falls back to a guess from the extension.
+**Content types.** S3 keeps an object's ``Content-Type`` itself, so S3 uses it. Elsewhere an
+object's type is the one its key's extension implies, from a fixed table in this module
+(``.jpg`` → ``image/jpeg``, ``.webp`` → ``image/webp``, … every format imageproc stores), unless a
+small sidecar object under ``.imageproc/content-type/<key>`` in the same root says otherwise.
+``put`` writes a sidecar only when the caller's type differs from the implied one (a key without
+an extension, or a type the caller chose): imageproc's own keys carry the extension of their
+format, so storing an original or an output is one file, not two. The table is fixed rather than
+:mod:`mimetypes` because the latter reads the machine's own ``mime.types``, and a type skipped on
+one machine must read back the same on any other. Extended attributes exist neither on every
+local filesystem nor on fsspec's memory or other backends, and a header inside the data file would
+stop the folder from being a plain folder of images that anything can serve. ``put`` removes the
+old sidecar before it writes the data and writes any new sidecar after it, so whatever a crash
+interrupts, an object's type is never a stale one from an earlier object: at worst it is missing,
+and a missing sidecar (also: files copied into the folder by hand) falls back to the extension
+(the table, then :mod:`mimetypes`, then ``application/octet-stream``).
 
 **Atomic writes.** On a local folder ``put`` writes a temporary file in the destination's own
-directory, flushes and syncs it, then moves it over the key with :func:`os.replace`; a failed or
+directory, flushes and syncs it, then moves it over the key with :func:`os.replace` and syncs the
+directory (and, for a directory it had to make, each new directory's parent); a failed or
 interrupted write never leaves a partial object under the key (a crash can leave a hidden
 ``.imageproc-*.tmp`` file behind, never a half image). Object stores replace an object whole.
 
@@ -93,12 +100,20 @@ S3_ENDPOINT_ENV: Final = "IMAGEPROC_S3_ENDPOINT_URL"
 _RESERVED: Final = ".imageproc"
 _CONTENT_TYPES: Final = (_RESERVED, "content-type")
 _FALLBACK_TYPE: Final = "application/octet-stream"
-#: Extensions older mimetypes tables lack (the formats the engine writes).
-_IMAGE_TYPES: Final = {
+#: The content type an extension implies, whatever the machine's mimetypes tables say: every
+#: format imageproc stores. ``put`` writes no sidecar for an object whose type this implies.
+_IMPLIED_TYPES: Final = {
     ".avif": "image/avif",
+    ".bmp": "image/bmp",
+    ".gif": "image/gif",
     ".heic": "image/heic",
     ".heif": "image/heif",
+    ".jpeg": "image/jpeg",
+    ".jpg": "image/jpeg",
     ".jxl": "image/jxl",
+    ".png": "image/png",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
     ".webp": "image/webp",
 }
 #: Printable ASCII: what an HTTP header (S3's Content-Type) can carry without surprises.
@@ -284,6 +299,21 @@ class FsspecStorage:
             except Exception as error:
                 raise self._driver.map_error(op, key, error) from error
 
+        # The first try runs bare (tenacity's machinery costs more CPU than a local file
+        # operation); a retryable failure becomes tenacity's first attempt, so the tries, waits
+        # and logging are exactly those of a tenacity loop.
+        try:
+            return attempt()
+        except StorageError as error:
+            if not _is_retryable(error) or self.retry_attempts == 1:
+                raise
+            first: list[StorageError] = [error]
+
+        def again() -> _T:
+            if first:
+                raise first.pop()
+            return attempt()
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_is_retryable),
             stop=tenacity.stop_after_attempt(self.retry_attempts),
@@ -293,7 +323,7 @@ class FsspecStorage:
             before_sleep=tenacity.before_sleep_log(logger, logging.WARNING),
             reraise=True,
         )
-        return retrying(attempt)
+        return retrying(again)
 
     def _stream_error(self, key: str) -> Callable[[Exception], ImageprocError]:
         return lambda error: self._driver.map_error("read", key, error)
@@ -340,9 +370,13 @@ def _redact(url: str) -> str:
     return _USERINFO.sub(r"\1***@", url)
 
 
+def _implied_type(key: str) -> str | None:
+    """The type the key's extension implies in the table, or None."""
+    return _IMPLIED_TYPES.get(os.path.splitext(key)[1].lower())
+
+
 def _guess_type(key: str) -> str:
-    extension = os.path.splitext(key)[1].lower()
-    return _IMAGE_TYPES.get(extension) or mimetypes.guess_type(key)[0] or _FALLBACK_TYPE
+    return _implied_type(key) or mimetypes.guess_type(key)[0] or _FALLBACK_TYPE
 
 
 def _parse_content_type(raw: bytes, key: str) -> str:
@@ -439,6 +473,22 @@ class _LocalDriver(_Driver):
         self.root = os.path.realpath(root)
 
     def _resolve(self, *parts: str) -> str:
+        # What os.path.realpath gives, with fewer system calls: the root is resolved already,
+        # so only the key's own segments (valid ones: no "", "." or "..") are looked at, and
+        # only while they exist (what does not exist cannot be a link). Any symbolic link on
+        # the way sends the whole path through realpath and the containment check.
+        path = self.root
+        for index, part in enumerate(parts):
+            path = os.path.join(path, part)
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return os.path.join(path, *parts[index + 1 :])
+            if stat_module.S_ISLNK(mode):
+                return self._resolve_links(*parts)
+        return path
+
+    def _resolve_links(self, *parts: str) -> str:
         real = os.path.realpath(os.path.join(self.root, *parts))
         if real == self.root or os.path.commonpath([real, self.root]) != self.root:
             raise InvalidKey("storage key resolves outside the storage root (through a symlink)")
@@ -451,10 +501,17 @@ class _LocalDriver(_Driver):
         return self._resolve(*_CONTENT_TYPES, *key.split("/"))
 
     def write(self, key: str, data: bytes, content_type: str) -> None:
-        path, meta = self._data(key), self._meta(key)
-        _unlink(meta)
+        path = self._data(key)
+        sidecar = content_type != _implied_type(key)
+        # Most objects have no sidecar and get none: one look (through any links; it is only a
+        # hint) finds there is none to remove, before resolving the sidecar's path properly.
+        meta = None
+        if sidecar or os.path.lexists(os.path.join(self.root, *_CONTENT_TYPES, key)):
+            meta = self._meta(key)
+            _unlink(meta)
         _atomic_write(path, data)
-        _atomic_write(meta, content_type.encode("ascii"))
+        if meta is not None and sidecar:
+            _atomic_write(meta, content_type.encode("ascii"))
 
     def read(self, key: str) -> bytes:
         with open(self._data(key), "rb") as file:
@@ -502,12 +559,15 @@ def _unlink(path: str) -> None:
 def _atomic_write(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     # os.open rather than mkstemp: mkstemp makes the file 0600, but the object should get the
     # usual umask-based mode (a web server may serve the folder). O_EXCL never follows a link.
     temporary = os.path.join(directory, f".imageproc-{secrets.token_hex(8)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(temporary, flags, 0o666)
+    try:
+        fd = os.open(temporary, flags, 0o666)
+    except FileNotFoundError:  # the directory is new: make it (one system call saved otherwise)
+        _make_directories(directory)
+        fd = os.open(temporary, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
@@ -519,6 +579,19 @@ def _atomic_write(path: str, data: bytes) -> None:
             os.unlink(temporary)
         raise
     _sync_directory(directory)
+
+
+def _make_directories(directory: str) -> None:
+    """Make ``directory`` and any missing parents, durably: each new directory's entry is synced
+    in its parent, or a power loss could take a synced file away with the directory it is in."""
+    missing = []
+    parent = directory
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    os.makedirs(directory, exist_ok=True)
+    for made in reversed(missing):
+        _sync_directory(os.path.dirname(made))
 
 
 def _sync_directory(directory: str) -> None:
@@ -561,7 +634,8 @@ class _FsspecDriver(_Driver):
         with suppress(FileNotFoundError):
             self.fs.rm_file(meta)
         self.fs.pipe_file(path, data)
-        self.fs.pipe_file(meta, content_type.encode("ascii"))
+        if content_type != _implied_type(key):
+            self.fs.pipe_file(meta, content_type.encode("ascii"))
 
     def read(self, key: str) -> bytes:
         path = self._data(key)

@@ -34,10 +34,17 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 
 from imageproc.clock import Clock, utcnow
-from imageproc.errors import BackendUnavailable, ConfigurationError, LeaseLost, TaskNotFound
+from imageproc.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ImageprocError,
+    LeaseLost,
+    TaskNotFound,
+)
 from imageproc.protocols import Lease, QueueStats
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
+from .groupcommit import GroupCommit
 from .sqlschema import (
     OUTCOME_COLUMNS,
     VERSION_TABLE,
@@ -124,14 +131,46 @@ class SQLBackend:
     # -- Repository -------------------------------------------------------------------------
 
     def add(self, task: Task) -> None:
-        """Record a new task; a queued one is claimable at once (and idle workers are woken)."""
-        with self._begin(write=True) as conn:
-            try:
-                conn.execute(tasks.insert().values(**task_to_row(task)))
-            except exc.IntegrityError as error:
-                raise ValueError(f"task {task.id} already exists") from error
-            if task.status == TaskStatus.QUEUED:
-                self._notify(conn)
+        """Record a new task; a queued one is claimable at once (and idle workers are woken).
+
+        On SQLite, tasks that threads add at the same time share one transaction (a group
+        commit, :mod:`imageproc.backends.groupcommit`): SQLite has one writer at a time, so
+        they would otherwise queue on its lock for a commit, and a sync of the log, each. Every
+        call still returns only once its own task is committed.
+        """
+        if self.dialect != "sqlite":
+            [error] = self._insert([task])
+            if error is not None:
+                raise error
+            return
+        adds: GroupCommit[Task] | None = self.__dict__.get("_adds")
+        if adds is None:  # made on first use; setdefault keeps one if threads race here
+            adds = self.__dict__.setdefault("_adds", GroupCommit(self._insert))
+        adds.run(task)
+
+    def _insert(self, batch: Sequence[Task]) -> list[Exception | None]:
+        """Insert ``batch`` in one transaction: for each task None, or the error to raise."""
+        try:
+            with self._begin(write=True) as conn:
+                # One statement with a list of rows: compiled once and cached, where building
+                # it with .values(**row) cost more CPU than the insert itself.
+                conn.execute(tasks.insert(), [task_to_row(task) for task in batch])
+                if any(task.status == TaskStatus.QUEUED for task in batch):
+                    self._notify(conn)
+        except exc.IntegrityError as error:
+            if len(batch) > 1:  # one task already recorded must not fail the others
+                return [result for task in batch for result in self._insert([task])]
+            duplicate = ValueError(f"task {batch[0].id} already exists")
+            duplicate.__cause__ = error
+            return [duplicate]
+        except ImageprocError as error:
+            # The database is unavailable. Each caller gets an exception of its own: one raised
+            # in several threads at once would mix their tracebacks.
+            copies = [type(error)(error.message, transient=error.transient) for _ in batch[1:]]
+            for copy in copies:
+                copy.__cause__ = error.__cause__
+            return [error, *copies]
+        return [None] * len(batch)
 
     def get(self, task_id: str) -> Task:
         """The task with this id, or :class:`~imageproc.TaskNotFound`."""
