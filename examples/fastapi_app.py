@@ -58,9 +58,9 @@ def build(
 
     app = FastAPI(title="profiles", lifespan=lifespan)
     app.state.processor = processor
-    # Every imageproc endpoint (upload, status, image, healthz, …) under /images. Leave the mount
-    # unnamed: imageproc builds its URLs with url_for("status"), url_for("image"), and a named
-    # mount would only answer to "images:status".
+    # Every imageproc endpoint (upload, status, image, healthz, …) under /images. Unnamed, so
+    # this app's own code can say url_for("status", …) (a mount named "images" would make it
+    # "images:status"); imageproc's own links are right either way.
     app.mount("/images", create_app(processor, signing_keys=signing_keys))
 
     @app.post("/users/{user_id}/avatar", status_code=202)

@@ -665,3 +665,45 @@ def test_importing_imageproc_does_not_import_starlette() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", [None, "images"])
+def test_urls_are_right_when_mounted_named_or_not_under_a_route_of_the_same_name(
+    processor: Processor, name: str | None
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def own_status(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("the host application's own status page")
+
+    host = Starlette(
+        routes=[
+            Route("/status/{task_id}", own_status, name="status"),  # same name as ours
+            Mount("/images", app=create_app(processor), name=name),
+        ]
+    )
+    with TestClient(host) as client:
+        response = client.post(
+            "/images/upload",
+            files={"image": ("cat.jpg", JPEG, "image/jpeg")},
+            data={"pipeline": PIPELINE},
+        )
+        assert response.status_code == 202, response.text
+        task_id = response.json()["id"]
+        assert response.json()["status_url"] == f"http://testserver/images/status/{task_id}"
+        processor.run_until_idle()
+        status = client.get(f"/images/status/{task_id}")
+        assert status.status_code == 200, status.text
+        url = status.json()["outputs"][0]["url"]
+        assert url.startswith(f"http://testserver/images/image/outputs/{task_id}/thumb.png?")
+        assert client.get(url).status_code == 200
+
+
+def test_urls_carry_the_root_path_a_proxy_serves_under(processor: Processor) -> None:
+    with TestClient(create_app(processor), root_path="/pics") as client:
+        response = upload(client, pipeline=PIPELINE)
+        assert response.status_code == 202, response.text
+        task_id = response.json()["id"]
+        assert response.json()["status_url"] == f"http://testserver/pics/status/{task_id}"

@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
 from imageproc import keys as keyrules
 from imageproc.errors import (
@@ -213,6 +213,7 @@ class _Service:
         # and share transactions (backends/groupcommit.py), and with distinct uploads 16 gave
         # more throughput than 2 or 4 in benchmarks/http.py.
         self.submit_limiter = anyio.CapacityLimiter(CONCURRENT_SUBMITS)
+        self.router = Router()  # this app's own, once it is built
 
     # -- access ---------------------------------------------------------------------------
 
@@ -251,12 +252,24 @@ class _Service:
 
     # -- presentation -------------------------------------------------------------------------
 
+    def url_for(self, request: Request, name: str, **params: str) -> str:
+        """The absolute URL of one of this app's own routes.
+
+        From this app's router, not ``request.url_for``: that searches the router of the
+        outermost application, where a named ``Mount`` renames these routes (``images:status``)
+        and an application route of the same name would win. ``root_path`` holds the prefix this
+        app is mounted (or proxied) under.
+        """
+        path = self.router.url_path_for(name, **params)
+        prefix = str(request.scope.get("root_path", "")).rstrip("/")
+        return str(request.url.replace(path=prefix + path, query=""))
+
     def signed_url(self, request: Request, key: str) -> str:
         # Round the expiry up to a whole minute, so URLs minted close together are identical
         # and caches in front of the app see fewer distinct URLs.
         expires = math.ceil((time.time() + self.url_ttl.total_seconds()) / 60) * 60
         signature = self.signer.sign(key, expires)
-        base = str(request.url_for("image", image_key=key))
+        base = self.url_for(request, "image", image_key=key)
         return f"{base}?expires={expires}&signature={signature}"
 
     def task_json(self, request: Request, task: Task) -> dict[str, Any]:
@@ -533,7 +546,7 @@ def create_app(
                 await form.close()
             elif image is not None:
                 await image.close()
-        status_url = str(request.url_for("status", task_id=task.id))
+        status_url = service.url_for(request, "status", task_id=task.id)
         return JSONResponse(
             {
                 "id": task.id,
@@ -658,6 +671,7 @@ def create_app(
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.imageproc = service
+    service.router = app.router
     return app
 
 
