@@ -3,7 +3,6 @@ Processor runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -127,32 +126,59 @@ def test_unsupported_databases_are_refused() -> None:
         SQLBackend("mysql://root@localhost/x")
 
 
+def listening(request: pytest.FixtureRequest, url: str) -> SQLBackend:
+    """A backend of its own (another process, as far as wake-ups go) whose listener is up."""
+    waiter = SQLBackend(url, poll_interval=30)
+    request.addfinalizer(waiter.close)
+    waiter.wait(0.05)  # starts the listener
+    time.sleep(0.3)  # for its LISTEN to take effect
+    return waiter
+
+
+def notified(waiter: SQLBackend, seen: int, within: float) -> bool:
+    """Whether ``waiter`` was woken (its listener heard a notification) since ``seen``.
+
+    Waiting in ``wait`` would not tell: a waiting thread also wakes to poll."""
+    deadline = time.monotonic() + within
+    while waiter._wakeup._generation == seen:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 @pytest.mark.postgres
 def test_a_notification_wakes_an_idle_worker_of_another_process(
     request: pytest.FixtureRequest,
 ) -> None:
     url = request.getfixturevalue("postgres_url")
-    waiter, submitter = SQLBackend(url, poll_interval=30), SQLBackend(url)
-    request.addfinalizer(waiter.close)
+    waiter, submitter = listening(request, url), SQLBackend(url)
     request.addfinalizer(submitter.close)
-    waiter.claim("w", lease_seconds=30)  # nothing yet; this is when it starts listening from
-    waiter.wait(0.05)  # starts the listener
-    time.sleep(0.3)
-    woke = threading.Event()
-
-    def idle_worker() -> None:
-        waiter.wait(10.0)
-        woke.set()
-
-    thread = threading.Thread(target=idle_worker)
-    thread.start()
-    time.sleep(0.2)
-    started = time.monotonic()
+    seen = waiter._wakeup._generation
     submitter.add(new_task())
-    assert woke.wait(5.0)
-    latency = time.monotonic() - started
-    thread.join(5)
-    assert latency < 0.5, f"woke after {latency:.3f}s"
+    assert notified(waiter, seen, within=0.5)
+
+
+@pytest.mark.postgres
+def test_record_many_that_requeues_a_due_task_wakes_other_processes(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("postgres_url")
+    worker = SQLBackend(url)
+    request.addfinalizer(worker.close)
+    for _ in range(3):
+        worker.add(new_task())
+    done, back, later = worker.claim("w", lease_seconds=30, limit=3)
+    waiter = listening(request, url)
+    now = utcnow()
+    seen = waiter._wakeup._generation
+    finished = [(done, done.task.succeed((), now))]
+    delayed = [(later, later.task.requeue(now, delay=timedelta(seconds=60)))]
+    assert worker.record_many(finished + delayed) == [True, True]
+    assert not notified(waiter, seen, within=0.3)  # nothing became claimable
+    assert worker.record_many([(back, back.task.unclaim(now))]) == [True]
+    assert notified(waiter, seen, within=0.5)
+    assert [lease.task.id for lease in waiter.claim("idle", lease_seconds=30)] == [back.task.id]
 
 
 @pytest.mark.postgres
@@ -170,7 +196,7 @@ def test_killed_connections_are_survived(request: pytest.FixtureRequest) -> None
             )
         )
     admin.dispose()
-    assert backend.get(task.id) == task  # pre-ping replaced the dead pooled connection
+    assert backend.get(task.id) == task  # the dead pooled connection was replaced
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -8,7 +8,9 @@ A claim is one statement: a CTE picks the claimable rows in claim order with
 an ``UPDATE … RETURNING`` leases them. *Claimable* is "queued and due, or processing under a lease
 that has expired", so a crashed worker's task is rescued by the next claim with no sweeper to
 forget. Completing, releasing and renewing match the lease token, so a worker whose lease was
-taken over cannot overwrite the new holder's result.
+taken over cannot overwrite the new holder's result. On PostgreSQL each of these is one
+statement in autocommit (one round trip), and :meth:`SQLBackend.record_many` writes a whole batch
+with one ``UPDATE … FROM unnest(…) RETURNING id``.
 
 Idle workers wake through ``LISTEN``/``NOTIFY`` on PostgreSQL (sent in the transaction that
 queues a task, not by a trigger) and fall back to polling; on SQLite they poll with backoff, and
@@ -21,8 +23,10 @@ locked SQLite file raise :class:`~imageproc.BackendUnavailable` (transient).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
+import select
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -31,6 +35,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from imageproc.clock import Clock, utcnow
@@ -88,11 +93,13 @@ class SQLBackend:
             connect_args = engine_options.setdefault("connect_args", {})
             connect_args.setdefault("timeout", sqlite_busy_timeout)
             connect_args.setdefault("check_same_thread", False)
-        else:
-            engine_options.setdefault("pool_pre_ping", True)
         self.engine: Engine = sa.create_engine(parsed, **engine_options)
+        # The same pool, for statements that are transactions by themselves (PostgreSQL).
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
+        else:
+            _check_connections_on_checkout(self.engine)
         self._url = parsed
         self._wakeup = _Wakeup()
         self._listener: _Listener | None = None
@@ -135,7 +142,7 @@ class SQLBackend:
 
     def get(self, task_id: str) -> Task:
         """The task with this id, or :class:`~imageproc.TaskNotFound`."""
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             row = conn.execute(tasks.select().where(tasks.c.id == task_id)).mappings().first()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
@@ -180,7 +187,7 @@ class SQLBackend:
 
     def source_in_use(self, source_key: str) -> bool:
         """Whether any task still refers to the original under ``source_key``."""
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             query = sa.select(tasks.c.id).where(tasks.c.source_key == source_key).limit(1)
             return conn.execute(query).first() is not None
 
@@ -193,7 +200,7 @@ class SQLBackend:
             sa.func.count().filter(tasks.c.status == _PROCESSING),
             sa.func.min(tasks.c.available_at).filter(queued, tasks.c.available_at <= now),
         ).where(tasks.c.status.in_([_QUEUED, _PROCESSING]))
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             waiting, running, oldest = conn.execute(query).one()
         return QueueStats(queued=waiting, processing=running, oldest_due_at=oldest)
 
@@ -224,7 +231,7 @@ class SQLBackend:
         # One random prefix per claim, the id per row: every lease gets a token of its own.
         token = secrets.token_hex(16) + ":"
         parameters = {"now": now, "expires": expires, "token": token, "worker": worker, "n": limit}
-        with self._begin(write=True) as conn:
+        with self._one_statement(write=True) as conn:
             rows = conn.execute(_CLAIM, parameters).mappings().all()
         claimed = [task_from_row(row) for row in rows]
         leased = sorted((t for t in claimed if t.status == TaskStatus.PROCESSING), key=_claim_key)
@@ -237,7 +244,7 @@ class SQLBackend:
         """Extend ``lease`` to ``lease_seconds`` from now, if it is still held."""
         expires = self.clock() + timedelta(seconds=lease_seconds)
         parameters = {"held_id": lease.task.id, "held_token": lease.token, "expires": expires}
-        with self._begin(write=True) as conn:
+        with self._one_statement(write=True) as conn:
             result = conn.execute(_RENEW, parameters)
         if result.rowcount == 0:
             raise _lost(lease)
@@ -276,22 +283,31 @@ class SQLBackend:
             raise _lost(lease)
 
     def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
-        """Record several outcomes in one transaction (one commit for the lot): each task is
-        written only if its lease is still held. Returns, for each, whether it was recorded.
+        """Record several outcomes at once (one commit for the lot): each task is written only if
+        its lease is still held. Returns, for each, whether it was recorded.
 
         Workers that claim in batches use this to complete a batch at once; ``complete`` and
-        ``release`` are the one-task case.
+        ``release`` are the one-task case. On PostgreSQL the batch is one statement, a round trip
+        by itself unless a requeued task is due at once (then a transaction also notifies).
         """
-        parameters = [_outcome(lease, task) for lease, task in results]
-        if not parameters:
+        if not results:
             return []
+        now = self.clock()
+        wakes = any(t.status == TaskStatus.QUEUED and t.available_at <= now for _, t in results)
+        if self.dialect == "postgresql":
+            with self._begin(write=True) if wakes else self._one_statement() as conn:
+                held = set(conn.execute(_RECORD_BATCH, _outcome_arrays(results)).scalars())
+                recorded = [lease.task.id in held for lease, _ in results]
+                if wakes and any(recorded):
+                    self._notify(conn)
+            return recorded
+        parameters = [_outcome(lease, task) for lease, task in results]
         with self._begin(write=True) as conn:
             if len(parameters) == 1:
                 # One task (the usual complete/release): the guarded UPDATE alone says it all.
                 recorded = [conn.execute(_RECORD, parameters[0]).rowcount == 1]
             else:
                 recorded = self._record_batch(conn, results, parameters)
-            now = self.clock()
             if any(
                 held and task.status == TaskStatus.QUEUED and task.available_at <= now
                 for held, (_, task) in zip(recorded, results, strict=True)
@@ -305,16 +321,14 @@ class SQLBackend:
         results: Sequence[tuple[Lease, Task]],
         parameters: list[dict[str, Any]],
     ) -> list[bool]:
-        # Lock the rows these leases still hold, then write them in one executemany (psycopg
-        # pipelines it) rather than a round trip per task; rowcount alone could not say which.
+        # SQLite, where every writer holds the database lock: find the rows these leases still
+        # hold, then write them in one executemany; rowcount alone could not say which.
         held_query = sa.select(tasks.c.id).where(
             sa.tuple_(tasks.c.id, tasks.c.lease_token).in_(
                 [(lease.task.id, lease.token) for lease, _ in results]
             ),
             tasks.c.status == _PROCESSING,
         )
-        if self.dialect == "postgresql":
-            held_query = held_query.with_for_update()
         held = set(conn.execute(held_query).scalars())
         recorded = [lease.task.id in held for lease, _ in results]
         mine = [p for p, ok in zip(parameters, recorded, strict=True) if ok]
@@ -332,24 +346,24 @@ class SQLBackend:
     def _begin(self, *, write: bool = False) -> Iterator[Connection]:
         """A transaction, with driver errors mapped; on SQLite a writing one starts IMMEDIATE so
         concurrent writers queue on the busy timeout instead of failing on lock upgrade."""
-        try:
-            with self.engine.connect() as conn:
-                if write and self.dialect == "sqlite":
-                    conn = conn.execution_options(imageproc_immediate=True)
-                with conn.begin():
-                    yield conn
-        except exc.ProgrammingError as error:
-            raise _schema_error(error) from error
-        except (exc.OperationalError, exc.InterfaceError) as error:
-            if "no such table" in str(error.orig):  # SQLite's word for a missing schema
-                raise _schema_error(error) from error
-            raise BackendUnavailable(f"database unavailable: {_brief(error)}") from error
-        except exc.DBAPIError as error:
-            if error.connection_invalidated:
-                raise BackendUnavailable(f"database connection lost: {_brief(error)}") from error
-            raise
-        except exc.TimeoutError as error:
-            raise BackendUnavailable("no database connection free in time") from error
+        with _driver_errors_mapped(), self.engine.connect() as conn:
+            if write and self.dialect == "sqlite":
+                conn = conn.execution_options(imageproc_immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _one_statement(self, *, write: bool = False) -> Iterator[Connection]:
+        """A connection for one statement that is a transaction by itself, with driver errors
+        mapped: on PostgreSQL in autocommit, which spares the round trips of ``BEGIN`` and
+        ``COMMIT`` (the statement is still atomic); on SQLite a transaction as :meth:`_begin`
+        starts one (no round trips to spare there)."""
+        if self.dialect != "postgresql":
+            with self._begin(write=write) as conn:
+                yield conn
+            return
+        with _driver_errors_mapped(), self._autocommit.connect() as conn:
+            yield conn
 
     def _ensure_listener(self) -> None:
         if self._listener is None and not self._closed:
@@ -357,6 +371,26 @@ class SQLBackend:
                 if self._listener is None:
                     self._listener = _Listener(self._url, self._wakeup)
                     self._listener.start()
+
+
+@contextlib.contextmanager
+def _driver_errors_mapped() -> Iterator[None]:
+    """Turn the driver's errors into imageproc's: a missing schema is a ConfigurationError, a
+    lost connection or a locked file BackendUnavailable."""
+    try:
+        yield
+    except exc.ProgrammingError as error:
+        raise _schema_error(error) from error
+    except (exc.OperationalError, exc.InterfaceError) as error:
+        if "no such table" in str(error.orig):  # SQLite's word for a missing schema
+            raise _schema_error(error) from error
+        raise BackendUnavailable(f"database unavailable: {_brief(error)}") from error
+    except exc.DBAPIError as error:
+        if error.connection_invalidated:
+            raise BackendUnavailable(f"database connection lost: {_brief(error)}") from error
+        raise
+    except exc.TimeoutError as error:
+        raise BackendUnavailable("no database connection free in time") from error
 
 
 _NO_LEASE: dict[str, Any] = {"lease_token": None, "lease_owner": None, "lease_expires_at": None}
@@ -444,6 +478,56 @@ _RENEW: Final = (
 )
 
 
+def _record_batch_statement() -> sa.Update:
+    """PostgreSQL: record a whole batch in one statement, whatever its size. Each parameter is an
+    array with one element per task (``held_id`` and ``held_token`` name the lease, the others are
+    :data:`OUTCOME_COLUMNS`); ``unnest`` turns them into rows, and each task is written only while
+    its lease is held. ``RETURNING`` says which were. The statement's text never changes, so it
+    is compiled once and prepared once per connection."""
+    columns: dict[str, Any] = {
+        "held_id": tasks.c.id.type,
+        "held_token": tasks.c.lease_token.type,
+        **{name: tasks.c[name].type for name in OUTCOME_COLUMNS},
+        "outputs": sa.Text(),  # JSON text, made JSONB in the statement
+    }
+    batch = (
+        sa.func.unnest(
+            *(sa.bindparam(name, type_=postgresql.ARRAY(kind)) for name, kind in columns.items())
+        )
+        .table_valued(*(sa.column(name, kind) for name, kind in columns.items()))
+        .render_derived(name="batch", with_types=False)
+    )
+    return (
+        tasks.update()
+        .where(
+            tasks.c.id == batch.c.held_id,
+            tasks.c.lease_token == batch.c.held_token,
+            tasks.c.status == _PROCESSING,
+        )
+        .values(
+            {
+                **{name: batch.c[name] for name in OUTCOME_COLUMNS},
+                "outputs": sa.cast(batch.c.outputs, postgresql.JSONB),
+                **{name: sa.null() for name in _NO_LEASE},
+            }
+        )
+        .returning(tasks.c.id)
+    )
+
+
+_RECORD_BATCH: Final = _record_batch_statement()
+
+
+def _outcome_arrays(results: Sequence[tuple[Lease, Task]]) -> dict[str, list[Any]]:
+    """The parameters of :data:`_RECORD_BATCH`: one list per column, one element per task, in
+    the order of the tasks' ids (so concurrent batches lock shared rows in one order)."""
+    rows = sorted((_outcome(lease, task) for lease, task in results), key=lambda r: r["held_id"])
+    arrays = {name: [row[name] for row in rows] for name in ("held_id", "held_token")}
+    arrays.update((name, [row[name] for row in rows]) for name in OUTCOME_COLUMNS)
+    arrays["outputs"] = [json.dumps(outputs) for outputs in arrays["outputs"]]
+    return arrays
+
+
 def _outcome(lease: Lease, task: Task) -> dict[str, Any]:
     row = task_to_row(task, only=OUTCOME_COLUMNS)
     return {**row, "held_id": lease.task.id, "held_token": lease.token}
@@ -487,6 +571,41 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("imageproc_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _check_connections_on_checkout(engine: Engine) -> None:
+    """Replace pooled PostgreSQL connections that died while idle (a server restart,
+    ``pg_terminate_backend``), as ``pool_pre_ping`` would, but without its round trip.
+
+    A connection resting in the pool has nothing to read unless the server has spoken since: a
+    terminated or restarting backend sends its goodbye (or the socket closes) before it goes. So
+    a connection whose socket is quiet is handed out at once; one with something to read is
+    pinged, and if the ping fails it is replaced, with every connection pooled before it, as
+    pre-ping does. (A server that vanished without a word is found by the next statement, which
+    fails with BackendUnavailable, as it would after a successful ping.)
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if dbapi_connection.closed or dbapi_connection.broken:
+            raise exc.InvalidatePoolError("pooled connection closed")
+        if not _readable(dbapi_connection.fileno()):
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error:
+            alive = False
+        if not alive:
+            raise exc.InvalidatePoolError("pooled connection lost while idle")
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket ``fd`` has something to read now (never waits)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover (Windows)
 
 
 class _Wakeup:
