@@ -12,7 +12,7 @@ import pytest
 
 from imageproc import LeaseLost, Output, SourceInfo, Task, TaskError, TaskNotFound, TaskStatus
 from imageproc.clock import utcnow
-from imageproc.pipeline import DEFAULT_PIPELINE
+from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline
 from tests.backends.conftest import Backend
 
 LEASE = 30.0
@@ -55,6 +55,19 @@ def test_a_claimed_task_is_invisible_to_other_claimers(backend: Backend) -> None
     )
     assert backend.repository.get(task.id).status == TaskStatus.PROCESSING
     assert backend.queue.claim("w2", lease_seconds=LEASE) == []
+
+
+def test_a_lease_carries_the_task_as_recorded_with_the_claim_made(backend: Backend) -> None:
+    texts = ["thumb=fit:64x64,webp:q70", "a=fit:10x10,png;b=resize:20x,jpeg:q80", "avif"]
+    tasks = [attrs.evolve(new_task(), pipeline=Pipeline.parse(text)) for text in texts * 2]
+    for task in tasks:
+        backend.repository.add(task)
+    leases = backend.queue.claim("w", lease_seconds=LEASE, limit=len(tasks))
+    assert sorted(lease.task.id for lease in leases) == sorted(task.id for task in tasks)
+    recorded = {task.id: task for task in tasks}
+    for lease in leases:
+        assert lease.task == recorded[lease.task.id].claim(lease.task.updated_at)
+        assert backend.repository.get(lease.task.id) == lease.task
 
 
 def test_claim_order_priority_then_due_time_then_age(backend: Backend) -> None:

@@ -84,6 +84,15 @@ def test_naive_timestamps_are_refused(sql: SQLBackend) -> None:
         sql.add(naive)
 
 
+def test_naive_timestamps_are_refused_when_recording_too(sql: SQLBackend) -> None:
+    sql.add(new_task())
+    (lease,) = sql.claim("w", lease_seconds=30)
+    naive = attrs.evolve(lease.task.succeed((), utcnow()), finished_at=datetime(2026, 1, 1))
+    with pytest.raises((ValueError, sa.exc.StatementError), match="naive datetime"):
+        sql.record_many([(lease, naive)])
+    assert sql.get(lease.task.id) == lease.task
+
+
 def test_using_an_unmigrated_database_says_so(request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("sqlite_url")
     backend = SQLBackend(url)

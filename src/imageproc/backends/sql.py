@@ -10,7 +10,7 @@ that has expired", so a crashed worker's task is rescued by the next claim with 
 forget. Completing, releasing and renewing match the lease token, so a worker whose lease was
 taken over cannot overwrite the new holder's result. On PostgreSQL each of these is one
 statement in autocommit (one round trip), and :meth:`SQLBackend.record_many` writes a whole batch
-with one ``UPDATE … FROM unnest(…) RETURNING id``.
+with one ``UPDATE … FROM jsonb_to_recordset(…) RETURNING id``.
 
 Idle workers wake through ``LISTEN``/``NOTIFY`` on PostgreSQL (sent in the transaction that
 queues a task, not by a trigger) and fall back to polling; on SQLite they poll with backoff, and
@@ -29,7 +29,7 @@ import secrets
 import select
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib.resources import as_file, files
 from typing import Any, Final
 
@@ -45,6 +45,7 @@ from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 from .sqlschema import (
     OUTCOME_COLUMNS,
+    PIPELINE_TEXT,
     VERSION_TABLE,
     UTCDateTime,
     task_from_row,
@@ -296,7 +297,7 @@ class SQLBackend:
         wakes = any(t.status == TaskStatus.QUEUED and t.available_at <= now for _, t in results)
         if self.dialect == "postgresql":
             with self._begin(write=True) if wakes else self._one_statement() as conn:
-                held = set(conn.execute(_RECORD_BATCH, _outcome_arrays(results)).scalars())
+                held = set(conn.execute(_RECORD_BATCH, _batch_parameters(results)).scalars())
                 recorded = [lease.task.id in held for lease, _ in results]
                 if wakes and any(recorded):
                     self._notify(conn)
@@ -449,7 +450,7 @@ def _claim_statement() -> sa.Update:
             lease_owner=unless_exhausted(sa.bindparam("worker", type_=sa.String), None),
             lease_expires_at=unless_exhausted(expires, None),
         )
-        .returning(*tasks.c)
+        .returning(*(PIPELINE_TEXT if c.name == "pipeline" else c for c in tasks.c))
     )
 
 
@@ -479,23 +480,23 @@ _RENEW: Final = (
 
 
 def _record_batch_statement() -> sa.Update:
-    """PostgreSQL: record a whole batch in one statement, whatever its size. Each parameter is an
-    array with one element per task (``held_id`` and ``held_token`` name the lease, the others are
-    :data:`OUTCOME_COLUMNS`); ``unnest`` turns them into rows, and each task is written only while
-    its lease is held. ``RETURNING`` says which were. The statement's text never changes, so it
-    is compiled once and prepared once per connection."""
+    """PostgreSQL: record a whole batch in one statement, whatever its size.
+
+    The one parameter, ``batch``, is a JSON array with one object per task (``held_id`` and
+    ``held_token`` name the lease, the others are :data:`OUTCOME_COLUMNS`), which
+    ``jsonb_to_recordset`` turns into rows; each task is written only while its lease is held, and
+    ``RETURNING`` says which were. The statement's text never changes, so it is compiled once and
+    prepared once per connection."""
     columns: dict[str, Any] = {
-        "held_id": tasks.c.id.type,
-        "held_token": tasks.c.lease_token.type,
+        "held_id": sa.Text(),
+        "held_token": sa.Text(),
         **{name: tasks.c[name].type for name in OUTCOME_COLUMNS},
-        "outputs": sa.Text(),  # JSON text, made JSONB in the statement
+        "outputs": postgresql.JSONB(),
     }
     batch = (
-        sa.func.unnest(
-            *(sa.bindparam(name, type_=postgresql.ARRAY(kind)) for name, kind in columns.items())
-        )
+        sa.func.jsonb_to_recordset(sa.cast(sa.bindparam("batch", type_=sa.Text), postgresql.JSONB))
         .table_valued(*(sa.column(name, kind) for name, kind in columns.items()))
-        .render_derived(name="batch", with_types=False)
+        .render_derived(name="batch", with_types=True)
     )
     return (
         tasks.update()
@@ -507,7 +508,6 @@ def _record_batch_statement() -> sa.Update:
         .values(
             {
                 **{name: batch.c[name] for name in OUTCOME_COLUMNS},
-                "outputs": sa.cast(batch.c.outputs, postgresql.JSONB),
                 **{name: sa.null() for name in _NO_LEASE},
             }
         )
@@ -518,14 +518,21 @@ def _record_batch_statement() -> sa.Update:
 _RECORD_BATCH: Final = _record_batch_statement()
 
 
-def _outcome_arrays(results: Sequence[tuple[Lease, Task]]) -> dict[str, list[Any]]:
-    """The parameters of :data:`_RECORD_BATCH`: one list per column, one element per task, in
-    the order of the tasks' ids (so concurrent batches lock shared rows in one order)."""
+def _batch_parameters(results: Sequence[tuple[Lease, Task]]) -> dict[str, str]:
+    """The parameter of :data:`_RECORD_BATCH`, its rows in the order of the tasks' ids (so
+    concurrent batches lock the rows they share in one order)."""
     rows = sorted((_outcome(lease, task) for lease, task in results), key=lambda r: r["held_id"])
-    arrays = {name: [row[name] for row in rows] for name in ("held_id", "held_token")}
-    arrays.update((name, [row[name] for row in rows]) for name in OUTCOME_COLUMNS)
-    arrays["outputs"] = [json.dumps(outputs) for outputs in arrays["outputs"]]
-    return arrays
+    return {"batch": json.dumps(rows, default=_utc_text)}
+
+
+def _utc_text(value: object) -> str:
+    """A timestamp in the batch's JSON: ISO 8601 in UTC, to the microsecond (as
+    :class:`UTCDateTime` would bind it, naive ones refused alike)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{type(value).__name__} in a recorded task")
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a timezone-aware column")
+    return value.astimezone(UTC).isoformat()
 
 
 def _outcome(lease: Lease, task: Task) -> dict[str, Any]:
