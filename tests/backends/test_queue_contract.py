@@ -43,6 +43,43 @@ def test_add_then_get(backend: Backend) -> None:
         backend.repository.get("no-such-task")
 
 
+def test_add_many_records_every_task_and_queues_them(backend: Backend) -> None:
+    tasks = [new_task(priority) for priority in (1, 3, 2)]
+    later = new_task(due_in=3600)
+    backend.repository.add_many([*tasks, later])
+    backend.repository.add_many([])
+    for task in [*tasks, later]:
+        assert backend.repository.get(task.id) == task
+    leases = backend.queue.claim("w", lease_seconds=LEASE, limit=10)
+    assert [lease.task.priority for lease in leases] == [3, 2, 1]  # not the delayed one
+
+
+def test_add_many_is_all_or_none(backend: Backend) -> None:
+    recorded, fresh = new_task(), new_task()
+    backend.repository.add(recorded)
+    with pytest.raises(ValueError, match="already exists"):
+        backend.repository.add_many([fresh, recorded])
+    twice = new_task()
+    with pytest.raises(ValueError, match="already exists"):
+        backend.repository.add_many([twice, twice])
+    for task in (fresh, twice):
+        with pytest.raises(TaskNotFound):
+            backend.repository.get(task.id)
+    assert backend.repository.queue_stats().queued == 1
+
+
+def test_add_many_wakes_a_waiting_worker(backend: Backend) -> None:
+    timer = threading.Timer(0.1, lambda: backend.repository.add_many([new_task(), new_task()]))
+    started = time.monotonic()
+    timer.start()
+    try:
+        backend.queue.wait(5.0)
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 2.0
+    assert len(backend.queue.claim("w", lease_seconds=LEASE, limit=5)) == 2
+
+
 def test_a_claimed_task_is_invisible_to_other_claimers(backend: Backend) -> None:
     task = new_task()
     backend.repository.add(task)

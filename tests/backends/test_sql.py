@@ -169,6 +169,17 @@ def test_a_notification_wakes_an_idle_worker_of_another_process(
 
 
 @pytest.mark.postgres
+def test_add_many_wakes_idle_workers_of_other_processes(request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("postgres_url")
+    waiter, submitter = listening(request, url), SQLBackend(url)
+    request.addfinalizer(submitter.close)
+    seen = waiter._wakeup._generation
+    submitter.add_many([new_task() for _ in range(3)])
+    assert notified(waiter, seen, within=0.5)
+    assert len(waiter.claim("w", lease_seconds=30, limit=5)) == 3
+
+
+@pytest.mark.postgres
 def test_record_many_that_requeues_a_due_task_wakes_other_processes(
     request: pytest.FixtureRequest,
 ) -> None:

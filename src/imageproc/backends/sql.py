@@ -43,6 +43,7 @@ from imageproc.errors import BackendUnavailable, ConfigurationError, LeaseLost, 
 from imageproc.protocols import Lease, QueueStats
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
+from . import sqlschema
 from .sqlschema import (
     OUTCOME_COLUMNS,
     PIPELINE_TEXT,
@@ -139,6 +140,19 @@ class SQLBackend:
             except exc.IntegrityError as error:
                 raise ValueError(f"task {task.id} already exists") from error
             if task.status == TaskStatus.QUEUED:
+                self._notify(conn)
+
+    def add_many(self, tasks: Sequence[Task]) -> None:
+        """Record new tasks in one transaction (one multi-row ``INSERT``), all or none; the queued
+        ones are claimable at once, and idle workers are woken once for the lot."""
+        if not tasks:
+            return
+        with self._begin(write=True) as conn:
+            try:
+                conn.execute(sqlschema.tasks.insert(), [task_to_row(task) for task in tasks])
+            except exc.IntegrityError as error:
+                raise ValueError(f"a task already exists ({_brief(error)})") from error
+            if any(task.status == TaskStatus.QUEUED for task in tasks):
                 self._notify(conn)
 
     def get(self, task_id: str) -> Task:
