@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy.dialects import postgresql
 
 from imageproc import (
     BackendUnavailable,
@@ -24,7 +26,7 @@ from imageproc import (
 )
 from imageproc.backends.fsspec import FsspecStorage
 from imageproc.backends.memory import MemoryStorage
-from imageproc.backends.sql import SQLBackend
+from imageproc.backends.sql import _CLAIM, SQLBackend
 from imageproc.backends.sqlschema import VERSION_TABLE, metadata
 from imageproc.clock import utcnow
 from imageproc.pipeline import DEFAULT_PIPELINE
@@ -199,6 +201,42 @@ def test_record_many_that_requeues_a_due_task_wakes_other_processes(
     assert worker.record_many([(back, back.task.unclaim(now))]) == [True]
     assert notified(waiter, seen, within=0.5)
     assert [lease.task.id for lease in waiter.claim("idle", lease_seconds=30)] == [back.task.id]
+
+
+@pytest.mark.postgres
+def test_claims_and_records_are_planned_once_on_the_partial_indexes(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("postgres_url")
+    backend = SQLBackend(url, poolclass=sa.pool.StaticPool)  # one connection: one set of plans
+    request.addfinalizer(backend.close)
+    backend.add_many([new_task() for _ in range(40)])
+    for _ in range(10):
+        leases = backend.claim("w", lease_seconds=30, limit=3)
+        assert all(
+            backend.record_many([(lease, lease.task.succeed((), utcnow())) for lease in leases])
+        )
+    claim_sql = _CLAIM.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
+    with backend.engine.connect() as conn:
+        query = "SELECT left(statement, 6), custom_plans FROM pg_prepared_statements"
+        plans = dict(conn.exec_driver_sql(query).all())
+        # The claim and the batch record are prepared, and were not planned again.
+        assert (plans["WITH a"], plans["UPDATE"]) == (0, 0)
+        conn.exec_driver_sql(f"PREPARE claim_plan AS {claim_sql}")
+        now = utcnow()
+        values = claim_sql.construct_params(
+            {"now": now, "n": 3, "token": "t:", "worker": "w", "expires": now}
+        )
+        driver = conn.connection.driver_connection
+        arguments = ", ".join(
+            psycopg.sql.Literal(values[name]).as_string(driver)
+            for name in claim_sql.positiontup or []
+        )
+        explain = f"EXPLAIN EXECUTE claim_plan({arguments})"
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(explain))
+    assert "imageproc_tasks_claim_idx" in plan
+    assert "imageproc_tasks_lease_idx" in plan
+    assert "Seq Scan" not in plan
 
 
 @pytest.mark.postgres
