@@ -619,7 +619,7 @@ def _check_connections_on_checkout(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         if dbapi_connection.closed or dbapi_connection.broken:
-            raise exc.InvalidatePoolError("pooled connection closed")
+            raise exc.DisconnectionError("pooled connection closed")  # this one alone
         if not _readable(dbapi_connection.fileno()):
             return
         try:
@@ -639,8 +639,9 @@ def _plan_once(engine: Engine) -> None:
     to it than the custom ones. Planning was about a quarter of the server's time per claimed
     task. The generic plans are the same index walks (the claim's statuses are written into its
     SQL so the partial indexes still apply; a test holds the claim to them), and every other
-    statement imageproc runs looks rows up by key or scans by design. This applies to
-    imageproc's own pooled connections only (``plan_cache_mode``, PostgreSQL 12 and later).
+    statement imageproc runs looks rows up by key, walks an index range, or counts by design.
+    This applies to imageproc's own pooled connections only (``plan_cache_mode``, PostgreSQL 12
+    and later).
     """
 
     @event.listens_for(engine, "connect")
