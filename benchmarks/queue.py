@@ -5,9 +5,9 @@
 For each system, in one run and on the same PostgreSQL server, each in a database of its own
 created for it (and dropped at the end):
 
-* **enqueue**: one producer puts N jobs in the queue, the way the system offers: imageproc one
-  ``SQLBackend.add`` (one transaction) per task, as it has no batch insert; PgQueuer and
-  procrastinate in batches of ``--enqueue-batch`` through their list APIs.
+* **enqueue**: one producer puts N jobs in the queue, each system in batches of
+  ``--enqueue-batch`` through its list API: imageproc ``Repository.add_many`` (one transaction
+  per batch), PgQueuer ``Queries.enqueue`` and procrastinate ``batch_defer_async``.
 * **claim+complete**: with the queue full (and ANALYZEd, unless ``--no-analyze``), 4 workers
   take every job, ``B`` at a time where the system has a batch size, run a no-op and record it
   done; timed from the workers' start until the last result is committed: for imageproc, until
@@ -71,7 +71,7 @@ class BenchmarkError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    enqueue_batch: int  # jobs per enqueue call, for the systems that take lists
+    enqueue_batch: int  # jobs per enqueue call
     analyze: bool  # ANALYZE between enqueue and claim
     timeout: float  # seconds per system
 
@@ -158,15 +158,15 @@ def new_task() -> Task:
 
 
 def imageproc(url: str, jobs: int, batch: int, *, batched: bool, config: Config) -> Row:
-    """Enqueue with ``add``, then drain with 4 threads: claim ``batch`` and ``record_many`` the
-    lot (``batched``), or claim 1 and ``complete`` it. Timed until every thread has found the
-    queue empty, right after its last commit."""
+    """Enqueue with ``add_many`` in lists, then drain with 4 threads: claim ``batch`` and
+    ``record_many`` the lot (``batched``), or claim 1 and ``complete`` it. Timed until every
+    thread has found the queue empty, right after its last commit."""
     backend = SQLBackend(url)
     try:
         backend.migrate()
         started, deadline = time.perf_counter(), time.monotonic() + config.timeout
-        for _ in range(jobs):
-            backend.add(new_task())
+        for first in range(0, jobs, config.enqueue_batch):
+            backend.add_many([new_task() for _ in range(min(config.enqueue_batch, jobs - first))])
             if time.monotonic() > deadline:
                 raise BenchmarkError(f"enqueue timed out after {config.timeout:g} s")
         enqueue = rate(jobs, started)
@@ -442,7 +442,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs per system (N)")
     parser.add_argument("--batch", type=int, default=10, help="claim/dequeue batch size (B)")
     parser.add_argument(
-        "--enqueue-batch", type=int, default=1000, help="jobs per enqueue call, where lists go"
+        "--enqueue-batch", type=int, default=1000, help="jobs per enqueue call (every system)"
     )
     parser.add_argument(
         "--no-analyze",
@@ -458,7 +458,7 @@ def main() -> None:
 
     print(
         f"{jobs:,} no-op jobs per system, {WORKERS} workers, claim batch {batch}, "
-        f"enqueue batch {config.enqueue_batch} (PgQueuer, procrastinate), "
+        f"enqueue batch {config.enqueue_batch}, "
         f"ANALYZE after enqueue: {'yes' if config.analyze else 'no'}"
     )
     print(

@@ -16,6 +16,7 @@ cannot overwrite the new holder's result. Claim order: higher ``priority`` first
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -105,6 +106,13 @@ class Repository(Protocol):
 
     def add(self, task: Task) -> None:
         """Record a new task. A ``queued`` task becomes claimable from the queue at once."""
+        ...
+
+    def add_many(self, tasks: Sequence[Task]) -> None:
+        """Record several new tasks at once, all or none (one transaction where there are
+        transactions): a ``ValueError`` if any id is already recorded or given twice, and then
+        nothing is recorded. The ``queued`` ones become claimable at once, as with :meth:`add`.
+        """
         ...
 
     def get(self, task_id: str) -> Task:

@@ -12,7 +12,7 @@ import pytest
 
 from imageproc import LeaseLost, Output, SourceInfo, Task, TaskError, TaskNotFound, TaskStatus
 from imageproc.clock import utcnow
-from imageproc.pipeline import DEFAULT_PIPELINE
+from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline
 from tests.backends.conftest import Backend
 
 LEASE = 30.0
@@ -43,6 +43,43 @@ def test_add_then_get(backend: Backend) -> None:
         backend.repository.get("no-such-task")
 
 
+def test_add_many_records_every_task_and_queues_them(backend: Backend) -> None:
+    tasks = [new_task(priority) for priority in (1, 3, 2)]
+    later = new_task(due_in=3600)
+    backend.repository.add_many([*tasks, later])
+    backend.repository.add_many([])
+    for task in [*tasks, later]:
+        assert backend.repository.get(task.id) == task
+    leases = backend.queue.claim("w", lease_seconds=LEASE, limit=10)
+    assert [lease.task.priority for lease in leases] == [3, 2, 1]  # not the delayed one
+
+
+def test_add_many_is_all_or_none(backend: Backend) -> None:
+    recorded, fresh = new_task(), new_task()
+    backend.repository.add(recorded)
+    with pytest.raises(ValueError, match="already exists"):
+        backend.repository.add_many([fresh, recorded])
+    twice = new_task()
+    with pytest.raises(ValueError, match="already exists"):
+        backend.repository.add_many([twice, twice])
+    for task in (fresh, twice):
+        with pytest.raises(TaskNotFound):
+            backend.repository.get(task.id)
+    assert backend.repository.queue_stats().queued == 1
+
+
+def test_add_many_wakes_a_waiting_worker(backend: Backend) -> None:
+    timer = threading.Timer(0.1, lambda: backend.repository.add_many([new_task(), new_task()]))
+    started = time.monotonic()
+    timer.start()
+    try:
+        backend.queue.wait(5.0)
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 2.0
+    assert len(backend.queue.claim("w", lease_seconds=LEASE, limit=5)) == 2
+
+
 def test_a_claimed_task_is_invisible_to_other_claimers(backend: Backend) -> None:
     task = new_task()
     backend.repository.add(task)
@@ -55,6 +92,19 @@ def test_a_claimed_task_is_invisible_to_other_claimers(backend: Backend) -> None
     )
     assert backend.repository.get(task.id).status == TaskStatus.PROCESSING
     assert backend.queue.claim("w2", lease_seconds=LEASE) == []
+
+
+def test_a_lease_carries_the_task_as_recorded_with_the_claim_made(backend: Backend) -> None:
+    texts = ["thumb=fit:64x64,webp:q70", "a=fit:10x10,png;b=resize:20x,jpeg:q80", "avif"]
+    tasks = [attrs.evolve(new_task(), pipeline=Pipeline.parse(text)) for text in texts * 2]
+    for task in tasks:
+        backend.repository.add(task)
+    leases = backend.queue.claim("w", lease_seconds=LEASE, limit=len(tasks))
+    assert sorted(lease.task.id for lease in leases) == sorted(task.id for task in tasks)
+    recorded = {task.id: task for task in tasks}
+    for lease in leases:
+        assert lease.task == recorded[lease.task.id].claim(lease.task.updated_at)
+        assert backend.repository.get(lease.task.id) == lease.task
 
 
 def test_claim_order_priority_then_due_time_then_age(backend: Backend) -> None:

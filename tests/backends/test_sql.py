@@ -3,16 +3,17 @@ Processor runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy.dialects import postgresql
 
 from imageproc import (
     BackendUnavailable,
@@ -25,7 +26,7 @@ from imageproc import (
 )
 from imageproc.backends.fsspec import FsspecStorage
 from imageproc.backends.memory import MemoryStorage
-from imageproc.backends.sql import SQLBackend
+from imageproc.backends.sql import _CLAIM, SQLBackend
 from imageproc.backends.sqlschema import VERSION_TABLE, metadata
 from imageproc.clock import utcnow
 from imageproc.pipeline import DEFAULT_PIPELINE
@@ -85,6 +86,15 @@ def test_naive_timestamps_are_refused(sql: SQLBackend) -> None:
         sql.add(naive)
 
 
+def test_naive_timestamps_are_refused_when_recording_too(sql: SQLBackend) -> None:
+    sql.add(new_task())
+    (lease,) = sql.claim("w", lease_seconds=30)
+    naive = attrs.evolve(lease.task.succeed((), utcnow()), finished_at=datetime(2026, 1, 1))
+    with pytest.raises((ValueError, sa.exc.StatementError), match="naive datetime"):
+        sql.record_many([(lease, naive)])
+    assert sql.get(lease.task.id) == lease.task
+
+
 def test_using_an_unmigrated_database_says_so(request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("sqlite_url")
     backend = SQLBackend(url)
@@ -127,32 +137,106 @@ def test_unsupported_databases_are_refused() -> None:
         SQLBackend("mysql://root@localhost/x")
 
 
+def listening(request: pytest.FixtureRequest, url: str) -> SQLBackend:
+    """A backend of its own (another process, as far as wake-ups go) whose listener is up."""
+    waiter = SQLBackend(url, poll_interval=30)
+    request.addfinalizer(waiter.close)
+    waiter.wait(0.05)  # starts the listener
+    time.sleep(0.3)  # for its LISTEN to take effect
+    return waiter
+
+
+def notified(waiter: SQLBackend, seen: int, within: float) -> bool:
+    """Whether ``waiter`` was woken (its listener heard a notification) since ``seen``.
+
+    Waiting in ``wait`` would not tell: a waiting thread also wakes to poll."""
+    deadline = time.monotonic() + within
+    while waiter._wakeup._generation == seen:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 @pytest.mark.postgres
 def test_a_notification_wakes_an_idle_worker_of_another_process(
     request: pytest.FixtureRequest,
 ) -> None:
     url = request.getfixturevalue("postgres_url")
-    waiter, submitter = SQLBackend(url, poll_interval=30), SQLBackend(url)
-    request.addfinalizer(waiter.close)
+    waiter, submitter = listening(request, url), SQLBackend(url)
     request.addfinalizer(submitter.close)
-    waiter.claim("w", lease_seconds=30)  # nothing yet; this is when it starts listening from
-    waiter.wait(0.05)  # starts the listener
-    time.sleep(0.3)
-    woke = threading.Event()
-
-    def idle_worker() -> None:
-        waiter.wait(10.0)
-        woke.set()
-
-    thread = threading.Thread(target=idle_worker)
-    thread.start()
-    time.sleep(0.2)
-    started = time.monotonic()
+    seen = waiter._wakeup._generation
     submitter.add(new_task())
-    assert woke.wait(5.0)
-    latency = time.monotonic() - started
-    thread.join(5)
-    assert latency < 0.5, f"woke after {latency:.3f}s"
+    assert notified(waiter, seen, within=0.5)
+
+
+@pytest.mark.postgres
+def test_add_many_wakes_idle_workers_of_other_processes(request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("postgres_url")
+    waiter, submitter = listening(request, url), SQLBackend(url)
+    request.addfinalizer(submitter.close)
+    seen = waiter._wakeup._generation
+    submitter.add_many([new_task() for _ in range(3)])
+    assert notified(waiter, seen, within=0.5)
+    assert len(waiter.claim("w", lease_seconds=30, limit=5)) == 3
+
+
+@pytest.mark.postgres
+def test_record_many_that_requeues_a_due_task_wakes_other_processes(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("postgres_url")
+    worker = SQLBackend(url)
+    request.addfinalizer(worker.close)
+    for _ in range(3):
+        worker.add(new_task())
+    done, back, later = worker.claim("w", lease_seconds=30, limit=3)
+    waiter = listening(request, url)
+    now = utcnow()
+    seen = waiter._wakeup._generation
+    finished = [(done, done.task.succeed((), now))]
+    delayed = [(later, later.task.requeue(now, delay=timedelta(seconds=60)))]
+    assert worker.record_many(finished + delayed) == [True, True]
+    assert not notified(waiter, seen, within=0.3)  # nothing became claimable
+    assert worker.record_many([(back, back.task.unclaim(now))]) == [True]
+    assert notified(waiter, seen, within=0.5)
+    assert [lease.task.id for lease in waiter.claim("idle", lease_seconds=30)] == [back.task.id]
+
+
+@pytest.mark.postgres
+def test_claims_and_records_are_planned_once_on_the_partial_indexes(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("postgres_url")
+    backend = SQLBackend(url, poolclass=sa.pool.StaticPool)  # one connection: one set of plans
+    request.addfinalizer(backend.close)
+    backend.add_many([new_task() for _ in range(40)])
+    for _ in range(10):
+        leases = backend.claim("w", lease_seconds=30, limit=3)
+        assert all(
+            backend.record_many([(lease, lease.task.succeed((), utcnow())) for lease in leases])
+        )
+    claim_sql = _CLAIM.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
+    with backend.engine.connect() as conn:
+        query = "SELECT left(statement, 6), custom_plans FROM pg_prepared_statements"
+        plans = dict(conn.exec_driver_sql(query).all())
+        # The claim and the batch record are prepared, and were not planned again.
+        assert (plans["WITH a"], plans["UPDATE"]) == (0, 0)
+        conn.exec_driver_sql(f"PREPARE claim_plan AS {claim_sql}")
+        now = utcnow()
+        values = claim_sql.construct_params(
+            {"now": now, "n": 3, "token": "t:", "worker": "w", "expires": now}
+        )
+        driver = conn.connection.driver_connection
+        arguments = ", ".join(
+            psycopg.sql.Literal(values[name]).as_string(driver)
+            for name in claim_sql.positiontup or []
+        )
+        explain = f"EXPLAIN EXECUTE claim_plan({arguments})"
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(explain))
+    assert "imageproc_tasks_claim_idx" in plan
+    assert "imageproc_tasks_lease_idx" in plan
+    assert "Seq Scan" not in plan
 
 
 @pytest.mark.postgres
@@ -170,7 +254,7 @@ def test_killed_connections_are_survived(request: pytest.FixtureRequest) -> None
             )
         )
     admin.dispose()
-    assert backend.get(task.id) == task  # pre-ping replaced the dead pooled connection
+    assert backend.get(task.id) == task  # the dead pooled connection was replaced
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -17,6 +17,7 @@ import heapq
 import io
 import secrets
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
@@ -119,6 +120,20 @@ class MemoryRepository:
             row = _Row(task)
             self._rows[task.id] = row
             self._enqueue(row)
+
+    def add_many(self, tasks: Sequence[Task]) -> None:
+        """Record new tasks, all or none; the queued ones are claimable at once."""
+        ids = [task.id for task in tasks]
+        with self._changed:
+            taken = next((i for i in ids if i in self._rows), None)
+            if taken is None and len(set(ids)) != len(ids):
+                taken = next(i for i in ids if ids.count(i) > 1)
+            if taken is not None:
+                raise ValueError(f"task {taken} already exists")
+            for task in tasks:
+                row = _Row(task)
+                self._rows[task.id] = row
+                self._enqueue(row)
 
     def get(self, task_id: str) -> Task:
         """The task with this id."""

@@ -8,7 +8,9 @@ A claim is one statement: a CTE picks the claimable rows in claim order with
 an ``UPDATE … RETURNING`` leases them. *Claimable* is "queued and due, or processing under a lease
 that has expired", so a crashed worker's task is rescued by the next claim with no sweeper to
 forget. Completing, releasing and renewing match the lease token, so a worker whose lease was
-taken over cannot overwrite the new holder's result.
+taken over cannot overwrite the new holder's result. On PostgreSQL each of these is one
+statement in autocommit (one round trip), and :meth:`SQLBackend.record_many` writes a whole batch
+with one ``UPDATE … FROM jsonb_to_recordset(…) RETURNING id``.
 
 Idle workers wake through ``LISTEN``/``NOTIFY`` on PostgreSQL (sent in the transaction that
 queues a task, not by a trigger) and fall back to polling; on SQLite they poll with backoff, and
@@ -21,16 +23,19 @@ locked SQLite file raise :class:`~imageproc.BackendUnavailable` (transient).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
+import select
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib.resources import as_file, files
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from imageproc.clock import Clock, utcnow
@@ -44,9 +49,11 @@ from imageproc.errors import (
 from imageproc.protocols import Lease, QueueStats
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
+from . import sqlschema
 from .groupcommit import GroupCommit
 from .sqlschema import (
     OUTCOME_COLUMNS,
+    PIPELINE_TEXT,
     VERSION_TABLE,
     UTCDateTime,
     task_from_row,
@@ -61,6 +68,15 @@ logger = logging.getLogger("imageproc.sql")
 CHANNEL = "imageproc_tasks"
 _FINAL = [s.value for s in TaskStatus if s.is_final]
 _QUEUED, _PROCESSING = TaskStatus.QUEUED.value, TaskStatus.PROCESSING.value
+
+
+def _status_is(status: str) -> sa.ColumnElement[bool]:
+    """``status = '<status>'`` with the status written into the SQL rather than bound, so that a
+    plan made once for every execution of a prepared statement (a generic plan) can still use
+    the partial indexes on status."""
+    return tasks.c.status == sa.literal_column(f"'{TaskStatus(status).value}'")
+
+
 _CLAIM_ORDER = (tasks.c.priority.desc(), tasks.c.available_at, tasks.c.created_at, tasks.c.id)
 
 
@@ -95,11 +111,14 @@ class SQLBackend:
             connect_args = engine_options.setdefault("connect_args", {})
             connect_args.setdefault("timeout", sqlite_busy_timeout)
             connect_args.setdefault("check_same_thread", False)
-        else:
-            engine_options.setdefault("pool_pre_ping", True)
         self.engine: Engine = sa.create_engine(parsed, **engine_options)
+        # The same pool, for statements that are transactions by themselves (PostgreSQL).
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
+        else:
+            _check_connections_on_checkout(self.engine)
+            _plan_once(self.engine)
         self._url = parsed
         self._wakeup = _Wakeup()
         self._listener: _Listener | None = None
@@ -172,9 +191,23 @@ class SQLBackend:
             return [error, *copies]
         return [None] * len(batch)
 
+    def add_many(self, tasks: Sequence[Task]) -> None:
+        """Record new tasks in one transaction (one multi-row ``INSERT``), all or none; the queued
+        ones are claimable at once, and idle workers are woken once for the lot."""
+        if not tasks:
+            return
+        with self._begin(write=True) as conn:
+            try:
+                # `tasks` is the argument here: the table is sqlschema's.
+                conn.execute(sqlschema.tasks.insert(), [task_to_row(task) for task in tasks])
+            except exc.IntegrityError as error:
+                raise ValueError(f"a task already exists ({_brief(error)})") from error
+            if any(task.status == TaskStatus.QUEUED for task in tasks):
+                self._notify(conn)
+
     def get(self, task_id: str) -> Task:
         """The task with this id, or :class:`~imageproc.TaskNotFound`."""
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             row = conn.execute(tasks.select().where(tasks.c.id == task_id)).mappings().first()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
@@ -219,7 +252,7 @@ class SQLBackend:
 
     def source_in_use(self, source_key: str) -> bool:
         """Whether any task still refers to the original under ``source_key``."""
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             query = sa.select(tasks.c.id).where(tasks.c.source_key == source_key).limit(1)
             return conn.execute(query).first() is not None
 
@@ -232,7 +265,7 @@ class SQLBackend:
             sa.func.count().filter(tasks.c.status == _PROCESSING),
             sa.func.min(tasks.c.available_at).filter(queued, tasks.c.available_at <= now),
         ).where(tasks.c.status.in_([_QUEUED, _PROCESSING]))
-        with self._begin() as conn:
+        with self._one_statement() as conn:
             waiting, running, oldest = conn.execute(query).one()
         return QueueStats(queued=waiting, processing=running, oldest_due_at=oldest)
 
@@ -263,7 +296,7 @@ class SQLBackend:
         # One random prefix per claim, the id per row: every lease gets a token of its own.
         token = secrets.token_hex(16) + ":"
         parameters = {"now": now, "expires": expires, "token": token, "worker": worker, "n": limit}
-        with self._begin(write=True) as conn:
+        with self._one_statement(write=True) as conn:
             rows = conn.execute(_CLAIM, parameters).mappings().all()
         claimed = [task_from_row(row) for row in rows]
         leased = sorted((t for t in claimed if t.status == TaskStatus.PROCESSING), key=_claim_key)
@@ -276,7 +309,7 @@ class SQLBackend:
         """Extend ``lease`` to ``lease_seconds`` from now, if it is still held."""
         expires = self.clock() + timedelta(seconds=lease_seconds)
         parameters = {"held_id": lease.task.id, "held_token": lease.token, "expires": expires}
-        with self._begin(write=True) as conn:
+        with self._one_statement(write=True) as conn:
             result = conn.execute(_RENEW, parameters)
         if result.rowcount == 0:
             raise _lost(lease)
@@ -315,22 +348,31 @@ class SQLBackend:
             raise _lost(lease)
 
     def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
-        """Record several outcomes in one transaction (one commit for the lot): each task is
-        written only if its lease is still held. Returns, for each, whether it was recorded.
+        """Record several outcomes at once (one commit for the lot): each task is written only if
+        its lease is still held. Returns, for each, whether it was recorded.
 
         Workers that claim in batches use this to complete a batch at once; ``complete`` and
-        ``release`` are the one-task case.
+        ``release`` are the one-task case. On PostgreSQL the batch is one statement, a round trip
+        by itself unless a requeued task is due at once (then a transaction also notifies).
         """
-        parameters = [_outcome(lease, task) for lease, task in results]
-        if not parameters:
+        if not results:
             return []
+        now = self.clock()
+        wakes = any(t.status == TaskStatus.QUEUED and t.available_at <= now for _, t in results)
+        if self.dialect == "postgresql":
+            with self._begin(write=True) if wakes else self._one_statement() as conn:
+                held = set(conn.execute(_RECORD_BATCH, _batch_parameters(results)).scalars())
+                recorded = [lease.task.id in held for lease, _ in results]
+                if wakes and any(recorded):
+                    self._notify(conn)
+            return recorded
+        parameters = [_outcome(lease, task) for lease, task in results]
         with self._begin(write=True) as conn:
             if len(parameters) == 1:
                 # One task (the usual complete/release): the guarded UPDATE alone says it all.
                 recorded = [conn.execute(_RECORD, parameters[0]).rowcount == 1]
             else:
                 recorded = self._record_batch(conn, results, parameters)
-            now = self.clock()
             if any(
                 held and task.status == TaskStatus.QUEUED and task.available_at <= now
                 for held, (_, task) in zip(recorded, results, strict=True)
@@ -344,16 +386,14 @@ class SQLBackend:
         results: Sequence[tuple[Lease, Task]],
         parameters: list[dict[str, Any]],
     ) -> list[bool]:
-        # Lock the rows these leases still hold, then write them in one executemany (psycopg
-        # pipelines it) rather than a round trip per task; rowcount alone could not say which.
+        # SQLite, where every writer holds the database lock: find the rows these leases still
+        # hold, then write them in one executemany; rowcount alone could not say which.
         held_query = sa.select(tasks.c.id).where(
             sa.tuple_(tasks.c.id, tasks.c.lease_token).in_(
                 [(lease.task.id, lease.token) for lease, _ in results]
             ),
             tasks.c.status == _PROCESSING,
         )
-        if self.dialect == "postgresql":
-            held_query = held_query.with_for_update()
         held = set(conn.execute(held_query).scalars())
         recorded = [lease.task.id in held for lease, _ in results]
         mine = [p for p, ok in zip(parameters, recorded, strict=True) if ok]
@@ -371,24 +411,24 @@ class SQLBackend:
     def _begin(self, *, write: bool = False) -> Iterator[Connection]:
         """A transaction, with driver errors mapped; on SQLite a writing one starts IMMEDIATE so
         concurrent writers queue on the busy timeout instead of failing on lock upgrade."""
-        try:
-            with self.engine.connect() as conn:
-                if write and self.dialect == "sqlite":
-                    conn = conn.execution_options(imageproc_immediate=True)
-                with conn.begin():
-                    yield conn
-        except exc.ProgrammingError as error:
-            raise _schema_error(error) from error
-        except (exc.OperationalError, exc.InterfaceError) as error:
-            if "no such table" in str(error.orig):  # SQLite's word for a missing schema
-                raise _schema_error(error) from error
-            raise BackendUnavailable(f"database unavailable: {_brief(error)}") from error
-        except exc.DBAPIError as error:
-            if error.connection_invalidated:
-                raise BackendUnavailable(f"database connection lost: {_brief(error)}") from error
-            raise
-        except exc.TimeoutError as error:
-            raise BackendUnavailable("no database connection free in time") from error
+        with _driver_errors_mapped(), self.engine.connect() as conn:
+            if write and self.dialect == "sqlite":
+                conn = conn.execution_options(imageproc_immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _one_statement(self, *, write: bool = False) -> Iterator[Connection]:
+        """A connection for one statement that is a transaction by itself, with driver errors
+        mapped: on PostgreSQL in autocommit, which spares the round trips of ``BEGIN`` and
+        ``COMMIT`` (the statement is still atomic); on SQLite a transaction as :meth:`_begin`
+        starts one (no round trips to spare there)."""
+        if self.dialect != "postgresql":
+            with self._begin(write=write) as conn:
+                yield conn
+            return
+        with _driver_errors_mapped(), self._autocommit.connect() as conn:
+            yield conn
 
     def _ensure_listener(self) -> None:
         if self._listener is None and not self._closed:
@@ -396,6 +436,26 @@ class SQLBackend:
                 if self._listener is None:
                     self._listener = _Listener(self._url, self._wakeup)
                     self._listener.start()
+
+
+@contextlib.contextmanager
+def _driver_errors_mapped() -> Iterator[None]:
+    """Turn the driver's errors into imageproc's: a missing schema is a ConfigurationError, a
+    lost connection or a locked file BackendUnavailable."""
+    try:
+        yield
+    except exc.ProgrammingError as error:
+        raise _schema_error(error) from error
+    except (exc.OperationalError, exc.InterfaceError) as error:
+        if "no such table" in str(error.orig):  # SQLite's word for a missing schema
+            raise _schema_error(error) from error
+        raise BackendUnavailable(f"database unavailable: {_brief(error)}") from error
+    except exc.DBAPIError as error:
+        if error.connection_invalidated:
+            raise BackendUnavailable(f"database connection lost: {_brief(error)}") from error
+        raise
+    except exc.TimeoutError as error:
+        raise BackendUnavailable("no database connection free in time") from error
 
 
 _NO_LEASE: dict[str, Any] = {"lease_token": None, "lease_owner": None, "lease_expires_at": None}
@@ -407,7 +467,7 @@ def _claim_statement() -> sa.Update:
     now = sa.bindparam("now", type_=UTCDateTime)
     expires = sa.bindparam("expires", type_=UTCDateTime)
     limit = sa.bindparam("n", type_=sa.Integer)
-    expired = tasks.c.status == _PROCESSING
+    expired = _status_is(_PROCESSING)
     exhausted = sa.and_(expired, tasks.c.attempts >= tasks.c.max_attempts)
 
     # Two small index walks, each stopping after `n` rows: queued tasks that are due (in claim
@@ -424,7 +484,7 @@ def _claim_statement() -> sa.Update:
             .cte()
         )
 
-    due = candidates(sa.and_(tasks.c.status == _QUEUED, tasks.c.available_at <= now), *_CLAIM_ORDER)
+    due = candidates(sa.and_(_status_is(_QUEUED), tasks.c.available_at <= now), *_CLAIM_ORDER)
     lapsed = candidates(sa.and_(expired, tasks.c.lease_expires_at <= now), tasks.c.lease_expires_at)
     both = sa.union_all(sa.select(due), sa.select(lapsed)).subquery()
     picked = (
@@ -454,7 +514,7 @@ def _claim_statement() -> sa.Update:
             lease_owner=unless_exhausted(sa.bindparam("worker", type_=sa.String), None),
             lease_expires_at=unless_exhausted(expires, None),
         )
-        .returning(*tasks.c)
+        .returning(*(PIPELINE_TEXT if c.name == "pipeline" else c for c in tasks.c))
     )
 
 
@@ -481,6 +541,62 @@ _RECORD: Final = (
 _RENEW: Final = (
     tasks.update().where(*_HELD).values(lease_expires_at=sa.bindparam("expires", type_=UTCDateTime))
 )
+
+
+def _record_batch_statement() -> sa.Update:
+    """PostgreSQL: record a whole batch in one statement, whatever its size.
+
+    The one parameter, ``batch``, is a JSON array with one object per task (``held_id`` and
+    ``held_token`` name the lease, the others are :data:`OUTCOME_COLUMNS`), which
+    ``jsonb_to_recordset`` turns into rows; each task is written only while its lease is held, and
+    ``RETURNING`` says which were. The statement's text never changes, so it is compiled once and
+    prepared once per connection."""
+    columns: dict[str, Any] = {
+        "held_id": sa.Text(),
+        "held_token": sa.Text(),
+        **{name: tasks.c[name].type for name in OUTCOME_COLUMNS},
+        "outputs": postgresql.JSONB(),
+    }
+    batch = (
+        sa.func.jsonb_to_recordset(sa.cast(sa.bindparam("batch", type_=sa.Text), postgresql.JSONB))
+        .table_valued(*(sa.column(name, kind) for name, kind in columns.items()))
+        .render_derived(name="batch", with_types=True)
+    )
+    return (
+        tasks.update()
+        .where(
+            tasks.c.id == batch.c.held_id,
+            tasks.c.lease_token == batch.c.held_token,
+            tasks.c.status == _PROCESSING,
+        )
+        .values(
+            {
+                **{name: batch.c[name] for name in OUTCOME_COLUMNS},
+                **{name: sa.null() for name in _NO_LEASE},
+            }
+        )
+        .returning(tasks.c.id)
+    )
+
+
+_RECORD_BATCH: Final = _record_batch_statement()
+
+
+def _batch_parameters(results: Sequence[tuple[Lease, Task]]) -> dict[str, str]:
+    """The parameter of :data:`_RECORD_BATCH`, its rows in the order of the tasks' ids (so
+    concurrent batches lock the rows they share in one order)."""
+    rows = sorted((_outcome(lease, task) for lease, task in results), key=lambda r: r["held_id"])
+    return {"batch": json.dumps(rows, default=_utc_text)}
+
+
+def _utc_text(value: object) -> str:
+    """A timestamp in the batch's JSON: ISO 8601 in UTC, to the microsecond (as
+    :class:`UTCDateTime` would bind it, naive ones refused alike)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{type(value).__name__} in a recorded task")
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a timezone-aware column")
+    return value.astimezone(UTC).isoformat()
 
 
 def _outcome(lease: Lease, task: Task) -> dict[str, Any]:
@@ -526,6 +642,65 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("imageproc_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _check_connections_on_checkout(engine: Engine) -> None:
+    """Replace pooled PostgreSQL connections that died while idle (a server restart,
+    ``pg_terminate_backend``), as ``pool_pre_ping`` would, but without its round trip.
+
+    A connection resting in the pool has nothing to read unless the server has spoken since: a
+    terminated or restarting backend sends its goodbye (or the socket closes) before it goes. So
+    a connection whose socket is quiet is handed out at once; one with something to read is
+    pinged, and if the ping fails it is replaced, with every connection pooled before it, as
+    pre-ping does. (A server that vanished without a word is found by the next statement, which
+    fails with BackendUnavailable, as it would after a successful ping.)
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if dbapi_connection.closed or dbapi_connection.broken:
+            raise exc.DisconnectionError("pooled connection closed")  # this one alone
+        if not _readable(dbapi_connection.fileno()):
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error:
+            alive = False
+        if not alive:
+            raise exc.InvalidatePoolError("pooled connection lost while idle")
+
+
+def _plan_once(engine: Engine) -> None:
+    """Have PostgreSQL plan each prepared statement once per connection (its generic plan)
+    instead of again at every execution.
+
+    psycopg prepares a statement run 5 times on a connection, but PostgreSQL still plans the
+    claim and the batch record afresh each time: a generic plan for ``LIMIT $n`` looks dearer
+    to it than the custom ones. Planning was about a quarter of the server's time per claimed
+    task. The generic plans are the same index walks (the claim's statuses are written into its
+    SQL so the partial indexes still apply; a test holds the claim to them), and every other
+    statement imageproc runs looks rows up by key, walks an index range, or counts by design.
+    This applies to imageproc's own pooled connections only (``plan_cache_mode``, PostgreSQL 12
+    and later).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        if dbapi_connection.info.server_version < 120000:
+            return
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("SET plan_cache_mode = force_generic_plan")
+        dbapi_connection.autocommit = autocommit
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket ``fd`` has something to read now (never waits)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover (Windows)
 
 
 class _Wakeup:

@@ -6,6 +6,8 @@ description must match what they build (a test compares the two).
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -20,6 +22,7 @@ from imageproc.task import Output, SourceInfo, Task, TaskError, TaskStatus
 
 __all__ = [
     "OUTCOME_COLUMNS",
+    "PIPELINE_TEXT",
     "TABLE_NAME",
     "VERSION_TABLE",
     "metadata",
@@ -168,11 +171,15 @@ OUTCOME_COLUMNS: Final = tuple(_OUTCOME)
 
 
 def task_from_row(row: Mapping[Any, Any]) -> Task:
-    """The :class:`Task` a row records."""
+    """The :class:`Task` a row records. Its ``pipeline`` may be the JSON already read, or the
+    JSON text (see :data:`PIPELINE_TEXT`), which is read once per distinct pipeline."""
+    pipeline = row["pipeline"]
     return Task(
         id=row["id"],
         status=TaskStatus(row["status"]),
-        pipeline=Pipeline.from_json(row["pipeline"]),
+        pipeline=_pipeline_from_text(pipeline)
+        if isinstance(pipeline, str)
+        else Pipeline.from_json(pipeline),
         source_key=row["source_key"],
         source=SourceInfo(
             format=row["source_format"],
@@ -195,3 +202,14 @@ def task_from_row(row: Mapping[Any, Any]) -> Task:
         finished_at=row["finished_at"],
         available_at=row["available_at"],
     )
+
+
+#: The pipeline column as JSON text, for queries whose rows :func:`task_from_row` reads: a busy
+#: queue's tasks share a few pipelines, and a pipeline's text (PostgreSQL writes JSONB out in one
+#: canonical form) maps to the same immutable :class:`Pipeline` every time.
+PIPELINE_TEXT: Final = sa.cast(tasks.c.pipeline, sa.Text).label("pipeline")
+
+
+@functools.lru_cache(maxsize=256)
+def _pipeline_from_text(text: str) -> Pipeline:
+    return Pipeline.from_json(json.loads(text))
