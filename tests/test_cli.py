@@ -106,7 +106,7 @@ def library(urls: tuple[str, str]) -> Iterator[Processor]:
 def test_help_lists_every_command(tmp_path: Path) -> None:
     result = imageproc("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("serve", "worker", "process", "status", "migrate", "purge"):
+    for command in ("serve", "worker", "process", "status", "migrate", "purge", "tasks"):
         assert command in result.stdout
 
 
@@ -209,6 +209,25 @@ def test_purge_deletes_old_finished_tasks_with_their_files(
         library.get(done.id)
     assert not library.storage.exists(output)
     assert library.get(waiting.id).status == TaskStatus.QUEUED  # unfinished tasks stay
+
+
+def test_tasks_lists_a_status_as_json_lines(
+    tmp_path: Path, urls: tuple[str, str], library: Processor
+) -> None:
+    first = library.submit(sample_image(30, 20), "a=png")
+    second = library.submit(sample_image(20, 30), "a=png")
+    library.cancel(first.id)
+    args = ("--database-url", urls[0], "tasks")
+    queued = imageproc(*args, "--status", "queued", cwd=tmp_path)
+    assert queued.returncode == 0, queued.stderr
+    assert [json.loads(line)["id"] for line in queued.stdout.splitlines()] == [second.id]
+    cancelled = imageproc(*args, "--status", "cancelled", "--limit", "5", cwd=tmp_path)
+    [shown] = [json.loads(line) for line in cancelled.stdout.splitlines()]
+    assert (shown["id"], shown["status"]) == (first.id, "cancelled")
+    assert imageproc(*args, "--status", "dead", cwd=tmp_path).stdout == ""
+    wrong = imageproc(*args, "--status", "lost", cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert "invalid choice: 'lost'" in wrong.stderr
 
 
 def test_purge_needs_a_duration_with_a_unit(tmp_path: Path) -> None:

@@ -236,6 +236,8 @@ def test_retry_a_dead_task() -> None:
     task = proc.submit(sample_image())
     proc.run_until_idle()
     assert proc.get(task.id).status == TaskStatus.DEAD
+    [dead] = proc.tasks(TaskStatus.DEAD)  # the dead-letter set
+    assert (dead.id, dead.error and dead.error.code) == (task.id, "storage_error")
     retried = proc.retry(task.id)
     assert (retried.status, retried.attempts) == (TaskStatus.QUEUED, 0)
     proc.run_until_idle()

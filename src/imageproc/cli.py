@@ -8,6 +8,7 @@
     imageproc status TASK_ID                                    a task as JSON
     imageproc migrate                                           create or upgrade the SQL schema
     imageproc purge --older-than 30d                            delete old finished tasks
+    imageproc tasks --status dead [--limit N]                   list tasks (JSON lines)
 
 Settings come from flags, then ``IMAGEPROC_*`` environment variables, then a ``.env`` file (see
 :mod:`imageproc.config` and ``.env.example``). Exit status: 0 on success, 1 when the work failed
@@ -35,6 +36,7 @@ import attrs
 
 from imageproc.config import LOG_LEVELS, Settings
 from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline
+from imageproc.task import TaskStatus
 
 if TYPE_CHECKING:
     from imageproc.backends.sql import SQLBackend
@@ -188,6 +190,19 @@ def _parser() -> argparse.ArgumentParser:
         help="such as 30d, 12h, 90m or 3600s",
     )
     purge.set_defaults(command=_purge)
+
+    listing = commands.add_parser(
+        "tasks", parents=[common], help="list tasks in a status, one JSON object per line"
+    )
+    listing.add_argument(
+        "--status",
+        required=True,
+        choices=[status.value for status in TaskStatus],
+        help="dead lists the dead-letter set",
+    )
+    listing.add_argument("--owner", help="only this API key owner's tasks")
+    listing.add_argument("--limit", type=int, default=100, help="most tasks shown (100)")
+    listing.set_defaults(command=_tasks)
     return parser
 
 
@@ -504,6 +519,24 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
     with settings.processor(migrate=False) as processor:
         deleted = processor.purge(args.older_than)
     print(f"purged {deleted} finished task(s) older than {args.older_than}")
+    return EXIT_OK
+
+
+def _tasks(args: argparse.Namespace, settings: Settings) -> int:
+    if args.limit < 1:
+        raise _UsageError(f"--limit must be at least 1, got {args.limit}")
+    # Read-only, like status: the task records only, no storage and no migration.
+    backend = _sql_backend(settings, "tasks")
+    try:
+        if backend.schema_revision() is None:
+            raise ConfigurationError(
+                f"no imageproc tables in {_safe_url(settings)}: run `imageproc migrate` first"
+            )
+        found = backend.find(TaskStatus(args.status), owner=args.owner, limit=args.limit)
+    finally:
+        backend.close()
+    for task in found:
+        print(json.dumps(task_to_json(task)))
     return EXIT_OK
 
 

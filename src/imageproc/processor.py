@@ -267,6 +267,14 @@ class Processor:
         """Queue a failed or dead task again, with a fresh allowance of attempts."""
         return self._change(task_id, lambda task: task.retry(self.clock()))
 
+    def tasks(
+        self, status: TaskStatus, *, owner: str | None = None, limit: int = 100
+    ) -> list[Task]:
+        """Up to ``limit`` tasks in ``status`` (of ``owner`` only, if given), the most recently
+        changed first. ``tasks(TaskStatus.DEAD)`` is the dead-letter set: look at each task's
+        ``error``, fix the cause, then :meth:`retry` it."""
+        return self.repository.find(status, owner=owner, limit=limit)
+
     def read(self, key: str) -> bytes:
         """The stored object under ``key`` (an original's or an output's key)."""
         return self._in_place(self.storage.get, key)

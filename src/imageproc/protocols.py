@@ -22,7 +22,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
-from imageproc.task import Task
+from imageproc.task import Task, TaskStatus
 
 __all__ = ["Lease", "ObjectInfo", "Queue", "QueueStats", "Repository", "Storage"]
 
@@ -136,6 +136,11 @@ class Repository(Protocol):
 
     def source_in_use(self, source_key: str) -> bool:
         """Whether any task still refers to the original stored under ``source_key``."""
+        ...
+
+    def find(self, status: TaskStatus, *, owner: str | None = None, limit: int = 100) -> list[Task]:
+        """Up to ``limit`` tasks in ``status`` (of ``owner`` only, if given), the most recently
+        changed first: the dead-letter set is ``find(TaskStatus.DEAD)``."""
         ...
 
     def queue_stats(self) -> QueueStats:

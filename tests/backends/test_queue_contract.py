@@ -302,6 +302,31 @@ def test_purge_deletes_only_finished_tasks_older_than_the_cutoff(backend: Backen
     assert not backend.repository.source_in_use("originals/zz/nothing.jpg")
 
 
+def test_find_lists_a_status_most_recently_changed_first(backend: Backend) -> None:
+    tasks = [new_task() for _ in range(4)]
+    backend.repository.add_many(tasks)
+    leases = {
+        lease.task.id: lease for lease in backend.queue.claim("w", lease_seconds=LEASE, limit=3)
+    }
+    error = TaskError("storage_error", "gone")
+    moments = [utcnow() + timedelta(seconds=n) for n in range(3)]
+    dead = []
+    for lease, moment in zip(leases.values(), moments, strict=True):
+        backend.queue.complete(lease, lease.task.die(error, moment))
+        dead.append(lease.task.id)
+    owned = attrs.evolve(new_task(), owner="alice")
+    backend.repository.add(owned)
+
+    found = backend.repository.find(TaskStatus.DEAD)
+    assert [task.id for task in found] == dead[::-1]
+    assert all(task.error == error for task in found)
+    assert [t.id for t in backend.repository.find(TaskStatus.DEAD, limit=2)] == dead[:0:-1]
+    queued = backend.repository.find(TaskStatus.QUEUED)
+    assert {task.id for task in queued} == ({t.id for t in tasks} - set(dead)) | {owned.id}
+    assert [t.id for t in backend.repository.find(TaskStatus.QUEUED, owner="alice")] == [owned.id]
+    assert backend.repository.find(TaskStatus.FAILED) == []
+
+
 def test_timestamps_come_back_timezone_aware_and_exact(backend: Backend) -> None:
     task = new_task()
     backend.repository.add(task)

@@ -165,6 +165,17 @@ class MemoryRepository:
         with self._changed:
             return any(row.task.source_key == source_key for row in self._rows.values())
 
+    def find(self, status: TaskStatus, *, owner: str | None = None, limit: int = 100) -> list[Task]:
+        """Tasks in ``status`` (and of ``owner``), most recently changed first, by a scan."""
+        with self._changed:
+            found = [
+                row.task
+                for row in self._rows.values()
+                if row.task.status == status and (owner is None or row.task.owner == owner)
+            ]
+        found.sort(key=lambda task: (task.updated_at, task.id), reverse=True)
+        return found[: max(limit, 0)]
+
     def queue_stats(self) -> QueueStats:
         """Counts by scanning the table (fine for the sizes memory is for)."""
         with self._changed:

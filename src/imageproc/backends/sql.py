@@ -256,6 +256,20 @@ class SQLBackend:
             query = sa.select(tasks.c.id).where(tasks.c.source_key == source_key).limit(1)
             return conn.execute(query).first() is not None
 
+    def find(self, status: TaskStatus, *, owner: str | None = None, limit: int = 100) -> list[Task]:
+        """Tasks in ``status`` (and of ``owner``), most recently changed first.
+
+        Queued and processing tasks are found through the claim indexes; the final statuses
+        are read by scanning, which is what an occasional look at the dead-letter set costs
+        (an index on them would slow every status change of the hot table).
+        """
+        query = sa.select(tasks).where(tasks.c.status == status.value)
+        if owner is not None:
+            query = query.where(tasks.c.owner == owner)
+        query = query.order_by(tasks.c.updated_at.desc(), tasks.c.id.desc()).limit(max(limit, 0))
+        with self._one_statement() as conn:
+            return [task_from_row(row) for row in conn.execute(query).mappings()]
+
     def queue_stats(self) -> QueueStats:
         """Counts of queued and processing tasks and the oldest due one, in one query."""
         now = self.clock()
