@@ -244,6 +244,20 @@ def test_json_is_read_strictly(obj: dict[str, object], fragment: str) -> None:
     assert fragment in info.value.message
 
 
+def test_pipelines_recorded_by_earlier_versions_are_read_as_the_nearest_valid_one() -> None:
+    old = _variant(
+        operations=[{"op": "blur", "sigma": 0.123456}, {"op": "sharpen", "amount": 0.00001}],
+        encoding={"format": "webp", "quality": 79.6},
+        background="00000080",
+    )
+    with pytest.raises(InvalidPipeline):
+        Pipeline.from_json(old)  # not what a client may send now...
+    stored = Pipeline.from_stored(old)  # ...but what an earlier version recorded still reads
+    assert str(stored) == "a=blur:0.1235,sharpen:0.0001,background:000000,webp:q80"
+    with pytest.raises(InvalidPipeline):
+        Pipeline.from_stored(_variant(operations=[{"op": "spin"}]))
+
+
 def test_colour_channels_are_bytes() -> None:
     with pytest.raises(InvalidPipeline, match="colour red must be 0-255, got 256"):
         Colour(256, 0, 0)

@@ -847,6 +847,41 @@ _EXAMPLES: Final = {
 }
 
 
+def _modernised(obj: Mapping[str, Any]) -> Any:
+    """``obj`` (a recorded pipeline's JSON) with what earlier versions wrote made valid now."""
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("variants"), list):
+        return obj
+    variants = []
+    for variant in obj["variants"]:
+        if not isinstance(variant, Mapping):
+            return obj
+        variant = dict(variant)
+        background = variant.get("background")
+        if isinstance(background, str) and len(background) == 8:
+            variant["background"] = background[:6]  # the opacity was never applied
+        encoding = variant.get("encoding")
+        if isinstance(encoding, Mapping):
+            quality = encoding.get("quality")
+            if isinstance(quality, float) and math.isfinite(quality):
+                variant["encoding"] = {**encoding, "quality": min(100, max(1, round(quality)))}
+        operations = variant.get("operations")
+        if isinstance(operations, list):
+            variant["operations"] = [_modern_operation(op) for op in operations]
+        variants.append(variant)
+    return {**obj, "variants": variants}
+
+
+def _modern_operation(op: Any) -> Any:
+    if not isinstance(op, Mapping):
+        return op
+    op = dict(op)
+    for field in ("sigma", "amount"):
+        value = op.get(field)
+        if isinstance(value, float) and math.isfinite(value) and value > 0:
+            op[field] = max(round(value, 4), 0.0001)
+    return op
+
+
 _VARIANT_FIELDS: Final = ("name", "operations", "encoding", "background", *_FLAGS.values())
 
 
@@ -916,6 +951,21 @@ class Pipeline:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             what = f"missing field {error}" if isinstance(error, KeyError) else str(error)
             raise InvalidPipeline(f"malformed pipeline JSON: {what}") from error
+
+    @classmethod
+    def from_stored(cls, obj: Mapping[str, Any]) -> Pipeline:
+        """Read a pipeline that a backend recorded, by this version or an earlier one.
+
+        Earlier versions accepted, and so recorded, a few values the JSON form now refuses
+        because the text form cannot write them: a background with an opacity (which was never
+        used), a fractional quality, and a blur or sharpening with more than four decimals.
+        Those are read as the nearest value the language has; anything else must be valid, as
+        for :meth:`from_json`, or :class:`~imageproc.InvalidPipeline` is raised.
+        """
+        try:
+            return cls.from_json(obj)
+        except InvalidPipeline:
+            return cls.from_json(_modernised(obj))
 
     def to_json(self) -> dict[str, Any]:
         """This pipeline as a JSON-serialisable object."""

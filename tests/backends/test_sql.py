@@ -27,7 +27,7 @@ from imageproc import (
 from imageproc.backends.fsspec import FsspecStorage
 from imageproc.backends.memory import MemoryStorage
 from imageproc.backends.sql import _CLAIM, SQLBackend
-from imageproc.backends.sqlschema import VERSION_TABLE, metadata
+from imageproc.backends.sqlschema import VERSION_TABLE, metadata, tasks
 from imageproc.clock import utcnow
 from imageproc.pipeline import DEFAULT_PIPELINE
 from imageproc.testing import FAST_OPTIONS, sample_image
@@ -78,6 +78,47 @@ def test_the_status_column_refuses_unknown_statuses(sql: SQLBackend) -> None:
         conn.execute(
             sa.text("UPDATE imageproc_tasks SET status = 'lost' WHERE id = :id"), {"id": task.id}
         )
+
+
+def _set_pipeline(sql: SQLBackend, task_id: str, pipeline: object) -> None:
+    with sql.engine.begin() as conn:
+        conn.execute(tasks.update().where(tasks.c.id == task_id).values(pipeline=pipeline))
+
+
+def test_pipelines_recorded_by_earlier_versions_are_still_read(sql: SQLBackend) -> None:
+    # What the previous release accepted and recorded, which the JSON form now refuses.
+    sql.add(task := new_task())
+    old = {
+        "variants": [
+            {
+                "name": "a",
+                "operations": [{"op": "blur", "sigma": 0.123456}],
+                "encoding": {"format": "jpeg", "quality": 80.5},
+                "background": "ff000080",
+            }
+        ]
+    }
+    _set_pipeline(sql, task.id, old)
+    assert str(sql.get(task.id).pipeline) == "a=blur:0.1235,background:ff0000,jpeg:q80"
+    (lease,) = sql.claim("w", lease_seconds=30)
+    assert lease.task.pipeline == sql.get(task.id).pipeline
+
+
+def test_an_unreadable_task_is_failed_and_the_rest_of_its_batch_claimed(sql: SQLBackend) -> None:
+    sql.add(broken := new_task())
+    sql.add(healthy := new_task())
+    _set_pipeline(sql, broken.id, {"variants": "not a list"})
+    leases = sql.claim("w", lease_seconds=30, limit=2)
+    assert [lease.task.id for lease in leases] == [healthy.id]
+    with sql.engine.connect() as conn:
+        row = conn.execute(tasks.select().where(tasks.c.id == broken.id)).mappings().one()
+    assert (row["status"], row["error_code"], row["lease_token"]) == (
+        "failed",
+        "unreadable_task",
+        None,
+    )
+    assert row["error_message"].startswith("the recorded task cannot be read: ")
+    assert sql.claim("w", lease_seconds=30, limit=2) == []
 
 
 def test_naive_timestamps_are_refused(sql: SQLBackend) -> None:

@@ -43,6 +43,7 @@ from imageproc.errors import (
     BackendUnavailable,
     ConfigurationError,
     ImageprocError,
+    InvalidInput,
     LeaseLost,
     TaskNotFound,
 )
@@ -176,12 +177,6 @@ class SQLBackend:
                 conn.execute(tasks.insert(), [task_to_row(task) for task in batch])
                 if any(task.status == TaskStatus.QUEUED for task in batch):
                     self._notify(conn)
-        except exc.IntegrityError as error:
-            if len(batch) > 1:  # one task already recorded must not fail the others
-                return [result for task in batch for result in self._insert([task])]
-            duplicate = ValueError(f"task {batch[0].id} already exists")
-            duplicate.__cause__ = error
-            return [duplicate]
         except ImageprocError as error:
             # The database is unavailable. Each caller gets an exception of its own: one raised
             # in several threads at once would mix their tracebacks.
@@ -189,6 +184,19 @@ class SQLBackend:
             for copy in copies:
                 copy.__cause__ = error.__cause__
             return [error, *copies]
+        except Exception as error:
+            if len(batch) > 1:
+                # One task's fault (already recorded, a value the database cannot hold) must
+                # not fail the others: write each alone, so only its own caller gets the error.
+                return [result for task in batch for result in self._insert([task])]
+            if isinstance(error, exc.IntegrityError):
+                if _exists(self, batch[0].id):
+                    refused = ValueError(f"task {batch[0].id} already exists")
+                else:
+                    refused = ValueError(f"task {batch[0].id} was refused: {_brief(error)}")
+                refused.__cause__ = error
+                return [refused]
+            return [error]
         return [None] * len(batch)
 
     def add_many(self, tasks: Sequence[Task]) -> None:
@@ -312,12 +320,40 @@ class SQLBackend:
         parameters = {"now": now, "expires": expires, "token": token, "worker": worker, "n": limit}
         with self._one_statement(write=True) as conn:
             rows = conn.execute(_CLAIM, parameters).mappings().all()
-        claimed = [task_from_row(row) for row in rows]
+        claimed: list[Task] = []
+        unreadable: dict[str, str] = {}
+        for row in rows:
+            try:
+                claimed.append(task_from_row(row))
+            except InvalidInput as error:
+                unreadable[row["id"]] = error.message
+        if unreadable:
+            self._fail_unreadable(unreadable, token, now)
         leased = sorted((t for t in claimed if t.status == TaskStatus.PROCESSING), key=_claim_key)
         buried = len(claimed) - len(leased)
         if buried:
             logger.warning("%d task(s) dead: leases expired with no attempts left", buried)
         return [Lease(task, token + task.id, worker, expires) for task in leased], buried
+
+    def _fail_unreadable(self, unreadable: dict[str, str], token: str, now: datetime) -> None:
+        """Fail claimed tasks whose records cannot be read (a damaged row, or one this version
+        cannot make sense of): no worker could process them, and leaving them leased would
+        hold them, and the rest of their batch, until the leases expired."""
+        logger.error("%d claimed task(s) cannot be read and are failed", len(unreadable))
+        with self._begin(write=True) as conn:
+            for task_id, reason in unreadable.items():
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id == task_id, tasks.c.lease_token == token + task_id)
+                    .values(
+                        status=TaskStatus.FAILED.value,
+                        error_code="unreadable_task",
+                        error_message=f"the recorded task cannot be read: {reason}",
+                        updated_at=now,
+                        finished_at=now,
+                        **_NO_LEASE,
+                    )
+                )
 
     def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
         """Extend ``lease`` to ``lease_seconds`` from now, if it is still held."""
@@ -620,6 +656,14 @@ def _outcome(lease: Lease, task: Task) -> dict[str, Any]:
 
 def _lost(lease: Lease) -> LeaseLost:
     return LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
+
+
+def _exists(backend: SQLBackend, task_id: str) -> bool:
+    try:
+        backend.get(task_id)
+    except TaskNotFound:
+        return False
+    return True
 
 
 def _schema_error(error: exc.DBAPIError) -> ConfigurationError:

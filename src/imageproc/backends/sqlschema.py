@@ -179,7 +179,7 @@ def task_from_row(row: Mapping[Any, Any]) -> Task:
         status=TaskStatus(row["status"]),
         pipeline=_pipeline_from_text(pipeline)
         if isinstance(pipeline, str)
-        else Pipeline.from_json(pipeline),
+        else Pipeline.from_stored(pipeline),
         source_key=row["source_key"],
         source=SourceInfo(
             format=row["source_format"],
@@ -212,4 +212,4 @@ PIPELINE_TEXT: Final = sa.cast(tasks.c.pipeline, sa.Text).label("pipeline")
 
 @functools.lru_cache(maxsize=256)
 def _pipeline_from_text(text: str) -> Pipeline:
-    return Pipeline.from_json(json.loads(text))
+    return Pipeline.from_stored(json.loads(text))
