@@ -7,10 +7,12 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import attrs
 import pytest
 import sqlalchemy as sa
 
 from imageproc import BackendUnavailable, SourceInfo, Task, TaskStatus
+from imageproc.backends import groupcommit
 from imageproc.backends.groupcommit import GroupCommit
 from imageproc.backends.sql import SQLBackend
 from imageproc.clock import utcnow
@@ -180,6 +182,62 @@ def test_a_duplicate_in_a_batch_fails_alone(request: pytest.FixtureRequest) -> N
         assert sql.get(task.id).status == TaskStatus.QUEUED
     with pytest.raises(ValueError, match="already exists"):
         sql.add(recorded)
+
+
+def test_a_value_the_database_cannot_hold_fails_only_its_own_task(
+    request: pytest.FixtureRequest,
+) -> None:
+    sql = make_backend("sqlite", request)
+    good = [new_task() for _ in range(2)]
+    bad = attrs.evolve(new_task(), priority=2**63)  # past a SQLite INTEGER
+    results = sql._insert([good[0], bad, good[1]])
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], OverflowError)
+    assert [sql.get(task.id).status for task in good] == [TaskStatus.QUEUED] * 2
+
+
+def _interrupt_while_waiting(
+    group: GroupCommit[int], item: int, monkeypatch: pytest.MonkeyPatch
+) -> bool:
+    """Run ``item`` as a caller that gets KeyboardInterrupt while it waits for its turn; True if
+    it was interrupted there."""
+    interrupted = threading.Event()
+
+    class Interrupting(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            interrupted.set()
+            raise KeyboardInterrupt
+
+    real_init = groupcommit._Slot.__init__
+
+    def slot_init(self: groupcommit._Slot[int], item: int) -> None:
+        real_init(self, item)
+        self.woken = Interrupting()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(groupcommit._Slot, "__init__", slot_init)
+        with pytest.raises(KeyboardInterrupt):
+            group.run(item)
+    return interrupted.is_set()
+
+
+def test_a_caller_interrupted_while_waiting_strands_nobody(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write = Recorder()
+    group = GroupCommit(write)
+    with ThreadPoolExecutor(4) as pool:
+        leader = pool.submit(_outcome, group, 0)
+        assert write.entered.wait(10)
+        # Queued behind the leader, so it would be made the next leader; then it is gone.
+        assert _interrupt_while_waiting(group, 2, monkeypatch)
+        later = pool.submit(_outcome, group, 4)
+        write.release.set()
+        assert leader.result(timeout=10) == "ok"
+        assert later.result(timeout=10) == "ok"  # not waiting for the lead forever
+    assert [4] in write.batches
+    assert all(2 not in batch for batch in write.batches)
 
 
 def test_a_locked_database_fails_every_caller_with_an_error_of_its_own(

@@ -82,34 +82,64 @@ class GroupCommit(Generic[_T]):
             lead = not self._leading
             self._leading = True
         if not lead:
-            slot.woken.wait()
+            try:
+                slot.woken.wait()
+            except BaseException:
+                # Interrupted while waiting (KeyboardInterrupt, a signal handler that raises):
+                # leave without stranding the others.
+                self._abandon(slot)
+                raise
             if not slot.lead:
                 return self._outcome(slot)
         self._lead()
         return self._outcome(slot)
 
+    def _abandon(self, slot: _Slot[_T]) -> None:
+        with self._lock:
+            if slot in self._waiting:  # not written yet: it never will be
+                self._waiting.remove(slot)
+            if not slot.lead:
+                return  # its batch is being written, and the leader will wake the others
+            # It was made the next leader: pass the lead on, or let the next caller take it.
+            slot.lead = False
+            successor = self._waiting[0] if self._waiting else None
+            if successor is not None:
+                successor.lead = True
+            self._leading = successor is not None
+        if successor is not None:
+            successor.woken.set()
+
     def _lead(self) -> None:
         with self._lock:
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
+        results: Sequence[BaseException | None] | None = None
         try:
-            results: Sequence[BaseException | None] = self._write([s.item for s in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"write returned {len(results)} results for {len(batch)}")
+            written = self._write([s.item for s in batch])
+            if len(written) != len(batch):
+                raise RuntimeError(f"write returned {len(written)} results for {len(batch)}")
+            results = written
         except BaseException as error:  # every caller learns its item was not written
             results = [error] * len(batch)
         finally:
+            # Also when the leader itself is interrupted, at any point: the callers it wrote
+            # for are woken, and the lead is handed on, or nobody would ever write again.
+            if results is None:
+                interrupted = RuntimeError("the transaction holding this item was interrupted")
+                results = [interrupted] * len(batch)
             with self._lock:
-                # Hand the lead on before waking anyone, so a new caller never writes alongside.
+                # Hand the lead on before waking anyone, so a new caller never writes alongside;
+                # marked under the lock, so a successor that gives up sees it must pass it on.
                 successor = self._waiting[0] if self._waiting else None
+                if successor is not None:
+                    successor.lead = True
                 self._leading = successor is not None
-        for slot, result in zip(batch, results, strict=True):
-            slot.error = result
-            slot.done = True
-            slot.woken.set()
-        if successor is not None:
-            successor.lead = True
-            successor.woken.set()
+            for slot, result in zip(batch, results, strict=True):
+                slot.error = result
+                slot.done = True
+                slot.woken.set()
+            if successor is not None:
+                successor.woken.set()
 
     @staticmethod
     def _outcome(slot: _Slot[_T]) -> None:
