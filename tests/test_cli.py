@@ -234,6 +234,10 @@ def test_purge_needs_a_duration_with_a_unit(tmp_path: Path) -> None:
     result = imageproc("purge", "--older-than", "30", cwd=tmp_path)
     assert result.returncode == 2
     assert "expected a duration such as 30d, 12h or 90m, got '30'" in result.stderr
+    huge = imageproc("purge", "--older-than", "99999999999d", cwd=tmp_path)
+    assert huge.returncode == 2
+    assert "'99999999999d' is longer than a duration can be" in huge.stderr
+    assert "Traceback" not in huge.stderr
 
 
 # -- process ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from imageproc import (
     ConfigurationError,
     IllegalTransition,
     InvalidImage,
+    InvalidInput,
     InvalidPipeline,
     Pipeline,
     Processor,
@@ -256,6 +257,14 @@ def test_get_and_wait(processor: Processor) -> None:
         processor.wait(task.id, timeout=0.01)
     processor.run_until_idle()
     assert processor.wait(task.id, timeout=1).status == TaskStatus.SUCCEEDED
+
+
+def test_a_priority_the_database_cannot_hold_is_refused_before_storing() -> None:
+    proc = memory_processor()
+    with pytest.raises(InvalidInput, match="priority must be a whole number from -2147483648"):
+        proc.submit(sample_image(), priority=2**31)
+    assert proc.submit(sample_image(), priority=-(2**31)).priority == -(2**31)
+    assert len(proc.repository) == 1  # type: ignore[arg-type]
 
 
 def test_presets() -> None:

@@ -216,7 +216,10 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(
             f"expected a duration such as 30d, 12h or 90m, got {text!r}"
         )
-    return timedelta(seconds=int(number) * _UNITS[unit])
+    try:
+        return timedelta(seconds=int(number) * _UNITS[unit])
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than a duration can be") from None
 
 
 def _configure_logging(level: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Self, TypeVar
 
 import tenacity
 
@@ -22,6 +22,7 @@ from imageproc.errors import (
     ConfigurationError,
     ImageprocError,
     InvalidImage,
+    InvalidInput,
     InvalidPipeline,
     LeaseLost,
     WaitTimeout,
@@ -212,6 +213,11 @@ class Processor:
         stored: a bad one raises :class:`~imageproc.InvalidPipeline` or
         :class:`~imageproc.InvalidImage` and leaves nothing behind.
         """
+        if not _PRIORITIES[0] <= priority <= _PRIORITIES[1]:
+            raise InvalidInput(
+                f"priority must be a whole number from {_PRIORITIES[0]} to {_PRIORITIES[1]},"
+                f" got {priority}"
+            )
         resolved = self.pipeline if pipeline is None else self._resolve(pipeline)
         data = _read_source(source, self.image_limits.max_bytes)
         info = imaging.probe(data, self.image_limits)
@@ -527,6 +533,10 @@ class Processor:
             if self.repository.update(changed, expected=current):
                 return changed
         raise ImageprocError(f"task {task_id} kept changing; try again", transient=True)
+
+
+#: What the priority column holds (a 32-bit integer in SQL).
+_PRIORITIES: Final = (-(2**31), 2**31 - 1)
 
 
 def _looks_like_a_name(text: str) -> bool:
