@@ -24,8 +24,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
@@ -457,24 +458,38 @@ class _Progress:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     # Only the task records are needed: no storage (which would create its folder) and no
     # migration (a read-only command must not change the schema).
-    backend = _sql_backend(settings, "status")
+    with _records(settings, "status") as backend:
+        task = backend.get(args.task_id)
+    print(json.dumps(task_to_json(task), indent=2))
+    return EXIT_OK
+
+
+@contextmanager
+def _records(settings: Settings, command: str) -> Iterator[SQLBackend]:
+    """The task records of an existing, migrated database, for a command that only reads."""
+    backend = _sql_backend(settings, command)
     try:
         if backend.schema_revision() is None:
             raise ConfigurationError(
                 f"no imageproc tables in {_safe_url(settings)}: run `imageproc migrate` first"
             )
-        task = backend.get(args.task_id)
+        yield backend
     finally:
         backend.close()
-    print(json.dumps(task_to_json(task), indent=2))
-    return EXIT_OK
 
 
 def _sql_backend(settings: Settings, command: str) -> SQLBackend:
+    from imageproc.backends.sql import SQLBackend
+
+    _check_database(settings, command)
+    return SQLBackend(settings.database_url)
+
+
+def _check_database(settings: Settings, command: str) -> None:
+    """Refuse, with a usage error, a database ``command`` cannot use: not SQL, or (but for
+    ``migrate``) a SQLite file that does not exist yet."""
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
-
-    from imageproc.backends.sql import SQLBackend
 
     scheme = settings.database_url.partition("://")[0].split("+")[0]
     if scheme not in ("sqlite", "postgresql"):
@@ -489,7 +504,6 @@ def _sql_backend(settings: Settings, command: str) -> SQLBackend:
     is_file = scheme == "sqlite" and database not in (None, "", ":memory:")
     if command != "migrate" and is_file and not Path(str(database)).is_file():
         raise ConfigurationError(f"no database at {database}: run `imageproc migrate` first")
-    return SQLBackend(settings.database_url)
 
 
 def task_to_json(task: Task) -> dict[str, Any]:
@@ -518,7 +532,7 @@ def task_to_json(task: Task) -> dict[str, Any]:
 
 def _purge(args: argparse.Namespace, settings: Settings) -> int:
     # A maintenance command: it must not change the schema, and finds no tasks without one.
-    _sql_backend(settings, "purge").close()
+    _check_database(settings, "purge")
     with settings.processor(migrate=False) as processor:
         deleted = processor.purge(args.older_than)
     print(f"purged {deleted} finished task(s) older than {args.older_than}")
@@ -528,16 +542,8 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
 def _tasks(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit < 1:
         raise _UsageError(f"--limit must be at least 1, got {args.limit}")
-    # Read-only, like status: the task records only, no storage and no migration.
-    backend = _sql_backend(settings, "tasks")
-    try:
-        if backend.schema_revision() is None:
-            raise ConfigurationError(
-                f"no imageproc tables in {_safe_url(settings)}: run `imageproc migrate` first"
-            )
+    with _records(settings, "tasks") as backend:
         found = backend.find(TaskStatus(args.status), owner=args.owner, limit=args.limit)
-    finally:
-        backend.close()
     for task in found:
         print(json.dumps(task_to_json(task)))
     return EXIT_OK
