@@ -190,7 +190,9 @@ class SQLBackend:
                 # not fail the others: write each alone, so only its own caller gets the error.
                 return [result for task in batch for result in self._insert([task])]
             if isinstance(error, exc.IntegrityError):
-                if _exists(self, batch[0].id):
+                with self._one_statement() as conn:
+                    duplicate = _exists(conn, batch[0].id)
+                if duplicate:
                     refused = ValueError(f"task {batch[0].id} already exists")
                 else:
                     refused = ValueError(f"task {batch[0].id} was refused: {_brief(error)}")
@@ -234,8 +236,7 @@ class SQLBackend:
                 .values(**task_to_row(task), **_NO_LEASE)
             )
             if result.rowcount == 0:
-                exists = conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task.id)).first()
-                if exists is None:
+                if not _exists(conn, task.id):
                     raise TaskNotFound(f"no task with id {task.id!r}")
                 return False
             if task.status == TaskStatus.QUEUED:
@@ -658,12 +659,9 @@ def _lost(lease: Lease) -> LeaseLost:
     return LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
 
 
-def _exists(backend: SQLBackend, task_id: str) -> bool:
-    try:
-        backend.get(task_id)
-    except TaskNotFound:
-        return False
-    return True
+def _exists(conn: Connection, task_id: str) -> bool:
+    """Whether a task with this id is recorded (its row is not read)."""
+    return conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task_id)).first() is not None
 
 
 def _schema_error(error: exc.DBAPIError) -> ConfigurationError:
