@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route, Router
+from starlette.routing import Route
 
 from imageproc import keys as keyrules
 from imageproc.errors import (
@@ -213,7 +213,6 @@ class _Service:
         # and share transactions (backends/groupcommit.py), and with distinct uploads 16 gave
         # more throughput than 2 or 4 in benchmarks/http.py.
         self.submit_limiter = anyio.CapacityLimiter(CONCURRENT_SUBMITS)
-        self.router = Router()  # this app's own, once it is built
 
     # -- access ---------------------------------------------------------------------------
 
@@ -255,12 +254,14 @@ class _Service:
     def url_for(self, request: Request, name: str, **params: str) -> str:
         """The absolute URL of one of this app's own routes.
 
-        From this app's router, not ``request.url_for``: that searches the router of the
-        outermost application, where a named ``Mount`` renames these routes (``images:status``)
-        and an application route of the same name would win. ``root_path`` holds the prefix this
-        app is mounted (or proxied) under.
+        From this app's router (``request.app`` is the innermost application), not
+        ``request.url_for``: that searches the router of the outermost application, where a
+        named ``Mount`` renames these routes (``images:status``) and an application route of the
+        same name would win. ``root_path`` holds the prefix this app is mounted (or proxied)
+        under.
         """
-        path = self.router.url_path_for(name, **params)
+        app: Starlette = request.app
+        path = app.router.url_path_for(name, **params)
         prefix = str(request.scope.get("root_path", "")).rstrip("/")
         return str(request.url.replace(path=prefix + path, query=""))
 
@@ -671,7 +672,6 @@ def create_app(
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.imageproc = service
-    service.router = app.router
     return app
 
 
