@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,33 @@ def make_backend(kind: str, request: pytest.FixtureRequest) -> SQLBackend:
     backend.migrate()
     request.addfinalizer(backend.close)
     return backend
+
+
+def impatient_sqlite(request: pytest.FixtureRequest) -> SQLBackend:
+    """A migrated SQLite backend that gives up on a locked database after 0.1 s."""
+    url = request.getfixturevalue("sqlite_url")
+    SQLBackend(url).migrate()
+    backend = SQLBackend(url, sqlite_busy_timeout=0.1)
+    request.addfinalizer(backend.close)
+    return backend
+
+
+@contextmanager
+def sqlite_write_lock(url: str | sa.URL) -> Iterator[Callable[[], None]]:
+    """Another connection holds the SQLite database's write lock, as another process would,
+    until the block ends or the ``release`` it yields is called."""
+    blocker = sa.create_engine(url).connect()
+    blocker.exec_driver_sql("BEGIN EXCLUSIVE")
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            blocker.exec_driver_sql("ROLLBACK")
+            held = False
+
+    try:
+        yield release
+    finally:
+        release()
+        blocker.close()

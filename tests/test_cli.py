@@ -415,6 +415,7 @@ def test_serve_without_workers_behind_a_path_prefix(tmp_path: Path) -> None:
         code, stderr = stop(server)
     assert code == 0, stderr
     shown = imageproc("status", accepted["id"], cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["pipeline"] == "default=fit:8x8,png"  # IMAGEPROC_PIPELINE
 
 

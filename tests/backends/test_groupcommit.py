@@ -17,7 +17,7 @@ from imageproc.backends.groupcommit import GroupCommit
 from imageproc.backends.sql import SQLBackend
 from imageproc.clock import utcnow
 from imageproc.pipeline import DEFAULT_PIPELINE
-from tests.databases import make_backend
+from tests.databases import impatient_sqlite, make_backend, sqlite_write_lock
 
 
 class Recorder:
@@ -151,19 +151,14 @@ def test_adds_that_wait_for_the_lock_share_one_transaction(
     sa.event.listen(sql.engine, "commit", lambda conn: commits.append(1))
     tasks = [new_task() for _ in range(16)]
     # Another process holds the write lock: the first add waits for it, the others queue.
-    blocker = sa.create_engine(sql.engine.url).connect()
-    blocker.exec_driver_sql("BEGIN EXCLUSIVE")
-    try:
-        with ThreadPoolExecutor(16) as pool:
-            futures = [pool.submit(sql.add, task) for task in tasks]
-            while _queued(sql) < 15:
-                threading.Event().wait(0.001)
-            assert not any(future.done() for future in futures)
-            blocker.exec_driver_sql("ROLLBACK")
-            for future in futures:
-                future.result(30)
-    finally:
-        blocker.close()
+    with sqlite_write_lock(sql.engine.url) as release, ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(sql.add, task) for task in tasks]
+        while _queued(sql) < 15:
+            threading.Event().wait(0.001)
+        assert not any(future.done() for future in futures)
+        release()
+        for future in futures:
+            future.result(30)
     assert len(commits) == 2  # the first task alone, then the fifteen that queued behind it
     for task in tasks:
         assert sql.get(task.id) == task
@@ -243,17 +238,9 @@ def test_a_caller_interrupted_while_waiting_strands_nobody(
 def test_a_locked_database_fails_every_caller_with_an_error_of_its_own(
     request: pytest.FixtureRequest,
 ) -> None:
-    url = request.getfixturevalue("sqlite_url")
-    SQLBackend(url).migrate()
-    impatient = SQLBackend(url, sqlite_busy_timeout=0.1)
-    request.addfinalizer(impatient.close)
-    blocker = sa.create_engine(url).connect()
-    blocker.exec_driver_sql("BEGIN EXCLUSIVE")
-    try:
+    impatient = impatient_sqlite(request)
+    with sqlite_write_lock(impatient.engine.url):
         results = impatient._insert([new_task(), new_task()])
-    finally:
-        blocker.exec_driver_sql("ROLLBACK")
-        blocker.close()
     first, second = results
     assert isinstance(first, BackendUnavailable)
     assert isinstance(second, BackendUnavailable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 
 import attrs
@@ -68,8 +69,10 @@ def test_add_many_is_all_or_none(backend: Backend) -> None:
     assert backend.repository.queue_stats().queued == 1
 
 
-def test_add_many_wakes_a_waiting_worker(backend: Backend) -> None:
-    timer = threading.Timer(0.1, lambda: backend.repository.add_many([new_task(), new_task()]))
+def assert_wait_wakes_when(backend: Backend, add: Callable[[], object], added: int) -> None:
+    """A worker waiting in ``Queue.wait`` wakes soon after ``add`` runs in another thread, and
+    finds the ``added`` tasks."""
+    timer = threading.Timer(0.1, add)
     started = time.monotonic()
     timer.start()
     try:
@@ -77,7 +80,13 @@ def test_add_many_wakes_a_waiting_worker(backend: Backend) -> None:
     finally:
         timer.join()
     assert time.monotonic() - started < 2.0
-    assert len(backend.queue.claim("w", lease_seconds=LEASE, limit=5)) == 2
+    assert len(backend.queue.claim("w", lease_seconds=LEASE, limit=5)) == added
+
+
+def test_add_many_wakes_a_waiting_worker(backend: Backend) -> None:
+    assert_wait_wakes_when(
+        backend, lambda: backend.repository.add_many([new_task(), new_task()]), 2
+    )
 
 
 def test_a_claimed_task_is_invisible_to_other_claimers(backend: Backend) -> None:
@@ -238,15 +247,7 @@ def test_update_back_to_queued_makes_it_claimable(backend: Backend) -> None:
 
 
 def test_wait_wakes_up_when_work_arrives(backend: Backend) -> None:
-    timer = threading.Timer(0.1, lambda: backend.repository.add(new_task()))
-    started = time.monotonic()
-    timer.start()
-    try:
-        backend.queue.wait(5.0)
-    finally:
-        timer.join()
-    assert time.monotonic() - started < 2.0
-    assert len(backend.queue.claim("w", lease_seconds=LEASE)) == 1
+    assert_wait_wakes_when(backend, lambda: backend.repository.add(new_task()), 1)
 
 
 def test_wait_returns_at_its_timeout(backend: Backend) -> None:

@@ -31,7 +31,7 @@ from imageproc.backends.sqlschema import VERSION_TABLE, metadata, tasks
 from imageproc.clock import utcnow
 from imageproc.pipeline import DEFAULT_PIPELINE
 from imageproc.testing import FAST_OPTIONS, sample_image
-from tests.databases import make_backend
+from tests.databases import impatient_sqlite, make_backend, sqlite_write_lock
 from tests.doubles import CountingQueue, run_to_completion
 
 KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -158,18 +158,12 @@ def test_an_unreachable_server_is_backend_unavailable() -> None:
 
 
 def test_a_locked_sqlite_file_is_backend_unavailable(request: pytest.FixtureRequest) -> None:
-    url = request.getfixturevalue("sqlite_url")
-    SQLBackend(url).migrate()
-    impatient = SQLBackend(url, sqlite_busy_timeout=0.1)
-    request.addfinalizer(impatient.close)
-    blocker = sa.create_engine(url).connect()
-    blocker.exec_driver_sql("BEGIN EXCLUSIVE")
-    try:
-        with pytest.raises(BackendUnavailable, match="locked"):
-            impatient.add(new_task())
-    finally:
-        blocker.exec_driver_sql("ROLLBACK")
-        blocker.close()
+    impatient = impatient_sqlite(request)
+    with (
+        sqlite_write_lock(impatient.engine.url),
+        pytest.raises(BackendUnavailable, match="locked"),
+    ):
+        impatient.add(new_task())
     impatient.add(new_task())  # and carries on once the lock is gone
 
 
