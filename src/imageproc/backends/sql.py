@@ -122,6 +122,8 @@ class SQLBackend:
             _plan_once(self.engine)
         self._url = parsed
         self._wakeup = _Wakeup()
+        # Per thread, the transaction _begin has open: whether it queued work (see _notify).
+        self._transaction = threading.local()
         self._listener: _Listener | None = None
         self._closed = False
 
@@ -455,8 +457,10 @@ class SQLBackend:
     def _notify(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
             conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
-        # Workers of this process wake at once, whatever the database.
-        self._wakeup.after_commit(conn)
+        # Workers of this process wake at once, whatever the database, once the _begin this
+        # runs in has committed. A mark for _begin, not a commit listener: registering a
+        # listener on each transaction's connection cost more CPU than the insert it follows.
+        self._transaction.wake = True
 
     @contextlib.contextmanager
     def _begin(self, *, write: bool = False) -> Iterator[Connection]:
@@ -465,8 +469,17 @@ class SQLBackend:
         with _driver_errors_mapped(), self.engine.connect() as conn:
             if write and self.dialect == "sqlite":
                 conn = conn.execution_options(imageproc_immediate=True)
-            with conn.begin():
-                yield conn
+            transaction = self._transaction
+            outer = getattr(transaction, "wake", False)
+            transaction.wake = False
+            try:
+                with conn.begin():
+                    yield conn
+                wake = transaction.wake
+            finally:
+                transaction.wake = outer
+            if wake:
+                self._wakeup.wake()
 
     @contextlib.contextmanager
     def _one_statement(self, *, write: bool = False) -> Iterator[Connection]:
@@ -770,10 +783,6 @@ class _Wakeup:
         self._changed = threading.Condition(self.lock)
         self._generation = 0
         self._local = threading.local()
-
-    def after_commit(self, conn: Connection) -> None:
-        # Wake only once the work is visible to other connections.
-        event.listen(conn, "commit", lambda _: self.wake(), once=True)
 
     def wake(self) -> None:
         with self._changed:
