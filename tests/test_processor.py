@@ -14,6 +14,7 @@ from imageproc import (
     InvalidInput,
     InvalidPipeline,
     Pipeline,
+    PipelineLimits,
     Processor,
     StorageError,
     Task,
@@ -111,6 +112,17 @@ def test_a_bad_pipeline_is_refused_before_anything_is_stored() -> None:
     with pytest.raises(InvalidPipeline):
         proc.submit(sample_image(), "thumb=fit:huge")
     assert storage.keys() == []
+
+
+def test_a_pipeline_text_is_judged_by_each_processors_own_limits() -> None:
+    # Parsed pipelines are remembered across processors: the limits must still be each one's.
+    text = "a=fit:100x100;b=fit:200x200;c=fit:300x300"
+    roomy = memory_processor()
+    tight = memory_processor(pipeline_limits=PipelineLimits(max_variants=2))
+    for _ in range(2):  # the second time from the remembered parse
+        assert roomy.submit(sample_image(), text).pipeline == Pipeline.parse(text)
+        with pytest.raises(InvalidPipeline, match="variants"):
+            tight.submit(sample_image(), text)
 
 
 def test_an_upload_over_the_limit_is_refused_without_reading_it_all(tmp_path: Path) -> None:

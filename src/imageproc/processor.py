@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -511,19 +512,19 @@ class Processor:
             names = ", ".join(sorted(self.presets)) or "none are configured"
             raise InvalidPipeline(f"only presets are accepted here ({names}), got {str(spec)!r}")
         if isinstance(spec, Pipeline):
-            pipeline = spec
-        else:
-            try:
-                pipeline = Pipeline.parse(spec)
-            except InvalidPipeline:
-                if self.presets and _looks_like_a_name(spec):
-                    names = ", ".join(sorted(self.presets))
-                    raise InvalidPipeline(
-                        f"{spec!r} is neither a preset ({names}) nor a pipeline"
-                    ) from None
-                raise
-        self.pipeline_limits.check(pipeline)
-        return pipeline
+            self.pipeline_limits.check(spec)
+            return spec
+        try:
+            if len(spec) > _CACHED_TEXT_CHARS:
+                return _parse_checked.__wrapped__(spec, self.pipeline_limits)
+            return _parse_checked(spec, self.pipeline_limits)
+        except InvalidPipeline:
+            if self.presets and _looks_like_a_name(spec):
+                names = ", ".join(sorted(self.presets))
+                raise InvalidPipeline(
+                    f"{spec!r} is neither a preset ({names}) nor a pipeline"
+                ) from None
+            raise
 
     def _change(self, task_id: str, change: Callable[[Task], Task]) -> Task:
         # Compare-and-set, so a worker finishing at the same moment is never overwritten.
@@ -537,6 +538,18 @@ class Processor:
 
 #: What the priority column holds (a 32-bit integer in SQL).
 _PRIORITIES: Final = (-(2**31), 2**31 - 1)
+
+
+#: Pipeline texts up to this long are parsed once and remembered (clients send the same few).
+_CACHED_TEXT_CHARS: Final = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_checked(text: str, limits: PipelineLimits) -> Pipeline:
+    # Pipelines and limits are frozen, so a parse can be shared; a refusal is not cached.
+    pipeline = Pipeline.parse(text)
+    limits.check(pipeline)
+    return pipeline
 
 
 def _looks_like_a_name(text: str) -> bool:
