@@ -282,9 +282,11 @@ def test_killed_connections_are_survived(request: pytest.FixtureRequest) -> None
     backend.add(task := new_task())
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
+        # With a timeout, pg_terminate_backend waits until each backend has exited: without one
+        # it returns at once, and the pooled connection could still look alive at checkout.
         conn.execute(
             sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         )
