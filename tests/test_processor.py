@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from imageproc import (
+    BackendUnavailable,
     ConfigurationError,
     IllegalTransition,
     InvalidImage,
@@ -20,10 +22,12 @@ from imageproc import (
     Task,
     TaskNotFound,
     TaskStatus,
+    Upload,
     WaitTimeout,
 )
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.events import Events
+from imageproc.protocols import ObjectInfo
 from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
 from tests.doubles import CountingQueue
 
@@ -277,6 +281,101 @@ def test_a_priority_the_database_cannot_hold_is_refused_before_storing() -> None
         proc.submit(sample_image(), priority=2**31)
     assert proc.submit(sample_image(), priority=-(2**31)).priority == -(2**31)
     assert len(proc.repository) == 1  # type: ignore[arg-type]
+
+
+class _CountingStorage(MemoryStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: list[str] = []
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
+        self.puts.append(key)
+        return super().put(key, data, content_type=content_type)
+
+
+class _Submitted(Events):
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def submitted(self, task: Task) -> None:
+        self.ids.append(task.id)
+
+
+def test_submit_many_answers_each_upload_in_order() -> None:
+    storage = MemoryStorage()
+    events = _Submitted()
+    proc, _ = build(storage, events=events)
+    results = proc.submit_many(
+        [
+            Upload(sample_image(), "thumb=fit:64x64,png"),
+            Upload(b"not an image"),
+            Upload(sample_image(320, 200), priority=5, owner="bob"),
+            Upload(sample_image(), "fit:huge"),
+            Upload(sample_image(), priority=10**10),
+        ]
+    )
+    first, not_image, third, bad_pipeline, bad_priority = results
+    assert isinstance(first, Task)
+    assert first.pipeline == Pipeline.parse("thumb=fit:64x64,png")
+    assert isinstance(third, Task)
+    assert (third.priority, third.owner, third.source.width) == (5, "bob", 320)
+    assert isinstance(not_image, InvalidImage)
+    assert isinstance(bad_pipeline, InvalidPipeline)
+    assert isinstance(bad_priority, InvalidInput)
+    queued = proc.tasks(TaskStatus.QUEUED)
+    assert {task.id for task in queued} == {first.id, third.id}
+    assert sorted(storage.keys()) == sorted({first.source_key, third.source_key})
+    assert events.ids == [first.id, third.id]
+
+
+def test_submit_many_stores_the_same_bytes_once_for_two_tasks() -> None:
+    storage = _CountingStorage()
+    proc, _ = build(storage)
+    image = sample_image()
+    one, two, other = proc.submit_many([Upload(image), Upload(image), Upload(sample_image(99))])
+    assert isinstance(one, Task)
+    assert isinstance(two, Task)
+    assert isinstance(other, Task)
+    assert one.id != two.id
+    assert one.source_key == two.source_key
+    assert sorted(storage.puts) == sorted([one.source_key, other.source_key])
+
+
+def test_an_original_that_cannot_be_stored_fails_only_its_own_upload() -> None:
+    failing = FlakyStorage(
+        MemoryStorage(),
+        failures=1,
+        error=StorageError("disk full", transient=False),
+        methods=frozenset({"put"}),
+    )
+    proc, _ = build(failing)
+    results = proc.submit_many([Upload(sample_image(200)), Upload(sample_image(300))])
+    # The two are stored concurrently: either may be the one that fails.
+    [refused] = [result for result in results if isinstance(result, StorageError)]
+    [task] = [result for result in results if isinstance(result, Task)]
+    assert "disk full" in str(refused)
+    assert [queued.id for queued in proc.tasks(TaskStatus.QUEUED)] == [task.id]
+
+
+class _UnreachableRepository(MemoryRepository):
+    def add_many(self, tasks: Sequence[Task]) -> None:
+        raise BackendUnavailable("database unavailable: connection refused")
+
+
+def test_tasks_that_cannot_be_recorded_each_get_an_error_of_their_own() -> None:
+    repository = _UnreachableRepository()
+    storage = MemoryStorage()
+    proc = Processor(storage, MemoryQueue(repository), repository, **FAST_OPTIONS)  # type: ignore[arg-type]
+    results = proc.submit_many([Upload(sample_image(200)), Upload(sample_image(300))])
+    assert all(isinstance(result, BackendUnavailable) for result in results)
+    # Raised in two requests at once, one object would mix their tracebacks.
+    assert results[0] is not results[1]
+    assert proc.tasks(TaskStatus.QUEUED) == []
+
+
+def test_submit_many_of_nothing_is_nothing() -> None:
+    proc, _ = build()
+    assert proc.submit_many([]) == []
 
 
 def test_presets() -> None:

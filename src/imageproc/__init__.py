@@ -46,7 +46,7 @@ from imageproc.pipeline import (
     Sharpen,
     Variant,
 )
-from imageproc.processor import Processor
+from imageproc.processor import Processor, Upload
 from imageproc.protocols import Lease, ObjectInfo, Queue, QueueStats, Repository, Storage
 from imageproc.task import Output, SourceInfo, Task, TaskError, TaskStatus
 
@@ -91,6 +91,7 @@ __all__ = [
     "TaskError",
     "TaskNotFound",
     "TaskStatus",
+    "Upload",
     "Variant",
     "WaitTimeout",
     "__version__",

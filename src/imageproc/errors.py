@@ -155,3 +155,17 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, ImageprocError):
         return error.transient
     return True
+
+
+def copies_for(error: ImageprocError, callers: int) -> list[ImageprocError]:
+    """``error`` for the first of ``callers`` and an equal copy for each other one.
+
+    For a failure several callers share (a batch that could not be recorded): one exception
+    object raised in several threads or tasks at once would mix their tracebacks.
+    """
+    copies = [error]
+    for _ in range(callers - 1):
+        copy = type(error)(error.message, transient=error.transient)
+        copy.__cause__ = error.__cause__
+        copies.append(copy)
+    return copies

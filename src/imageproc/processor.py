@@ -8,12 +8,14 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Self, TypeVar
 
+import attrs
 import tenacity
 
 from imageproc import imaging, keys
@@ -27,20 +29,21 @@ from imageproc.errors import (
     InvalidPipeline,
     LeaseLost,
     WaitTimeout,
+    copies_for,
     is_transient,
 )
 from imageproc.events import Events
 from imageproc.imaging import ImageLimits
 from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
 from imageproc.protocols import Lease, Queue, Repository, Storage
-from imageproc.task import Output, Task, TaskError, TaskStatus
+from imageproc.task import Output, SourceInfo, Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from imageproc.worker import WorkerPool
 
-__all__ = ["Processor", "Source"]
+__all__ = ["Processor", "Source", "Upload"]
 
 logger = logging.getLogger("imageproc")
 
@@ -50,6 +53,9 @@ PipelineSpec = Pipeline | str | None
 
 _T = TypeVar("_T")
 _CHANGE_TRIES = 5
+#: Threads that store the originals of one submit_many concurrently (they wait on disk or
+#: network, not on the CPU).
+_IO_THREADS: Final = 8
 
 
 class Processor:
@@ -127,6 +133,7 @@ class Processor:
             self.pipeline = self._resolve(pipeline, allow_any=True)
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
+        self._io: ThreadPoolExecutor | None = None
 
     # -- construction -----------------------------------------------------------------------
 
@@ -190,6 +197,10 @@ class Processor:
     def close(self) -> None:
         """Stop the workers and release the backends' connections (those that hold any)."""
         self.stop()
+        with self._pool_lock:
+            io, self._io = self._io, None
+        if io is not None:
+            io.shutdown()
         closed: set[int] = set()
         for backend in (self.queue, self.repository, self.storage):
             close = getattr(backend, "close", None)
@@ -214,35 +225,119 @@ class Processor:
         stored: a bad one raises :class:`~imageproc.InvalidPipeline` or
         :class:`~imageproc.InvalidImage` and leaves nothing behind.
         """
+        upload = self._prepare(Upload(source, pipeline, priority=priority, owner=owner))
+        self._store_original(upload)
+        task = self._new_task(upload)
+        self.repository.add(task)
+        self._submitted(task)
+        return task
+
+    def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
+        """Submit several uploads at once: for each, in order, its task or the exception that
+        refused it (what :meth:`submit` would raise for it alone).
+
+        Each upload is checked and its original stored on its own, so a bad one does not stop
+        the others; the originals are written concurrently, and the accepted tasks are recorded
+        in one transaction (one commit, and on a local disk one sync, for all of them). A task is
+        recorded only once its original is stored.
+        """
+        results: list[Task | Exception | _Prepared] = []
+        # Each original is stored (on the I/O threads) as soon as its upload has been checked,
+        # while the next is checked; the same bytes twice are stored once.
+        storing: dict[str, Future[None]] = {}
+        for upload in uploads:
+            try:
+                item = self._prepare(upload)
+            except Exception as error:  # this upload's alone (a closed file, say)
+                results.append(error)
+                continue
+            results.append(item)
+            if item.key not in storing:
+                storing[item.key] = self._store_soon(item, alone=len(uploads) == 1)
+        stored = {key: _failure(future) for key, future in storing.items()}
+        prepared = [item for item in results if isinstance(item, _Prepared)]
+        accepted = [item for item in prepared if stored[item.key] is None]
+        tasks = {id(item): self._new_task(item) for item in accepted}
+        unrecorded: dict[int, ImageprocError] = {}
+        if tasks:
+            try:
+                self.repository.add_many(list(tasks.values()))
+            except ImageprocError as error:
+                copies = copies_for(error, len(accepted))
+                unrecorded = {id(item): copy for item, copy in zip(accepted, copies, strict=True)}
+        final: list[Task | Exception] = []
+        given: set[int] = set()  # errors already handed out (same bytes twice in one batch)
+        for result in results:
+            if not isinstance(result, _Prepared):
+                final.append(result)
+            elif (refused := stored[result.key] or unrecorded.get(id(result))) is not None:
+                final.append(copies_for(refused, 2)[1] if id(refused) in given else refused)
+                given.add(id(refused))
+            else:
+                task = tasks[id(result)]
+                self._submitted(task)
+                final.append(task)
+        return final
+
+    def _prepare(self, upload: Upload) -> _Prepared:
+        """Check an upload (priority, pipeline, bytes, header, output sizes) before storing it."""
+        priority = upload.priority
         if not _PRIORITIES[0] <= priority <= _PRIORITIES[1]:
             raise InvalidInput(
                 f"priority must be a whole number from {_PRIORITIES[0]} to {_PRIORITIES[1]},"
                 f" got {priority}"
             )
-        resolved = self.pipeline if pipeline is None else self._resolve(pipeline)
-        data = _read_source(source, self.image_limits.max_bytes)
+        spec = upload.pipeline
+        resolved = self.pipeline if spec is None else self._resolve(spec)
+        data = _read_source(upload.source, self.image_limits.max_bytes)
         info = imaging.probe(data, self.image_limits)
         imaging.check_output_sizes(
             resolved, info.width, info.height, self.image_limits, input_format=info.format
         )
         key = keys.source_key(info.sha256, imaging.extension_for(info.format))
-        content_type = imaging.content_type_for(info.format)
-        # Content-addressed: the same upload is stored once, however often it is submitted.
-        if not self._in_place(self.storage.exists, key):
-            self._in_place(lambda: self.storage.put(key, data, content_type=content_type))
-        task = Task.new(
-            pipeline=resolved,
-            source_key=key,
-            source=info,
+        return _Prepared(upload, resolved, data, info, key)
+
+    def _new_task(self, upload: _Prepared) -> Task:
+        return Task.new(
+            pipeline=upload.pipeline,
+            source_key=upload.key,
+            source=upload.info,
             now=self.clock(),
             max_attempts=self.max_attempts,
-            priority=priority,
-            owner=owner,
+            priority=upload.upload.priority,
+            owner=upload.upload.owner,
         )
-        self.repository.add(task)
-        logger.debug("submitted task %s (%s)", task.id, resolved)
+
+    def _store_original(self, upload: _Prepared) -> None:
+        # Content-addressed: the same upload is stored once, however often it is submitted.
+        if not self._in_place(self.storage.exists, upload.key):
+            content_type = imaging.content_type_for(upload.info.format)
+            self._in_place(
+                lambda: self.storage.put(upload.key, upload.data, content_type=content_type)
+            )
+
+    def _store_soon(self, upload: _Prepared, *, alone: bool) -> Future[None]:
+        """Store the original on an I/O thread (at once on this one if ``alone``)."""
+        if not alone:
+            return self._io_executor().submit(self._store_original, upload)
+        future: Future[None] = Future()
+        try:
+            self._store_original(upload)
+        except Exception as error:
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+        return future
+
+    def _io_executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._io is None:
+                self._io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="imageproc-io")
+            return self._io
+
+    def _submitted(self, task: Task) -> None:
+        logger.debug("submitted task %s (%s)", task.id, task.pipeline)
         self._emit("submitted", task)
-        return task
 
     def get(self, task_id: str) -> Task:
         """The task with this id; :class:`~imageproc.TaskNotFound` if there is none."""
@@ -555,6 +650,42 @@ def _parse_checked(text: str, limits: PipelineLimits) -> Pipeline:
 def _looks_like_a_name(text: str) -> bool:
     """Whether ``text`` is a bare word (a misspelt preset), not an attempt at a pipeline."""
     return bool(text) and not any(mark in text for mark in ":,;= ")
+
+
+@attrs.frozen(eq=False)
+class Upload:
+    """One image for :meth:`Processor.submit_many`, with what :meth:`Processor.submit` takes
+    besides it."""
+
+    #: The image: its bytes, a binary file object, or a path.
+    source: Source
+    #: A :class:`Pipeline`, its text, a preset name, or None for the Processor's default.
+    pipeline: PipelineSpec = None
+    #: Higher goes first.
+    priority: int = 0
+    #: Who the task belongs to (the HTTP adapter's API key owner), or None.
+    owner: str | None = None
+
+
+@attrs.frozen(eq=False)
+class _Prepared:
+    """An upload that passed the checks: what storing it and recording its task need."""
+
+    upload: Upload
+    pipeline: Pipeline
+    data: bytes
+    info: SourceInfo
+    key: str
+
+
+def _failure(future: Future[None]) -> ImageprocError | None:
+    """What storing an original came to: None, or the imageproc error that stopped it (any
+    other exception is a fault and propagates)."""
+    try:
+        future.result()
+    except ImageprocError as error:
+        return error
+    return None
 
 
 def _read_source(source: Source, limit: int) -> bytes:

@@ -46,6 +46,7 @@ from imageproc.errors import (
     InvalidInput,
     LeaseLost,
     TaskNotFound,
+    copies_for,
 )
 from imageproc.protocols import Lease, QueueStats
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
@@ -182,10 +183,7 @@ class SQLBackend:
         except ImageprocError as error:
             # The database is unavailable. Each caller gets an exception of its own: one raised
             # in several threads at once would mix their tracebacks.
-            copies = [type(error)(error.message, transient=error.transient) for _ in batch[1:]]
-            for copy in copies:
-                copy.__cause__ = error.__cause__
-            return [error, *copies]
+            return [*copies_for(error, len(batch))]
         except Exception as error:
             if len(batch) > 1:
                 # One task's fault (already recorded, a value the database cannot hold) must
