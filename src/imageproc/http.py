@@ -29,7 +29,6 @@ This module is the only one that imports Starlette; ``import imageproc`` never l
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -52,6 +51,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imageproc import keys as keyrules
+from imageproc.batching import SubmitBatcher
 from imageproc.errors import (
     IllegalTransition,
     ImageprocError,
@@ -63,7 +63,7 @@ from imageproc.errors import (
     TaskNotFound,
 )
 from imageproc.pipeline import Pipeline
-from imageproc.processor import Processor
+from imageproc.processor import Processor, Upload
 from imageproc.signing import ApiKeys, UrlSigner
 from imageproc.task import Output, Task
 
@@ -87,8 +87,6 @@ PRIORITY_RANGE: Final = range(-1000, 1001)
 RETRY_AFTER: Final = 5
 #: How long a queue depth reading is reused, so back-pressure costs no query per upload.
 QUEUE_DEPTH_TTL: Final = 0.5
-#: Submits run at once (each in a thread).
-CONCURRENT_SUBMITS: Final = 16
 #: How long /readyz waits for the backends before saying "not ready".
 READY_TIMEOUT: Final = 5.0
 IMMUTABLE: Final = "max-age=31536000, immutable"
@@ -208,11 +206,7 @@ class _Service:
         self.url_ttl = url_ttl
         self.metrics_registry = metrics_registry
         self._depth: tuple[float, int] | None = None
-        # Submits in flight at once. SQLite used to get two (its busy handler slept between
-        # tries while many threads fought for the write lock); adds now queue in the process
-        # and share transactions (backends/groupcommit.py), and with distinct uploads 16 gave
-        # more throughput than 2 or 4 in benchmarks/http.py.
-        self.submit_limiter = anyio.CapacityLimiter(CONCURRENT_SUBMITS)
+        self.batcher = SubmitBatcher(processor)
 
     # -- access ---------------------------------------------------------------------------
 
@@ -535,11 +529,8 @@ def create_app(
                 raise _too_large(limit) from None
             spec = _pipeline_spec(processor, pipeline, preset)
             priority = _priority(priority_text)
-            task = await anyio.to_thread.run_sync(
-                functools.partial(
-                    processor.submit, image.file, spec, priority=priority, owner=owner
-                ),
-                limiter=service.submit_limiter,
+            task = await service.batcher.submit(
+                Upload(image.file, spec, priority=priority, owner=owner)
             )
         finally:
             # Closing deletes the spooled temporary files (the form's, or the raw body's).
