@@ -12,7 +12,10 @@ JPEG and a 12 MP PNG. For each, two jobs:
 Each job is run by each engine in a fresh process, so that its peak RSS is its own (``VmHWM``
 on Linux: a child's ``ru_maxrss`` there starts from its parent's peak):
 
-* ``imageproc``: ``imageproc.imaging.render`` with the pipeline, all variants in one call;
+* ``imageproc``: ``imageproc.imaging.render`` with the pipeline, all variants in one call, with
+  glibc's malloc set as imageproc's worker pool sets it (``imageproc.allocator``: freed image
+  memory kept for the next image rather than unmapped; the other engines keep glibc's defaults,
+  which suit pyvips slightly better);
 * ``one by one`` (three variants only): one ``render`` call per variant, decoding each time;
 * ``Pillow``: naive Pillow per variant: full decode, EXIF transpose, one LANCZOS resize, encode;
 * ``pyvips``: ``thumbnail_buffer`` per variant (shrink-on-load) with ``VIPS_CONCURRENCY=1`` and
@@ -119,6 +122,10 @@ def pipeline_text(variants: list[Variant]) -> str:
 
 def work(engine: str, variants: list[Variant], data: bytes) -> Callable[[], int]:
     """The job as a function returning the bytes it produced."""
+    if engine in ("imageproc", "one by one"):
+        from imageproc import allocator
+
+        allocator.reuse_image_memory()  # as WorkerPool.start does
     if engine == "imageproc":
         from imageproc import Pipeline
         from imageproc.imaging import render

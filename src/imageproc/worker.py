@@ -18,6 +18,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from imageproc import allocator
 from imageproc.errors import LeaseLost
 from imageproc.task import TaskError
 
@@ -83,7 +84,12 @@ class WorkerPool:
             return len(self._in_flight)
 
     def start(self) -> None:
-        """Start ``min_workers`` workers and the heartbeat."""
+        """Start ``min_workers`` workers and the heartbeat.
+
+        On glibc, first has malloc keep freed image memory for the next image rather than hand
+        it back to the system (:func:`imageproc.allocator.reuse_image_memory`; process-wide).
+        """
+        allocator.reuse_image_memory()
         with self._lock:
             for _ in range(self.min_workers):
                 self._spawn()
