@@ -373,6 +373,64 @@ def test_tasks_that_cannot_be_recorded_each_get_an_error_of_their_own() -> None:
     assert proc.tasks(TaskStatus.QUEUED) == []
 
 
+class _BrokenForOneKey(MemoryStorage):
+    """Raises an error that is not imageproc's for the first original it is asked to store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: str | None = None
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
+        if self.broken in (None, key):
+            self.broken = key
+            raise OSError("a bug in a storage of one's own")
+        return super().put(key, data, content_type=content_type)
+
+
+def test_an_unexpected_storage_fault_fails_only_its_own_upload() -> None:
+    proc, _ = build(_BrokenForOneKey())
+    results = proc.submit_many([Upload(sample_image(200)), Upload(sample_image(300))])
+    assert sorted(type(result).__name__ for result in results) == ["OSError", "Task"]
+
+
+class _PickyRepository(MemoryRepository):
+    """One transaction for several tasks fails on any task owned by "bad" (as a database
+    refuses a value it cannot hold); alone, only that task is refused."""
+
+    def add_many(self, tasks: Sequence[Task]) -> None:
+        if any(task.owner == "bad" for task in tasks):
+            raise ValueError("a value the database cannot hold")
+        super().add_many(tasks)
+
+    def add(self, task: Task) -> None:
+        if task.owner == "bad":
+            raise ValueError("a value the database cannot hold")
+        super().add(task)
+
+
+def test_a_task_the_database_refuses_is_refused_alone() -> None:
+    repository = _PickyRepository()
+    proc = Processor(MemoryStorage(), MemoryQueue(repository), repository, **FAST_OPTIONS)  # type: ignore[arg-type]
+    good, bad, other = proc.submit_many(
+        [
+            Upload(sample_image(200)),
+            Upload(sample_image(300), owner="bad"),
+            Upload(sample_image(99)),
+        ]
+    )
+    assert isinstance(good, Task)
+    assert isinstance(other, Task)
+    assert isinstance(bad, ValueError)
+    assert {task.id for task in proc.tasks(TaskStatus.QUEUED)} == {good.id, other.id}
+
+
+def test_submit_many_after_close_refuses_each_upload() -> None:
+    proc, _ = build()
+    proc.close()
+    results = proc.submit_many([Upload(sample_image(200)), Upload(sample_image(300))])
+    assert [str(result) for result in results] == ["the Processor is closed"] * 2
+
+
 def test_submit_many_of_nothing_is_nothing() -> None:
     proc, _ = build()
     assert proc.submit_many([]) == []

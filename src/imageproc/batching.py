@@ -15,7 +15,6 @@ anyio supports.
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from collections.abc import Sequence
 from typing import Final
@@ -23,7 +22,7 @@ from typing import Final
 import anyio
 import anyio.to_thread
 
-from imageproc.errors import ImageprocError, copies_for
+from imageproc.errors import copies_for
 from imageproc.processor import Processor, Upload
 from imageproc.task import Task
 
@@ -31,6 +30,8 @@ __all__ = ["SubmitBatcher"]
 
 #: Uploads per batch, at most.
 MAX_BATCH: Final = 32
+#: Bytes of uploads per batch, at most (a bigger upload goes alone).
+MAX_BYTES: Final = 64 * 1024 * 1024
 #: Batches in threads at once, at most.
 MAX_RUNNING: Final = 2
 
@@ -38,10 +39,11 @@ MAX_RUNNING: Final = 2
 class _Slot:
     """One waiting upload: its result once a batch has run it."""
 
-    __slots__ = ("done", "error", "event", "task", "upload")
+    __slots__ = ("done", "error", "event", "size", "task", "upload")
 
-    def __init__(self, upload: Upload) -> None:
+    def __init__(self, upload: Upload, size: int) -> None:
         self.upload = upload
+        self.size = size
         self.event = anyio.Event()
         self.done = False
         self.task: Task | None = None
@@ -56,51 +58,89 @@ class SubmitBatcher:
     """
 
     def __init__(
-        self, processor: Processor, *, max_batch: int = MAX_BATCH, max_running: int = MAX_RUNNING
+        self,
+        processor: Processor,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_bytes: int = MAX_BYTES,
+        max_running: int = MAX_RUNNING,
     ) -> None:
-        if max_batch < 1 or max_running < 1:
-            raise ValueError("max_batch and max_running must be positive")
+        if max_batch < 1 or max_bytes < 1 or max_running < 1:
+            raise ValueError("max_batch, max_bytes and max_running must be positive")
         self.processor = processor
         self.max_batch = max_batch
+        self.max_bytes = max_bytes
         self.max_running = max_running
+        # Threads of its own: a batch never waits behind other work on anyio's shared pool.
+        self._limiter = anyio.CapacityLimiter(max_running)
         self._waiting: deque[_Slot] = deque()
         self._running = 0
 
-    async def submit(self, upload: Upload) -> Task:
-        """Submit one upload with whichever others are waiting; its task, or its error."""
-        slot = _Slot(upload)
+    async def submit(self, upload: Upload, *, size: int = 0) -> Task:
+        """Submit one upload with whichever others are waiting; its task, or its error.
+
+        ``size``: the upload's bytes, if known; a batch takes uploads up to :data:`MAX_BYTES`
+        together (and always at least one), so that batches do not hold unbounded memory.
+        """
+        slot = _Slot(upload, size)
         self._waiting.append(slot)
         try:
             while not slot.done:
                 if self._running < self.max_running and slot in self._waiting:
                     await self._run_batch()
                 else:
-                    await slot.event.wait()
-                    # Woken without a result: it is this slot's turn to run a batch.
-                    slot.event = anyio.Event()
+                    await self._woken(slot)
         except BaseException:
             if not slot.done:
-                # Cancelled while waiting: the upload was never handed to a thread, so it is
-                # not submitted; take it out of the line.
-                with contextlib.suppress(ValueError):
+                if slot in self._waiting:
+                    # Cancelled while waiting in line: never handed to a thread, so never
+                    # submitted; it leaves the line.
                     self._waiting.remove(slot)
-                self._pass_turn()
+                    self._pass_turn()
+                else:
+                    # Cancelled while its batch runs: the thread may still be reading the
+                    # upload, which the caller would close on the way out. Wait for the batch.
+                    with anyio.CancelScope(shield=True):
+                        while not slot.done:
+                            await self._woken(slot)
             raise
         if slot.error is not None:
             raise slot.error
         assert slot.task is not None
         return slot.task
 
+    @staticmethod
+    async def _woken(slot: _Slot) -> None:
+        # A batch sets done before it sets the event; a turn sets only the event. A fresh
+        # event after each wake, so the next wake is not missed nor taken for this one.
+        if slot.event.is_set():
+            slot.event = anyio.Event()
+        await slot.event.wait()
+
+    def _take_batch(self) -> list[_Slot]:
+        batch = [self._waiting.popleft()]
+        size = batch[0].size
+        while self._waiting and len(batch) < self.max_batch:
+            size += self._waiting[0].size
+            if size > self.max_bytes:
+                break
+            batch.append(self._waiting.popleft())
+        return batch
+
     async def _run_batch(self) -> None:
-        batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+        batch = self._take_batch()
         self._running += 1
         results: Sequence[Task | Exception] | Exception | None = None
         try:
-            # Not abandoned on cancellation: once handed over, the uploads are submitted and
-            # each waiting request gets its answer.
-            results = await anyio.to_thread.run_sync(
-                self.processor.submit_many, [slot.upload for slot in batch]
-            )
+            # Shielded, and on threads of its own: once taken from the line, the uploads are
+            # submitted and each waiting request gets its answer, even if the request running
+            # the batch is cancelled meanwhile.
+            with anyio.CancelScope(shield=True):
+                results = await anyio.to_thread.run_sync(
+                    self.processor.submit_many,
+                    [slot.upload for slot in batch],
+                    limiter=self._limiter,
+                )
         except Exception as error:  # a fault outside any one upload: each request gets it
             results = error
         finally:
@@ -110,7 +150,7 @@ class SubmitBatcher:
                     result: Task | Exception = RuntimeError("the batch of this upload was stopped")
                 elif isinstance(results, Exception):
                     # One exception raised in several requests would mix their tracebacks.
-                    result = results if index == 0 else _shared_fault(results)
+                    result = results if index == 0 else copies_for(results, 2)[1]
                 else:
                     result = results[index]
                 if isinstance(result, Task):
@@ -125,11 +165,3 @@ class SubmitBatcher:
         # The next waiting upload runs the next batch, if there is room for one.
         if self._waiting and self._running < self.max_running:
             self._waiting[0].event.set()
-
-
-def _shared_fault(error: Exception) -> Exception:
-    if isinstance(error, ImageprocError):
-        return copies_for(error, 2)[1]
-    fault = RuntimeError(f"submitting the batch of this upload failed: {error!r}")
-    fault.__cause__ = error
-    return fault

@@ -157,15 +157,22 @@ def is_transient(error: BaseException) -> bool:
     return True
 
 
-def copies_for(error: ImageprocError, callers: int) -> list[ImageprocError]:
+def copies_for(error: Exception, callers: int) -> list[Exception]:
     """``error`` for the first of ``callers`` and an equal copy for each other one.
 
     For a failure several callers share (a batch that could not be recorded): one exception
-    object raised in several threads or tasks at once would mix their tracebacks.
+    object raised in several threads or tasks at once would mix their tracebacks. An imageproc
+    error is copied as its own type (same message, same ``transient``); any other exception
+    becomes a RuntimeError naming it, with it as the cause.
     """
     copies = [error]
     for _ in range(callers - 1):
-        copy = type(error)(error.message, transient=error.transient)
-        copy.__cause__ = error.__cause__
+        copy: Exception
+        if isinstance(error, ImageprocError):
+            copy = type(error)(error.message, transient=error.transient)
+            copy.__cause__ = error.__cause__
+        else:
+            copy = RuntimeError(f"failed with the others of its batch: {error!r}")
+            copy.__cause__ = error
         copies.append(copy)
     return copies

@@ -379,7 +379,7 @@ async def _read_form(request: Request, service: _Service) -> FormData:
 
 async def _spool_body(request: Request, limit: int) -> UploadFile:
     spool: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
-    upload = UploadFile(spool)
+    upload = UploadFile(spool, size=0)  # counted as it is written
     try:
         # UploadFile.write moves to a thread once the spool has rolled over to disk.
         async for chunk in _limited(request, limit):
@@ -530,7 +530,7 @@ def create_app(
             spec = _pipeline_spec(processor, pipeline, preset)
             priority = _priority(priority_text)
             task = await service.batcher.submit(
-                Upload(image.file, spec, priority=priority, owner=owner)
+                Upload(image.file, spec, priority=priority, owner=owner), size=image.size or 0
             )
         finally:
             # Closing deletes the spooled temporary files (the form's, or the raw body's).

@@ -134,6 +134,7 @@ class Processor:
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
         self._io: ThreadPoolExecutor | None = None
+        self._io_closed = False
 
     # -- construction -----------------------------------------------------------------------
 
@@ -198,7 +199,9 @@ class Processor:
         """Stop the workers and release the backends' connections (those that hold any)."""
         self.stop()
         with self._pool_lock:
-            io, self._io = self._io, None
+            # A submit_many after close() is refused, upload by upload, instead of starting
+            # threads nobody would stop.
+            io, self._io, self._io_closed = self._io, None, True
         if io is not None:
             io.shutdown()
         closed: set[int] = set()
@@ -254,17 +257,11 @@ class Processor:
             results.append(item)
             if item.key not in storing:
                 storing[item.key] = self._store_soon(item, alone=len(uploads) == 1)
-        stored = {key: _failure(future) for key, future in storing.items()}
+        stored = {key: _stored(future) for key, future in storing.items()}
         prepared = [item for item in results if isinstance(item, _Prepared)]
         accepted = [item for item in prepared if stored[item.key] is None]
         tasks = {id(item): self._new_task(item) for item in accepted}
-        unrecorded: dict[int, ImageprocError] = {}
-        if tasks:
-            try:
-                self.repository.add_many(list(tasks.values()))
-            except ImageprocError as error:
-                copies = copies_for(error, len(accepted))
-                unrecorded = {id(item): copy for item, copy in zip(accepted, copies, strict=True)}
+        unrecorded = self._record_new(accepted, tasks)
         final: list[Task | Exception] = []
         given: set[int] = set()  # errors already handed out (same bytes twice in one batch)
         for result in results:
@@ -278,6 +275,33 @@ class Processor:
                 self._submitted(task)
                 final.append(task)
         return final
+
+    def _record_new(
+        self, accepted: list[_Prepared], tasks: dict[int, Task]
+    ) -> dict[int, Exception]:
+        """Record the tasks in one transaction; for each that was not, the error (by the id of
+        its upload)."""
+        if not tasks:
+            return {}
+        try:
+            self.repository.add_many(list(tasks.values()))
+        except ImageprocError as error:  # the database is unavailable: every task is refused
+            copies = copies_for(error, len(accepted))
+            return {id(item): copy for item, copy in zip(accepted, copies, strict=True)}
+        except Exception as error:
+            if len(tasks) == 1:
+                return {id(accepted[0]): error}
+        else:
+            return {}
+        # One task's fault (a value the database cannot hold, say) must not refuse the others:
+        # each alone, so only its own upload gets the error.
+        refused: dict[int, Exception] = {}
+        for item in accepted:
+            try:
+                self.repository.add(tasks[id(item)])
+            except Exception as error:
+                refused[id(item)] = error
+        return refused
 
     def _prepare(self, upload: Upload) -> _Prepared:
         """Check an upload (priority, pipeline, bytes, header, output sizes) before storing it."""
@@ -317,10 +341,17 @@ class Processor:
             )
 
     def _store_soon(self, upload: _Prepared, *, alone: bool) -> Future[None]:
-        """Store the original on an I/O thread (at once on this one if ``alone``)."""
+        """Store the original on an I/O thread (at once on this one if ``alone``); any
+        exception is the upload's own, in the future."""
+        future: Future[None]
         if not alone:
-            return self._io_executor().submit(self._store_original, upload)
-        future: Future[None] = Future()
+            try:
+                return self._io_executor().submit(self._store_original, upload)
+            except RuntimeError as error:  # the Processor is closed
+                future = Future()
+                future.set_exception(error)
+                return future
+        future = Future()
         try:
             self._store_original(upload)
         except Exception as error:
@@ -331,6 +362,8 @@ class Processor:
 
     def _io_executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
+            if self._io_closed:
+                raise RuntimeError("the Processor is closed")
             if self._io is None:
                 self._io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="imageproc-io")
             return self._io
@@ -678,14 +711,13 @@ class _Prepared:
     key: str
 
 
-def _failure(future: Future[None]) -> ImageprocError | None:
-    """What storing an original came to: None, or the imageproc error that stopped it (any
-    other exception is a fault and propagates)."""
-    try:
-        future.result()
-    except ImageprocError as error:
+def _stored(future: Future[None]) -> Exception | None:
+    """What storing an original came to: None, or the upload's own error (an interrupt, not an
+    Exception, is raised on)."""
+    error = future.exception()
+    if error is None or isinstance(error, Exception):
         return error
-    return None
+    raise error
 
 
 def _read_source(source: Source, limit: int) -> bytes:
