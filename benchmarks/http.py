@@ -249,6 +249,10 @@ def measure(
     """One row: uploads/s, p50 and p99 in ms, server and client CPU ms per request."""
     same = args.same_image
     load(port, path, body, headers, min(200, args.requests), args.concurrency, same_image=same)
+    # Earlier rows leave hundreds of MB of unsynced writes (the floor's, the temporary files'):
+    # write them out now, or the kernel does it during this row and charges it to the row.
+    if hasattr(os, "sync"):
+        os.sync()
     server_before, client_before = cpu_seconds(server.pid), time.process_time()
     elapsed, latencies = load(
         port, path, body, headers, args.requests, args.concurrency, same_image=same
