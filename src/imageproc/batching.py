@@ -9,8 +9,8 @@ new uploads gather for the next; a few batches may run at once, so that one wait
 does not hold the rest.
 
 Like :mod:`imageproc.backends.groupcommit`, there is no background task: the first waiting
-request drives a batch itself and hands the turn on when it is done. It runs under any event loop
-anyio supports.
+request drives a batch itself and hands the turn on when it is done. It uses anyio only, as
+Starlette does (the tests run it on asyncio).
 """
 
 from __future__ import annotations
