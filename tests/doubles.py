@@ -8,7 +8,11 @@ from collections import Counter
 from datetime import timedelta
 from typing import BinaryIO
 
-from imageproc import Lease, ObjectInfo, Processor, Queue, Storage, Task, TaskStatus
+import attrs
+
+from imageproc import Lease, ObjectInfo, Processor, Queue, SourceInfo, Storage, Task, TaskStatus
+from imageproc.clock import utcnow
+from imageproc.pipeline import DEFAULT_PIPELINE
 from imageproc.testing import sample_image
 
 
@@ -92,3 +96,19 @@ def run_to_completion(processor: Processor, count: int, *, workers: int = 4) -> 
     finally:
         processor.stop(timeout=10)
     return ids
+
+
+def new_task(priority: int = 0, *, age: float = 0.0, due_in: float | None = None) -> Task:
+    """A queued task created ``age`` seconds ago, due ``due_in`` seconds from now (default: at
+    its creation)."""
+    now = utcnow()
+    task = Task.new(
+        pipeline=DEFAULT_PIPELINE,
+        source_key="originals/ab/ab.jpg",
+        source=SourceInfo("JPEG", 1, 1, 1, "ab" * 32),
+        now=now - timedelta(seconds=age),
+        priority=priority,
+    )
+    if due_in is not None:
+        task = attrs.evolve(task, available_at=now + timedelta(seconds=due_in))
+    return task

@@ -11,13 +11,12 @@ import attrs
 import pytest
 import sqlalchemy as sa
 
-from imageproc import BackendUnavailable, SourceInfo, Task, TaskStatus
+from imageproc import BackendUnavailable, TaskStatus
 from imageproc.backends import groupcommit
 from imageproc.backends.groupcommit import GroupCommit
 from imageproc.backends.sql import SQLBackend
-from imageproc.clock import utcnow
-from imageproc.pipeline import DEFAULT_PIPELINE
 from tests.databases import impatient_sqlite, make_backend, sqlite_write_lock
+from tests.doubles import new_task
 
 
 class Recorder:
@@ -126,15 +125,6 @@ def test_max_batch_must_be_positive() -> None:
 
 
 # -- on SQLite -------------------------------------------------------------------------------------
-
-
-def new_task() -> Task:
-    return Task.new(
-        pipeline=DEFAULT_PIPELINE,
-        source_key="originals/ab/ab.jpg",
-        source=SourceInfo("JPEG", 1, 1, 1, "ab" * 32),
-        now=utcnow(),
-    )
 
 
 def _queued(sql: SQLBackend) -> int:

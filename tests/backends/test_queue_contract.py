@@ -11,29 +11,14 @@ from datetime import timedelta
 import attrs
 import pytest
 
-from imageproc import LeaseLost, Output, SourceInfo, Task, TaskError, TaskNotFound, TaskStatus
+from imageproc import LeaseLost, Output, TaskError, TaskNotFound, TaskStatus
 from imageproc.clock import utcnow
-from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline
+from imageproc.pipeline import Pipeline
 from tests.backends.conftest import Backend
+from tests.doubles import new_task
 
 LEASE = 30.0
 SHORT = 0.15
-
-
-def new_task(priority: int = 0, *, age: float = 0.0, due_in: float | None = None) -> Task:
-    """A queued task created ``age`` seconds ago, due ``due_in`` seconds from now (default: at
-    its creation)."""
-    now = utcnow()
-    task = Task.new(
-        pipeline=DEFAULT_PIPELINE,
-        source_key="originals/ab/ab.jpg",
-        source=SourceInfo("JPEG", 1, 1, 1, "ab" * 32),
-        now=now - timedelta(seconds=age),
-        priority=priority,
-    )
-    if due_in is not None:
-        task = attrs.evolve(task, available_at=now + timedelta(seconds=due_in))
-    return task
 
 
 def test_add_then_get(backend: Backend) -> None:

@@ -19,8 +19,6 @@ from imageproc import (
     BackendUnavailable,
     ConfigurationError,
     Processor,
-    SourceInfo,
-    Task,
     TaskError,
     TaskStatus,
 )
@@ -29,21 +27,11 @@ from imageproc.backends.memory import MemoryStorage
 from imageproc.backends.sql import _CLAIM, SQLBackend
 from imageproc.backends.sqlschema import VERSION_TABLE, metadata, tasks
 from imageproc.clock import utcnow
-from imageproc.pipeline import DEFAULT_PIPELINE
 from imageproc.testing import FAST_OPTIONS, sample_image
 from tests.databases import impatient_sqlite, make_backend, sqlite_write_lock
-from tests.doubles import CountingQueue, run_to_completion
+from tests.doubles import CountingQueue, new_task, run_to_completion
 
 KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-def new_task() -> Task:
-    return Task.new(
-        pipeline=DEFAULT_PIPELINE,
-        source_key="originals/ab/ab.jpg",
-        source=SourceInfo("JPEG", 1, 1, 1, "ab" * 32),
-        now=utcnow(),
-    )
 
 
 @pytest.fixture(params=KINDS)
