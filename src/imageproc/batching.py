@@ -22,7 +22,7 @@ from typing import Final
 import anyio
 import anyio.to_thread
 
-from imageproc.errors import copies_for
+from imageproc.errors import copy_of
 from imageproc.processor import Processor, Upload
 from imageproc.task import Task
 
@@ -150,7 +150,7 @@ class SubmitBatcher:
                     result: Task | Exception = RuntimeError("the batch of this upload was stopped")
                 elif isinstance(results, Exception):
                     # One exception raised in several requests would mix their tracebacks.
-                    result = results if index == 0 else copies_for(results, 2)[1]
+                    result = results if index == 0 else copy_of(results)
                 else:
                     result = results[index]
                 if isinstance(result, Task):

@@ -158,21 +158,22 @@ def is_transient(error: BaseException) -> bool:
 
 
 def copies_for(error: Exception, callers: int) -> list[Exception]:
-    """``error`` for the first of ``callers`` and an equal copy for each other one.
+    """``error`` for the first of ``callers`` and a :func:`copy_of` it for each other one.
 
     For a failure several callers share (a batch that could not be recorded): one exception
-    object raised in several threads or tasks at once would mix their tracebacks. An imageproc
-    error is copied as its own type (same message, same ``transient``); any other exception
-    becomes a RuntimeError naming it, with it as the cause.
+    object raised in several threads or tasks at once would mix their tracebacks.
     """
-    copies = [error]
-    for _ in range(callers - 1):
-        copy: Exception
-        if isinstance(error, ImageprocError):
-            copy = type(error)(error.message, transient=error.transient)
-            copy.__cause__ = error.__cause__
-        else:
-            copy = RuntimeError(f"failed with the others of its batch: {error!r}")
-            copy.__cause__ = error
-        copies.append(copy)
-    return copies
+    return [error, *(copy_of(error) for _ in range(callers - 1))]
+
+
+def copy_of(error: Exception) -> Exception:
+    """An equal, separate exception: an imageproc error as its own type (same message, same
+    ``transient``); any other exception as a RuntimeError naming it, with it as the cause."""
+    copy: Exception
+    if isinstance(error, ImageprocError):
+        copy = type(error)(error.message, transient=error.transient)
+        copy.__cause__ = error.__cause__
+    else:
+        copy = RuntimeError(f"failed with the others of its batch: {error!r}")
+        copy.__cause__ = error
+    return copy

@@ -30,6 +30,7 @@ from imageproc.errors import (
     LeaseLost,
     WaitTimeout,
     copies_for,
+    copy_of,
     is_transient,
 )
 from imageproc.events import Events
@@ -268,7 +269,7 @@ class Processor:
             if not isinstance(result, _Prepared):
                 final.append(result)
             elif (refused := stored[result.key] or unrecorded.get(id(result))) is not None:
-                final.append(copies_for(refused, 2)[1] if id(refused) in given else refused)
+                final.append(copy_of(refused) if id(refused) in given else refused)
                 given.add(id(refused))
             else:
                 task = tasks[id(result)]
@@ -343,22 +344,13 @@ class Processor:
     def _store_soon(self, upload: _Prepared, *, alone: bool) -> Future[None]:
         """Store the original on an I/O thread (at once on this one if ``alone``); any
         exception is the upload's own, in the future."""
-        future: Future[None]
-        if not alone:
-            try:
-                return self._io_executor().submit(self._store_original, upload)
-            except RuntimeError as error:  # the Processor is closed
-                future = Future()
-                future.set_exception(error)
-                return future
-        future = Future()
+        if alone:
+            return _settled(self._store_original, upload)
         try:
-            self._store_original(upload)
-        except Exception as error:
-            future.set_exception(error)
-        else:
-            future.set_result(None)
-        return future
+            executor = self._io_executor()
+        except RuntimeError as error:  # the Processor is closed
+            return _settled(_raise, error)
+        return executor.submit(self._store_original, upload)
 
     def _io_executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -709,6 +701,22 @@ class _Prepared:
     data: bytes
     info: SourceInfo
     key: str
+
+
+def _settled(fn: Callable[..., None], *args: Any) -> Future[None]:
+    """A future already holding what ``fn(*args)`` came to, run on this thread."""
+    future: Future[None] = Future()
+    try:
+        fn(*args)
+    except Exception as error:
+        future.set_exception(error)
+    else:
+        future.set_result(None)
+    return future
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 def _stored(future: Future[None]) -> Exception | None:
