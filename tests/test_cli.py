@@ -55,16 +55,17 @@ def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproces
     )
 
 
-def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
-    """SIGTERM, then the exit status and stderr (killing it if it will not stop)."""
+def stop(process: subprocess.Popen[str], *, timeout: float = TIMEOUT) -> tuple[int, str, str]:
+    """SIGTERM, then the exit status, stdout and stderr (killing it if it will not stop within
+    ``timeout`` seconds, and failing the test)."""
     process.send_signal(signal.SIGTERM)
     try:
-        _, stderr = process.communicate(timeout=TIMEOUT)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         _, stderr = process.communicate()
-        pytest.fail(f"did not stop on SIGTERM:\n{stderr}")
-    return process.returncode, stderr
+        pytest.fail(f"{process.args[1:3]} did not stop on SIGTERM:\n{stderr}")
+    return process.returncode, stdout, stderr
 
 
 def free_port() -> int:
@@ -328,7 +329,7 @@ def test_worker_processes_tasks_submitted_through_the_library(
         assert "imageproc_tasks_succeeded_total 3.0" in metrics
         assert "imageproc_workers_total" in metrics
     finally:
-        status, stderr = stop(worker)
+        status, _, stderr = stop(worker)
     assert status == 0, stderr
     assert "Traceback" not in stderr
     task = library.get(ids[0])
@@ -383,7 +384,7 @@ def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
         status, metrics = _request(f"{base}/metrics")
         assert b"imageproc_tasks_succeeded_total 1.0" in metrics
     finally:
-        code, stderr = stop(server)
+        code, _, stderr = stop(server)
     assert code == 0, stderr
     assert "Traceback" not in stderr
     assert (tmp_path / "imageproc.db").is_file()  # SQLite and a local folder by default
@@ -412,7 +413,7 @@ def test_serve_without_workers_behind_a_path_prefix(tmp_path: Path) -> None:
         time.sleep(1)  # long enough for an embedded worker to have taken it, were there one
         assert json.loads(_request(f"{base}/status/{accepted['id']}")[1])["status"] == "queued"
     finally:
-        code, stderr = stop(server)
+        code, _, stderr = stop(server)
     assert code == 0, stderr
     shown = imageproc("status", accepted["id"], cwd=tmp_path, env=env)
     assert shown.returncode == 0, shown.stderr

@@ -22,7 +22,7 @@ from PIL import Image
 from imageproc import Processor, TaskStatus
 from imageproc.testing import sample_image
 
-from .test_cli import environment, eventually, free_port
+from .test_cli import environment, eventually, free_port, stop
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT = 60
@@ -124,15 +124,9 @@ def test_fastapi_example_serves_from_the_command_line(tmp_path: Path) -> None:
     try:
         eventually(healthy, timeout=TIMEOUT, what="the FastAPI example to serve /images/healthz")
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            _, stderr = server.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.communicate()
-            pytest.fail("the FastAPI example did not stop on SIGTERM")
+        code, _, stderr = stop(server, timeout=TIMEOUT)
     # uvicorn shuts down gracefully, then re-raises the signal: exiting "by SIGTERM" is normal.
-    assert server.returncode in (0, -signal.SIGTERM), stderr
+    assert code in (0, -signal.SIGTERM), stderr
     assert "Traceback" not in stderr
     assert "Application shutdown complete" in stderr  # the lifespan stopped the workers
     assert (tmp_path / "imageproc.db").is_file()

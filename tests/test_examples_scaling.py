@@ -5,7 +5,6 @@ process doing the work while the example only submits and waits."""
 from __future__ import annotations
 
 import io
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from PIL import Image
 
 from tests.s3server import S3Server
 
-from .test_cli import environment
+from .test_cli import environment, stop
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "postgres_s3.py"
 TIMEOUT = 90
@@ -120,13 +119,7 @@ def test_postgres_s3_example_waits_for_a_separate_worker(
             env=environment(), cwd=tmp_path,
         )  # fmt: skip
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            _, worker_log = worker.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.communicate()
-            pytest.fail("imageproc worker did not stop on SIGTERM")
+        _, _, worker_log = stop(worker, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr + worker_log
     task_id = check_outputs(result.stdout, s3_bucket)
     assert worker.returncode == 0, worker_log

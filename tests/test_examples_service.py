@@ -3,7 +3,6 @@ examples/batch.py (a folder with a progress bar)."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from PIL import Image
 from imageproc import Processor, TaskStatus
 from imageproc.testing import sample_image
 
-from .test_cli import environment, eventually, free_port
+from .test_cli import environment, eventually, free_port, stop
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT = 60
@@ -47,14 +46,8 @@ def test_worker_example_processes_a_task_and_stops_on_sigterm(tmp_path: Path) ->
                 what="the worker example's metrics",
             ).decode()
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                stdout, stderr = worker.communicate(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.communicate()
-                pytest.fail("the worker example did not stop on SIGTERM")
-    assert worker.returncode == 0, stderr
+            code, stdout, stderr = stop(worker, timeout=TIMEOUT)
+    assert code == 0, stderr
     assert "Traceback" not in stderr
     assert stdout.splitlines() == [f"metrics on http://127.0.0.1:{port}/metrics", "stopped"]
     assert (done.outputs[0].width, done.outputs[0].height) == (60, 40)

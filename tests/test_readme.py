@@ -39,7 +39,7 @@ def test_the_curl_quick_start_works_as_written(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
     finally:
-        code, stderr = stop(server)
+        code, _, stderr = stop(server)
     assert code == 0, stderr
     with Image.open(tmp_path / "thumb.webp") as thumb:
         assert (thumb.format, thumb.size) == ("WEBP", (256, 171))
