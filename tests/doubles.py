@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import BinaryIO
 
@@ -31,15 +32,30 @@ class CountingQueue:
     def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
         return self.queue.renew(lease, lease_seconds=lease_seconds)
 
+    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+        return self.queue.renew_many(leases, lease_seconds=lease_seconds)
+
+    def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
+        recorded = self.queue.record_many(results)
+        for held, (_, task) in zip(recorded, results, strict=True):
+            if held:
+                self._count(task)
+        return recorded
+
     def complete(self, lease: Lease, task: Task) -> None:
         self.queue.complete(lease, task)  # raises LeaseLost before we count it
+        self._count(task)
+
+    def _count(self, task: Task) -> None:
         with self._lock:
-            self.completed[task.id] += 1
+            if task.status.is_final:
+                self.completed[task.id] += 1
+            else:
+                self.released.append(task)
 
     def release(self, lease: Lease, task: Task) -> None:
         self.queue.release(lease, task)
-        with self._lock:
-            self.released.append(task)
+        self._count(task)
 
     def wait(self, timeout: float) -> None:
         self.queue.wait(timeout)

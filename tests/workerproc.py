@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 
-from imageproc import Lease, Processor, Task, TaskStatus
+from imageproc import Processor, Task, TaskStatus
 from tests.doubles import CountingQueue, SlowStorage
 
 
@@ -19,8 +19,9 @@ class LoggingQueue(CountingQueue):
         super().__init__(queue)  # type: ignore[arg-type]
         self.log = log
 
-    def complete(self, lease: Lease, task: Task) -> None:
-        super().complete(lease, task)  # raises LeaseLost before anything is logged
+    def _count(self, task: Task) -> None:
+        # Called only for outcomes that were recorded (never for a lost lease).
+        super()._count(task)
         if task.status == TaskStatus.SUCCEEDED:
             os.write(self.log, f"{task.id}\n".encode())  # O_APPEND: whole lines, any process
 

@@ -8,11 +8,14 @@ and quick; an exception from a hook is logged and otherwise ignored.
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
 from imageproc.task import Task
 
-__all__ = ["STAGES", "Events"]
+__all__ = ["STAGES", "Events", "emit"]
+
+logger = logging.getLogger("imageproc")
 
 #: The stages of processing one task that :meth:`Events.stage` times.
 STAGES: Final = ("fetch", "decode", "transform", "encode", "store")
@@ -32,3 +35,12 @@ class Events:
 
     def stage(self, name: str, seconds: float) -> None:
         """One stage of processing a task (one of :data:`STAGES`) took ``seconds``."""
+
+
+def emit(events: Events, hook: str, *args: object) -> None:
+    """Call ``events.<hook>(*args)``, logging (never raising) what the hook raises: observability
+    must never fail a task."""
+    try:
+        getattr(events, hook)(*args)
+    except Exception:
+        logger.exception("events.%s raised", hook)

@@ -164,6 +164,20 @@ class Queue(Protocol):
         no longer held."""
         ...
 
+    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+        """Renew several leases at once (one statement where there are statements): for each,
+        in order, the renewed lease, or None if it is no longer held. A worker pool's
+        heartbeat renews every lease it holds with one call."""
+        ...
+
+    def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
+        """Record several outcomes at once, each ``(lease, task)`` as :meth:`complete` (a final
+        ``task``) or :meth:`release` (``task`` queued again) would, in one transaction where
+        there are transactions; each is written only while its lease is held. Returns, for
+        each, whether it was recorded. Workers record the outcomes that are ready together with
+        one call."""
+        ...
+
     def complete(self, lease: Lease, task: Task) -> None:
         """Record ``task`` (in a final status) and end the lease; :class:`~imageproc.LeaseLost` if
         it is no longer held, in which case nothing is recorded."""

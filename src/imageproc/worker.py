@@ -1,34 +1,39 @@
-"""The worker pool: threads that claim tasks, keep their leases alive, and stop gracefully.
+"""The worker pool: threads that run leased tasks, one claim for all idle threads, one heartbeat.
 
-Each worker claims one task at a time and hands it to :meth:`Processor.process`, which records the
-outcome. One heartbeat thread renews the lease of every task in flight, so a long task is not
-taken over while its worker is alive, and a dead worker's tasks are freed when their leases run
-out. The pool grows (up to ``max_workers``) when every worker is busy and shrinks back (to
-``min_workers``) after workers have been idle for ``idle_timeout`` seconds.
+A :class:`WorkerPool` knows a :class:`~imageproc.protocols.Queue` and a step to run each lease
+with (``Processor`` passes :meth:`imageproc.execution.Execution.run`); it never knows the
+Processor. Three kinds of thread:
+
+* the **claimer** leases, in one statement, as many tasks as there are idle workers (never more:
+  no task waits behind a busy worker while another could take it), hands them over, and when the
+  queue is empty sleeps in ``Queue.wait`` until work is queued (a notification, or a poll);
+* the **workers** each run one lease at a time; the outcomes of tasks that end together are
+  recorded together (:class:`imageproc.execution.Recorder`);
+* the **heartbeat** renews every lease in flight in one statement, so a long task is not taken
+  over while its worker is alive, and a dead process's tasks are freed when their leases lapse.
+
+The pool grows (up to ``max_workers``) while every worker is busy and claims keep finding work,
+and shrinks back (to ``min_workers``) after workers have been idle for ``idle_timeout`` seconds.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
-import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from imageproc import allocator
+from imageproc.clock import Clock, utcnow
 from imageproc.errors import LeaseLost
+from imageproc.protocols import Lease, Queue
 from imageproc.task import TaskError
 
-if TYPE_CHECKING:
-    from types import FrameType
-
-    from imageproc.processor import Processor
-    from imageproc.protocols import Lease
-
-__all__ = ["WorkerPool", "run_until_signalled"]
+__all__ = ["WorkerPool"]
 
 logger = logging.getLogger("imageproc.worker")
 
@@ -37,33 +42,54 @@ _pool_numbers = itertools.count(1)
 
 
 class WorkerPool:
-    """Worker threads for one :class:`~imageproc.Processor`. Usually reached through
-    ``Processor.start`` / ``Processor.stop`` rather than built directly."""
+    """Worker threads that run ``execute(lease)`` for every task they lease from ``queue``.
+
+    Usually reached through ``Processor.start`` / ``Processor.stop``. ``execute`` records the
+    outcome itself (it is expected not to raise; if it does, the error is logged and the lease
+    left to expire, so the task is claimed again). ``clock`` stamps the tasks given back at stop.
+    """
 
     def __init__(
         self,
-        processor: Processor,
+        queue: Queue,
+        execute: Callable[[Lease], object],
         *,
         min_workers: int = 4,
         max_workers: int | None = None,
         idle_timeout: float = 30.0,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
+        clock: Clock = utcnow,
     ) -> None:
         max_workers = min_workers if max_workers is None else max_workers
         if not 1 <= min_workers <= max_workers:
             raise ValueError(
                 f"need 1 <= min_workers <= max_workers, got {min_workers}, {max_workers}"
             )
-        self.processor = processor
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        self.queue = queue
+        self.execute = execute
         self.min_workers = min_workers
         self.max_workers = max_workers
         self.idle_timeout = idle_timeout
-        self._prefix = f"imageproc-{os.getpid()}-{next(_pool_numbers)}"
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.name = f"imageproc-{os.getpid()}-{next(_pool_numbers)}"
         self._numbers = itertools.count(1)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._lock = threading.Lock()
+        # Workers wait on _ready for a lease; the claimer waits on _idle for an idle worker.
+        self._ready = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
         self._threads: dict[str, threading.Thread] = {}
         self._in_flight: dict[str, Lease] = {}
+        self._handoff: collections.deque[Lease] = collections.deque()
+        # Idle workers not yet promised a lease by a claim under way.
+        self._free = 0
+        self._claimer: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
 
     @property
@@ -84,7 +110,7 @@ class WorkerPool:
             return len(self._in_flight)
 
     def start(self) -> None:
-        """Start ``min_workers`` workers and the heartbeat.
+        """Start ``min_workers`` workers, the claimer and the heartbeat.
 
         On glibc, first has malloc keep freed image memory for the next image rather than hand
         it back to the system (:func:`imageproc.allocator.reuse_image_memory`; process-wide).
@@ -93,77 +119,157 @@ class WorkerPool:
         with self._lock:
             for _ in range(self.min_workers):
                 self._spawn()
-        self._heartbeat = threading.Thread(
-            target=self._beat, name=f"{self._prefix}-heartbeat", daemon=True
+        self._claimer = threading.Thread(
+            target=self._claim_loop, name=f"{self.name}-claimer", daemon=True
         )
+        self._heartbeat = threading.Thread(
+            target=self._beat, name=f"{self.name}-heartbeat", daemon=True
+        )
+        self._claimer.start()
         self._heartbeat.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming; wait up to ``timeout`` seconds for tasks in flight, then release the
         leases of those still running so another worker can take them straight away."""
-        self._stopping.set()
         deadline = time.monotonic() + timeout
+        with self._lock:
+            self._stopping.set()
+            self._ready.notify_all()
+            self._idle.notify_all()
+        if self._claimer is not None:
+            self._claimer.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             threads = list(self._threads.values())
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             stranded = list(self._in_flight.values())
+            unstarted = list(self._handoff)
+            self._handoff.clear()
+        for lease in unstarted:
+            self._give_back(lease, interrupted=False)
         for lease in stranded:
             self._give_back(lease, interrupted=True)
         self._stopped.set()
         if self._heartbeat is not None:
             self._heartbeat.join(max(0.0, deadline - time.monotonic()))
 
-    # -- threads ----------------------------------------------------------------------------
+    # -- the claimer --------------------------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        failures = 0
+        while True:
+            with self._lock:
+                while self._free == 0 and not self._stopping.is_set():
+                    self._idle.wait()
+                if self._stopping.is_set():
+                    return
+                wanted, self._free = self._free, 0
+            try:
+                leases = self.queue.claim(self.name, lease_seconds=self.lease_seconds, limit=wanted)
+            except Exception:
+                with self._lock:
+                    self._free += wanted
+                failures += 1
+                logger.exception("%s: claim failed (%d in a row); backing off", self.name, failures)
+                self._stopping.wait(min(30.0, self.poll_interval * 2**failures))
+                continue
+            failures = 0
+            with self._lock:
+                self._free += wanted - len(leases)
+                if self._stopping.is_set():
+                    late = leases
+                else:
+                    late = []
+                    self._handoff.extend(leases)
+                    self._ready.notify(len(leases))
+                    # Every worker busy, and the claim took all it could: more work is
+                    # probably waiting, so grow if there is room.
+                    full = leases and len(leases) == wanted and self._free == 0
+                    if full and len(self._threads) < self.max_workers:
+                        self._spawn()
+            for lease in late:  # claimed just as the pool stopped: never started
+                self._give_back(lease, interrupted=False)
+            if not leases:
+                try:
+                    self.queue.wait(self.poll_interval)
+                except Exception:
+                    self._stopping.wait(self.poll_interval)
+
+    # -- the workers --------------------------------------------------------------------------
 
     def _spawn(self) -> None:
         """Start one more worker; call with the lock held."""
-        name = f"{self._prefix}-w{next(self._numbers)}"
+        name = f"{self.name}-w{next(self._numbers)}"
         thread = threading.Thread(target=self._work, args=(name,), name=name, daemon=True)
         self._threads[name] = thread
         thread.start()
 
     def _work(self, name: str) -> None:
-        processor = self.processor
-        idle_since = time.monotonic()
-        failures = 0
-        while not self._stopping.is_set():
+        while True:
+            lease = self._next_lease(name)
+            if lease is None:
+                return
             try:
-                leases = processor.queue.claim(name, lease_seconds=processor.lease_seconds)
+                self.execute(lease)
             except Exception:
-                failures += 1
-                logger.exception("%s: claim failed (%d in a row); backing off", name, failures)
-                self._stopping.wait(min(30.0, processor.poll_interval * 2**failures))
-                continue
-            failures = 0
-            if not leases:
-                if self._retire_if_idle(name, idle_since):
-                    return
-                try:
-                    processor.queue.wait(processor.poll_interval)
-                except Exception:
-                    self._stopping.wait(processor.poll_interval)
-                continue
-            for lease in leases:
-                self._run_one(name, lease)
-            idle_since = time.monotonic()
+                # Recording the outcome failed (the backend is down): the lease will expire and
+                # the task will be claimed again, so log and carry on rather than lose the worker.
+                logger.exception("%s: could not record the outcome of task %s", name, lease.task.id)
+                self._stopping.wait(self.poll_interval)
+            finally:
+                with self._lock:
+                    self._in_flight.pop(name, None)
+
+    def _next_lease(self, name: str) -> Lease | None:
+        """Wait idle for the claimer's next lease; None when this worker is to end (the pool
+        stops, or it has been idle too long and the pool is above its minimum)."""
+        idle_since = time.monotonic()
         with self._lock:
-            self._threads.pop(name, None)
+            self._free += 1
+            self._idle.notify()
+            while not self._handoff:
+                if self._stopping.is_set():
+                    self._free -= 1
+                    del self._threads[name]
+                    return None
+                idle = time.monotonic() - idle_since
+                if len(self._threads) <= self.min_workers:
+                    self._ready.wait()  # never retires: no need to watch the time
+                    continue
+                if idle >= self.idle_timeout:
+                    # Only a worker no claim under way counts on may leave; otherwise look
+                    # again once that claim has handed out its leases.
+                    if self._free > 0:
+                        self._free -= 1
+                        del self._threads[name]
+                        logger.debug("%s: idle, retiring", name)
+                        return None
+                    self._ready.wait(0.01)
+                    continue
+                self._ready.wait(self.idle_timeout - idle)
+            if self._stopping.is_set():
+                # The pool stops: stop() gives back what is still waiting to be started.
+                self._free -= 1
+                del self._threads[name]
+                return None
+            lease = self._handoff.popleft()
+            self._in_flight[name] = lease
+            return lease
 
     def _give_back(self, lease: Lease, *, interrupted: bool) -> None:
         """Return a leased task to the queue: ``interrupted`` mid-task (the attempt counts), or
         claimed just as the pool stopped and never started (it does not)."""
-        queue, now = self.processor.queue, self.processor.clock()
+        now = self.clock()
         try:
             if not interrupted:
-                queue.release(lease, lease.task.unclaim(now))
+                self.queue.release(lease, lease.task.unclaim(now))
                 return
             task = lease.task.after_failure(_INTERRUPTED, now, delay=timedelta(0))
             if task.status.is_final:
-                queue.complete(lease, task)
+                self.queue.complete(lease, task)
             else:
-                queue.release(lease, task)
+                self.queue.release(lease, task)
             logger.warning("gave back task %s, still running at stop", lease.task.id)
         except LeaseLost:
             pass  # it finished (or was cancelled) just now
@@ -171,74 +277,31 @@ class WorkerPool:
             # The lease will expire on its own; the task is not lost either way.
             logger.exception("could not give back task %s at stop", lease.task.id)
 
-    def _run_one(self, name: str, lease: Lease) -> None:
-        with self._lock:
-            # Checked under the lock that stop() collects in-flight leases under, so a lease
-            # claimed as the pool stops is either seen by stop() or given back here.
-            if self._stopping.is_set():
-                self._give_back(lease, interrupted=False)
-                return
-            self._in_flight[name] = lease
-            # Every worker busy and room to grow: more work is probably waiting.
-            if len(self._in_flight) == len(self._threads) < self.max_workers:
-                self._spawn()
-        try:
-            self.processor.process(lease)
-        except Exception:
-            # Recording the outcome failed (the backend is down): the lease will expire and the
-            # task will be claimed again, so log and carry on rather than lose the worker.
-            logger.exception("%s: could not record the outcome of task %s", name, lease.task.id)
-            self._stopping.wait(self.processor.poll_interval)
-        finally:
-            with self._lock:
-                self._in_flight.pop(name, None)
-
-    def _retire_if_idle(self, name: str, idle_since: float) -> bool:
-        if time.monotonic() - idle_since < self.idle_timeout:
-            return False
-        with self._lock:
-            if len(self._threads) <= self.min_workers:
-                return False
-            del self._threads[name]
-        logger.debug("%s: idle, retiring", name)
-        return True
+    # -- the heartbeat ------------------------------------------------------------------------
 
     def _beat(self) -> None:
-        processor = self.processor
-        interval = processor.lease_seconds / 3
+        interval = self.lease_seconds / 3
         # Beats on through stop(): tasks finishing during the grace period still need their leases.
         while not self._stopped.wait(interval):
-            with self._lock:
-                in_flight = list(self._in_flight.items())
-            for name, lease in in_flight:
-                try:
-                    renewed = processor.queue.renew(lease, lease_seconds=processor.lease_seconds)
-                except LeaseLost:
-                    continue  # the worker will find out when it tries to record the result
-                except Exception:
-                    logger.exception("heartbeat for task %s failed", lease.task.id)
-                    continue
-                with self._lock:
-                    if self._in_flight.get(name) is lease:
-                        self._in_flight[name] = renewed
+            self.beat()
 
-
-def run_until_signalled(
-    processor: Processor, workers: int | tuple[int, int], *, stop_timeout: float
-) -> None:
-    """Run ``processor``'s workers until SIGINT or SIGTERM, then stop them gracefully."""
-    stop = threading.Event()
-
-    def _handle(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        processor.start(workers)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        processor.stop(stop_timeout)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def beat(self) -> None:
+        """Renew every lease the pool holds (running or about to start), in one call."""
+        with self._lock:
+            held = [*self._in_flight.values(), *self._handoff]
+        if not held:
+            return
+        try:
+            renewed = self.queue.renew_many(held, lease_seconds=self.lease_seconds)
+        except Exception:
+            logger.exception("heartbeat for %d task(s) failed", len(held))
+            return
+        fresh = {id(old): new for old, new in zip(held, renewed, strict=True) if new is not None}
+        # A lost lease is left alone: its worker finds out when it tries to record the result.
+        with self._lock:
+            for name, lease in self._in_flight.items():
+                if id(lease) in fresh:
+                    self._in_flight[name] = fresh[id(lease)]
+            for index, lease in enumerate(self._handoff):
+                if id(lease) in fresh:
+                    self._handoff[index] = fresh[id(lease)]

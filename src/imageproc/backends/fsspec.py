@@ -73,8 +73,8 @@ from contextlib import suppress
 from datetime import timedelta
 from typing import Any, BinaryIO, Final, TypeVar
 
+import attrs
 import fsspec  # type: ignore[import-untyped]
-import tenacity
 from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
 
 from imageproc.errors import (
@@ -87,6 +87,7 @@ from imageproc.errors import (
 )
 from imageproc.keys import validate_key
 from imageproc.protocols import ObjectInfo
+from imageproc.retrying import RetryPolicy
 
 __all__ = ["S3_ENDPOINT_ENV", "FsspecStorage"]
 
@@ -158,37 +159,54 @@ _TRANSIENT_CODES: Final = frozenset(
 )
 
 
+#: Storage calls go over a network: one more try, and longer pauses, than the policy's default.
+_DEFAULT_RETRY: Final = RetryPolicy(in_place_tries=4, in_place_wait=0.1, in_place_max_wait=2.0)
+
+
 class FsspecStorage:
     """A :class:`~imageproc.protocols.Storage` on any fsspec filesystem, named by a URL.
 
     ``url`` is ``file://path`` (or a bare path), ``memory://path``, ``s3://bucket/prefix`` or any
     URL of an installed fsspec protocol; objects live under that root. ``storage_options`` go to
-    the filesystem. ``retry_attempts`` (at least 1), ``retry_wait`` and ``retry_max_wait``
-    (seconds) bound the in-place retries of transient errors. See the module documentation for
-    keys, content types, atomicity and errors.
+    the filesystem. ``retry`` (a :class:`~imageproc.RetryPolicy`; its ``in_place_*`` fields)
+    bounds the in-place retries of transient errors; ``retry_attempts`` (at least 1),
+    ``retry_wait`` and ``retry_max_wait`` (seconds) are shortcuts for those fields. See the
+    module documentation for keys, content types, atomicity and errors.
 
     Raises :class:`~imageproc.ConfigurationError` for an unknown protocol, a protocol whose
     package is not installed (``s3://`` needs ``imageproc[s3]``), an S3 URL without a bucket, or
     a local root that cannot be created.
     """
 
+    #: It retries transient errors itself, within its bounds: a Processor does not retry its
+    #: calls again (that would multiply the tries and the waits).
+    retries_transient_errors: Final = True
+
     def __init__(
         self,
         url: str,
         *,
-        retry_attempts: int = 4,
-        retry_wait: float = 0.1,
-        retry_max_wait: float = 2.0,
+        retry: RetryPolicy | None = None,
+        retry_attempts: int | None = None,
+        retry_wait: float | None = None,
+        retry_max_wait: float | None = None,
         **storage_options: Any,
     ) -> None:
-        if retry_attempts < 1:
+        if retry_attempts is not None and retry_attempts < 1:
             raise ConfigurationError("retry_attempts must be at least 1")
-        if retry_wait < 0 or retry_max_wait < 0:
+        if min(retry_wait or 0, retry_max_wait or 0) < 0:
             raise ConfigurationError("retry waits must not be negative")
         self._url = url
-        self.retry_attempts = retry_attempts
-        self.retry_wait = retry_wait
-        self.retry_max_wait = retry_max_wait
+        shortcuts = {
+            "in_place_tries": retry_attempts,
+            "in_place_wait": retry_wait,
+            "in_place_max_wait": retry_max_wait,
+        }
+        #: How transient errors are retried in place (the ``in_place_*`` fields).
+        self.retry = attrs.evolve(
+            retry or _DEFAULT_RETRY,
+            **{k: v for k, v in shortcuts.items() if v is not None},  # type: ignore[arg-type]
+        )
         protocol = fsspec.core.split_protocol(url)[0] or "file"
         if protocol in ("s3", "s3a"):
             storage_options = _s3_options(storage_options)
@@ -299,31 +317,12 @@ class FsspecStorage:
             except Exception as error:
                 raise self._driver.map_error(op, key, error) from error
 
-        # The first try runs bare (tenacity's machinery costs more CPU than a local file
-        # operation); a retryable failure becomes tenacity's first attempt, so the tries, waits
-        # and logging are exactly those of a tenacity loop.
-        try:
-            return attempt()
-        except StorageError as error:
-            if not _is_retryable(error) or self.retry_attempts == 1:
-                raise
-            first: list[StorageError] = [error]
+        return self.retry.call(attempt, retryable=_is_retryable, logger=logger)
 
-        def again() -> _T:
-            if first:
-                raise first.pop()
-            return attempt()
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_is_retryable),
-            stop=tenacity.stop_after_attempt(self.retry_attempts),
-            wait=tenacity.wait_random_exponential(
-                multiplier=self.retry_wait, max=self.retry_max_wait
-            ),
-            before_sleep=tenacity.before_sleep_log(logger, logging.WARNING),
-            reraise=True,
-        )
-        return retrying(again)
+    @property
+    def retry_attempts(self) -> int:
+        """Tries of each call (``retry.in_place_tries``)."""
+        return self.retry.in_place_tries
 
     def _stream_error(self, key: str) -> Callable[[Exception], ImageprocError]:
         return lambda error: self._driver.map_error("read", key, error)

@@ -24,6 +24,7 @@ from typing import BinaryIO
 import attrs
 
 from imageproc.clock import Clock, utcnow
+from imageproc.delivery.completions import Completions
 from imageproc.errors import LeaseLost, ObjectNotFound, TaskNotFound
 from imageproc.keys import validate_key
 from imageproc.protocols import Lease, ObjectInfo, QueueStats
@@ -105,6 +106,8 @@ class MemoryRepository:
 
     def __init__(self, *, clock: Clock = utcnow) -> None:
         self.clock = clock
+        #: Told of every task that ends (everything happens in this process, so all is pushed).
+        self.completions = Completions()
         self._rows: dict[str, _Row] = {}
         # One condition guards the whole table and wakes waiting workers when work appears.
         self._changed = threading.Condition(threading.Lock())
@@ -207,6 +210,9 @@ class MemoryRepository:
         row.version += 1
         row.lease_token = row.lease_expires = None
         self._enqueue(row)
+        if task.status.is_final:
+            # Under the table's lock: subscribers only set events or hand the news to a loop.
+            self.completions.publish_tasks((task,))
 
     def _enqueue(self, row: _Row) -> None:
         task = row.task
@@ -293,6 +299,32 @@ class MemoryQueue:
             row.lease_expires = expires
             heapq.heappush(repo._leases, (expires, lease.task.id, lease.token))
             return attrs.evolve(lease, expires_at=expires)
+
+    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+        """Renew each lease still held; None for each that is not."""
+        renewed: list[Lease | None] = []
+        for lease in leases:
+            try:
+                renewed.append(self.renew(lease, lease_seconds=lease_seconds))
+            except LeaseLost:
+                renewed.append(None)
+        return renewed
+
+    def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
+        """Record each outcome whose lease is still held, all under one lock."""
+        for lease, task in results:
+            _check_result(lease, task, final=task.status.is_final)
+        recorded: list[bool] = []
+        with self.repository._changed:
+            for lease, task in results:
+                try:
+                    row = self._held(lease)
+                except LeaseLost:
+                    recorded.append(False)
+                    continue
+                self.repository._write(row, task)
+                recorded.append(True)
+        return recorded
 
     def complete(self, lease: Lease, task: Task) -> None:
         """Record the final ``task`` and end the lease."""

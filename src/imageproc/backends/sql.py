@@ -16,6 +16,13 @@ Idle workers wake through ``LISTEN``/``NOTIFY`` on PostgreSQL (sent in the trans
 queues a task, not by a trigger) and fall back to polling; on SQLite they poll with backoff, and
 tasks queued by the same process wake them at once.
 
+Every task recorded in a final status is published to :attr:`SQLBackend.completions` after the
+commit, so ``Processor.wait`` in this process returns at once. On PostgreSQL the recording
+statement also notifies the ``imageproc_done`` channel with the task's id, and one listening
+connection per backend (the same one that wakes idle workers) publishes what other processes
+finished; on SQLite, ends recorded by another process are found by the waiters' short poll
+(:data:`SQLITE_WAIT_POLL`).
+
 Errors from the driver are mapped at this boundary: a lost connection, a restarting server or a
 locked SQLite file raise :class:`~imageproc.BackendUnavailable` (transient).
 """
@@ -39,6 +46,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from imageproc.clock import Clock, utcnow
+from imageproc.delivery.completions import Completions
 from imageproc.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -68,6 +76,14 @@ __all__ = ["SQLBackend"]
 logger = logging.getLogger("imageproc.sql")
 
 CHANNEL = "imageproc_tasks"
+#: Notified with a task's id when it ends (PostgreSQL).
+DONE_CHANNEL = "imageproc_done"
+#: Seconds between a waiter's reads of its task where ends are not pushed: SQLite written by
+#: another process, or PostgreSQL while the listener is not connected.
+SQLITE_WAIT_POLL: Final = 0.1
+_UNHEARD_POLL: Final = 0.25
+#: Seconds a first waiter waits for the listener to connect before it falls back to polling.
+_LISTEN_TIMEOUT: Final = 5.0
 _FINAL = [s.value for s in TaskStatus if s.is_final]
 _QUEUED, _PROCESSING = TaskStatus.QUEUED.value, TaskStatus.PROCESSING.value
 
@@ -127,6 +143,12 @@ class SQLBackend:
         self._transaction = threading.local()
         self._listener: _Listener | None = None
         self._closed = False
+        #: Told of every task this backend records in a final status (and, on PostgreSQL, of
+        #: those other processes record); ``Processor.wait`` stands on it.
+        self.completions = Completions(
+            poll_interval=SQLITE_WAIT_POLL if self.dialect == "sqlite" else _UNHEARD_POLL,
+            activate=self._listen_for_completions if self.dialect == "postgresql" else None,
+        )
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -225,6 +247,12 @@ class SQLBackend:
 
     def update(self, task: Task, *, expected: Task) -> bool:
         """Replace the task if it is still ``expected``; drops any lease."""
+        changed = self._update(task, expected=expected)
+        if changed:
+            self.completions.publish_tasks((task,))
+        return changed
+
+    def _update(self, task: Task, *, expected: Task) -> bool:
         with self._begin(write=True) as conn:
             result = conn.execute(
                 tasks.update()
@@ -241,6 +269,8 @@ class SQLBackend:
                 return False
             if task.status == TaskStatus.QUEUED:
                 self._notify(conn)
+            elif task.status.is_final and self.dialect == "postgresql":
+                conn.execute(sa.select(sa.func.pg_notify(DONE_CHANNEL, task.id)))
             return True
 
     def purge(self, before: datetime, *, limit: int = 500) -> list[Task]:
@@ -330,10 +360,12 @@ class SQLBackend:
                 unreadable[row["id"]] = error.message
         if unreadable:
             self._fail_unreadable(unreadable, token, now)
+            self.completions.publish((task_id, None) for task_id in unreadable)
         leased = sorted((t for t in claimed if t.status == TaskStatus.PROCESSING), key=_claim_key)
         buried = len(claimed) - len(leased)
         if buried:
             logger.warning("%d task(s) dead: leases expired with no attempts left", buried)
+            self.completions.publish_tasks(claimed)
         return [Lease(task, token + task.id, worker, expires) for task in leased], buried
 
     def _fail_unreadable(self, unreadable: dict[str, str], token: str, now: datetime) -> None:
@@ -365,6 +397,29 @@ class SQLBackend:
         if result.rowcount == 0:
             raise _lost(lease)
         return Lease(lease.task, lease.token, lease.worker, expires)
+
+    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+        """Renew every lease still held in one statement; None for each that is not."""
+        if not leases:
+            return []
+        expires = self.clock() + timedelta(seconds=lease_seconds)
+        held = sa.tuple_(tasks.c.id, tasks.c.lease_token).in_(
+            [(lease.task.id, lease.token) for lease in leases]
+        )
+        statement = (
+            tasks.update()
+            .where(held, _status_is(_PROCESSING))
+            .values(lease_expires_at=expires)
+            .returning(tasks.c.id, tasks.c.lease_token)
+        )
+        with self._one_statement(write=True) as conn:
+            renewed = set(conn.execute(statement).tuples())
+        return [
+            Lease(lease.task, lease.token, lease.worker, expires)
+            if (lease.task.id, lease.token) in renewed
+            else None
+            for lease in leases
+        ]
 
     def complete(self, lease: Lease, task: Task) -> None:
         """Record the final ``task`` and end the lease, if it is still held."""
@@ -406,16 +461,28 @@ class SQLBackend:
         ``release`` are the one-task case. On PostgreSQL the batch is one statement, a round trip
         by itself unless a requeued task is due at once (then a transaction also notifies).
         """
+        recorded = self._record_many(results)
+        self.completions.publish_tasks(
+            task for (_, task), held in zip(results, recorded, strict=True) if held
+        )
+        return recorded
+
+    def _record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
         if not results:
             return []
         now = self.clock()
-        wakes = any(t.status == TaskStatus.QUEUED and t.available_at <= now for _, t in results)
         if self.dialect == "postgresql":
-            with self._begin(write=True) if wakes else self._one_statement() as conn:
-                held = set(conn.execute(_RECORD_BATCH, _batch_parameters(results)).scalars())
-                recorded = [lease.task.id in held for lease, _ in results]
-                if wakes and any(recorded):
-                    self._notify(conn)
+            # One statement in autocommit, which notifies by itself (a requeued task that is
+            # due wakes idle workers; an ended one, waiters).
+            batch = {**_batch_parameters(results), "now": now}
+            with self._one_statement() as conn:
+                held = set(conn.execute(_RECORD_BATCH, batch).scalars())
+            recorded = [lease.task.id in held for lease, _ in results]
+            if any(
+                ok and task.status == TaskStatus.QUEUED and task.available_at <= now
+                for ok, (_, task) in zip(recorded, results, strict=True)
+            ):
+                self._wakeup.wake()  # this process's idle workers, without the round trip
             return recorded
         parameters = [_outcome(lease, task) for lease, task in results]
         with self._begin(write=True) as conn:
@@ -492,12 +559,20 @@ class SQLBackend:
         with _driver_errors_mapped(), self._autocommit.connect() as conn:
             yield conn
 
-    def _ensure_listener(self) -> None:
+    def _ensure_listener(self) -> _Listener | None:
         if self._listener is None and not self._closed:
             with self._wakeup.lock:
                 if self._listener is None:
-                    self._listener = _Listener(self._url, self._wakeup)
+                    self._listener = _Listener(self._url, self._wakeup, self.completions)
                     self._listener.start()
+        return self._listener
+
+    def _listen_for_completions(self) -> None:
+        """Before a waiter reads its task: be listening, so no end is missed (bounded: if the
+        server does not answer, the waiter polls instead)."""
+        listener = self._ensure_listener()
+        if listener is not None:
+            listener.tried.wait(_LISTEN_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -605,39 +680,52 @@ _RENEW: Final = (
 )
 
 
-def _record_batch_statement() -> sa.Update:
+def _record_batch_statement() -> sa.Select[Any]:
     """PostgreSQL: record a whole batch in one statement, whatever its size.
 
-    The one parameter, ``batch``, is a JSON array with one object per task (``held_id`` and
+    The parameter ``batch`` is a JSON array with one object per task (``held_id`` and
     ``held_token`` name the lease, the others are :data:`OUTCOME_COLUMNS`), which
     ``jsonb_to_recordset`` turns into rows; each task is written only while its lease is held, and
-    ``RETURNING`` says which were. The statement's text never changes, so it is compiled once and
-    prepared once per connection."""
+    the ids of those written are returned. The same statement notifies: ``imageproc_done`` with
+    the id of each task that ended (waiters in any process), ``imageproc_tasks`` if a task put
+    back is due at ``now`` (idle workers). The statement's text never changes, so it is compiled
+    once and prepared once per connection."""
     columns: dict[str, Any] = {
         "held_id": sa.Text(),
         "held_token": sa.Text(),
         **{name: tasks.c[name].type for name in OUTCOME_COLUMNS},
         "outputs": postgresql.JSONB(),
     }
-    batch = (
+    rows = (
         sa.func.jsonb_to_recordset(sa.cast(sa.bindparam("batch", type_=sa.Text), postgresql.JSONB))
         .table_valued(*(sa.column(name, kind) for name, kind in columns.items()))
         .render_derived(name="batch", with_types=True)
     )
-    return (
+    recorded = (
         tasks.update()
         .where(
-            tasks.c.id == batch.c.held_id,
-            tasks.c.lease_token == batch.c.held_token,
+            tasks.c.id == rows.c.held_id,
+            tasks.c.lease_token == rows.c.held_token,
             tasks.c.status == _PROCESSING,
         )
         .values(
             {
-                **{name: batch.c[name] for name in OUTCOME_COLUMNS},
+                **{name: rows.c[name] for name in OUTCOME_COLUMNS},
                 **{name: sa.null() for name in _NO_LEASE},
             }
         )
-        .returning(tasks.c.id)
+        .returning(tasks.c.id, tasks.c.status, tasks.c.available_at)
+        .cte("recorded")
+    )
+    now = sa.bindparam("now", type_=UTCDateTime)
+    ended = recorded.c.status.in_([sa.literal_column(f"'{value}'") for value in _FINAL])
+    due = sa.and_(
+        recorded.c.status == sa.literal_column(f"'{_QUEUED}'"), recorded.c.available_at <= now
+    )
+    return sa.select(
+        recorded.c.id,
+        sa.case((ended, sa.func.pg_notify(DONE_CHANNEL, recorded.c.id)), else_=None),
+        sa.case((due, sa.func.pg_notify(CHANNEL, "")), else_=None),
     )
 
 
@@ -808,14 +896,18 @@ _FIRST_POLL = 0.05
 
 
 class _Listener(threading.Thread):
-    """LISTENs on its own autocommit psycopg connection and turns notifications into wake-ups;
-    reconnects with backoff when the server goes away."""
+    """LISTENs on its own autocommit psycopg connection: a queued task wakes idle workers, an
+    ended one is published to the waiters. Reconnects with backoff when the server goes away;
+    while it is not listening, waiters poll (:data:`_UNHEARD_POLL`)."""
 
-    def __init__(self, url: sa.URL, wakeup: _Wakeup) -> None:
+    def __init__(self, url: sa.URL, wakeup: _Wakeup, completions: Completions) -> None:
         super().__init__(name="imageproc-listener", daemon=True)
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._wakeup = wakeup
+        self._completions = completions
         self._stopping = threading.Event()
+        #: Set once the first attempt to listen has ended, listening or not.
+        self.tried = threading.Event()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -829,15 +921,25 @@ class _Listener(threading.Thread):
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {DONE_CHANNEL}")
                     delay = 0.1
+                    self._completions.poll_interval = None  # every end is heard from now on
+                    self.tried.set()
                     if reconnecting:
-                        self._wakeup.wake()  # for anything queued while we were not listening
+                        # For anything queued or ended while we were not listening.
+                        self._wakeup.wake()
+                        self._completions.publish_all()
                     reconnecting = True
                     while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._wakeup.wake()
+                        for notice in conn.notifies(timeout=1.0, stop_after=1):
+                            if notice.channel == DONE_CHANNEL:
+                                self._completions.publish(((notice.payload, None),))
+                            else:
+                                self._wakeup.wake()
             except psycopg.Error as error:
                 reconnecting = True
+                self._completions.poll_interval = _UNHEARD_POLL
+                self.tried.set()
                 logger.warning("listener lost its connection (%s); retrying", _first_line(error))
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
