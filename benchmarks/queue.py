@@ -40,6 +40,7 @@ import asyncio
 import collections
 import contextlib
 import importlib.metadata
+import io
 import logging
 import os
 import platform
@@ -52,12 +53,15 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from PIL import Image
 from psycopg import sql
 
-from imageproc import SourceInfo, Task
+from imageproc import Lease, Processor, SourceInfo, Task, TaskStatus, Upload
 from imageproc.backends.sql import SQLBackend
 from imageproc.clock import utcnow
+from imageproc.execution import Recorder
 from imageproc.pipeline import DEFAULT_PIPELINE
+from imageproc.worker import WorkerPool
 
 WORKERS = 4
 DB_PREFIX = "queue_bench_"
@@ -157,71 +161,176 @@ def new_task() -> Task:
     )
 
 
-def imageproc(url: str, jobs: int, batch: int, *, batched: bool, config: Config) -> Row:
-    """Enqueue with ``add_many`` in lists, then drain with 4 threads: claim ``batch`` and
-    ``record_many`` the lot (``batched``), or claim 1 and ``complete`` it. Timed until every
-    thread has found the queue empty, right after its last commit."""
+def enqueue_noops(backend: SQLBackend, jobs: int, config: Config) -> float:
+    """Put ``jobs`` no-op tasks in the queue with ``add_many`` (what ``submit_many`` records
+    with), in lists of ``--enqueue-batch``; returns tasks per second."""
+    started, deadline = time.perf_counter(), time.monotonic() + config.timeout
+    for first in range(0, jobs, config.enqueue_batch):
+        backend.add_many([new_task() for _ in range(min(config.enqueue_batch, jobs - first))])
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"enqueue timed out after {config.timeout:g} s")
+    enqueued = rate(jobs, started)
+    if config.analyze and backend.dialect == "postgresql":
+        with backend.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    return enqueued
+
+
+def check_succeeded_once(backend: SQLBackend, jobs: int) -> None:
+    with backend.engine.connect() as conn:
+        query = "SELECT status, count(*) FROM imageproc_tasks WHERE attempts = 1 GROUP BY status"
+        statuses = dict(conn.execute(sa.text(query)).all())
+    if statuses != {"succeeded": jobs}:
+        raise BenchmarkError(f"database holds {statuses}, not {jobs} succeeded at attempt 1")
+
+
+def imageproc_noop(url: str, jobs: int, config: Config) -> Row:
+    """The product's own ``WorkerPool`` (4 threads, its claimer leasing for every idle thread in
+    one statement, its heartbeat) with a no-op step injected through the pool's interface: the
+    step records success through the product's ``Recorder`` (outcomes ready together in one
+    transaction), as ``Execution.run`` does. Timed from the pool's start until the last outcome
+    is committed."""
     backend = SQLBackend(url)
     try:
         backend.migrate()
-        started, deadline = time.perf_counter(), time.monotonic() + config.timeout
-        for first in range(0, jobs, config.enqueue_batch):
-            backend.add_many([new_task() for _ in range(min(config.enqueue_batch, jobs - first))])
-            if time.monotonic() > deadline:
-                raise BenchmarkError(f"enqueue timed out after {config.timeout:g} s")
-        enqueue = rate(jobs, started)
-        if config.analyze:
-            with backend.engine.begin() as conn:
-                conn.exec_driver_sql("ANALYZE")
+        enqueued = enqueue_noops(backend, jobs, config)
+        recorder = Recorder(backend)
+        counts: collections.Counter[str] = collections.Counter()
+        lock, all_done = threading.Lock(), threading.Event()
 
-        deadline = time.monotonic() + config.timeout
-        done: list[list[str]] = [[] for _ in range(WORKERS)]
-        errors: list[BaseException] = []
+        def noop(lease: Lease) -> None:
+            recorder.record(lease, lease.task.succeed((), utcnow()))
+            with lock:
+                counts[lease.task.id] += 1
+                if counts.total() >= jobs:
+                    all_done.set()
 
-        def work(index: int) -> None:
-            name, limit = f"bench-{index}", batch if batched else 1
-            try:
-                while time.monotonic() < deadline:
-                    leases = backend.claim(name, lease_seconds=60, limit=limit)
-                    if not leases:
-                        return
-                    if batched:
-                        results = [(lease, lease.task.succeed((), utcnow())) for lease in leases]
-                        if not all(backend.record_many(results)):
-                            raise BenchmarkError("record_many lost a lease")
-                    else:
-                        for lease in leases:
-                            backend.complete(lease, lease.task.succeed((), utcnow()))
-                    done[index].extend(lease.task.id for lease in leases)
-            except BaseException as error:
-                errors.append(error)
-
-        # Daemon threads: one stuck in the database cannot keep the script alive.
-        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(WORKERS)]
+        pool = WorkerPool(backend, noop, min_workers=WORKERS, lease_seconds=60)
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        process = rate(jobs, started)
-        if any(thread.is_alive() for thread in threads):
-            for thread in threads:  # past the deadline, each stops at its next turn
-                thread.join(10)
-            raise BenchmarkError(f"claim+complete timed out after {config.timeout:g} s")
-        if errors:
-            raise BenchmarkError(f"a worker failed: {errors[0]!r}")
-
-        exactly_once(collections.Counter(i for ids in done for i in ids), jobs)
-        with backend.engine.connect() as conn:
-            query = (
-                "SELECT status, count(*) FROM imageproc_tasks WHERE attempts = 1 GROUP BY status"
-            )
-            statuses = dict(conn.execute(sa.text(query)).all())
-        if statuses != {"succeeded": jobs}:
-            raise BenchmarkError(f"database holds {statuses}, not {jobs} succeeded at attempt 1")
-        return Row("", enqueue, process)
+        pool.start()
+        try:
+            if not all_done.wait(config.timeout):
+                raise BenchmarkError(f"claim+complete timed out after {config.timeout:g} s")
+            processed = rate(jobs, started)
+        finally:
+            pool.stop(30)
+        exactly_once(counts, jobs)
+        check_succeeded_once(backend, jobs)
+        return Row("", enqueued, processed)
     finally:
         backend.close()
+
+
+def tiny_image() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def imageproc_tiny(url: str, jobs: int, config: Config) -> Row:
+    """Tiny-image tasks through the public API, as an application runs them: ``submit_many``
+    (in lists of ``--enqueue-batch``) of an 8x8 PNG with ``t=fit:4x4,png``, then
+    ``start(workers=4)`` and ``wait`` on each task. The enqueue column is ``submit_many``'s rate;
+    the processing column is timed from ``start`` until the last ``wait`` has returned."""
+    image, deadline = tiny_image(), time.monotonic() + config.timeout
+    with Processor.from_urls(url, "memory://") as processor:
+        ids: list[str] = []
+        started = time.perf_counter()
+        for first in range(0, jobs, config.enqueue_batch):
+            count = min(config.enqueue_batch, jobs - first)
+            results = processor.submit_many([Upload(image, "t=fit:4x4,png")] * count)
+            ids += [task.id for task in results if isinstance(task, Task)]
+            if len(ids) != first + count:
+                raise BenchmarkError(f"submit_many refused {first + count - len(ids)} uploads")
+        enqueued = rate(jobs, started)
+        started = time.perf_counter()
+        processor.start(workers=WORKERS)
+        try:
+            for task_id in ids:
+                task = processor.wait(task_id, timeout=max(0.1, deadline - time.monotonic()))
+                if task.status != TaskStatus.SUCCEEDED or task.attempts != 1:
+                    raise BenchmarkError(f"task {task_id} is {task.status} at {task.attempts}")
+            processed = rate(jobs, started)
+        finally:
+            processor.stop(30)
+    return Row("", enqueued, processed)
+
+
+# -- latency ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    system: str
+    pickup: list[float]  # seconds from submit returning to the task's original being read
+    wait: list[float]  # seconds from the outcome's commit to wait() returning
+
+
+class _Timed:
+    """Delegates to the real backend; notes when a worker starts a task (reads its original)
+    and when an outcome has been committed (record_many returned)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.started: dict[str, float] = {}
+        self.committed: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get(self, key: str) -> bytes:
+        self.started.setdefault(key, time.perf_counter())
+        return self.inner.get(key)  # type: ignore[no-any-return]
+
+    def record_many(self, results: Any) -> list[bool]:
+        recorded: list[bool] = self.inner.record_many(results)
+        now = time.perf_counter()
+        for (_, task), held in zip(results, recorded, strict=True):
+            if held:
+                self.committed[task.id] = now
+        return recorded
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def latency(url: str, samples: int, config: Config, *, name: str) -> Latency:
+    """With 4 idle workers, submit one task at a time and measure (1) pickup: from ``submit``
+    returning to a worker reading the task's original, and (2) wait: from the worker's commit of
+    the outcome to ``wait`` returning in a *separate* Processor (its own backend and
+    connections, like another process: it hears of the end only from the database, by
+    LISTEN/NOTIFY on PostgreSQL or by its poll on SQLite)."""
+    deadline = time.monotonic() + config.timeout
+    pickup, waited = [], []
+    with (
+        Processor.from_urls(url, "file://" + tempfile.mkdtemp(prefix="queue-lat-")) as workers,
+        Processor.from_urls(url, "memory://", migrate=False) as waiter,
+    ):
+        timed_storage, timed_queue = _Timed(workers.storage), _Timed(workers.queue)
+        workers.storage, workers.queue = timed_storage, timed_queue
+        workers.start(workers=WORKERS)
+        try:
+            time.sleep(0.5)  # let the pool settle into its idle wait
+            for index in range(samples):
+                if time.monotonic() > deadline:
+                    raise BenchmarkError(f"latency timed out after {config.timeout:g} s")
+                image = Image.new("RGB", (8, 8), (index % 256, index // 256 % 256, 7))
+                buffer = io.BytesIO()
+                image.save(buffer, "PNG")
+                task = workers.submit(buffer.getvalue(), "t=fit:4x4,png")
+                submitted = time.perf_counter()
+                done = waiter.wait(task.id, timeout=30)
+                returned = time.perf_counter()
+                if done.status != TaskStatus.SUCCEEDED:
+                    raise BenchmarkError(f"task {task.id} is {done.status}")
+                pickup.append(timed_storage.started[task.source_key] - submitted)
+                waited.append(returned - timed_queue.committed[task.id])
+                time.sleep(0.02)  # idle again before the next one
+        finally:
+            workers.stop(30)
+    return Latency(name, pickup, waited)
 
 
 # -- the asyncio systems ----------------------------------------------------------------------
@@ -437,10 +546,23 @@ def print_table(rows: list[Row]) -> None:
         print(f"{row.system:<{width}}  {line}  {row.note}".rstrip())
 
 
+def print_latency(results: list[Latency]) -> None:
+    print()
+    print("latency with idle workers, ms (p50 / p99):")
+    for result in results:
+        pickup = [x * 1000 for x in result.pickup]
+        wait = [x * 1000 for x in result.wait]
+        print(
+            f"  {result.system:<12} pickup {percentile(pickup, 0.5):6.1f} / "
+            f"{percentile(pickup, 0.99):6.1f}   wait {percentile(wait, 0.5):6.1f} / "
+            f"{percentile(wait, 0.99):6.1f}   ({len(pickup)} tasks)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs per system (N)")
-    parser.add_argument("--batch", type=int, default=10, help="claim/dequeue batch size (B)")
+    parser.add_argument("--batch", type=int, default=10, help="PgQueuer's dequeue batch size")
     parser.add_argument(
         "--enqueue-batch", type=int, default=1000, help="jobs per enqueue call (every system)"
     )
@@ -448,6 +570,9 @@ def main() -> None:
         "--no-analyze",
         action="store_true",
         help="skip ANALYZE between enqueue and claim (planners then see an empty table's stats)",
+    )
+    parser.add_argument(
+        "--latency-samples", type=int, default=200, help="tasks per latency measurement"
     )
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
@@ -457,7 +582,7 @@ def main() -> None:
     server = Server(args.postgres_url)
 
     print(
-        f"{jobs:,} no-op jobs per system, {WORKERS} workers, claim batch {batch}, "
+        f"{jobs:,} jobs per system, {WORKERS} workers, PgQueuer batch {batch}, "
         f"enqueue batch {config.enqueue_batch}, "
         f"ANALYZE after enqueue: {'yes' if config.analyze else 'no'}"
     )
@@ -467,16 +592,20 @@ def main() -> None:
         f"procrastinate {version('procrastinate')}, imageproc {version('imageproc')}"
     )
 
-    def on_postgres(name: str, batched: bool) -> Row:
-        url = sqlalchemy_url(server.fresh(name))
-        return imageproc(url, jobs, batch, batched=batched, config=config)
+    def on_postgres(name: str, run: Callable[[str], Row]) -> Row:
+        return run(sqlalchemy_url(server.fresh(name)))
 
-    def on_sqlite(batched: bool) -> Row:
+    def on_sqlite(run: Callable[[str], Row]) -> Row:
         with tempfile.TemporaryDirectory(
             prefix="queue-bench-", ignore_cleanup_errors=True
         ) as folder:
-            url = "sqlite:///" + str(Path(folder) / "queue.db")
-            return imageproc(url, jobs, batch, batched=batched, config=config)
+            return run("sqlite:///" + str(Path(folder) / "queue.db"))
+
+    def noop(url: str) -> Row:
+        return imageproc_noop(url, jobs, config)
+
+    def tiny(url: str) -> Row:
+        return imageproc_tiny(url, jobs, config)
 
     systems: list[tuple[str, Callable[[], Row]]] = [
         (
@@ -487,25 +616,32 @@ def main() -> None:
             "procrastinate (psycopg)",
             lambda: asyncio.run(procrastinate(server.fresh("procrastinate"), jobs, config)),
         ),
-        (
-            f"imageproc PostgreSQL (claim {batch}, record_many)",
-            lambda: on_postgres("imageproc", batched=True),
-        ),
-        (
-            "imageproc PostgreSQL (claim 1, complete)",
-            lambda: on_postgres("imageproc_unbatched", batched=False),
-        ),
-        (f"imageproc SQLite (claim {batch}, record_many)", lambda: on_sqlite(batched=True)),
-        ("imageproc SQLite (claim 1, complete)", lambda: on_sqlite(batched=False)),
+        ("imageproc PostgreSQL, WorkerPool, no-op", lambda: on_postgres("imageproc", noop)),
+        ("imageproc PostgreSQL, submit_many+wait, tiny images", lambda: on_postgres("tiny", tiny)),
+        ("imageproc SQLite, WorkerPool, no-op", lambda: on_sqlite(noop)),
+        ("imageproc SQLite, submit_many+wait, tiny images", lambda: on_sqlite(tiny)),
     ]
     rows: list[Row] = []
+    latencies: list[Latency] = []
     try:
         for name, run in systems:
             rows.append(measure(name, run))
+        if args.latency_samples > 0:
+            for name, make_url in (
+                ("PostgreSQL", lambda: sqlalchemy_url(server.fresh("latency"))),
+                ("SQLite", lambda: "sqlite:///" + tempfile.mkdtemp(prefix="queue-lat-") + "/q.db"),
+            ):
+                print(f"  latency on {name} ...", flush=True)
+                try:
+                    latencies.append(latency(make_url(), args.latency_samples, config, name=name))
+                except Exception as error:
+                    print(f"  latency on {name} FAILED: {error}")
     finally:
         server.drop_all()
     print()
     print_table(rows)
+    if latencies:
+        print_latency(latencies)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,18 @@ overwrites what a failed one left, and never duplicates it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from concurrent.futures import Future
 from datetime import timedelta
+from typing import Final
 
 from imageproc import imaging, keys
-from imageproc.backends.groupcommit import GroupCommit
 from imageproc.clock import Clock
-from imageproc.errors import ImageprocError, LeaseLost, is_transient
+from imageproc.errors import ImageprocError, LeaseLost, copies_for, is_transient
 from imageproc.events import Events, emit
 from imageproc.imaging import ImageLimits
-from imageproc.protocols import Lease, Queue, Storage
+from imageproc.protocols import Lease, Queue, Storage, record_all
 from imageproc.retrying import RetryPolicy
 from imageproc.task import Output, Task, TaskError, TaskStatus
 
@@ -33,37 +34,90 @@ __all__ = ["Execution", "Recorder"]
 logger = logging.getLogger("imageproc")
 
 
-class Recorder:
-    """Records the outcomes of leased tasks, those of concurrent threads in one transaction.
+#: Most outcomes one transaction records; more wait for the next.
+_MAX_BATCH: Final = 64
+#: Seconds the writer thread stays with nothing to write before it ends.
+_WRITER_IDLE: Final = 1.0
 
-    :meth:`record` returns once the outcome is committed, or raises
-    :class:`~imageproc.LeaseLost` if the lease was no longer held (nothing is recorded then). A
-    lone caller writes at once; callers that arrive while a write is under way share the next
-    one (:class:`~imageproc.backends.groupcommit.GroupCommit`). Transient errors are retried in
-    place, by ``retry``, for the whole batch.
+
+class Recorder:
+    """Records the outcomes of leased tasks: those handed over while a write is under way go
+    together in the next one, one transaction (a group commit).
+
+    :meth:`record_soon` hands an outcome over and returns at once, with a future that says
+    whether it was recorded (False: the lease was no longer held, and nothing was); a worker
+    can take its next task while the outcome commits. :meth:`record` waits for the commit. A
+    thread of its own writes (started on demand, gone after a second with nothing to write), so
+    a pool's claims and its records run side by side. Transient errors are retried in place, by
+    ``retry``, for the whole batch; an error that outlasts them fails every future of the
+    batch.
     """
 
-    def __init__(self, queue: Queue, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, queue: Queue, *, retry: RetryPolicy | None = None, max_batch: int = _MAX_BATCH
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self.queue = queue
         self.retry = retry or RetryPolicy()
-        self._group: GroupCommit[tuple[Lease, Task]] = GroupCommit(self._write)
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._pending: list[tuple[Lease, Task, Future[bool]]] = []
+        self._writer: threading.Thread | None = None
 
     def record(self, lease: Lease, task: Task) -> None:
-        """Record ``task`` (final, or queued again) as the outcome of ``lease``."""
+        """Record ``task`` (final, or queued again) as the outcome of ``lease`` and return once
+        it is committed; :class:`~imageproc.LeaseLost` if the lease was no longer held."""
+        if not self.record_soon(lease, task).result():
+            raise LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
+
+    def record_soon(self, lease: Lease, task: Task) -> Future[bool]:
+        """Hand over ``task`` as the outcome of ``lease``; the future holds True once it is
+        committed, False if the lease was lost, or the error that kept it from being written."""
         if task.id != lease.task.id:
             raise ValueError(f"lease is on task {lease.task.id}, not {task.id}")
         if task.status not in _RECORDABLE:
             raise ValueError(f"cannot record a task in status {task.status}")
-        self._group.run((lease, task))
+        future: Future[bool] = Future()
+        with self._lock:
+            self._pending.append((lease, task, future))
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_all, name="imageproc-recorder", daemon=True
+                )
+                self._writer.start()
+            else:
+                self._work.notify()
+        return future
 
-    def _write(self, batch: Sequence[tuple[Lease, Task]]) -> list[BaseException | None]:
-        held = self.retry.call(self.queue.record_many, batch)
-        return [
-            None
-            if ok
-            else LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
-            for ok, (lease, _) in zip(held, batch, strict=True)
-        ]
+    def _write_all(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._work.wait(_WRITER_IDLE)
+                if not self._pending:
+                    self._writer = None  # the next record_soon starts another
+                    return
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[Lease, Task, Future[bool]]]) -> None:
+        try:
+            held = self.retry.call(
+                record_all, self.queue, [(lease, task) for lease, task, _ in batch]
+            )
+        except Exception as error:
+            for (*_, future), copy in zip(batch, copies_for(error, len(batch)), strict=True):
+                future.set_exception(copy)
+            return
+        except BaseException as error:  # not ours to swallow, but no caller may wait forever
+            for *_, future in batch:
+                future.set_exception(RuntimeError(f"recording was interrupted: {error!r}"))
+            raise
+        for ok, (*_, future) in zip(held, batch, strict=True):
+            future.set_result(ok)
 
 
 _RECORDABLE = frozenset(s for s in TaskStatus if s.is_final or s == TaskStatus.QUEUED)
@@ -102,12 +156,40 @@ class Execution:
         outcome cannot be recorded (the database is down); the lease then expires and the task
         is claimed again.
         """
+        return self.start(lease).result()
+
+    def start(self, lease: Lease) -> Future[Task | None]:
+        """Carry out one leased task, hand its outcome to the recorder and return at once: the
+        future holds what :meth:`run` would return, once the outcome is committed (or the error
+        that kept it from being recorded). The worker pool runs tasks this way, so a worker
+        takes its next task while the last one's outcome commits."""
+        outcome = self.outcome(lease)
+        recorded: Future[Task | None] = Future()
+
+        def settle(done: Future[bool]) -> None:
+            error = done.exception()
+            if error is not None:
+                recorded.set_exception(error)
+            elif done.result():
+                event = "retried" if outcome.status == TaskStatus.QUEUED else "finished"
+                emit(self.events, event, outcome)
+                recorded.set_result(outcome)
+            else:
+                logger.info("task %s: lease lost, result not recorded", outcome.id)
+                recorded.set_result(None)
+
+        self.recorder.record_soon(lease, outcome).add_done_callback(settle)
+        return recorded
+
+    def outcome(self, lease: Lease) -> Task:
+        """Carry out one leased task: the task as it is to be recorded (succeeded with its
+        outputs, failed, dead, or queued again after a transient error)."""
         task = lease.task
         try:
             outputs = self.produce(task)
         except Exception as error:  # every failure of a task is recorded on the task
-            return self._record(lease, self.after_failure(task, error))
-        return self._record(lease, task.succeed(outputs, self.clock()))
+            return self.after_failure(task, error)
+        return task.succeed(outputs, self.clock())
 
     def produce(self, task: Task) -> tuple[Output, ...]:
         """Render every variant of ``task`` from its original and store them; their outputs."""
@@ -154,15 +236,6 @@ class Execution:
         else:
             logger.info("task %s attempt %d failed, retry in %.1fs", task.id, task.attempts, delay)
         return after
-
-    def _record(self, lease: Lease, task: Task) -> Task | None:
-        try:
-            self.recorder.record(lease, task)
-        except LeaseLost:
-            logger.info("task %s: lease lost, result not recorded", task.id)
-            return None
-        emit(self.events, "retried" if task.status == TaskStatus.QUEUED else "finished", task)
-        return task
 
     def _stage(self, name: str, seconds: float) -> None:
         emit(self.events, "stage", name, seconds)

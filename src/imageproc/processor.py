@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -23,8 +22,8 @@ import attrs
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.backends.urls import backends_from_urls
 from imageproc.clock import Clock, utcnow
-from imageproc.delivery.completions import Completions
-from imageproc.errors import ConfigurationError, ImageprocError, WaitTimeout
+from imageproc.delivery.waiting import wait_for_end
+from imageproc.errors import ConfigurationError, ImageprocError
 from imageproc.events import Events
 from imageproc.execution import Execution, Recorder
 from imageproc.imaging import ImageLimits
@@ -44,8 +43,6 @@ __all__ = ["Processor", "Source", "Upload"]
 logger = logging.getLogger("imageproc")
 
 _CHANGE_TRIES = 5
-#: How a waiter polls a repository that pushes no completions (a custom backend).
-_POLL_FIRST, _POLL_MAX = 0.005, 0.25
 
 
 class Processor:
@@ -105,8 +102,7 @@ class Processor:
             "in_place_wait": in_place_wait,
         }
         try:
-            #: How failing tasks and calls are tried again.
-            self.retry_policy = attrs.evolve(
+            self._retry = attrs.evolve(
                 retry or RetryPolicy(),
                 **{k: v for k, v in shortcuts.items() if v is not None},  # type: ignore[arg-type]
             )
@@ -114,10 +110,10 @@ class Processor:
             raise ConfigurationError(str(error)) from None
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
-        self.clock = clock
-        self.events = events or Events()
+        self._clock = clock
+        self._events = events or Events()
         self._storage, self._queue, self._repository = storage, queue, repository
-        self._recorder = Recorder(queue, retry=self.retry_policy)
+        self._recorder = Recorder(queue, retry=self._retry)
         self._submission = Submission(
             storage,
             repository,
@@ -128,7 +124,7 @@ class Processor:
             pipeline_limits=pipeline_limits,
             retry=self._storage_retry,
             clock=clock,
-            events=self.events,
+            events=self._events,
         )
         self._execution = Execution(
             storage,
@@ -136,7 +132,7 @@ class Processor:
             image_limits=self._submission.image_limits,
             retry=self._storage_retry,
             clock=clock,
-            events=self.events,
+            events=self._events,
         )
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
@@ -204,6 +200,34 @@ class Processor:
         self._submission.retry = self._execution.retry = self._storage_retry
 
     @property
+    def retry_policy(self) -> RetryPolicy:
+        """How failing tasks and calls are tried again (replaceable)."""
+        return self._retry
+
+    @retry_policy.setter
+    def retry_policy(self, policy: RetryPolicy) -> None:
+        self._retry = self._recorder.retry = policy
+        self._submission.retry = self._execution.retry = self._storage_retry
+
+    @property
+    def clock(self) -> Clock:
+        """Where timestamps come from (replaceable)."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self._clock = self._submission.clock = self._execution.clock = clock
+
+    @property
+    def events(self) -> Events:
+        """The hooks called as tasks move (replaceable)."""
+        return self._events
+
+    @events.setter
+    def events(self, events: Events) -> None:
+        self._events = self._submission.events = self._execution.events = events
+
+    @property
     def queue(self) -> Queue:
         """Where workers lease tasks (replaceable before :meth:`start`: tests wrap it)."""
         return self._queue
@@ -222,13 +246,23 @@ class Processor:
         # A storage that retries transient errors itself is not retried around again: that would
         # multiply the attempts (and the waits) for nothing.
         if getattr(self._storage, "retries_transient_errors", False):
-            return attrs.evolve(self.retry_policy, in_place_tries=1)
-        return self.retry_policy
+            return attrs.evolve(self._retry, in_place_tries=1)
+        return self._retry
 
     @property
     def max_attempts(self) -> int:
         """Attempts per task before it is ``dead`` (from :attr:`retry_policy`)."""
         return self.retry_policy.max_attempts
+
+    @property
+    def backoff_base(self) -> float:
+        """Seconds before the first requeued try (from :attr:`retry_policy`)."""
+        return self._retry.backoff_base
+
+    @property
+    def backoff_max(self) -> float:
+        """Longest requeue delay (from :attr:`retry_policy`)."""
+        return self._retry.backoff_max
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -301,41 +335,8 @@ class Processor:
         (0.1 s) when another process did on SQLite. Raises :class:`~imageproc.WaitTimeout` (a
         :class:`TimeoutError`) after ``timeout`` seconds.
         """
-        deadline = time.monotonic() + timeout
-        completions: Completions | None = getattr(self.repository, "completions", None)
-        if completions is None:
-            return self._poll(task_id, deadline, timeout)
-        woken = threading.Event()
-        ended: list[Task] = []
-
-        def on_end(_: str, task: Task | None) -> None:
-            if task is not None:
-                ended.append(task)
-            woken.set()
-
-        with completions.subscribe(task_id, on_end):
-            while True:
-                woken.clear()
-                task = ended[-1] if ended else self.get(task_id)
-                if task.status.is_final:
-                    return task
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeout(f"task {task_id} is still {task.status} after {timeout}s")
-                poll = completions.poll_interval
-                woken.wait(remaining if poll is None else min(poll, remaining))
-
-    def _poll(self, task_id: str, deadline: float, timeout: float) -> Task:
-        pause = _POLL_FIRST
-        while True:
-            task = self.get(task_id)
-            if task.status.is_final:
-                return task
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(f"task {task_id} is still {task.status} after {timeout}s")
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, _POLL_MAX)
+        completions = getattr(self.repository, "completions", None)
+        return wait_for_end(self.get, task_id, timeout=timeout, completions=completions)
 
     def cancel(self, task_id: str) -> Task:
         """Cancel a queued or processing task; a worker still processing it will not record a
@@ -403,7 +404,7 @@ class Processor:
             low, high = (workers, workers) if isinstance(workers, int) else workers
             self._pool = WorkerPool(
                 self.queue,
-                self.process,
+                self._execution.start,
                 min_workers=low,
                 max_workers=high,
                 idle_timeout=idle_timeout,

@@ -22,9 +22,20 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
+from imageproc.errors import LeaseLost
 from imageproc.task import Task, TaskStatus
 
-__all__ = ["Lease", "ObjectInfo", "Queue", "QueueStats", "Repository", "Storage"]
+__all__ = [
+    "BatchQueue",
+    "Lease",
+    "ObjectInfo",
+    "Queue",
+    "QueueStats",
+    "Repository",
+    "Storage",
+    "record_all",
+    "renew_all",
+]
 
 
 @attrs.frozen
@@ -164,20 +175,6 @@ class Queue(Protocol):
         no longer held."""
         ...
 
-    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
-        """Renew several leases at once (one statement where there are statements): for each,
-        in order, the renewed lease, or None if it is no longer held. A worker pool's
-        heartbeat renews every lease it holds with one call."""
-        ...
-
-    def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
-        """Record several outcomes at once, each ``(lease, task)`` as :meth:`complete` (a final
-        ``task``) or :meth:`release` (``task`` queued again) would, in one transaction where
-        there are transactions; each is written only while its lease is held. Returns, for
-        each, whether it was recorded. Workers record the outcomes that are ready together with
-        one call."""
-        ...
-
     def complete(self, lease: Lease, task: Task) -> None:
         """Record ``task`` (in a final status) and end the lease; :class:`~imageproc.LeaseLost` if
         it is no longer held, in which case nothing is recorded."""
@@ -191,3 +188,56 @@ class Queue(Protocol):
     def wait(self, timeout: float) -> None:
         """Block until a task may have become claimable, or ``timeout`` seconds pass."""
         ...
+
+
+@runtime_checkable
+class BatchQueue(Queue, Protocol):
+    """A :class:`Queue` that also renews and records many leases in one call. Optional: the
+    worker pool uses these when a queue has them (the memory and SQL backends do), and
+    :meth:`Queue.renew`, :meth:`Queue.complete` and :meth:`Queue.release` one by one when not.
+    """
+
+    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+        """Renew several leases at once (one statement where there are statements): for each,
+        in order, the renewed lease, or None if it is no longer held. A worker pool's
+        heartbeat renews every lease it holds with one call."""
+        ...
+
+    def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
+        """Record several outcomes at once, each ``(lease, task)`` as :meth:`complete` (a final
+        ``task``) or :meth:`release` (``task`` queued again) would, in one transaction where
+        there are transactions; each is written only while *its* lease (the task and the
+        lease's token) is held. Returns, for each, whether it was recorded. Workers record the
+        outcomes that are ready together with one call."""
+        ...
+
+
+def renew_all(queue: Queue, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+    """Renew ``leases`` through ``queue``: in one call if it is a :class:`BatchQueue`, else one
+    by one. For each lease, the renewed one or None if it is no longer held."""
+    if isinstance(queue, BatchQueue):
+        return queue.renew_many(leases, lease_seconds=lease_seconds)
+    renewed: list[Lease | None] = []
+    for lease in leases:
+        try:
+            renewed.append(queue.renew(lease, lease_seconds=lease_seconds))
+        except LeaseLost:
+            renewed.append(None)
+    return renewed
+
+
+def record_all(queue: Queue, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
+    """Record ``results`` through ``queue``: in one call if it is a :class:`BatchQueue`, else
+    with :meth:`Queue.complete` or :meth:`Queue.release` each. For each, whether it was
+    recorded (False: its lease was no longer held)."""
+    if isinstance(queue, BatchQueue):
+        return queue.record_many(results)
+    recorded: list[bool] = []
+    for lease, task in results:
+        try:
+            (queue.complete if task.status.is_final else queue.release)(lease, task)
+        except LeaseLost:
+            recorded.append(False)
+        else:
+            recorded.append(True)
+    return recorded

@@ -19,18 +19,22 @@ and shrinks back (to ``min_workers``) after workers have been idle for ``idle_ti
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import Future
 from datetime import timedelta
+from typing import Any
 
 from imageproc import allocator
 from imageproc.clock import Clock, utcnow
 from imageproc.errors import LeaseLost
-from imageproc.protocols import Lease, Queue
+from imageproc.protocols import Lease, Queue, renew_all
 from imageproc.task import TaskError
 
 __all__ = ["WorkerPool"]
@@ -45,8 +49,11 @@ class WorkerPool:
     """Worker threads that run ``execute(lease)`` for every task they lease from ``queue``.
 
     Usually reached through ``Processor.start`` / ``Processor.stop``. ``execute`` records the
-    outcome itself (it is expected not to raise; if it does, the error is logged and the lease
-    left to expire, so the task is claimed again). ``clock`` stamps the tasks given back at stop.
+    outcome itself, before it returns or, if it returns a :class:`~concurrent.futures.Future`,
+    when that future is done: the worker takes its next task meanwhile, and :meth:`stop` waits
+    for such futures too. If ``execute`` raises (or its future fails), the error is logged and
+    the lease left to expire, so the task is claimed again. ``clock`` stamps the tasks given
+    back at stop.
     """
 
     def __init__(
@@ -86,6 +93,8 @@ class WorkerPool:
         self._idle = threading.Condition(self._lock)
         self._threads: dict[str, threading.Thread] = {}
         self._in_flight: dict[str, Lease] = {}
+        # Outcomes handed to the recorder (when ``execute`` returns a future) not yet committed.
+        self._recording: set[Future[Any]] = set()
         self._handoff: collections.deque[Lease] = collections.deque()
         # Idle workers not yet promised a lease by a claim under way.
         self._free = 0
@@ -142,6 +151,10 @@ class WorkerPool:
             threads = list(self._threads.values())
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            recording = list(self._recording)
+        # Outcomes handed over but not yet committed: their tasks are done, not stranded.
+        futures.wait(recording, max(0.0, deadline - time.monotonic()))
         with self._lock:
             stranded = list(self._in_flight.values())
             unstarted = list(self._handoff)
@@ -211,15 +224,33 @@ class WorkerPool:
             if lease is None:
                 return
             try:
-                self.execute(lease)
+                result = self.execute(lease)
             except Exception:
-                # Recording the outcome failed (the backend is down): the lease will expire and
-                # the task will be claimed again, so log and carry on rather than lose the worker.
-                logger.exception("%s: could not record the outcome of task %s", name, lease.task.id)
+                self._unrecorded(lease)
                 self._stopping.wait(self.poll_interval)
+            else:
+                if isinstance(result, Future):
+                    with self._lock:
+                        self._recording.add(result)
+                    result.add_done_callback(functools.partial(self._recorded, lease))
             finally:
                 with self._lock:
                     self._in_flight.pop(name, None)
+
+    def _recorded(self, lease: Lease, future: Future[Any]) -> None:
+        with self._lock:
+            self._recording.discard(future)
+        error = future.exception()
+        if error is not None:
+            self._unrecorded(lease, error)
+
+    @staticmethod
+    def _unrecorded(lease: Lease, error: BaseException | None = None) -> None:
+        # Recording the outcome failed (the backend is down): the lease will expire and the task
+        # will be claimed again, so log and carry on rather than lose the worker.
+        logger.error(
+            "could not record the outcome of task %s", lease.task.id, exc_info=error or True
+        )
 
     def _next_lease(self, name: str) -> Lease | None:
         """Wait idle for the claimer's next lease; None when this worker is to end (the pool
@@ -292,7 +323,7 @@ class WorkerPool:
         if not held:
             return
         try:
-            renewed = self.queue.renew_many(held, lease_seconds=self.lease_seconds)
+            renewed = renew_all(self.queue, held, lease_seconds=self.lease_seconds)
         except Exception:
             logger.exception("heartbeat for %d task(s) failed", len(held))
             return

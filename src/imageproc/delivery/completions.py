@@ -44,16 +44,16 @@ class Completions:
     """Subscriptions to the end of tasks, by task id; thread-safe.
 
     ``poll_interval``: seconds between the reads a waiter must still make itself (ends this
-    process cannot hear of), or None when every end is pushed. ``activate`` is called (once per
-    subscription, so it must be cheap once done) before a subscription takes effect: a backend
-    starts listening there, and returns once it listens.
+    process cannot hear of), or None when every end is pushed. ``activate(timeout)`` is called
+    (once per subscription, so it must be cheap once done) before a subscription takes effect:
+    a backend starts listening there, and returns once it listens or ``timeout`` has passed.
     """
 
     def __init__(
         self,
         *,
         poll_interval: float | None = None,
-        activate: Callable[[], None] | None = None,
+        activate: Callable[[float], None] | None = None,
     ) -> None:
         self.poll_interval = poll_interval
         self._activate = activate
@@ -61,11 +61,14 @@ class Completions:
         self._subscribers: dict[str, list[_Callback]] = {}
 
     @contextmanager
-    def subscribe(self, task_id: str, callback: _Callback) -> Iterator[None]:
+    def subscribe(
+        self, task_id: str, callback: _Callback, *, timeout: float = 5.0
+    ) -> Iterator[None]:
         """Call ``callback(task_id, task_or_none)`` each time ``task_id`` is published, until the
-        ``with`` block ends."""
+        ``with`` block ends. Getting ready to hear (a backend's first ``LISTEN``) takes at most
+        ``timeout`` seconds; past that, ends may only be found by :attr:`poll_interval`."""
         if self._activate is not None:
-            self._activate()
+            self._activate(timeout)
         with self._lock:
             self._subscribers.setdefault(task_id, []).append(callback)
         try:
