@@ -48,6 +48,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,9 +188,9 @@ def check_succeeded_once(backend: SQLBackend, jobs: int) -> None:
 def imageproc_noop(url: str, jobs: int, config: Config) -> Row:
     """The product's own ``WorkerPool`` (4 threads, its claimer leasing for every idle thread in
     one statement, its heartbeat) with a no-op step injected through the pool's interface: the
-    step records success through the product's ``Recorder`` (outcomes ready together in one
-    transaction), as ``Execution.run`` does. Timed from the pool's start until the last outcome
-    is committed."""
+    step hands success to the product's ``Recorder`` (outcomes ready together in one
+    transaction) and returns its future, as ``Execution.start`` does. Timed from the pool's
+    start until the last outcome is committed."""
     backend = SQLBackend(url)
     try:
         backend.migrate()
@@ -198,8 +199,15 @@ def imageproc_noop(url: str, jobs: int, config: Config) -> Row:
         counts: collections.Counter[str] = collections.Counter()
         lock, all_done = threading.Lock(), threading.Event()
 
-        def noop(lease: Lease) -> None:
-            recorder.record(lease, lease.task.succeed((), utcnow()))
+        def noop(lease: Lease) -> Future[bool]:
+            # As Execution.start does: hand the outcome over and return at once.
+            recorded = recorder.record_soon(lease, lease.task.succeed((), utcnow()))
+            recorded.add_done_callback(lambda future: count(lease, future))
+            return recorded
+
+        def count(lease: Lease, recorded: Future[bool]) -> None:
+            if not recorded.result():
+                raise BenchmarkError(f"task {lease.task.id}: lease lost")
             with lock:
                 counts[lease.task.id] += 1
                 if counts.total() >= jobs:
