@@ -47,11 +47,21 @@ from imageproc.pipeline import (
     Variant,
 )
 from imageproc.processor import Processor, Upload
-from imageproc.protocols import Lease, ObjectInfo, Queue, QueueStats, Repository, Storage
+from imageproc.protocols import (
+    BatchQueue,
+    Lease,
+    ObjectInfo,
+    Queue,
+    QueueStats,
+    Repository,
+    Storage,
+)
+from imageproc.retrying import RetryPolicy
 from imageproc.task import Output, SourceInfo, Task, TaskError, TaskStatus
 
 __all__ = [
     "BackendUnavailable",
+    "BatchQueue",
     "Blur",
     "Colour",
     "ConfigurationError",
@@ -82,6 +92,7 @@ __all__ = [
     "QueueStats",
     "Repository",
     "Resize",
+    "RetryPolicy",
     "Rotate",
     "Sharpen",
     "SourceInfo",
