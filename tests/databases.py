@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from imageproc.backends.sql import SQLBackend
+from imageproc.clock import Clock, utcnow
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -80,10 +81,10 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'imageproc.db'}"
 
 
-def make_backend(kind: str, request: pytest.FixtureRequest) -> SQLBackend:
+def make_backend(kind: str, request: pytest.FixtureRequest, clock: Clock = utcnow) -> SQLBackend:
     """A migrated SQLBackend of ``kind`` ('sqlite' or 'postgresql'), closed after the test."""
     url = request.getfixturevalue("sqlite_url" if kind == "sqlite" else "postgres_url")
-    backend = SQLBackend(url, poll_interval=0.05)
+    backend = SQLBackend(url, poll_interval=0.05, clock=clock)
     backend.migrate()
     request.addfinalizer(backend.close)
     return backend

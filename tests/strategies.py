@@ -23,6 +23,7 @@ from imageproc.pipeline import (
     Sharpen,
     Variant,
 )
+from imageproc.retrying import RetryPolicy
 
 sides = st.integers(min_value=1, max_value=8192)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}", fullmatch=True)
@@ -80,3 +81,15 @@ def pipelines(draw: st.DrawFn) -> Pipeline:
         )
         for name in variant_names
     )
+
+
+# Retry policies with any legal backoff (finite; a zero base or cap is legal), for the delay
+# bounds. Waits in place are zero so that a policy drawn here never sleeps when it is called.
+backoff_policies = st.builds(
+    RetryPolicy,
+    backoff_base=st.floats(0, 3600, allow_nan=False),
+    backoff_max=st.floats(0, 86_400, allow_nan=False),
+    jitter=st.floats(0, 1, allow_nan=False),
+    in_place_wait=st.just(0.0),
+    in_place_max_wait=st.just(0.0),
+)

@@ -4,15 +4,21 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from imageproc import BackendUnavailable, Lease, Processor, TaskStatus
+from imageproc import BackendUnavailable, BatchQueue, Lease, Processor, Queue, TaskStatus
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.clock import utcnow
+from imageproc.execution import Recorder
 from imageproc.testing import FAST_OPTIONS, sample_image
-from tests.doubles import CountingQueue, SlowStorage, run_to_completion, wait_until
+from imageproc.worker import WorkerPool
+from tests.doubles import CountingQueue, SlowStorage, new_task, run_to_completion, wait_until
 
 TINY = sample_image(64, 48)
 
@@ -191,3 +197,98 @@ def test_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
         child.kill()
     assert child.returncode == 0, err
     assert "succeeded" in out
+
+
+class ClaimLog(CountingQueue):
+    """Notes every claim's limit and how many it leased, and every renewal call."""
+
+    def __init__(self, queue: MemoryQueue) -> None:
+        super().__init__(queue)
+        self.claims: list[tuple[int, int]] = []
+        self.renewals: list[int] = []
+        self.single_renewals = 0
+
+    def claim(self, worker: str, *, lease_seconds: float, limit: int = 1) -> list[Lease]:
+        leases = super().claim(worker, lease_seconds=lease_seconds, limit=limit)
+        self.claims.append((limit, len(leases)))
+        return leases
+
+    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+        self.renewals.append(len(leases))
+        return super().renew_many(leases, lease_seconds=lease_seconds)
+
+    def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
+        self.single_renewals += 1
+        return super().renew(lease, lease_seconds=lease_seconds)
+
+
+def gated_pool(queue: Queue, workers: int, **options: Any) -> tuple[WorkerPool, threading.Event]:
+    """A pool whose step records success once ``gate`` is set, so leases stay in flight."""
+    gate = threading.Event()
+    recorder = Recorder(queue)
+
+    def step(lease: Lease) -> None:
+        assert gate.wait(10)
+        recorder.record(lease, lease.task.succeed((), utcnow()))
+
+    return WorkerPool(queue, step, min_workers=workers, **options), gate
+
+
+def test_the_pool_claims_for_all_idle_workers_at_once_and_never_more() -> None:
+    repository = MemoryRepository()
+    queue = ClaimLog(MemoryQueue(repository))
+    tasks = [new_task() for _ in range(10)]
+    repository.add_many(tasks)
+    pool, gate = gated_pool(queue, 4, poll_interval=0.02)
+    pool.start()
+    try:
+        wait_until(lambda: pool.busy == 4)
+        time.sleep(0.1)  # were the claimer to lease beyond its idle workers, it would by now
+        assert queue.claims[0] == (4, 4)  # one claim for all four idle workers
+        assert sum(leased for _, leased in queue.claims) == 4
+        gate.set()
+        wait_until(lambda: len(queue.completed) == 10)
+    finally:
+        pool.stop(timeout=5)
+    assert queue.completed == {task.id: 1 for task in tasks}
+    assert all(leased <= limit <= 4 for limit, leased in queue.claims)
+
+
+def test_the_heartbeat_renews_every_lease_in_flight_with_one_call() -> None:
+    repository = MemoryRepository()
+    queue = ClaimLog(MemoryQueue(repository))
+    repository.add_many([new_task() for _ in range(3)])
+    pool, gate = gated_pool(queue, 3, lease_seconds=60)  # too long to beat by itself here
+    pool.start()
+    try:
+        wait_until(lambda: pool.busy == 3)
+        pool.beat()
+        assert (queue.renewals, queue.single_renewals) == ([3], 0)
+    finally:
+        gate.set()
+        pool.stop(timeout=5)
+
+
+class PlainQueue:
+    """A queue with the protocol's methods only (no renew_many or record_many), as a user's own
+    queue written against the earlier protocol would be."""
+
+    def __init__(self, queue: MemoryQueue) -> None:
+        self._queue = queue
+        self.claim = queue.claim
+        self.renew = queue.renew
+        self.complete = queue.complete
+        self.release = queue.release
+        self.wait = queue.wait
+
+
+def test_a_queue_without_batch_methods_still_works() -> None:
+    repository = MemoryRepository()
+    plain = PlainQueue(MemoryQueue(repository))
+    assert isinstance(plain, Queue)
+    assert not isinstance(plain, BatchQueue)
+    proc = Processor(MemoryStorage(), plain, repository, **FAST_OPTIONS)  # type: ignore[arg-type]
+    run_to_completion(proc, 6, workers=2)
+    task = proc.submit(TINY)
+    assert proc.run_until_idle() == 1
+    assert proc.get(task.id).status == TaskStatus.SUCCEEDED

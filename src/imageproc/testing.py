@@ -1,5 +1,5 @@
-"""Helpers for testing code that uses imageproc: a fast all-in-memory Processor, sample images, and
-a storage double that fails on demand.
+"""Helpers for testing code that uses imageproc: a fast all-in-memory Processor, sample images, a
+storage double that fails on demand, and a clock to move forward instead of sleeping.
 
     from imageproc.testing import memory_processor, sample_image
 
@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import io
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 
 from PIL import Image, ImageDraw
 
+from imageproc.clock import utcnow
 from imageproc.errors import ImageprocError, StorageError
 from imageproc.processor import Processor
 from imageproc.protocols import ObjectInfo, Storage
 
-__all__ = ["FlakyStorage", "memory_processor", "sample_image"]
+__all__ = ["FastForwardClock", "FlakyStorage", "memory_processor", "sample_image"]
 
 #: Options that keep a test quick: short polls and backoffs, no long in-place waits.
 FAST_OPTIONS: dict[str, Any] = {
@@ -142,3 +143,28 @@ class FlakyStorage:
         """Fail, or pass through."""
         self._maybe_fail("url")
         return self.storage.url(key, expires=expires)
+
+
+class FastForwardClock:
+    """A clock that runs with real time, plus however far :meth:`advance` has moved it on.
+
+    Pass it as the ``clock`` of a Processor or backend to test leases, backoffs and due times
+    without sleeping: ``clock.advance(31)`` and a 30-second lease has expired. It never runs
+    backwards, and timestamps taken from the real clock (``utcnow()``) are never after it.
+    """
+
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        """The current time, moved on by every :meth:`advance` so far (timezone-aware UTC)."""
+        with self._lock:
+            return utcnow() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward."""
+        if seconds < 0:
+            raise ValueError("a clock only moves forward")
+        with self._lock:
+            self._offset += timedelta(seconds=seconds)

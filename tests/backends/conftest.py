@@ -5,6 +5,7 @@ import pytest
 
 from imageproc import Queue, Repository
 from imageproc.backends.memory import MemoryQueue, MemoryRepository
+from imageproc.testing import FastForwardClock
 from tests.databases import make_backend
 
 
@@ -12,13 +13,16 @@ from tests.databases import make_backend
 class Backend:
     repository: Repository
     queue: Queue
+    #: The backend's clock: advance it instead of sleeping until a lease or a delay runs out.
+    clock: FastForwardClock
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Every Repository + Queue implementation."""
+    clock = FastForwardClock()
     if request.param == "memory":
-        repository = MemoryRepository()
-        return Backend(repository, MemoryQueue(repository))
-    sql = make_backend(request.param, request)
-    return Backend(sql, sql)
+        repository = MemoryRepository(clock=clock)
+        return Backend(repository, MemoryQueue(repository), clock)
+    sql = make_backend(request.param, request, clock)
+    return Backend(sql, sql, clock)

@@ -127,7 +127,7 @@ def test_a_delayed_task_waits_until_due(backend: Backend) -> None:
     task = new_task(due_in=SHORT)
     backend.repository.add(task)
     assert backend.queue.claim("w", lease_seconds=LEASE) == []
-    time.sleep(SHORT + 0.05)
+    backend.clock.advance(SHORT + 0.05)
     assert [lease.task.id for lease in backend.queue.claim("w", lease_seconds=LEASE)] == [task.id]
 
 
@@ -137,7 +137,7 @@ def test_an_expired_lease_makes_the_task_claimable_and_the_old_holder_loses(
     task = new_task()
     backend.repository.add(task)
     (stale,) = backend.queue.claim("crashed", lease_seconds=SHORT)
-    time.sleep(SHORT + 0.05)
+    backend.clock.advance(SHORT + 0.05)
     (fresh,) = backend.queue.claim("rescuer", lease_seconds=LEASE)
     assert fresh.task.id == task.id
     assert fresh.task.attempts == 2
@@ -153,7 +153,7 @@ def test_an_expired_lease_with_no_attempts_left_makes_the_task_dead(backend: Bac
     task = attrs.evolve(new_task(), max_attempts=1)
     backend.repository.add(task)
     backend.queue.claim("crashed", lease_seconds=SHORT)
-    time.sleep(SHORT + 0.05)
+    backend.clock.advance(SHORT + 0.05)
     assert backend.queue.claim("rescuer", lease_seconds=LEASE) == []
     dead = backend.repository.get(task.id)
     assert (dead.status, dead.attempts) == (TaskStatus.DEAD, 1)
@@ -166,7 +166,7 @@ def test_update_refuses_a_task_that_moved_on_in_the_same_status(backend: Backend
     task = new_task()
     backend.repository.add(task)
     (first,) = backend.queue.claim("w1", lease_seconds=SHORT)
-    time.sleep(SHORT + 0.05)
+    backend.clock.advance(SHORT + 0.05)
     (second,) = backend.queue.claim("w2", lease_seconds=LEASE)  # processing again, re-claimed
     assert second.task.status == first.task.status
     assert backend.repository.update(first.task.cancel(utcnow()), expected=first.task) is False
@@ -177,7 +177,7 @@ def test_renewing_keeps_the_lease(backend: Backend) -> None:
     backend.repository.add(new_task())
     (lease,) = backend.queue.claim("w1", lease_seconds=SHORT)
     for _ in range(4):
-        time.sleep(SHORT / 2)
+        backend.clock.advance(SHORT / 2)
         lease = backend.queue.renew(lease, lease_seconds=SHORT)
         assert backend.queue.claim("w2", lease_seconds=LEASE) == []
     backend.queue.complete(lease, lease.task.succeed((), utcnow()))
@@ -189,7 +189,7 @@ def test_complete_records_and_ends_the_lease(backend: Backend) -> None:
     done = lease.task.fail(TaskError("invalid_image", "nope"), utcnow())
     backend.queue.complete(lease, done)
     assert backend.repository.get(done.id) == done
-    time.sleep(SHORT + 0.05)
+    backend.clock.advance(SHORT + 0.05)
     assert backend.queue.claim("w", lease_seconds=LEASE) == []  # a final task is never reclaimed
     with pytest.raises(LeaseLost):
         backend.queue.complete(lease, done)  # once only
@@ -200,7 +200,7 @@ def test_release_puts_the_task_back_after_its_delay(backend: Backend) -> None:
     (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
     backend.queue.release(lease, lease.task.requeue(utcnow(), delay=timedelta(seconds=SHORT)))
     assert backend.queue.claim("w", lease_seconds=LEASE) == []
-    time.sleep(SHORT + 0.05)
+    backend.clock.advance(SHORT + 0.05)
     (again,) = backend.queue.claim("w", lease_seconds=LEASE)
     assert again.task.attempts == 2
     with pytest.raises(LeaseLost):
@@ -345,3 +345,29 @@ def test_queue_stats(backend: Backend) -> None:
     backend.queue.claim("w", lease_seconds=LEASE)
     stats = backend.repository.queue_stats()
     assert (stats.queued, stats.processing, stats.oldest_due_at) == (2, 1, newer.available_at)
+
+
+def test_renew_many_renews_the_held_and_reports_the_lost(backend: Backend) -> None:
+    for _ in range(3):
+        backend.repository.add(new_task())
+    first, second, third = backend.queue.claim("w", lease_seconds=SHORT, limit=3)
+    backend.queue.complete(second, second.task.succeed((), utcnow()))
+    renew_many = backend.queue.renew_many  # type: ignore[attr-defined]
+    renewed = renew_many([first, second, third], lease_seconds=LEASE)
+    assert [lease is None for lease in renewed] == [False, True, False]
+    backend.clock.advance(SHORT + 0.05)  # past the old leases, well within the renewed ones
+    assert backend.queue.claim("w2", lease_seconds=LEASE) == []
+    assert renew_many([], lease_seconds=LEASE) == []
+
+
+def test_record_many_tells_an_expired_lease_from_its_successor(backend: Backend) -> None:
+    # Both leases name the same task: only the one still held may record, even in one batch.
+    backend.repository.add(new_task())
+    (stale,) = backend.queue.claim("crashed", lease_seconds=SHORT)
+    backend.clock.advance(SHORT + 0.05)
+    (fresh,) = backend.queue.claim("rescuer", lease_seconds=LEASE)
+    failed = stale.task.fail(TaskError("invalid_image", "stale"), utcnow())
+    succeeded = fresh.task.succeed((), utcnow())
+    record_many = backend.queue.record_many  # type: ignore[attr-defined]
+    assert record_many([(stale, failed), (fresh, succeeded)]) == [False, True]
+    assert backend.repository.get(fresh.task.id).status == TaskStatus.SUCCEEDED

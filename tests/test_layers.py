@@ -1,0 +1,277 @@
+"""The layer rules of the design, checked on the import statements of every module of the
+package (parsed, not imported: fast, and a module that fails to import cannot hide an edge).
+
+An import under ``if TYPE_CHECKING:`` never runs, so it is not a dependency. An import inside a
+function runs later, when the function is called: it counts for the layer rules (it is still a
+dependency) but not for cycles (Python resolves those fine).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+import imageproc
+
+PACKAGE = "imageproc"
+# The package the tests import, so the rules hold for the code that actually runs.
+ROOT = Path(imageproc.__file__).resolve().parent
+
+
+@attrs.frozen
+class Import:
+    """One import statement's target: an imageproc module, or a third-party top-level name."""
+
+    target: str
+    line: int
+    #: Runs when the importing module is imported (not inside a function).
+    eager: bool
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+
+
+MODULES = _modules()
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _import_nodes(
+    body: Iterable[ast.stmt], *, eager: bool
+) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node, eager
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            yield from _import_nodes(node.orelse, eager=eager)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            yield from _import_nodes(_child_statements(node), eager=False)
+        else:
+            yield from _import_nodes(_child_statements(node), eager=eager)
+
+
+def _child_statements(node: ast.AST) -> list[ast.stmt]:
+    # Statements nested in any block (if/try/with/for/class/match/handlers), in source order.
+    found: list[ast.stmt] = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.stmt):
+            found.append(child)
+        elif isinstance(child, ast.excepthandler | ast.match_case):
+            found.extend(child.body)
+    return found
+
+
+def _package_of(module: str) -> str:
+    is_package = MODULES[module].name == "__init__.py"
+    return module if is_package else module.rpartition(".")[0]
+
+
+def _resolve_from(module: str, node: ast.ImportFrom) -> list[str]:
+    if node.level:
+        base = _package_of(module)
+        for _ in range(node.level - 1):
+            base = base.rpartition(".")[0]
+        base = f"{base}.{node.module}" if node.module else base
+    else:
+        base = node.module or ""
+    if base.split(".")[0] != PACKAGE:
+        return [base.split(".")[0]]
+    # ``from pkg import name`` imports the submodule pkg.name when there is one, else pkg.
+    targets = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES]
+    if len(targets) < len(node.names):
+        targets.append(base)
+    return targets
+
+
+def imports_of(module: str) -> list[Import]:
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    found: list[Import] = []
+    for node, eager in _import_nodes(tree.body, eager=True):
+        if isinstance(node, ast.Import):
+            targets = [
+                alias.name if alias.name.split(".")[0] == PACKAGE else alias.name.split(".")[0]
+                for alias in node.names
+            ]
+        else:
+            targets = _resolve_from(module, node)
+        found.extend(Import(target, node.lineno, eager) for target in targets)
+    return found
+
+
+IMPORTS = {module: imports_of(module) for module in MODULES}
+
+
+def ours(module: str, *, eager_only: bool = False) -> set[str]:
+    """The imageproc modules ``module`` imports itself."""
+    return {
+        imp.target
+        for imp in IMPORTS[module]
+        if imp.target in MODULES and imp.target != module and (imp.eager or not eager_only)
+    }
+
+
+def reachable(module: str, *, eager_only: bool = False) -> dict[str, str]:
+    """Every imageproc module that importing ``module`` (and calling it) may import in turn,
+    each with the chain of imports that gets there (for the failure message).
+
+    Parent packages are left out: every ``imageproc.x`` runs ``imageproc/__init__``, which
+    imports the whole public API, so following it would make everything reach everything.
+    An explicit ``from imageproc import Name`` is followed: it does run ``__init__``.
+    """
+    chains: dict[str, str] = {}
+    todo = [(module, module)]
+    while todo:
+        source, chain = todo.pop()
+        for imp in IMPORTS[source]:
+            target = imp.target
+            followed = imp.eager or not eager_only
+            if followed and target in MODULES and target != module and target not in chains:
+                chains[target] = f"{chain} -({imp.line})-> {target}"
+                todo.append((target, chains[target]))
+    return chains
+
+
+def under(prefix: str) -> list[str]:
+    return [m for m in MODULES if m == prefix or m.startswith(prefix + ".")]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: fully explored
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+# -- the parser itself: a rule is only as good as the edges it sees ----------------------------
+
+
+def test_every_module_of_the_package_is_parsed() -> None:
+    assert {"imageproc", "imageproc.processor", "imageproc.backends.sql"} <= MODULES.keys()
+    assert "imageproc.delivery.completions" in MODULES
+
+
+def test_relative_imports_are_resolved_inside_their_package() -> None:
+    # backends/sql.py says ``from . import sqlschema`` and ``from .groupcommit import ...``.
+    assert {"imageproc.backends.sqlschema", "imageproc.backends.groupcommit"} <= ours(
+        "imageproc.backends.sql"
+    )
+
+
+def test_type_checking_imports_are_not_dependencies() -> None:
+    # completions.py imports Task only for annotations.
+    assert "imageproc.task" not in ours("imageproc.delivery.completions")
+
+
+def test_imports_inside_functions_count_but_are_not_eager() -> None:
+    # cli.py imports the HTTP app only when ``serve`` runs.
+    assert "imageproc.http" in ours("imageproc.cli")
+    assert "imageproc.http" not in ours("imageproc.cli", eager_only=True)
+
+
+def test_a_cycle_is_found_and_named() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"b"}}) == ["b", "c", "b"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# -- the rules ----------------------------------------------------------------------------------
+
+
+def test_no_import_cycles_among_our_modules() -> None:
+    graph = {module: ours(module, eager_only=True) for module in MODULES}
+    assert find_cycle(graph) is None
+
+
+@pytest.mark.parametrize(
+    "module", ["imageproc.worker", "imageproc.execution", "imageproc.submission"]
+)
+def test_the_parts_never_reach_the_processor(module: str) -> None:
+    # The Processor composes them; they must not know it, not even through another module.
+    chains = reachable(module)
+    assert "imageproc.processor" not in chains, chains["imageproc.processor"]
+
+
+@pytest.mark.parametrize("module", under("imageproc.backends"))
+def test_backends_know_nothing_of_the_application_layers(module: str) -> None:
+    forbidden = ("processor", "worker", "http", "cli", "config")
+    chains = reachable(module)
+    assert [chains[f"imageproc.{m}"] for m in forbidden if f"imageproc.{m}" in chains] == []
+
+
+# The HTTP adapter is an optional extra (``imageproc[http]``): the core must work without it.
+ADAPTERS = {"imageproc.http", "imageproc.cli", "imageproc.config", *under("imageproc.http")}
+
+
+def _starlette_importers() -> dict[str, int]:
+    return {
+        module: imp.line
+        for module in MODULES
+        for imp in IMPORTS[module]
+        if imp.target == "starlette"
+    }
+
+
+def test_only_the_adapters_import_starlette() -> None:
+    importers = _starlette_importers()
+    assert importers, "the parser no longer sees http.py's starlette imports"
+    assert {f"{m}:{line}" for m, line in importers.items() if m not in ADAPTERS} == set()
+
+
+def test_importing_the_core_does_not_pull_in_starlette() -> None:
+    importers = _starlette_importers()
+    pulled = [
+        chain
+        for module in sorted(set(MODULES) - ADAPTERS - {PACKAGE})
+        for target, chain in reachable(module, eager_only=True).items()
+        if target in importers
+    ]
+    assert pulled == []
+
+
+# "The model imports nothing of ours but errors." As the code stands task.py also imports
+# pipeline.py (a Task holds its Pipeline, and the pipeline is model too), so that one edge is
+# allowed; clock and keys are imported by none of the three, so they stay forbidden.
+MODEL_ALLOWED = {
+    "imageproc.errors": set(),
+    "imageproc.pipeline": {"imageproc.errors"},
+    "imageproc.task": {"imageproc.errors", "imageproc.pipeline"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(MODEL_ALLOWED))
+def test_the_model_imports_nothing_of_ours_but_errors(module: str) -> None:
+    extra = [
+        f"{module}:{i.line} imports {i.target}"
+        for i in IMPORTS[module]
+        if i.target.split(".")[0] == PACKAGE and i.target not in MODEL_ALLOWED[module]
+    ]
+    assert extra == []
