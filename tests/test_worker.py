@@ -237,15 +237,17 @@ def gated_pool(queue: Queue, workers: int, **options: Any) -> tuple[WorkerPool, 
 def test_the_pool_claims_for_all_idle_workers_at_once_and_never_more() -> None:
     repository = MemoryRepository()
     queue = ClaimLog(MemoryQueue(repository))
-    tasks = [new_task() for _ in range(10)]
-    repository.add_many(tasks)
     pool, gate = gated_pool(queue, 4, poll_interval=0.02)
     pool.start()
     try:
+        # All four idle, the queue empty: the claimer asks for four and finds none.
+        wait_until(lambda: (4, 0) in queue.claims)
+        tasks = [new_task() for _ in range(10)]
+        repository.add_many(tasks)
         wait_until(lambda: pool.busy == 4)
         time.sleep(0.1)  # were the claimer to lease beyond its idle workers, it would by now
-        assert queue.claims[0] == (4, 4)  # one claim for all four idle workers
-        assert sum(leased for _, leased in queue.claims) == 4
+        claimed = [claim for claim in queue.claims if claim[1]]
+        assert claimed == [(4, 4)]  # one claim for all four idle workers, and no more
         gate.set()
         wait_until(lambda: len(queue.completed) == 10)
     finally:
