@@ -3,6 +3,7 @@ Processor runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,12 +20,13 @@ from imageproc import (
     BackendUnavailable,
     ConfigurationError,
     Processor,
+    Task,
     TaskError,
     TaskStatus,
 )
 from imageproc.backends.fsspec import FsspecStorage
 from imageproc.backends.memory import MemoryStorage
-from imageproc.backends.sql import _CLAIM, SQLBackend
+from imageproc.backends.sql import _CLAIM, SQLITE_WAIT_POLL, SQLBackend
 from imageproc.backends.sqlschema import VERSION_TABLE, metadata, tasks
 from imageproc.clock import utcnow
 from imageproc.testing import FAST_OPTIONS, sample_image
@@ -224,6 +226,79 @@ def test_record_many_that_requeues_a_due_task_wakes_other_processes(
     assert worker.record_many([(back, back.task.unclaim(now))]) == [True]
     assert notified(waiter, seen, within=0.5)
     assert [lease.task.id for lease in waiter.claim("idle", lease_seconds=30)] == [back.task.id]
+
+
+def wait_in_thread(processor: Processor, task_id: str) -> tuple[threading.Thread, list[object]]:
+    """``processor.wait(task_id)`` in a thread of its own; the list gets its result (or error)
+    and the seconds it took once it returns."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            outcome.append(processor.wait(task_id, timeout=20))
+        except Exception as error:
+            outcome.append(error)
+        outcome.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ending", ["recorded", "cancelled", "buried by a claim"])
+def test_wait_is_woken_by_an_end_recorded_in_another_process(
+    request: pytest.FixtureRequest, ending: str
+) -> None:
+    # The waiter's backend hears of ends only through the database: pushed, they reach it
+    # long before its 5-second safety poll would.
+    url = request.getfixturevalue("postgres_url")
+    other = SQLBackend(url)
+    request.addfinalizer(other.close)
+    waiter = Processor(MemoryStorage(), *(SQLBackend(url),) * 2)
+    request.addfinalizer(waiter.close)
+    task = attrs.evolve(new_task(), max_attempts=1)
+    other.add(task)
+    (lease,) = other.claim("w", lease_seconds=0.5 if ending == "buried by a claim" else 30)
+    thread, outcome = wait_in_thread(waiter, task.id)
+    time.sleep(0.3)  # the waiter is subscribed and asleep
+    if ending == "recorded":
+        assert other.record_many([(lease, lease.task.succeed((), utcnow()))]) == [True]
+    elif ending == "cancelled":
+        assert other.update(lease.task.cancel(utcnow()), expected=lease.task)
+    else:
+        time.sleep(0.3)  # the lease has lapsed: the next claim makes the task dead
+        assert other.claim("rescuer", lease_seconds=30) == []
+    thread.join(10)
+    ended, seconds = outcome
+    expected = {"recorded": "succeeded", "cancelled": "cancelled", "buried by a claim": "dead"}
+    assert isinstance(ended, Task)
+    assert ended.status == expected[ending]
+    assert isinstance(seconds, float)
+    assert seconds < 2.0
+
+
+def test_wait_on_sqlite_finds_an_end_recorded_by_another_process_by_polling(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("sqlite_url")
+    other = SQLBackend(url)
+    other.migrate()
+    request.addfinalizer(other.close)
+    waiter = Processor(MemoryStorage(), *(SQLBackend(url),) * 2)
+    request.addfinalizer(waiter.close)
+    other.add(new_task())
+    (lease,) = other.claim("w", lease_seconds=30)
+    thread, outcome = wait_in_thread(waiter, lease.task.id)
+    time.sleep(0.2)
+    assert other.record_many([(lease, lease.task.succeed((), utcnow()))]) == [True]
+    thread.join(10)
+    ended, seconds = outcome
+    assert isinstance(ended, Task)
+    assert ended.status == TaskStatus.SUCCEEDED
+    assert isinstance(seconds, float)
+    assert seconds < 0.2 + SQLITE_WAIT_POLL + 1.0
 
 
 @pytest.mark.postgres
