@@ -29,10 +29,15 @@ _T = TypeVar("_T")
 
 def _at_least(low: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value < low:
+        if not value >= low:  # written so that NaN is refused too
             raise ValueError(f"{attribute.name} must be at least {low:g}, got {value!r}")
 
     return check
+
+
+def _whole(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{attribute.name} must be a whole number, got {value!r}")
 
 
 @attrs.frozen
@@ -43,7 +48,7 @@ class RetryPolicy:
     """
 
     #: Attempts per task before one that keeps failing transiently is ``dead``.
-    max_attempts: int = attrs.field(default=5, validator=_at_least(1))
+    max_attempts: int = attrs.field(default=5, validator=[_whole, _at_least(1)])
     #: Seconds before the first requeued try; the delay doubles per failed attempt...
     backoff_base: float = attrs.field(default=2.0, validator=_at_least(0))
     #: ...up to this many seconds.
@@ -53,7 +58,7 @@ class RetryPolicy:
     #: tasks that failed together do not all come back together.
     jitter: float = attrs.field(default=0.5, validator=[_at_least(0), attrs.validators.le(1.0)])
     #: Tries of one call (a storage read or write, recording an outcome) within an attempt...
-    in_place_tries: int = attrs.field(default=3, validator=_at_least(1))
+    in_place_tries: int = attrs.field(default=3, validator=[_whole, _at_least(1)])
     #: ...with random exponential pauses starting at up to this many seconds...
     in_place_wait: float = attrs.field(default=0.1, validator=_at_least(0))
     #: ...and never longer than this.

@@ -245,7 +245,7 @@ class SQLBackend:
     def get(self, task_id: str) -> Task:
         """The task with this id, or :class:`~imageproc.TaskNotFound`."""
         with self._one_statement() as conn:
-            row = conn.execute(tasks.select().where(tasks.c.id == task_id)).mappings().first()
+            row = conn.execute(_GET, {"task_id": task_id}).mappings().first()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return task_from_row(row)
@@ -685,6 +685,11 @@ def _claim_statement() -> sa.Update:
 
 
 _CLAIM: Final = _claim_statement()
+# Built once (not per call: building and keying a statement cost more CPU than running it); the
+# pipeline comes as JSON text, which is parsed once per distinct pipeline.
+_GET: Final = sa.select(*(PIPELINE_TEXT if c.name == "pipeline" else c for c in tasks.c)).where(
+    tasks.c.id == sa.bindparam("task_id")
+)
 
 
 # Recording and renewing match the lease: the row's id, its token, and that it is processing.

@@ -37,8 +37,10 @@ def wait_for_end(
     ended: list[Task] = []
 
     def on_end(_: str, task: Task | None) -> None:
-        if task is not None:
+        if task is not None and task.status.is_final:
             ended.append(task)
+        else:  # only the id is known (another process): read it
+            ended.clear()
         woken.set()
 
     # Subscribed before the first read, so an end between the read and the wait wakes it.
