@@ -324,9 +324,9 @@ def percentile(values: list[float], fraction: float) -> float:
 def latency(url: str, samples: int, config: Config, *, name: str) -> Latency:
     """With 4 idle workers, submit one task at a time and measure (1) pickup: from ``submit``
     returning to a worker reading the task's original, and (2) wait: from the start of the
-    statement that records the outcome to ``wait`` returning in a *separate* Processor (its own backend and
-    connections, like another process: it hears of the end only from the database, by
-    LISTEN/NOTIFY on PostgreSQL or by its poll on SQLite)."""
+    statement that records the outcome to ``wait`` returning in a *separate* Processor (its own
+    backend and connections, like another process: it hears of the end only from the database,
+    by LISTEN/NOTIFY on PostgreSQL or by its poll on SQLite)."""
     deadline = time.monotonic() + config.timeout
     pickup, waited = [], []
     with (
