@@ -456,14 +456,17 @@ class Settings:
         """A :class:`~imageproc.Processor` on these settings' database and storage.
 
         ``options`` go to :meth:`Processor.from_urls` (``migrate=False``, ``events=…``, …) and
-        win over the settings (``lease_seconds``, ``max_attempts``, ``presets``,
-        ``presets_only``, and ``max_upload_bytes`` and ``max_pixels`` as the image limits).
+        win over the settings (``lease_seconds``, ``max_attempts`` or a whole ``retry``
+        policy, ``presets``, ``presets_only``, and ``max_upload_bytes`` and ``max_pixels`` as
+        the image limits).
         """
         from imageproc.imaging import ImageLimits
         from imageproc.processor import Processor
+        from imageproc.retrying import RetryPolicy
 
         options.setdefault("lease_seconds", self.lease_seconds)
-        options.setdefault("max_attempts", self.max_attempts)
+        if "retry" not in options and "max_attempts" not in options:
+            options["retry"] = RetryPolicy(max_attempts=self.max_attempts)
         options.setdefault(
             "image_limits", ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
         )

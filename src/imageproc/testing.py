@@ -23,15 +23,14 @@ from imageproc.clock import utcnow
 from imageproc.errors import ImageprocError, StorageError
 from imageproc.processor import Processor
 from imageproc.protocols import ObjectInfo, Storage
+from imageproc.retrying import RetryPolicy
 
 __all__ = ["FastForwardClock", "FlakyStorage", "memory_processor", "sample_image"]
 
 #: Options that keep a test quick: short polls and backoffs, no long in-place waits.
 FAST_OPTIONS: dict[str, Any] = {
     "poll_interval": 0.02,
-    "backoff_base": 0.02,
-    "backoff_max": 0.5,
-    "in_place_wait": 0.001,
+    "retry": RetryPolicy(backoff_base=0.02, backoff_max=0.5, in_place_wait=0.001),
 }
 
 
