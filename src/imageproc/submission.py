@@ -110,14 +110,9 @@ class Submission:
         return task
 
     def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
-        """Several uploads at once: for each, in order, its task or the exception that
-        refused it (what :meth:`submit` would raise for it alone).
-
-        Each upload is checked and its original stored on its own, so a bad one does not stop
-        the others; the originals are written concurrently, and the accepted tasks are recorded
-        in one transaction (one commit, and on a local disk one sync, for all of them). A task is
-        recorded only once its original is stored.
-        """
+        """Several uploads at once, as :meth:`Processor.submit_many
+        <imageproc.processor.Processor.submit_many>` describes: for each, its task or the
+        exception that refused it."""
         results: list[Task | Exception | _Prepared] = []
         # Each original is stored (on the I/O threads) as soon as its upload has been checked,
         # while the next is checked; the same bytes twice are stored once.
