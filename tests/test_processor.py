@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,16 +25,24 @@ from imageproc import (
     WaitTimeout,
 )
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.clock import utcnow
 from imageproc.events import Events
 from imageproc.protocols import ObjectInfo
-from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
+from imageproc.testing import (
+    FAST_OPTIONS,
+    FastForwardClock,
+    FlakyStorage,
+    memory_processor,
+    sample_image,
+)
 from tests.doubles import CountingQueue
 
 PIPELINE = "thumb=fit:256x256,webp:q80;large=resize:1000x,jpeg:q85"
 
 
 def build(storage: object = None, **options: object) -> tuple[Processor, CountingQueue]:
-    repository = MemoryRepository()
+    # The repository keeps the Processor's clock, so a test can fast-forward both.
+    repository = MemoryRepository(clock=options.get("clock", utcnow))  # type: ignore[arg-type]
     queue = CountingQueue(MemoryQueue(repository))
     proc = Processor(
         storage or MemoryStorage(),  # type: ignore[arg-type]
@@ -549,10 +556,11 @@ class Recorder(Events):
 def test_events_follow_a_task() -> None:
     recorder = Recorder()
     flaky = FlakyStorage(MemoryStorage(), failures=1, methods=frozenset({"get"}))
-    proc, _ = build(flaky, events=recorder, in_place_tries=1)
+    clock = FastForwardClock()
+    proc, _ = build(flaky, events=recorder, in_place_tries=1, clock=clock)
     proc.submit(sample_image())
     proc.run_until_idle()  # the first attempt fails on fetch and is put back
-    time.sleep(0.1)
+    clock.advance(1)  # past its backoff delay
     proc.run_until_idle()
     assert recorder.calls == [
         ("submitted", "queued"),

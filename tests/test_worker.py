@@ -16,7 +16,7 @@ from imageproc import BackendUnavailable, BatchQueue, Lease, Processor, Queue, T
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.clock import utcnow
 from imageproc.execution import Recorder
-from imageproc.testing import FAST_OPTIONS, sample_image
+from imageproc.testing import FAST_OPTIONS, FastForwardClock, sample_image
 from imageproc.worker import WorkerPool
 from tests.doubles import CountingQueue, SlowStorage, new_task, run_to_completion, wait_until
 
@@ -24,7 +24,8 @@ TINY = sample_image(64, 48)
 
 
 def build(delay: float = 0.0, **options: object) -> tuple[Processor, CountingQueue]:
-    repository = MemoryRepository()
+    # The repository keeps the Processor's clock, so a test can fast-forward both.
+    repository = MemoryRepository(clock=options.get("clock", utcnow))  # type: ignore[arg-type]
     queue = CountingQueue(MemoryQueue(repository))
     storage = SlowStorage(MemoryStorage(), delay) if delay else MemoryStorage()
     proc = Processor(storage, queue, repository, **{**FAST_OPTIONS, **options})  # type: ignore[arg-type]
@@ -47,16 +48,18 @@ def test_200_tasks_on_4_threads_each_completed_exactly_once() -> None:
 
 
 def test_a_crashed_workers_task_is_finished_by_another_after_its_lease_expires() -> None:
-    proc, queue = build(lease_seconds=0.3)
+    clock = FastForwardClock()
+    proc, queue = build(clock=clock)
     task = proc.submit(TINY)
-    (crashed,) = proc.queue.claim("crashed-worker", lease_seconds=0.3)  # ...and never finishes
-    started = time.monotonic()
+    (crashed,) = proc.queue.claim("crashed-worker", lease_seconds=30)  # ...and never finishes
     proc.start(workers=1)
     try:
+        time.sleep(0.1)  # the idle worker looks for work a few times...
+        assert proc.get(task.id).attempts == 1  # ...and leaves the leased task alone
+        clock.advance(31)  # the crashed worker's lease runs out
         done = proc.wait(task.id, timeout=10)
     finally:
         proc.stop(timeout=5)
-    assert time.monotonic() - started >= 0.25  # not before the lease ran out
     assert (done.status, done.attempts) == (TaskStatus.SUCCEEDED, 2)
     assert queue.completed[task.id] == 1
     assert proc.process(crashed) is None  # the crashed worker, back from the dead, records nothing
