@@ -18,7 +18,6 @@ and shrinks back (to ``min_workers``) after workers have been idle for ``idle_ti
 
 from __future__ import annotations
 
-import collections
 import functools
 import itertools
 import logging
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import Future
 from datetime import timedelta
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from imageproc import allocator
@@ -88,14 +88,17 @@ class WorkerPool:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._lock = threading.Lock()
-        # Workers wait on _ready for a lease; the claimer waits on _idle for an idle worker.
-        self._ready = threading.Condition(self._lock)
+        # The claimer waits on _idle for an idle worker; workers wait on _handoff for a lease (a
+        # SimpleQueue: its put and get wake one thread in C, where a Condition's notify runs
+        # Python under the GIL for every lease handed over). None in it wakes a worker to stop.
         self._idle = threading.Condition(self._lock)
+        self._handoff: SimpleQueue[Lease | None] = SimpleQueue()
+        # The leases in _handoff (as the heartbeat last renewed them), by id of the handed one.
+        self._handed: dict[int, Lease] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._in_flight: dict[str, Lease] = {}
         # Outcomes handed to the recorder (when ``execute`` returns a future) not yet committed.
         self._recording: set[Future[Any]] = set()
-        self._handoff: collections.deque[Lease] = collections.deque()
         # Idle workers not yet promised a lease by a claim under way.
         self._free = 0
         self._claimer: threading.Thread | None = None
@@ -143,8 +146,9 @@ class WorkerPool:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._stopping.set()
-            self._ready.notify_all()
             self._idle.notify_all()
+            for _ in self._threads:
+                self._handoff.put(None)
         if self._claimer is not None:
             self._claimer.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
@@ -157,8 +161,8 @@ class WorkerPool:
         futures.wait(recording, max(0.0, deadline - time.monotonic()))
         with self._lock:
             stranded = list(self._in_flight.values())
-            unstarted = list(self._handoff)
-            self._handoff.clear()
+            unstarted = list(self._handed.values())
+            self._handed.clear()
         for lease in unstarted:
             self._give_back(lease, interrupted=False)
         for lease in stranded:
@@ -194,8 +198,9 @@ class WorkerPool:
                     late = leases
                 else:
                     late = []
-                    self._handoff.extend(leases)
-                    self._ready.notify(len(leases))
+                    for lease in leases:
+                        self._handed[id(lease)] = lease
+                        self._handoff.put(lease)
                     # Every worker busy, and the claim took all it could: more work is
                     # probably waiting, so grow if there is room.
                     full = leases and len(leases) == wanted and self._free == 0
@@ -255,38 +260,31 @@ class WorkerPool:
     def _next_lease(self, name: str) -> Lease | None:
         """Wait idle for the claimer's next lease; None when this worker is to end (the pool
         stops, or it has been idle too long and the pool is above its minimum)."""
-        idle_since = time.monotonic()
         with self._lock:
             self._free += 1
             self._idle.notify()
-            while not self._handoff:
-                if self._stopping.is_set():
-                    self._free -= 1
-                    del self._threads[name]
-                    return None
-                idle = time.monotonic() - idle_since
-                if len(self._threads) <= self.min_workers:
-                    self._ready.wait()  # never retires: no need to watch the time
-                    continue
-                if idle >= self.idle_timeout:
-                    # Only a worker no claim under way counts on may leave; otherwise look
-                    # again once that claim has handed out its leases.
-                    if self._free > 0:
+        while True:
+            try:
+                lease = self._handoff.get(timeout=self.idle_timeout)
+            except Empty:
+                with self._lock:
+                    # Only a worker that no claim under way counts on may leave.
+                    if len(self._threads) > self.min_workers and self._free > 0:
                         self._free -= 1
                         del self._threads[name]
                         logger.debug("%s: idle, retiring", name)
                         return None
-                    self._ready.wait(0.01)
-                    continue
-                self._ready.wait(self.idle_timeout - idle)
-            if self._stopping.is_set():
-                # The pool stops: stop() gives back what is still waiting to be started.
-                self._free -= 1
-                del self._threads[name]
-                return None
-            lease = self._handoff.popleft()
-            self._in_flight[name] = lease
-            return lease
+                continue
+            with self._lock:
+                if lease is None or self._stopping.is_set():
+                    # The pool stops: stop() gives back what is still waiting to be started.
+                    if lease is None:  # a stopping worker idle, not one a claim counted on
+                        self._free -= 1
+                    del self._threads[name]
+                    return None
+                fresh = self._handed.pop(id(lease), lease)  # as the heartbeat last renewed it
+                self._in_flight[name] = fresh
+                return fresh
 
     def _give_back(self, lease: Lease, *, interrupted: bool) -> None:
         """Return a leased task to the queue: ``interrupted`` mid-task (the attempt counts), or
@@ -319,7 +317,7 @@ class WorkerPool:
     def beat(self) -> None:
         """Renew every lease the pool holds (running or about to start), in one call."""
         with self._lock:
-            held = [*self._in_flight.values(), *self._handoff]
+            held = [*self._in_flight.values(), *self._handed.values()]
         if not held:
             return
         try:
@@ -333,6 +331,6 @@ class WorkerPool:
             for name, lease in self._in_flight.items():
                 if id(lease) in fresh:
                     self._in_flight[name] = fresh[id(lease)]
-            for index, lease in enumerate(self._handoff):
+            for key, lease in self._handed.items():
                 if id(lease) in fresh:
-                    self._handoff[index] = fresh[id(lease)]
+                    self._handed[key] = fresh[id(lease)]

@@ -35,7 +35,7 @@ import logging
 import secrets
 import select
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.resources import as_file, files
 from typing import Any, Final
@@ -61,6 +61,7 @@ from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 from . import sqlschema
 from .groupcommit import GroupCommit
+from .sqldriver import HotStatement
 from .sqlschema import (
     OUTCOME_COLUMNS,
     PIPELINE_TEXT,
@@ -136,12 +137,15 @@ class SQLBackend:
         # The same pool, for statements that are transactions by themselves (PostgreSQL).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._leasing: Engine | None = None
+        # PostgreSQL: the claim, the batch record and the read on the driver's cursor.
+        self._hot: _HotStatements | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
         else:
             _check_connections_on_checkout(self.engine)
             _plan_once(self.engine)
             self._leasing = _leasing_engine(parsed, engine_options)
+            self._hot = _HotStatements(self.engine.dialect)
         self._url = parsed
         self._wakeup = _Wakeup()
         # Per thread, the transaction _begin has open: whether it queued work (see _notify).
@@ -244,8 +248,14 @@ class SQLBackend:
 
     def get(self, task_id: str) -> Task:
         """The task with this id, or :class:`~imageproc.TaskNotFound`."""
-        with self._one_statement() as conn:
-            row = conn.execute(_GET, {"task_id": task_id}).mappings().first()
+        row: Mapping[Any, Any] | None
+        if self._hot is not None:
+            with _driver_errors_mapped():
+                rows = self._hot.get.run(self.engine, {"task_id": task_id})
+            row = rows[0] if rows else None
+        else:
+            with self._one_statement() as conn:
+                row = conn.execute(_GET, {"task_id": task_id}).mappings().first()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return task_from_row(row)
@@ -354,8 +364,13 @@ class SQLBackend:
         # One random prefix per claim, the id per row: every lease gets a token of its own.
         token = secrets.token_hex(16) + ":"
         parameters = {"now": now, "expires": expires, "token": token, "worker": worker, "n": limit}
-        with self._one_statement(write=True, leasing=True) as conn:
-            rows = conn.execute(_CLAIM, parameters).mappings().all()
+        rows: Sequence[Mapping[Any, Any]]
+        if self._hot is not None and self._leasing is not None:
+            with _driver_errors_mapped():
+                rows = self._hot.claim.run(self._leasing, parameters)
+        else:
+            with self._one_statement(write=True, leasing=True) as conn:
+                rows = conn.execute(_CLAIM, parameters).mappings().all()
         claimed: list[Task] = []
         unreadable: dict[str, str] = {}
         for row in rows:
@@ -496,12 +511,13 @@ class SQLBackend:
         if not results:
             return []
         now = self.clock()
-        if self.dialect == "postgresql":
+        if self._hot is not None:
             # One statement in autocommit, which notifies by itself (a requeued task that is
             # due wakes idle workers; an ended one, waiters).
             batch = {**_batch_parameters(results), "now": now}
-            with self._one_statement() as conn:
-                held = {(row[0], row[1]) for row in conn.execute(_RECORD_BATCH, batch)}
+            with _driver_errors_mapped():
+                rows = self._hot.record.run(self.engine, batch)
+            held = {(row["id"], row["held_token"]) for row in rows}
             # By id and token: two leases on one task (an expired one and its successor) can
             # meet in one batch, and only the one still held is written.
             recorded = [(lease.task.id, lease.token) in held for lease, _ in results]
@@ -860,6 +876,16 @@ def _check_connections_on_checkout(engine: Engine) -> None:
             raise exc.InvalidatePoolError("pooled connection lost while idle")
 
 
+class _HotStatements:
+    """The statements a worker pool runs most, compiled once for this backend's dialect and run
+    on the driver's cursor (:mod:`imageproc.backends.sqldriver`)."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.claim = HotStatement(_CLAIM, dialect)
+        self.record = HotStatement(_RECORD_BATCH, dialect)
+        self.get = HotStatement(_GET, dialect)
+
+
 def _leasing_engine(url: sa.URL, engine_options: dict[str, Any]) -> Engine:
     """PostgreSQL: a small pool of its own for claims and lease renewals, whose commits do not
     wait for the write-ahead log to reach the disk (``synchronous_commit = off``).
@@ -870,11 +896,19 @@ def _leasing_engine(url: sa.URL, engine_options: dict[str, Any]) -> Engine:
     crash (new tasks, outcomes, cancellations) still waits for the disk. Claims are half the
     commits a worker makes, and without the wait they cost a third of the time.
     """
-    options = {**engine_options, "pool_size": 2, "max_overflow": 4}
+    # Autocommit once per connection (not switched at every checkout), and nothing to roll back
+    # when a connection returns to the pool: every statement here is a transaction by itself.
+    options = {
+        **engine_options,
+        "pool_size": 2,
+        "max_overflow": 4,
+        "isolation_level": "AUTOCOMMIT",
+        "pool_reset_on_return": None,
+    }
     if engine_options.get("poolclass") is not None:  # a pool with no size (tests' StaticPool)
         options.pop("pool_size")
         options.pop("max_overflow")
-    engine = sa.create_engine(url, **options).execution_options(isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(url, **options)
     _check_connections_on_checkout(engine)
     _plan_once(engine)
 
