@@ -318,9 +318,10 @@ def test_claims_and_records_are_planned_once_on_the_partial_indexes(
     with backend.engine.connect() as conn:
         query = "SELECT statement, custom_plans FROM pg_prepared_statements"
         plans = dict(conn.exec_driver_sql(query).all())
-        assert backend._leasing is not None  # claims have connections of their own
-        with backend._leasing.connect() as leasing:
-            plans.update(leasing.exec_driver_sql(query).all())
+        assert backend._leasing is not None  # claims and records have connections of their own
+        for engine in (backend._leasing, backend._autocommit):
+            with engine.connect() as other:
+                plans.update(other.exec_driver_sql(query).all())
         claims = [n for text, n in plans.items() if "imageproc_tasks.lease_expires_at <=" in text]
         records = [n for text, n in plans.items() if "jsonb_to_recordset" in text]
         # The claim and the batch record are prepared, and were not planned again.

@@ -134,8 +134,8 @@ class SQLBackend:
             connect_args.setdefault("timeout", sqlite_busy_timeout)
             connect_args.setdefault("check_same_thread", False)
         self.engine: Engine = sa.create_engine(parsed, **engine_options)
-        # The same pool, for statements that are transactions by themselves (PostgreSQL).
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Statements that are transactions by themselves (PostgreSQL; a pool of their own below).
+        self._autocommit: Engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._leasing: Engine | None = None
         # PostgreSQL: the claim, the batch record and the read on the driver's cursor.
         self._hot: _HotStatements | None = None
@@ -144,7 +144,8 @@ class SQLBackend:
         else:
             _check_connections_on_checkout(self.engine)
             _plan_once(self.engine)
-            self._leasing = _leasing_engine(parsed, engine_options)
+            self._autocommit = _statement_engine(parsed, engine_options, durable=True)
+            self._leasing = _statement_engine(parsed, engine_options, durable=False)
             self._hot = _HotStatements(self.engine.dialect)
         self._url = parsed
         self._wakeup = _Wakeup()
@@ -251,7 +252,7 @@ class SQLBackend:
         row: Mapping[Any, Any] | None
         if self._hot is not None:
             with _driver_errors_mapped():
-                rows = self._hot.get.run(self.engine, {"task_id": task_id})
+                rows = self._hot.get.run(self._autocommit, {"task_id": task_id})
             row = rows[0] if rows else None
         else:
             with self._one_statement() as conn:
@@ -486,6 +487,7 @@ class SQLBackend:
         self.engine.dispose()
         if self._leasing is not None:
             self._leasing.dispose()
+            self._autocommit.dispose()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -516,7 +518,7 @@ class SQLBackend:
             # due wakes idle workers; an ended one, waiters).
             batch = {**_batch_parameters(results), "now": now}
             with _driver_errors_mapped():
-                rows = self._hot.record.run(self.engine, batch)
+                rows = self._hot.record.run(self._autocommit, batch)
             held = {(row["id"], row["held_token"]) for row in rows}
             # By id and token: two leases on one task (an expired one and its successor) can
             # meet in one batch, and only the one still held is written.
@@ -886,31 +888,26 @@ class _HotStatements:
         self.get = HotStatement(_GET, dialect)
 
 
-def _leasing_engine(url: sa.URL, engine_options: dict[str, Any]) -> Engine:
-    """PostgreSQL: a small pool of its own for claims and lease renewals, whose commits do not
-    wait for the write-ahead log to reach the disk (``synchronous_commit = off``).
+def _statement_engine(url: sa.URL, engine_options: dict[str, Any], *, durable: bool) -> Engine:
+    """PostgreSQL: a pool of its own for statements that are transactions by themselves,
+    autocommit set once per connection (not switched at every checkout) and nothing rolled back
+    when a connection returns to the pool.
 
-    A claim or a renewal that a server crash loses is harmless: the task is simply claimable
-    again (its lease never was, or ends sooner), and the worker that held it can no longer
-    record a result, since recording matches the lease token. Everything that must survive a
-    crash (new tasks, outcomes, cancellations) still waits for the disk. Claims are half the
-    commits a worker makes, and without the wait they cost a third of the time.
+    ``durable=False`` is the small pool for claims and lease renewals, whose commits do not wait
+    for the write-ahead log to reach the disk (``synchronous_commit = off``). A claim or a
+    renewal that a server crash loses is harmless: the task is simply claimable again (its lease
+    never was, or ends sooner), and the worker that held it can no longer record a result, since
+    recording matches the lease token. Everything that must survive a crash (new tasks,
+    outcomes, cancellations) still waits for the disk.
     """
-    # Autocommit once per connection (not switched at every checkout), and nothing to roll back
-    # when a connection returns to the pool: every statement here is a transaction by itself.
-    options = {
-        **engine_options,
-        "pool_size": 2,
-        "max_overflow": 4,
-        "isolation_level": "AUTOCOMMIT",
-        "pool_reset_on_return": None,
-    }
-    if engine_options.get("poolclass") is not None:  # a pool with no size (tests' StaticPool)
-        options.pop("pool_size")
-        options.pop("max_overflow")
+    options = {**engine_options, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
+    if not durable and engine_options.get("poolclass") is None:  # tests' StaticPool has no size
+        options.update(pool_size=2, max_overflow=4)
     engine = sa.create_engine(url, **options)
     _check_connections_on_checkout(engine)
     _plan_once(engine)
+    if durable:
+        return engine
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:

@@ -27,6 +27,9 @@ from sqlalchemy.engine import Dialect, Engine
 
 __all__ = ["HotStatement"]
 
+#: Where a pooled connection keeps its cursor for these statements (its ``info`` dictionary).
+_CURSOR = "imageproc_hot_cursor"
+
 
 class HotStatement:
     """One statement compiled once for ``dialect`` (psycopg's), run on the driver's cursor."""
@@ -55,10 +58,14 @@ class HotStatement:
             driver: Any = connection.driver_connection
             autocommit = driver.autocommit
             try:
-                driver.autocommit = True
-                with driver.cursor(row_factory=dict_row) as cursor:
-                    cursor.execute(self.sql, parameters, prepare=True)
-                    rows = cursor.fetchall() if cursor.description else []
+                if not autocommit:
+                    driver.autocommit = True
+                # One cursor per connection, kept with it (making one costs more than using it).
+                cursor = connection.info.get(_CURSOR)
+                if cursor is None:
+                    cursor = connection.info[_CURSOR] = driver.cursor(row_factory=dict_row)
+                cursor.execute(self.sql, parameters, prepare=True)
+                rows = cursor.fetchall() if cursor.description else []
             except psycopg.Error as error:
                 broken = bool(driver.broken or driver.closed)
                 if broken:
