@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -297,3 +298,27 @@ def test_a_queue_without_batch_methods_still_works() -> None:
     task = proc.submit(TINY)
     assert proc.run_until_idle() == 1
     assert proc.get(task.id).status == TaskStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("idle_timeout", [-1.0, math.inf, math.nan])
+def test_an_idle_timeout_that_is_not_a_number_of_seconds_is_refused(idle_timeout: float) -> None:
+    repository = MemoryRepository()
+    with pytest.raises(ValueError, match="idle_timeout"):
+        WorkerPool(MemoryQueue(repository), print, idle_timeout=idle_timeout)
+
+
+def test_idle_workers_at_the_minimum_sleep_even_with_no_idle_timeout() -> None:
+    repository = MemoryRepository()
+    pool, gate = gated_pool(MemoryQueue(repository), 2, idle_timeout=0.0)
+    gate.set()
+    pool.start()
+    try:
+        time.sleep(0.1)  # settle into the idle wait
+        used = time.process_time()
+        time.sleep(0.5)
+        assert time.process_time() - used < 0.2  # spinning workers would burn the whole 0.5 s
+        task = new_task()
+        repository.add(task)
+        wait_until(lambda: repository.get(task.id).status == TaskStatus.SUCCEEDED)
+    finally:
+        pool.stop(timeout=5)

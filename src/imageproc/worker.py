@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -42,6 +43,9 @@ __all__ = ["WorkerPool"]
 logger = logging.getLogger("imageproc.worker")
 
 _INTERRUPTED = TaskError("interrupted", "the worker stopped before the task finished")
+#: Shortest wait of an idle worker above the minimum: with ``idle_timeout=0`` it would otherwise
+#: spin while a claim under way counts on it.
+_LEAST_IDLE_WAIT = 0.01
 _pool_numbers = itertools.count(1)
 
 
@@ -75,6 +79,8 @@ class WorkerPool:
             )
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        if not 0 <= idle_timeout < math.inf:
+            raise ValueError(f"idle_timeout must be a number of seconds, got {idle_timeout!r}")
         self.queue = queue
         self.execute = execute
         self.min_workers = min_workers
@@ -264,8 +270,12 @@ class WorkerPool:
             self._free += 1
             self._idle.notify()
         while True:
+            with self._lock:
+                may_retire = len(self._threads) > self.min_workers
+            # At the minimum a worker never retires, so it need not wake to look at the time.
+            timeout = max(self.idle_timeout, _LEAST_IDLE_WAIT) if may_retire else None
             try:
-                lease = self._handoff.get(timeout=self.idle_timeout)
+                lease = self._handoff.get(timeout=timeout)
             except Empty:
                 with self._lock:
                     # Only a worker that no claim under way counts on may leave.

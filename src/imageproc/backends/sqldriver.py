@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.pool import QueuePool
 
 __all__ = ["HotStatement"]
 
@@ -60,10 +61,14 @@ class HotStatement:
             try:
                 if not autocommit:
                     driver.autocommit = True
-                # One cursor per connection, kept with it (making one costs more than using it).
+                # One cursor per connection, kept with it (making one costs more than using it),
+                # where a checked-out connection has one user at a time: not under a pool that
+                # shares one connection between threads (StaticPool).
                 cursor = connection.info.get(_CURSOR)
                 if cursor is None:
-                    cursor = connection.info[_CURSOR] = driver.cursor(row_factory=dict_row)
+                    cursor = driver.cursor(row_factory=dict_row)
+                    if isinstance(engine.pool, QueuePool):
+                        connection.info[_CURSOR] = cursor
                 cursor.execute(self.sql, parameters, prepare=True)
                 rows = cursor.fetchall() if cursor.description else []
             except psycopg.Error as error:
