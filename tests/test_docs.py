@@ -7,6 +7,7 @@ site itself is built with ``mkdocs build --strict`` by ``scripts/test``.)
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,28 @@ def test_concept_snippets_run(page: str, tmp_path: Path) -> None:
     for code in python_blocks(page):
         result = run(code, tmp_path)
         assert result.returncode == 0, (code, result.stderr)
+
+
+def install_targets(text: str) -> list[str]:
+    """What each ``pip install`` in ``text`` asks for (its arguments that are not options)."""
+    targets = []
+    for command in re.findall(r"pip install ([^\n`#]*)", text):
+        try:
+            words = shlex.split(command)
+        except ValueError:  # an unbalanced quote: the line is prose, not a command
+            continue
+        targets += [word for word in words if not word.startswith("-")]
+    return targets
+
+
+def test_every_install_line_installs_imageproc_from_a_checkout() -> None:
+    # imageproc is not on the package index yet: `pip install imageproc[…]` cannot work.
+    pages = [DOCS.parent / "README.md", *sorted(DOCS.rglob("*.md"))]
+    by_name = {
+        f"{page.name}: {target}"
+        for page in pages
+        for target in install_targets(page.read_text())
+        if target.split("[")[0] == "imageproc"
+    }
+    assert not by_name
+    assert "imageproc[http]" in install_targets("pip install 'imageproc[http]' fastapi")

@@ -379,7 +379,7 @@ assert storage.get("k") == b"x"
 try:
     FsspecStorage("s3://bucket/prefix")
 except ConfigurationError as error:
-    assert "imageproc[s3]" in error.message, error.message
+    assert "'s3' extra" in error.message, error.message
 else:
     raise AssertionError("no ConfigurationError")
 """

@@ -3,6 +3,7 @@ Processor runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -439,3 +440,13 @@ def test_record_many_with_columns_that_are_null_in_every_row(sql: SQLBackend) ->
     assert sql.record_many(back) == [True, True]
     for lease, task in back:
         assert sql.get(lease.task.id) == task
+
+
+def test_postgresql_without_its_driver_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if psycopg were not installed: importing it fails, as it would without the extra.
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ConfigurationError, match="'postgres' extra") as info:
+        Processor.from_urls("postgresql://imageproc@127.0.0.1:1/imageproc", "memory://")
+    assert "psycopg" in info.value.message

@@ -213,7 +213,11 @@ class FsspecStorage:
         try:
             fs, root = fsspec.core.url_to_fs(url, **storage_options)
         except ImportError as error:
-            extra = " (install imageproc[s3])" if protocol in ("s3", "s3a") else ""
+            extra = (
+                " (install imageproc's 's3' extra: pip install '.[s3]' in a checkout)"
+                if protocol in ("s3", "s3a")
+                else ""
+            )
             raise ConfigurationError(
                 f"the {protocol!r} storage protocol needs a package that is not installed{extra}"
             ) from error

@@ -133,7 +133,14 @@ class SQLBackend:
             connect_args = engine_options.setdefault("connect_args", {})
             connect_args.setdefault("timeout", sqlite_busy_timeout)
             connect_args.setdefault("check_same_thread", False)
-        self.engine: Engine = sa.create_engine(parsed, **engine_options)
+        try:
+            self.engine: Engine = sa.create_engine(parsed, **engine_options)
+        except ImportError as error:  # the driver SQLAlchemy loads for the URL
+            raise ConfigurationError(
+                f"{parsed.drivername} needs the {error.name or 'driver'} package, which is not"
+                " installed: install imageproc's 'postgres' extra (pip install '.[postgres]' in"
+                " a checkout)"
+            ) from error
         # Statements that are transactions by themselves (PostgreSQL; a pool of their own below).
         self._autocommit: Engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._leasing: Engine | None = None
