@@ -9,7 +9,7 @@ It serves until SIGINT or SIGTERM; on shutdown the workers finish what they hold
 ``--stop-timeout`` seconds) and release anything still unfinished back to the queue, so a restarted
 server (or any other worker on the same database and storage) picks it up. Try it::
 
-    curl -F image=@cat.jpg -F pipeline='thumb=fit:256x256,webp' http://127.0.0.1:8000/api/upload
+    curl -F image=@cat.jpg --form-string pipeline='thumb=fit:256x256,webp' http://127.0.0.1:8000/api/upload
     curl http://127.0.0.1:8000/api/status/<id>        # outputs[].url fetches each variant
 
 API keys and signing keys also come from ``IMAGEPROC_API_KEYS`` and ``IMAGEPROC_SIGNING_KEYS``

@@ -83,3 +83,17 @@ def test_every_install_line_installs_imageproc_from_a_checkout() -> None:
     }
     assert not by_name
     assert "imageproc[http]" in install_targets("pip install 'imageproc[http]' fastapi")
+
+
+def test_curl_examples_send_pipelines_as_strings() -> None:
+    # `curl -F pipeline='a=…;b=…'` cuts the value at the `;` (curl's own separator in -F) and
+    # the server makes one variant: pipelines go with --form-string, which sends them whole.
+    pages = [DOCS.parent / "README.md", *sorted(DOCS.rglob("*.md"))]
+    pages += sorted((DOCS.parent / "examples").glob("*.py"))
+    cut = [
+        f"{page.name}: {line.strip()}"
+        for page in pages
+        for line in page.read_text().splitlines()
+        if re.search(r"""(-F|--form)\s+['"]?pipeline=""", line)
+    ]
+    assert not cut
