@@ -49,7 +49,7 @@ def test_getting_started_prints_what_the_page_says(tmp_path: Path) -> None:
     said = re.search(r"It prints `(.*?)`", (DOCS / "getting-started.md").read_text())
     assert said is not None
     assert result.stdout.strip() == said.group(1)
-    stored = sorted(p.name for p in (tmp_path / "images" / "outputs").glob("*/*"))
+    stored = sorted(p.name for p in (tmp_path / "imageproc-data" / "outputs").glob("*/*"))
     assert stored == ["large.jpg", "thumb.webp"]
 
 

@@ -3,6 +3,7 @@ real ``imageproc serve`` in a fresh folder (only the port is changed, to a free 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imageproc.config import Settings
 from imageproc.testing import sample_image
 from tests.test_cli import _request, eventually, free_port, start, stop
 
@@ -43,3 +45,17 @@ def test_the_curl_quick_start_works_as_written(tmp_path: Path) -> None:
     assert code == 0, stderr
     with Image.open(tmp_path / "thumb.webp") as thumb:
         assert (thumb.format, thumb.size) == ("WEBP", (256, 171))
+
+
+def test_the_library_quick_starts_use_the_services_database_and_folder() -> None:
+    # Run in one folder, the service's workers may claim the library's tasks: both must find the
+    # originals in the same place, or the task fails with object_not_found.
+    defaults = Settings()
+    pages = [
+        README,
+        *(README.parent / "docs" / page for page in ("index.md", "getting-started.md")),
+    ]
+    for page in pages:
+        urls = re.findall(r'Processor\.from_urls\("([^"]+)", "([^"]+)"\)', page.read_text())
+        assert urls, page.name
+        assert set(urls) == {(defaults.database_url, defaults.storage_url)}, page.name
