@@ -474,3 +474,25 @@ def test_process_redraws_one_progress_line_on_a_terminal(tmp_path: Path) -> None
     assert "\r[1/2] " in text
     assert "\r[2/2] " in text
     assert "2 processed, 0 failed" in text
+
+
+def test_process_refuses_files_whose_outputs_would_overwrite_each_other(tmp_path: Path) -> None:
+    for name in ("a/cat.jpg", "b/cat.jpg", "dog.jpg", "dog.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(
+            sample_image(40, 30, "PNG" if name.endswith("png") else "JPEG")
+        )
+    result = imageproc("process", "a/cat.jpg", "b/cat.jpg", "dog.jpg", "dog.png", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "a/cat.jpg and b/cat.jpg" in result.stderr
+    assert "dog.jpg and dog.png" in result.stderr
+    assert not list(tmp_path.glob("*-default.*"))  # refused before anything was written
+
+
+def test_process_takes_a_folder_as_the_files_in_it(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    for name in ("one.jpg", "two.jpg", ".hidden.jpg"):
+        (tmp_path / "photos" / name).write_bytes(sample_image(40, 30))
+    result = imageproc("process", "photos", "-p", "t=fit:20x20,png", "-o", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one-t.png", "two-t.png"]

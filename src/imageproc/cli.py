@@ -159,7 +159,13 @@ def _parser() -> argparse.ArgumentParser:
     process = commands.add_parser(
         "process", parents=[common], help="process local files now, without a queue"
     )
-    process.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    process.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="images to process; a folder stands for the files directly in it",
+    )
     process.add_argument(
         "-p", "--pipeline", help="pipeline text, e.g. thumb=fit:256x256,webp (default: 800px JPEG)"
     )
@@ -377,7 +383,10 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as error:
         raise _UsageError(f"cannot create {out}: {error.strerror}") from None
     limits = ImageLimits(max_bytes=settings.max_upload_bytes)
-    files: list[Path] = args.files
+    files = list(dict.fromkeys(_expand(args.files)))  # a file given twice is done once
+    if not files:
+        raise _UsageError("no files to process (the folders given are empty)")
+    _refuse_shared_names(files)
     total, done, failed = len(files), 0, 0
     progress = _Progress(total)
     # Pillow releases the GIL while it decodes, resizes and encodes, so threads use every core.
@@ -393,6 +402,35 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
                 progress.error(f"{path}: {problem}")
     progress.finish(f"{total - failed} processed, {failed} failed, into {out}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """The files to process: each path given, a folder standing for the files directly in it
+    (sorted; hidden ones left out). A path that does not exist stays, to be reported."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(
+                child for child in path.iterdir() if child.is_file() and child.name[0] != "."
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def _refuse_shared_names(files: list[Path]) -> None:
+    """Outputs are named ``<stem>-<variant>.<ext>``: refuse files that would overwrite each
+    other's (``a/cat.jpg`` and ``b/cat.jpg``, or ``cat.jpg`` and ``cat.png``)."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    shared = [paths for paths in by_stem.values() if len(paths) > 1]
+    if shared:
+        clashes = "; ".join(" and ".join(str(p) for p in paths) for paths in shared)
+        raise _UsageError(
+            f"these files would write the same outputs (<name>-<variant>.<ext>): {clashes};"
+            " process them into different --out folders, or rename them"
+        )
 
 
 def _process_one(path: Path, pipeline: Pipeline, limits: ImageLimits, out: Path) -> str | None:
