@@ -916,3 +916,15 @@ def test_decoded_frames_are_plain_images_without_metadata() -> None:
     assert frame.info == {}
     draw = ImageDraw.Draw(frame)  # and writable
     draw.point((0, 0), fill=(0, 0, 0))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF"])
+def test_refusals_say_what_is_wrong_in_plain_words(fmt: str) -> None:
+    # Not Pillow's internals ("Truncated File Read", "cannot identify image file <_io…>").
+    data = sample_image(400, 300, fmt)
+    with pytest.raises(InvalidImage) as cut:
+        decode(data[: len(data) // 2], LIMITS)
+    assert cut.value.message == "corrupt or truncated image: the file ends before the image does"
+    with pytest.raises(InvalidImage) as garbage:
+        open_checked(b"hello, this is not an image", LIMITS)
+    assert garbage.value.message == "not a readable image"

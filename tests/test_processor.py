@@ -583,3 +583,10 @@ def test_a_failing_hook_does_not_fail_the_task() -> None:
     task = proc.submit(sample_image())
     proc.run_until_idle()
     assert proc.get(task.id).status == TaskStatus.SUCCEEDED
+
+
+def test_submitting_something_that_is_not_an_image_source_is_a_type_error(
+    processor: Processor,
+) -> None:
+    with pytest.raises(TypeError, match="bytes, a binary file object or a path, not int"):
+        processor.submit(42)  # type: ignore[arg-type]

@@ -182,9 +182,18 @@ def mapped_errors(what: str) -> Iterator[None]:
     except InvalidImage:
         raise
     except _PILLOW_ERRORS as error:
-        # Pillow's text may name the in-memory file object; keep it in __cause__ and the logs.
-        detail = _OBJECT_REPR.sub("the upload", str(error)) or type(error).__name__
-        raise InvalidImage(f"{what}: {detail}") from error
+        raise InvalidImage(f"{what}{_plain_detail(error)}") from error
+
+
+def _plain_detail(error: BaseException) -> str:
+    """What to add to the refusal from Pillow's own words, if they say anything to a user (its
+    text may name the in-memory file object or its internals; they stay in __cause__ and logs)."""
+    text = _OBJECT_REPR.sub("the image", str(error)).strip()
+    if isinstance(error, UnidentifiedImageError) or not text:
+        return ""  # "cannot identify image file …": the refusal itself says it all
+    if "truncated" in text.lower():
+        return ": the file ends before the image does"
+    return f": {text}"
 
 
 _heif_lock = threading.Lock()

@@ -360,7 +360,10 @@ def _read_source(source: Source, limit: int) -> bytes:
             size += len(chunk)
         data = b"".join(chunks)
     else:
-        raise InvalidImage(f"cannot read an image from a {type(source).__name__}")
+        # A wrong argument, not a bad image: Python's convention is a TypeError.
+        raise TypeError(
+            f"an image is bytes, a binary file object or a path, not {type(source).__name__}"
+        )
     if len(data) > limit:
         raise InvalidImage(f"upload is over the limit of {limit} bytes")
     return data
