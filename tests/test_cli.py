@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imageproc import Processor, TaskNotFound, TaskStatus
+from imageproc import Processor, TaskNotFound, TaskStatus, __version__
 from imageproc.testing import sample_image
 
 TIMEOUT = 60
@@ -201,11 +201,11 @@ def test_purge_deletes_old_finished_tasks_with_their_files(
     kept = imageproc(*args, "--older-than", "1d", cwd=tmp_path)
     assert (kept.returncode, kept.stdout) == (
         0,
-        "purged 0 finished task(s) older than 1 day, 0:00:00\n",
+        "purged 0 finished task(s) older than 1d\n",
     )
     purged = imageproc(*args, "--older-than", "0s", cwd=tmp_path)
     assert purged.returncode == 0, purged.stderr
-    assert purged.stdout == "purged 1 finished task(s) older than 0:00:00\n"
+    assert purged.stdout == "purged 1 finished task(s) older than 0s\n"
     with pytest.raises(TaskNotFound):
         library.get(done.id)
     assert not library.storage.exists(output)
@@ -225,7 +225,8 @@ def test_tasks_lists_a_status_as_json_lines(
     cancelled = imageproc(*args, "--status", "cancelled", "--limit", "5", cwd=tmp_path)
     [shown] = [json.loads(line) for line in cancelled.stdout.splitlines()]
     assert (shown["id"], shown["status"]) == (first.id, "cancelled")
-    assert imageproc(*args, "--status", "dead", cwd=tmp_path).stdout == ""
+    dead = imageproc(*args, "--status", "dead", cwd=tmp_path)
+    assert (dead.stdout, dead.stderr) == ("", "no dead tasks\n")  # stdout stays JSON lines
     wrong = imageproc(*args, "--status", "lost", cwd=tmp_path)
     assert wrong.returncode == 2
     assert "invalid choice: 'lost'" in wrong.stderr
@@ -496,3 +497,16 @@ def test_process_takes_a_folder_as_the_files_in_it(tmp_path: Path) -> None:
     result = imageproc("process", "photos", "-p", "t=fit:20x20,png", "-o", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one-t.png", "two-t.png"]
+
+
+def test_version_and_every_commands_help_say_what_they_are(tmp_path: Path) -> None:
+    version = imageproc("--version", cwd=tmp_path)
+    assert (version.returncode, version.stdout.strip()) == (0, f"imageproc {__version__}")
+    for name in ("serve", "worker", "process", "status", "migrate", "purge", "tasks"):
+        shown = imageproc(name, "--help", cwd=tmp_path)
+        assert shown.returncode == 0
+        description = shown.stdout.split("\n\n")[1]  # after the usage lines
+        assert description[:1].isupper(), (name, description)
+    process = " ".join(imageproc("process", "--help", cwd=tmp_path).stdout.split())  # unwrapped
+    assert "default: the current folder" in process
+    assert "default: one per core" in process

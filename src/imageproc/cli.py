@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from imageproc.__version__ import __version__
 from imageproc.config import LOG_LEVELS, Settings
 from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline
 from imageproc.task import TaskStatus
@@ -126,11 +127,16 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Settings: flags, then IMAGEPROC_* environment variables, then .env.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"imageproc {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    serve = commands.add_parser(
-        "serve", parents=[common], help="run the HTTP API with embedded workers"
-    )
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        # The summary is the line in `imageproc --help` and the description of its own --help.
+        return commands.add_parser(
+            name, parents=[common], help=summary, description=summary[0].upper() + summary[1:]
+        )
+
+    serve = command("serve", "run the HTTP API with embedded workers")
     serve.add_argument("--host", help="address to listen on (IMAGEPROC_HOST, 127.0.0.1)")
     serve.add_argument("--port", help="port to listen on (IMAGEPROC_PORT, 8000)")
     serve.add_argument("--workers", help="worker threads, N or MIN:MAX (IMAGEPROC_WORKERS)")
@@ -145,9 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true", help=_NO_MIGRATE)
     serve.set_defaults(command=_serve)
 
-    worker = commands.add_parser(
-        "worker", parents=[common], help="run workers only, sharing the database and storage"
-    )
+    worker = command("worker", "run workers only, sharing the database and storage")
     worker.add_argument("--workers", help="worker threads, N or MIN:MAX (IMAGEPROC_WORKERS)")
     worker.add_argument("--host", help="address the metrics listen on (IMAGEPROC_HOST)")
     worker.add_argument(
@@ -156,9 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--no-migrate", action="store_true", help=_NO_MIGRATE)
     worker.set_defaults(command=_worker)
 
-    process = commands.add_parser(
-        "process", parents=[common], help="process local files now, without a queue"
-    )
+    process = command("process", "process local files now, without a queue")
     process.add_argument(
         "files",
         nargs="+",
@@ -170,25 +172,31 @@ def _parser() -> argparse.ArgumentParser:
         "-p", "--pipeline", help="pipeline text, e.g. thumb=fit:256x256,webp (default: 800px JPEG)"
     )
     process.add_argument(
-        "-o", "--out", type=Path, default=Path(), help="folder for DIR/<stem>-<variant>.<ext>"
+        "-o",
+        "--out",
+        type=Path,
+        default=Path(),
+        metavar="DIR",
+        help="where DIR/<name>-<variant>.<ext> go (default: the current folder)",
     )
     process.add_argument(
-        "-j", "--jobs", type=int, default=os.cpu_count() or 1, help="files processed at once"
+        "-j",
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="files processed at once (default: one per core, %(default)s here)",
     )
     process.set_defaults(command=_process)
 
-    status = commands.add_parser("status", parents=[common], help="print a task as JSON")
+    status = command("status", "print a task as JSON")
     status.add_argument("task_id", metavar="TASK_ID")
     status.set_defaults(command=_status)
 
-    migrate = commands.add_parser(
-        "migrate", parents=[common], help="create or upgrade the SQL schema"
-    )
+    migrate = command("migrate", "create or upgrade the SQL schema")
     migrate.set_defaults(command=_migrate)
 
-    purge = commands.add_parser(
-        "purge", parents=[common], help="delete finished tasks older than a duration, with files"
-    )
+    purge = command("purge", "delete finished tasks older than a duration, with files")
     purge.add_argument(
         "--older-than",
         required=True,
@@ -198,9 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     purge.set_defaults(command=_purge)
 
-    listing = commands.add_parser(
-        "tasks", parents=[common], help="list tasks in a status, one JSON object per line"
-    )
+    listing = command("tasks", "list tasks in a status, one JSON object per line")
     listing.add_argument(
         "--status",
         required=True,
@@ -227,6 +233,16 @@ def _duration(text: str) -> timedelta:
         return timedelta(seconds=int(number) * _UNITS[unit])
     except OverflowError:
         raise argparse.ArgumentTypeError(f"{text!r} is longer than a duration can be") from None
+
+
+def _say_duration(duration: timedelta) -> str:
+    """A duration in the largest unit that divides it (``30d``, ``90m``), as ``--older-than``
+    takes it."""
+    seconds = int(duration.total_seconds())
+    for unit, size in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _configure_logging(level: str) -> None:
@@ -573,7 +589,7 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
     _check_database(settings, "purge")
     with settings.processor(migrate=False) as processor:
         deleted = processor.purge(args.older_than)
-    print(f"purged {deleted} finished task(s) older than {args.older_than}")
+    print(f"purged {deleted} finished task(s) older than {_say_duration(args.older_than)}")
     return EXIT_OK
 
 
@@ -584,6 +600,9 @@ def _tasks(args: argparse.Namespace, settings: Settings) -> int:
         found = backend.find(TaskStatus(args.status), owner=args.owner, limit=args.limit)
     for task in found:
         print(json.dumps(task_to_json(task)))
+    if not found:  # on stderr: stdout stays one JSON object per task, and empty
+        owner = f" of {args.owner}" if args.owner else ""
+        print(f"no {args.status} tasks{owner}", file=sys.stderr)
     return EXIT_OK
 
 
