@@ -45,6 +45,10 @@ def test_the_curl_quick_start_works_as_written(tmp_path: Path) -> None:
     assert code == 0, stderr
     with Image.open(tmp_path / "thumb.webp") as thumb:
         assert (thumb.format, thumb.size) == ("WEBP", (256, 171))
+    # The loop's pattern matches the server's JSON (else it would stop at once, by luck or not).
+    waiting = re.search(r"grep -Eq '([^']+)'", service_quick_start())
+    assert waiting is not None
+    assert re.search(waiting[1], (tmp_path / "upload.json").read_text())
 
 
 def test_the_library_quick_starts_use_the_services_database_and_folder() -> None:
