@@ -17,6 +17,7 @@ PERMANENT = {
     errors.ImageprocError,
     errors.InvalidInput,
     errors.InvalidImage,
+    errors.ImageTooLarge,
     errors.InvalidPipeline,
     errors.InvalidKey,
     errors.ConfigurationError,

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from imageproc import BackendUnavailable, Processor, StorageError, TaskError
+from imageproc import BackendUnavailable, ImageLimits, Processor, StorageError, TaskError
 from imageproc.backends.fsspec import FsspecStorage
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.http import create_app
@@ -707,3 +707,11 @@ def test_urls_carry_the_root_path_a_proxy_serves_under(processor: Processor) -> 
         assert response.status_code == 202, response.text
         task_id = response.json()["id"]
         assert response.json()["status_url"] == f"http://testserver/pics/status/{task_id}"
+
+
+def test_an_image_over_the_pixel_limit_is_a_422_that_says_so() -> None:
+    # An image, readable, refused for its size: neither "unsupported media" nor too many bytes.
+    processor = memory_processor(image_limits=ImageLimits(max_pixels=1000))
+    with client_for(processor) as client:
+        error = assert_error(upload(client, sample_image(100, 100)), 422, "image_too_large")
+    assert error["message"] == "image of 100x100 pixels is over the limit of 1000 pixels"

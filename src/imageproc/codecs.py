@@ -32,7 +32,7 @@ import attrs
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError, features
 from PIL.PngImagePlugin import PngInfo
 
-from imageproc.errors import ConfigurationError, InvalidImage, InvalidPipeline
+from imageproc.errors import ConfigurationError, ImageTooLarge, InvalidImage, InvalidPipeline
 from imageproc.pipeline import WHITE, Colour, Encoding
 
 __all__ = [
@@ -258,7 +258,7 @@ def _open(data: bytes, limits: ImageLimits, *, all_frames: bool) -> tuple[Image.
             # limit: say ours, which is what the caller configured.
             declared = _BOMB_SIZE.search(str(error))
             size = f"of {declared[1]} pixels " if declared else ""
-            raise InvalidImage(
+            raise ImageTooLarge(
                 f"image {size}is over the limit of {limits.max_pixels} pixels"
             ) from error
         try:
@@ -288,15 +288,15 @@ def _check_size(width: int, height: int, frames: int, limits: ImageLimits) -> No
     if width < 1 or height < 1:
         raise InvalidImage(f"image declares an empty size {width}x{height}")
     if width * height > limits.max_pixels:
-        raise InvalidImage(
+        raise ImageTooLarge(
             f"image of {width}x{height} pixels is over the limit of {limits.max_pixels} pixels"
         )
     if frames > limits.max_frames:
-        raise InvalidImage(
+        raise ImageTooLarge(
             f"animation of {frames} frames is over the limit of {limits.max_frames} frames"
         )
     if width * height * frames > limits.max_pixels:
-        raise InvalidImage(
+        raise ImageTooLarge(
             f"animation of {frames} frames of {width}x{height} pixels is over the limit of"
             f" {limits.max_pixels} pixels"
         )
@@ -415,7 +415,7 @@ def _decode_frames(
         # grow; its layout was checked, but this holds whatever a reader does).
         pixels += image.width * image.height
         if pixels > limits.max_pixels:
-            raise InvalidImage(
+            raise ImageTooLarge(
                 f"animation frames add up to more than the limit of {limits.max_pixels} pixels"
             )
         image.load()

@@ -11,6 +11,7 @@ The tree::
     ImageprocError                      code                 transient
     ├── InvalidInput                    invalid_input        no
     │   ├── InvalidImage                invalid_image        no
+    │   │   └── ImageTooLarge           image_too_large      no
     │   ├── InvalidPipeline             invalid_pipeline     no
     │   └── InvalidKey                  invalid_key          no
     ├── ConfigurationError              configuration_error  no
@@ -72,6 +73,13 @@ class InvalidImage(InvalidInput):
     """The upload is empty, not an image, corrupt, truncated, too large or of a refused format."""
 
     code = "invalid_image"
+
+
+class ImageTooLarge(InvalidImage):
+    """The image is readable but has more pixels (all its frames together) or more frames than
+    the configured limits allow. Over HTTP a 422: the upload is an image, of a size refused."""
+
+    code = "image_too_large"
 
 
 class InvalidPipeline(InvalidInput):

@@ -55,6 +55,7 @@ from imageproc.batching import SubmitBatcher
 from imageproc.errors import (
     IllegalTransition,
     ImageprocError,
+    ImageTooLarge,
     InvalidImage,
     InvalidInput,
     InvalidKey,
@@ -129,6 +130,10 @@ def _map_error(error: ImageprocError) -> ApiError:
         return ApiError(404, "not_found", "no image under this key")
     if isinstance(error, InvalidKey):
         return ApiError(400, error.code, error.message)
+    if isinstance(error, ImageTooLarge):
+        # An image, readable, of a size the limits refuse: not "unsupported media" (415), and
+        # not the body's bytes (413, which the upload limit answers).
+        return ApiError(422, error.code, error.message)
     if isinstance(error, InvalidImage):
         return ApiError(415, error.code, error.message)
     if isinstance(error, InvalidPipeline | InvalidInput):
