@@ -4,6 +4,7 @@ and worker threads started and stopped with the application.
     python examples/starlette_app.py [--port 8000] [--host 127.0.0.1] [--workers 2]
                                      [--database URL] [--storage URL]
                                      [--api-keys alice:KEY,…] [--signing-key SECRET …]
+                                     [--log-level info|warning|…]
 
 It serves until SIGINT or SIGTERM; on shutdown the workers finish what they hold (for up to
 ``--stop-timeout`` seconds) and release anything still unfinished back to the queue, so a restarted
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-upload-bytes", type=int, default=50 * 1024 * 1024)
     parser.add_argument("--max-queue-depth", type=int, default=None)
     parser.add_argument("--stop-timeout", type=float, default=30.0)
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--log-level", default="info", help="info prints where it listens")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
     uvicorn.run(build(args), host=args.host, port=args.port, log_level=args.log_level)

@@ -388,6 +388,10 @@ def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
         code, _, stderr = stop(server)
     assert code == 0, stderr
     assert "Traceback" not in stderr
+    # It says where it serves, with how many workers, on which database and storage.
+    said = f"serving on http://127.0.0.1:{port} with 1-2 worker threads, tasks in"
+    assert f"{said} sqlite:///imageproc.db, files in file://imageproc-data" in stderr
+    assert "received SIGTERM: letting tasks in flight finish" in stderr
     assert (tmp_path / "imageproc.db").is_file()  # SQLite and a local folder by default
     assert (tmp_path / "imageproc-data" / "outputs").is_dir()
 

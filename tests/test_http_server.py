@@ -189,6 +189,8 @@ def test_upload_poll_and_fetch(tmp_path: Path, servers: list[Server]) -> None:
     assert status in (400, 404)
     assert b"SQLite" not in body
     assert request("GET", f"{server.base}/readyz", headers=AUTH)[0] == 200
+    # It says where it listens (the example's default log level shows uvicorn's line).
+    assert f"running on http://127.0.0.1:{server.port}" in server.output()
 
 
 def test_sigterm_loses_no_task(tmp_path: Path, servers: list[Server]) -> None:

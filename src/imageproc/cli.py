@@ -280,7 +280,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     servers: list[uvicorn.Server] = []  # the one server, once built; read by the handler
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s, stopping", signal.Signals(signum).name)
+        # Also called after uvicorn has already stopped serving on this signal (it hands the
+        # signal on once done), so say what is left to do rather than only that it came.
+        logger.info(
+            "received %s: letting tasks in flight finish, then stopping",
+            signal.Signals(signum).name,
+        )
         stopping.set()
         for server in servers:
             server.should_exit = True
@@ -306,6 +311,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             )
             if not args.no_workers:
                 processor.start(settings.workers)
+            low, high = settings.workers
+            logger.info(
+                "serving on http://%s:%d with %s, tasks in %s, files in %s",
+                settings.host,
+                settings.port,
+                "no workers" if args.no_workers else f"{low}-{high} worker threads",
+                _safe_url(settings),
+                _safe_storage(settings),
+            )
             config = uvicorn.Config(
                 app,
                 host=settings.host,
@@ -372,6 +386,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
             if metrics is not None:
                 metrics.close()
     return EXIT_OK
+
+
+def _safe_storage(settings: Settings) -> str:
+    # Storage URLs seldom hold secrets, but an fsspec URL may: keep what is after any "@".
+    scheme, _, rest = settings.storage_url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if rest else settings.storage_url
 
 
 def _safe_url(settings: Settings) -> str:
