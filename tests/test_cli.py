@@ -476,8 +476,8 @@ def test_process_redraws_one_progress_line_on_a_terminal(tmp_path: Path) -> None
             os.close(terminal)
     assert completed.returncode == 0
     text = shown.decode()
-    assert "\r[1/2] " in text
-    assert "\r[2/2] " in text
+    assert f"\r[{'#' * 10}{'-' * 10}] 1/2 " in text  # a bar, half full...
+    assert f"\r[{'#' * 20}] 2/2 " in text  # ...then full
     assert "2 processed, 0 failed" in text
 
 

@@ -497,7 +497,8 @@ def _process_one(path: Path, pipeline: Pipeline, limits: ImageLimits, out: Path)
 
 
 class _Progress:
-    """``[3/40] cat.jpg`` on one line of stderr, rewritten in place on a terminal."""
+    """A progress bar on one line of stderr, redrawn in place, on a terminal
+    (``[#####---------------] 10/40 cat.jpg``); ``[10/40] cat.jpg`` a line each elsewhere."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -507,6 +508,8 @@ class _Progress:
     def show(self, done: int, name: str) -> None:
         line = f"[{done}/{self.total}] {name}"
         if self.tty:
+            filled = _BAR * done // self.total
+            line = f"[{'#' * filled}{'-' * (_BAR - filled)}] {done}/{self.total} {name}"
             sys.stderr.write("\r" + line.ljust(self._width))
             self._width = len(line)
         else:
@@ -524,6 +527,10 @@ class _Progress:
         if self.tty and self._width:
             sys.stderr.write("\n")
         sys.stderr.write(summary + "\n")
+
+
+#: Characters in the progress bar.
+_BAR = 20
 
 
 # -- status and migrate -------------------------------------------------------------------------
