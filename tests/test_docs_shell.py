@@ -47,6 +47,18 @@ def bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def run(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``script`` under ``bash -euo pipefail``, to its end (two minutes at most)."""
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def stop(server: subprocess.Popen[str]) -> str:
     """SIGTERM to everything the block started; what it printed."""
     os.killpg(server.pid, signal.SIGTERM)
@@ -80,14 +92,7 @@ def test_the_getting_started_shell_commands_work_as_written(tmp_path: Path) -> N
     server = bash(serve, tmp_path, env)
     try:
         eventually(lambda: _request(f"{base}/healthz")[0] == 200, what="imageproc serve")
-        used = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", use.replace("127.0.0.1:8000", f"127.0.0.1:{port}")],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        used = run(use.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), tmp_path, env)
         assert used.returncode == 0, used.stderr
     finally:
         stop(server)
@@ -108,14 +113,7 @@ def test_the_getting_started_shell_commands_work_as_written(tmp_path: Path) -> N
     (tmp_path / "photos").mkdir()
     for name in ("a.jpg", "b.jpg"):
         (tmp_path / "photos" / name).write_bytes(sample_image(2000, 1000))
-    batched = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", batch],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    batched = run(batch, tmp_path, env)
     assert batched.returncode == 0, batched.stderr
     made = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert made == ["a-large.jpg", "a-thumb.webp", "b-large.jpg", "b-thumb.webp"]
