@@ -317,8 +317,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 settings.host,
                 settings.port,
                 "no workers" if args.no_workers else f"{low}-{high} worker threads",
-                _safe_url(settings),
-                _safe_storage(settings),
+                _safe_url(settings.database_url),
+                _safe_url(settings.storage_url),
             )
             config = uvicorn.Config(
                 app,
@@ -379,7 +379,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                 ) from None
             logger.info("metrics on http://%s:%d/metrics", settings.host, port)
         low, high = settings.workers
-        logger.info("worker started: %d-%d threads on %s", low, high, _safe_url(settings))
+        logger.info(
+            "worker started: %d-%d threads on %s", low, high, _safe_url(settings.database_url)
+        )
         try:
             processor.run(settings.workers)
         finally:
@@ -388,16 +390,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _safe_storage(settings: Settings) -> str:
-    # Storage URLs seldom hold secrets, but an fsspec URL may: keep what is after any "@".
-    scheme, _, rest = settings.storage_url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}" if rest else settings.storage_url
-
-
-def _safe_url(settings: Settings) -> str:
-    # A database URL may hold a password; the log gets the scheme and host part only.
-    scheme, _, rest = settings.database_url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+def _safe_url(url: str) -> str:
+    # A database URL may hold a password (a storage URL seldom does, but may): the log gets the
+    # scheme and what follows any "user:password@".
+    scheme, separator, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if separator else url
 
 
 # -- process ------------------------------------------------------------------------------------
@@ -552,7 +549,8 @@ def _records(settings: Settings, command: str) -> Iterator[SQLBackend]:
     try:
         if backend.schema_revision() is None:
             raise ConfigurationError(
-                f"no imageproc tables in {_safe_url(settings)}: run `imageproc migrate` first"
+                f"no imageproc tables in {_safe_url(settings.database_url)}:"
+                " run `imageproc migrate` first"
             )
         yield backend
     finally:

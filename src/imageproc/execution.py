@@ -22,10 +22,10 @@ from typing import Final
 
 from imageproc import imaging, keys
 from imageproc.clock import Clock
-from imageproc.errors import ImageprocError, LeaseLost, copies_for, is_transient
+from imageproc.errors import ImageprocError, copies_for, is_transient
 from imageproc.events import Events, emit
 from imageproc.imaging import ImageLimits
-from imageproc.protocols import Lease, Queue, Storage, record_all
+from imageproc.protocols import Lease, Queue, Storage, lease_lost, record_all
 from imageproc.retrying import RetryPolicy
 from imageproc.task import Output, Task, TaskError, TaskStatus
 
@@ -70,7 +70,7 @@ class Recorder:
         """Record ``task`` (final, or queued again) as the outcome of ``lease`` and return once
         it is committed; :class:`~imageproc.LeaseLost` if the lease was no longer held."""
         if not self.record_soon(lease, task).result():
-            raise LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
+            raise lease_lost(lease)
 
     def record_soon(self, lease: Lease, task: Task) -> Future[bool]:
         """Hand over ``task`` as the outcome of ``lease``; the future holds True once it is

@@ -94,17 +94,13 @@ class Processor:
     ) -> None:
         if lease_seconds <= 0:
             raise ConfigurationError("lease_seconds must be positive")
-        shortcuts = {
-            "max_attempts": max_attempts,
-            "backoff_base": backoff_base,
-            "backoff_max": backoff_max,
-            "in_place_tries": in_place_tries,
-            "in_place_wait": in_place_wait,
-        }
         try:
-            self._retry = attrs.evolve(
-                retry or RetryPolicy(),
-                **{k: v for k, v in shortcuts.items() if v is not None},  # type: ignore[arg-type]
+            self._retry = (retry or RetryPolicy()).replacing(
+                max_attempts=max_attempts,
+                backoff_base=backoff_base,
+                backoff_max=backoff_max,
+                in_place_tries=in_place_tries,
+                in_place_wait=in_place_wait,
             )
         except ValueError as error:
             raise ConfigurationError(str(error)) from None

@@ -33,8 +33,10 @@ __all__ = [
     "QueueStats",
     "Repository",
     "Storage",
+    "lease_lost",
     "record_all",
     "renew_all",
+    "renew_each",
 ]
 
 
@@ -212,11 +214,24 @@ class BatchQueue(Queue, Protocol):
         ...
 
 
+def lease_lost(lease: Lease) -> LeaseLost:
+    """The error for ``lease`` no longer being held (its task was taken over or ended)."""
+    return LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
+
+
 def renew_all(queue: Queue, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
     """Renew ``leases`` through ``queue``: in one call if it is a :class:`BatchQueue`, else one
     by one. For each lease, the renewed one or None if it is no longer held."""
     if isinstance(queue, BatchQueue):
         return queue.renew_many(leases, lease_seconds=lease_seconds)
+    return renew_each(queue, leases, lease_seconds=lease_seconds)
+
+
+def renew_each(
+    queue: Queue, leases: Sequence[Lease], *, lease_seconds: float
+) -> list[Lease | None]:
+    """Renew ``leases`` one :meth:`Queue.renew` at a time: for each, the renewed lease or None
+    if it is no longer held (a queue with nothing better to do in ``renew_many`` uses this)."""
     renewed: list[Lease | None] = []
     for lease in leases:
         try:

@@ -64,6 +64,12 @@ class RetryPolicy:
     #: ...and never longer than this.
     in_place_max_wait: float = attrs.field(default=2.0, validator=_at_least(0))
 
+    def replacing(self, **fields: float | None) -> RetryPolicy:
+        """This policy with each field given a value (not None) replaced: what the keyword
+        shortcuts of ``Processor`` and ``FsspecStorage`` make of their arguments."""
+        given: dict[str, Any] = {name: v for name, v in fields.items() if v is not None}
+        return attrs.evolve(self, **given)
+
     def backoff(self, attempt: int) -> float:
         """Seconds before the next try after attempt number ``attempt`` failed."""
         delay = min(self.backoff_max, self.backoff_base * 2.0 ** max(0, attempt - 1))

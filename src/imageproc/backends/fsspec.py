@@ -73,7 +73,6 @@ from contextlib import suppress
 from datetime import timedelta
 from typing import Any, BinaryIO, Final, TypeVar
 
-import attrs
 import fsspec  # type: ignore[import-untyped]
 from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
 
@@ -174,7 +173,7 @@ class FsspecStorage:
     module documentation for keys, content types, atomicity and errors.
 
     Raises :class:`~imageproc.ConfigurationError` for an unknown protocol, a protocol whose
-    package is not installed (``s3://`` needs ``imageproc[s3]``), an S3 URL without a bucket, or
+    package is not installed (``s3://`` needs the ``s3`` extra), an S3 URL without a bucket, or
     a local root that cannot be created.
     """
 
@@ -197,15 +196,11 @@ class FsspecStorage:
         if min(retry_wait or 0, retry_max_wait or 0) < 0:
             raise ConfigurationError("retry waits must not be negative")
         self._url = url
-        shortcuts = {
-            "in_place_tries": retry_attempts,
-            "in_place_wait": retry_wait,
-            "in_place_max_wait": retry_max_wait,
-        }
         #: How transient errors are retried in place (the ``in_place_*`` fields).
-        self.retry = attrs.evolve(
-            retry or _DEFAULT_RETRY,
-            **{k: v for k, v in shortcuts.items() if v is not None},  # type: ignore[arg-type]
+        self.retry = (retry or _DEFAULT_RETRY).replacing(
+            in_place_tries=retry_attempts,
+            in_place_wait=retry_wait,
+            in_place_max_wait=retry_max_wait,
         )
         protocol = fsspec.core.split_protocol(url)[0] or "file"
         if protocol in ("s3", "s3a"):

@@ -27,7 +27,7 @@ from imageproc.clock import Clock, utcnow
 from imageproc.delivery.completions import Completions
 from imageproc.errors import LeaseLost, ObjectNotFound, TaskNotFound
 from imageproc.keys import validate_key
-from imageproc.protocols import Lease, ObjectInfo, QueueStats
+from imageproc.protocols import Lease, ObjectInfo, QueueStats, lease_lost, renew_each
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 __all__ = ["MemoryQueue", "MemoryRepository", "MemoryStorage"]
@@ -287,7 +287,7 @@ class MemoryQueue:
     def _held(self, lease: Lease) -> _Row:
         row = self.repository._rows.get(lease.task.id)
         if row is None or row.lease_token != lease.token:
-            raise LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
+            raise lease_lost(lease)
         return row
 
     def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
@@ -302,13 +302,7 @@ class MemoryQueue:
 
     def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
         """Renew each lease still held; None for each that is not."""
-        renewed: list[Lease | None] = []
-        for lease in leases:
-            try:
-                renewed.append(self.renew(lease, lease_seconds=lease_seconds))
-            except LeaseLost:
-                renewed.append(None)
-        return renewed
+        return renew_each(self, leases, lease_seconds=lease_seconds)
 
     def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
         """Record each outcome whose lease is still held, all under one lock."""

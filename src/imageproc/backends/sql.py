@@ -10,7 +10,7 @@ that has expired", so a crashed worker's task is rescued by the next claim with 
 forget. Completing, releasing and renewing match the lease token, so a worker whose lease was
 taken over cannot overwrite the new holder's result. On PostgreSQL each of these is one
 statement in autocommit (one round trip), and :meth:`SQLBackend.record_many` writes a whole batch
-with one ``UPDATE … FROM jsonb_to_recordset(…) RETURNING id``.
+with one ``UPDATE … FROM jsonb_to_recordset(…)``, matched by id and lease token.
 
 Idle workers wake through ``LISTEN``/``NOTIFY`` on PostgreSQL (sent in the transaction that
 queues a task, not by a trigger) and fall back to polling; on SQLite they poll with backoff, and
@@ -52,11 +52,10 @@ from imageproc.errors import (
     ConfigurationError,
     ImageprocError,
     InvalidInput,
-    LeaseLost,
     TaskNotFound,
     copies_for,
 )
-from imageproc.protocols import Lease, QueueStats
+from imageproc.protocols import Lease, QueueStats, lease_lost
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 from . import sqlschema
@@ -141,10 +140,10 @@ class SQLBackend:
                 " installed: install imageproc's 'postgres' extra (pip install '.[postgres]' in"
                 " a checkout)"
             ) from error
-        # Statements that are transactions by themselves (PostgreSQL; a pool of their own below).
-        self._autocommit: Engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # PostgreSQL: statements that are transactions by themselves, and claims and renewals,
+        # on pools of their own; the claim, the batch record and the read on the driver's cursor.
+        self._autocommit: Engine = self.engine  # unused on SQLite (see _one_statement)
         self._leasing: Engine | None = None
-        # PostgreSQL: the claim, the batch record and the read on the driver's cursor.
         self._hot: _HotStatements | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
@@ -441,7 +440,7 @@ class SQLBackend:
         with self._one_statement(write=True, leasing=True) as conn:
             result = conn.execute(_RENEW, parameters)
         if result.rowcount == 0:
-            raise _lost(lease)
+            raise lease_lost(lease)
         return Lease(lease.task, lease.token, lease.worker, expires)
 
     def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
@@ -500,15 +499,15 @@ class SQLBackend:
 
     def _record(self, lease: Lease, task: Task) -> None:
         if not self.record_many([(lease, task)])[0]:
-            raise _lost(lease)
+            raise lease_lost(lease)
 
     def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
         """Record several outcomes at once (one commit for the lot): each task is written only if
         its lease is still held. Returns, for each, whether it was recorded.
 
-        Workers that claim in batches use this to complete a batch at once; ``complete`` and
+        Workers record the outcomes that are ready together with this; ``complete`` and
         ``release`` are the one-task case. On PostgreSQL the batch is one statement, a round trip
-        by itself unless a requeued task is due at once (then a transaction also notifies).
+        by itself, which also sends the notifications (ended tasks, a requeued task now due).
         """
         recorded = self._record_many(results)
         self.completions.publish_tasks(
@@ -604,7 +603,7 @@ class SQLBackend:
         mapped: on PostgreSQL in autocommit, which spares the round trips of ``BEGIN`` and
         ``COMMIT`` (the statement is still atomic); on SQLite a transaction as :meth:`_begin`
         starts one (no round trips to spare there). ``leasing``: a claim or a renewal, which on
-        PostgreSQL commits without waiting for the disk (:func:`_leasing_engine`)."""
+        PostgreSQL commits without waiting for the disk (:func:`_statement_engine`)."""
         if self.dialect != "postgresql":
             with self._begin(write=write) as conn:
                 yield conn
@@ -745,10 +744,10 @@ def _record_batch_statement() -> sa.Select[Any]:
     The parameter ``batch`` is a JSON array with one object per task (``held_id`` and
     ``held_token`` name the lease, the others are :data:`OUTCOME_COLUMNS`), which
     ``jsonb_to_recordset`` turns into rows; each task is written only while its lease is held, and
-    the ids of those written are returned. The same statement notifies: ``imageproc_done`` with
-    the id of each task that ended (waiters in any process), ``imageproc_tasks`` if a task put
-    back is due at ``now`` (idle workers). The statement's text never changes, so it is compiled
-    once and prepared once per connection."""
+    the id and lease token of each written are returned. The same statement notifies:
+    ``imageproc_done`` with the id of each task that ended (waiters in any process),
+    ``imageproc_tasks`` if a task put back is due at ``now`` (idle workers). The statement's
+    text never changes, so it is compiled once and prepared once per connection."""
     columns: dict[str, Any] = {
         "held_id": sa.Text(),
         "held_token": sa.Text(),
@@ -812,10 +811,6 @@ def _utc_text(value: object) -> str:
 def _outcome(lease: Lease, task: Task) -> dict[str, Any]:
     row = task_to_row(task, only=OUTCOME_COLUMNS)
     return {**row, "held_id": lease.task.id, "held_token": lease.token}
-
-
-def _lost(lease: Lease) -> LeaseLost:
-    return LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
 
 
 def _exists(conn: Connection, task_id: str) -> bool:
