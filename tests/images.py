@@ -16,3 +16,16 @@ INVERSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_270,
 }
+
+
+def progressive_jpeg(size: tuple[int, int], *, extra_scans: int = 0, mode: str = "L") -> bytes:
+    """A progressive JPEG of ``size``; with ``extra_scans``, its last scan repeated that many
+    times more: a small file that costs the decoder a pass over every block per scan."""
+    import io
+
+    picture = Image.linear_gradient("L").resize(size).convert(mode)
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", progressive=True, quality=50)
+    data = buffer.getvalue()
+    last_scan = data[data.rindex(b"\xff\xda") : -2]  # up to the end-of-image marker
+    return data[:-2] + last_scan * extra_scans + b"\xff\xd9"

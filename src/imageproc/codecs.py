@@ -32,6 +32,7 @@ import attrs
 from PIL import ExifTags, Image, ImageCms, ImageFile, UnidentifiedImageError, features
 from PIL.PngImagePlugin import PngInfo
 
+from imageproc import structure
 from imageproc.errors import ConfigurationError, ImageTooLarge, InvalidImage, InvalidPipeline
 from imageproc.pipeline import WHITE, Colour, Encoding
 
@@ -132,6 +133,13 @@ class ImageLimits:
     #: Most frames in one animation: each frame is a Python object as well as pixels, so a file
     #: of many tiny frames must be bounded by count as well as by pixels.
     max_frames: int = 1000
+    #: Most scans in a progressive JPEG: the decoder makes a pass over the whole image per scan,
+    #: so a small file of thousands of scans holds a worker for minutes. Real photographs have
+    #: 6 to 18.
+    max_scans: int = 100
+    #: Most pieces a file is read in (JPEG marker segments, PNG chunks, GIF blocks beyond its
+    #: image data): each is a step in Python. Real files have at most a few thousand.
+    max_chunks: int = 100_000
 
 
 @attrs.frozen
@@ -231,7 +239,9 @@ def open_checked(data: bytes, limits: ImageLimits, *, all_frames: bool = True) -
     Refuses with :class:`~imageproc.InvalidImage` an empty or oversized upload, a format outside
     ``limits.formats``, a declared size of zero, and more pixels than ``limits.max_pixels`` (the
     frames of an animation count together unless ``all_frames`` is false) or more frames than
-    ``limits.max_frames``. The caller closes the returned image.
+    ``limits.max_frames``; and, by walking the file's structure (:mod:`imageproc.structure`), a
+    JPEG of more scans than ``limits.max_scans`` or a file in more pieces than
+    ``limits.max_chunks``. The caller closes the returned image.
     """
     return _open(data, limits, all_frames=all_frames)[0]
 
@@ -243,12 +253,16 @@ def _open(data: bytes, limits: ImageLimits, *, all_frames: bool) -> tuple[Image.
     if len(data) > limits.max_bytes:
         raise InvalidImage(f"upload of {len(data)} bytes is over the limit of {limits.max_bytes}")
     frames: int | None = None
-    if "GIF" in limits.formats and data[:6] in (b"GIF87a", b"GIF89a"):
+    if "GIF" in limits.formats and structure.is_gif(data):
         # Pillow allocates for a GIF's first frame while opening it (a frame may be larger than
         # the screen, and Pillow grows the canvas to hold it): check the whole file first.
-        layout = _gif_layout(data)
+        layout = structure.gif_layout(data, max_chunks=limits.max_chunks)
         frames = layout.frames if all_frames else 1
         _check_size(*(layout.canvas if all_frames else layout.first), frames, limits)
+    elif "JPEG" in limits.formats and structure.is_jpeg(data):
+        structure.check_jpeg(data, max_scans=limits.max_scans, max_chunks=limits.max_chunks)
+    elif "PNG" in limits.formats and structure.is_png(data):
+        structure.check_png(data, max_chunks=limits.max_chunks)
     formats = _readable_formats(limits.formats, data)
     with mapped_errors("not a readable image"):
         try:
@@ -300,52 +314,6 @@ def _check_size(width: int, height: int, frames: int, limits: ImageLimits) -> No
             f"animation of {frames} frames of {width}x{height} pixels is over the limit of"
             f" {limits.max_pixels} pixels"
         )
-
-
-@attrs.frozen
-class _GifLayout:
-    #: Image descriptors in the file.
-    frames: int
-    #: The canvas Pillow decodes the first frame into, and the largest it grows to over all.
-    first: tuple[int, int]
-    canvas: tuple[int, int]
-
-
-def _gif_layout(data: bytes) -> _GifLayout:
-    """Walk a GIF's blocks as Pillow's reader does, without decoding: count the frames and find
-    how large Pillow's canvas will grow. Time is bounded by the size of the file."""
-    width, height = struct.unpack_from("<HH", data, 6) if len(data) >= 10 else (0, 0)
-    first: tuple[int, int] | None = None
-    frames = 0
-    flags = data[10] if len(data) > 10 else 0
-    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    end = len(data)
-    while position < end:
-        introducer = data[position]
-        position += 1
-        if introducer == 0x3B:  # trailer
-            break
-        if introducer == 0x21:  # extension: a label, then sub-blocks
-            position = _skip_sub_blocks(data, position + 1)
-        elif introducer == 0x2C:  # image descriptor
-            if position + 9 > end:
-                break
-            left, top, w, h, local = struct.unpack_from("<HHHHB", data, position)
-            position += 9 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
-            position = _skip_sub_blocks(data, position + 1)  # after the LZW code size
-            width, height = max(width, left + w), max(height, top + h)
-            frames += 1
-            if first is None:
-                first = (width, height)
-        # Anything else is a stray byte, which Pillow skips one at a time too.
-    return _GifLayout(max(frames, 1), first or (width, height), (width, height))
-
-
-def _skip_sub_blocks(data: bytes, position: int) -> int:
-    end = len(data)
-    while position < end and data[position]:
-        position += data[position] + 1
-    return position + 1
 
 
 def decode(
