@@ -25,8 +25,14 @@ PERMANENT = {
     errors.IllegalTransition,
     errors.LeaseLost,
     errors.ObjectNotFound,
+    errors.RenderTimeout,
 }
-TRANSIENT = {errors.StorageError, errors.BackendUnavailable, errors.WaitTimeout}
+TRANSIENT = {
+    errors.StorageError,
+    errors.BackendUnavailable,
+    errors.WaitTimeout,
+    errors.RenderFailed,
+}
 
 
 def test_every_error_is_classified_and_exported() -> None:

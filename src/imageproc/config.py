@@ -44,6 +44,8 @@ __all__ = [
 ENV_PREFIX: Final = "IMAGEPROC_"
 #: The log levels ``log_level`` accepts.
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+#: Where a task's image work may run (the ``isolation`` setting).
+ISOLATIONS: Final = ("process", "thread")
 
 logger = logging.getLogger("imageproc.config")
 
@@ -217,6 +219,16 @@ def _check_positive(value: float) -> None:
         raise ValueError(f"must be positive, got {value}")
 
 
+def _check_optional_positive(value: float | None) -> None:
+    if value is not None:
+        _check_positive(value)
+
+
+def _check_isolation(value: str) -> None:
+    if value not in ISOLATIONS:
+        raise ValueError(f"must be one of {', '.join(ISOLATIONS)}, got {value!r}")
+
+
 def _check_log_level(value: str) -> None:
     if value not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
@@ -254,6 +266,10 @@ _SPECS: Final[dict[str, _Spec]] = {
     "pipeline": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
     "root_path": _Spec(_parse_text, _check_root_path, (str,)),
     "log_level": _Spec(lambda text: text.strip().lower(), _check_log_level, (str,)),
+    "render_timeout": _Spec(
+        _optional(_parse_float), _check_optional_positive, (int, float, type(None))
+    ),
+    "isolation": _Spec(lambda text: text.strip().lower(), _check_isolation, (str,)),
 }
 
 #: Setting name → the environment variable it is read from.
@@ -276,7 +292,7 @@ def _coerce(name: str, value: Any) -> Any:
     elif name == "presets":
         pairs = value.items() if isinstance(value, Mapping) else value
         value = tuple((preset, text) for preset, text in pairs)
-    elif name in ("lease_seconds", "url_ttl"):
+    elif name in ("lease_seconds", "url_ttl") or (name == "render_timeout" and value is not None):
         value = float(value)
     spec.check(value)
     return value
@@ -392,6 +408,12 @@ class Settings:
     root_path: str = attrs.field(default="", validator=_validated)
     #: One of :data:`LOG_LEVELS`.
     log_level: str = attrs.field(default="info", validator=_validated)
+    #: Most seconds one task's decode, transforms and encodes may take; past it the task fails
+    #: with ``render_timeout``. None (``none``): no limit. Holds only with ``isolation=process``.
+    render_timeout: float | None = attrs.field(default=60.0, validator=_validated)
+    #: Where a task's image work runs: ``process`` (a render process, which the deadline and
+    #: cancelling can stop) or ``thread`` (the worker's thread; trusted images only).
+    isolation: str = attrs.field(default="process", validator=_validated)
 
     def __attrs_post_init__(self) -> None:
         # A default pipeline that names no preset must be a pipeline: say so at startup, naming
@@ -456,7 +478,8 @@ class Settings:
         """A :class:`~imageproc.Processor` on these settings' database and storage.
 
         ``options`` go to :meth:`Processor.from_urls` (``migrate=False``, ``events=…``, …) and
-        win over the settings (``lease_seconds``, ``max_attempts`` or a whole ``retry``
+        win over the settings (``lease_seconds``, ``render_timeout``, ``isolation``,
+        ``max_attempts`` or a whole ``retry``
         policy, ``presets``, ``presets_only``, and ``max_upload_bytes`` and ``max_pixels`` as
         the image limits).
         """
@@ -465,6 +488,8 @@ class Settings:
         from imageproc.retrying import RetryPolicy
 
         options.setdefault("lease_seconds", self.lease_seconds)
+        options.setdefault("render_timeout", self.render_timeout)
+        options.setdefault("isolation", self.isolation)
         if "retry" not in options and "max_attempts" not in options:
             options["retry"] = RetryPolicy(max_attempts=self.max_attempts)
         options.setdefault(

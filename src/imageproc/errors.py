@@ -18,6 +18,8 @@ The tree::
     ├── TaskNotFound                    task_not_found       no
     ├── IllegalTransition               illegal_transition   no
     ├── LeaseLost                       lease_lost           no
+    ├── RenderTimeout                   render_timeout       no
+    ├── RenderFailed                    render_failed        yes
     ├── WaitTimeout (also TimeoutError) timeout              yes
     ├── StorageError                    storage_error        yes, unless raised with transient=False
     │   └── ObjectNotFound              object_not_found     no
@@ -39,6 +41,8 @@ __all__ = [
     "InvalidPipeline",
     "LeaseLost",
     "ObjectNotFound",
+    "RenderFailed",
+    "RenderTimeout",
     "StorageError",
     "TaskNotFound",
     "WaitTimeout",
@@ -116,6 +120,23 @@ class LeaseLost(ImageprocError):
     """The worker's lease on a task expired or was taken over; its result must not be recorded."""
 
     code = "lease_lost"
+
+
+class RenderTimeout(ImageprocError):
+    """Rendering a task took longer than the processor's ``render_timeout``: its render process
+    was killed. Permanent: the same image and pipeline would take as long again (a file built to
+    cost a decoder minutes, or work too large for the deadline)."""
+
+    code = "render_timeout"
+
+
+class RenderFailed(ImageprocError):
+    """The process rendering a task died (a crash in a decoder, killed for memory) or failed in
+    a way that is not the image's fault; its log says more. Transient: a task that keeps failing
+    so still ends in the dead-letter set after ``max_attempts``."""
+
+    code = "render_failed"
+    default_transient = True
 
 
 class WaitTimeout(ImageprocError, TimeoutError):

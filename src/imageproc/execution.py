@@ -20,13 +20,14 @@ from concurrent.futures import Future
 from datetime import timedelta
 from typing import Final
 
-from imageproc import imaging, keys
+from imageproc import keys
 from imageproc.clock import Clock
-from imageproc.errors import ImageprocError, copies_for, is_transient
+from imageproc.errors import ImageprocError, LeaseLost, copies_for, is_transient
 from imageproc.events import Events, emit
 from imageproc.imaging import ImageLimits
 from imageproc.protocols import Lease, Queue, Storage, lease_lost, record_all
 from imageproc.retrying import RetryPolicy
+from imageproc.sandbox import ProcessRenderer, Renderer
 from imageproc.task import Output, Task, TaskError, TaskStatus
 
 __all__ = ["Execution", "Recorder"]
@@ -126,7 +127,9 @@ _RECORDABLE = frozenset(s for s in TaskStatus if s.is_final or s == TaskStatus.Q
 class Execution:
     """Carries out leased tasks: :meth:`run` does one, start to finish.
 
-    ``storage`` may be replaced on a live instance (tests wrap it).
+    The image work goes to ``renderer`` (by default a :class:`~imageproc.sandbox.ProcessRenderer`:
+    in a render process, under a deadline); :meth:`abort` stops it for a task whose lease is
+    lost. ``storage`` may be replaced on a live instance (tests wrap it).
     """
 
     def __init__(
@@ -138,8 +141,10 @@ class Execution:
         retry: RetryPolicy | None = None,
         clock: Clock,
         events: Events | None = None,
+        renderer: Renderer | None = None,
     ) -> None:
         self.storage = storage
+        self.renderer = renderer or ProcessRenderer()
         self.recorder = recorder
         self.image_limits = image_limits or ImageLimits()
         self.retry = retry or RetryPolicy()
@@ -163,8 +168,13 @@ class Execution:
         future holds what :meth:`run` would return, once the outcome is committed (or the error
         that kept it from being recorded). The worker pool runs tasks this way, so a worker
         takes its next task while the last one's outcome commits."""
-        outcome = self.outcome(lease)
         recorded: Future[Task | None] = Future()
+        try:
+            outcome = self.outcome(lease)
+        except LeaseLost:
+            logger.info("task %s: lease lost, its render was stopped", lease.task.id)
+            recorded.set_result(None)
+            return recorded
 
         def settle(done: Future[bool]) -> None:
             error = done.exception()
@@ -183,10 +193,13 @@ class Execution:
 
     def outcome(self, lease: Lease) -> Task:
         """Carry out one leased task: the task as it is to be recorded (succeeded with its
-        outputs, failed, dead, or queued again after a transient error)."""
+        outputs, failed, dead, or queued again after a transient error).
+        :class:`~imageproc.LeaseLost` if :meth:`abort` stopped it: there is nothing to record."""
         task = lease.task
         try:
             outputs = self.produce(task)
+        except LeaseLost:
+            raise
         except Exception as error:  # every failure of a task is recorded on the task
             return self.after_failure(task, error)
         return task.succeed(outputs, self.clock())
@@ -196,7 +209,9 @@ class Execution:
         started = time.perf_counter()
         data = self.retry.call(self.storage.get, task.source_key)
         self._stage("fetch", time.perf_counter() - started)
-        rendered_all = imaging.render(data, task.pipeline, self.image_limits, stage=self._stage)
+        rendered_all = self.renderer.render(
+            task.id, data, task.pipeline, self.image_limits, stage=self._stage
+        )
         started = time.perf_counter()
         outputs = []
         for rendered in rendered_all:
@@ -218,6 +233,11 @@ class Execution:
             )
         self._stage("store", time.perf_counter() - started)
         return tuple(outputs)
+
+    def abort(self, task_id: str) -> bool:
+        """Stop the render of ``task_id`` under way here, if any (its lease is lost: cancelled,
+        or taken over); whether there was one. Its :meth:`run` returns None."""
+        return self.renderer.abort(task_id)
 
     def after_failure(self, task: Task, error: Exception) -> Task:
         """What ``task`` becomes when its attempt failed with ``error``: failed (permanent),

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Self
 
 import attrs
 
@@ -30,6 +30,7 @@ from imageproc.imaging import ImageLimits
 from imageproc.pipeline import Pipeline, PipelineLimits
 from imageproc.protocols import Lease, Queue, Repository, Storage
 from imageproc.retrying import RetryPolicy
+from imageproc.sandbox import InlineRenderer, ProcessRenderer, Renderer
 from imageproc.submission import PipelineSpec, Source, Submission, Upload
 from imageproc.task import Task, TaskStatus
 from imageproc.worker import WorkerPool
@@ -58,6 +59,13 @@ class Processor:
         retry: how failing tasks and calls are tried again (:class:`~imageproc.RetryPolicy`:
             attempts per task, requeue backoff and jitter, in-place tries).
         lease_seconds: how long a worker's claim lasts between heartbeats.
+        isolation: where the image work of a task runs: ``"process"`` (the default) in a render
+            process, where ``render_timeout`` holds even inside a decoder and a cancelled task's
+            work is stopped (:mod:`imageproc.sandbox`); ``"thread"`` in the worker's thread,
+            with neither, for trusted images only.
+        render_timeout: most seconds one task's decode, transforms and encodes may take (wall
+            time; None for no limit). Past it the render process is killed and the task fails
+            with :class:`~imageproc.RenderTimeout`. Only with ``isolation="process"``.
         image_limits: what an upload may be (bytes, pixels, formats).
         pipeline_limits: what a pipeline may ask for (largest side, variants, operations).
         poll_interval: longest an idle worker sleeps before it looks for work again.
@@ -81,6 +89,8 @@ class Processor:
         presets_only: bool = False,
         retry: RetryPolicy | None = None,
         lease_seconds: float = 30.0,
+        isolation: Literal["process", "thread"] = "process",
+        render_timeout: float | None = 60.0,
         image_limits: ImageLimits | None = None,
         pipeline_limits: PipelineLimits | None = None,
         poll_interval: float = 0.5,
@@ -94,6 +104,16 @@ class Processor:
     ) -> None:
         if lease_seconds <= 0:
             raise ConfigurationError("lease_seconds must be positive")
+        renderer: Renderer
+        if isolation == "process":
+            try:
+                renderer = ProcessRenderer(timeout=render_timeout)
+            except ValueError as error:
+                raise ConfigurationError(f"render_timeout: {error}") from None
+        elif isolation == "thread":
+            renderer = InlineRenderer()
+        else:
+            raise ConfigurationError(f"isolation must be 'process' or 'thread', not {isolation!r}")
         try:
             self._retry = (retry or RetryPolicy()).replacing(
                 max_attempts=max_attempts,
@@ -129,6 +149,7 @@ class Processor:
             retry=self._storage_retry,
             clock=clock,
             events=self._events,
+            renderer=renderer,
         )
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
@@ -336,8 +357,14 @@ class Processor:
 
     def cancel(self, task_id: str) -> Task:
         """Cancel a queued or processing task; a worker still processing it will not record a
-        result. :class:`~imageproc.IllegalTransition` if the task has already ended."""
-        return self._change(task_id, lambda task: task.cancel(self.clock()))
+        result. :class:`~imageproc.IllegalTransition` if the task has already ended.
+
+        With ``isolation="process"`` its render is stopped: at once if it runs in this
+        process, otherwise when that worker's heartbeat finds the lease gone (within a third of
+        ``lease_seconds``)."""
+        cancelled = self._change(task_id, lambda task: task.cancel(self.clock()))
+        self._execution.abort(task_id)
+        return cancelled
 
     def retry(self, task_id: str) -> Task:
         """Queue a failed or dead task again, with a fresh allowance of attempts."""
@@ -407,6 +434,7 @@ class Processor:
                 lease_seconds=self.lease_seconds,
                 poll_interval=self.poll_interval,
                 clock=self.clock,
+                on_lost=lambda lease: self._execution.abort(lease.task.id),
             )
             self._pool.start()
 

@@ -57,7 +57,8 @@ class WorkerPool:
     when that future is done: the worker takes its next task meanwhile, and :meth:`stop` waits
     for such futures too. If ``execute`` raises (or its future fails), the error is logged and
     the lease left to expire, so the task is claimed again. ``clock`` stamps the tasks given
-    back at stop.
+    back at stop. ``on_lost(lease)`` is called when the heartbeat finds that a task under way
+    is no longer leased to the pool (cancelled, or taken over): it may stop that work.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class WorkerPool:
         lease_seconds: float = 30.0,
         poll_interval: float = 0.5,
         clock: Clock = utcnow,
+        on_lost: Callable[[Lease], object] | None = None,
     ) -> None:
         max_workers = min_workers if max_workers is None else max_workers
         if not 1 <= min_workers <= max_workers:
@@ -89,6 +91,7 @@ class WorkerPool:
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.clock = clock
+        self.on_lost = on_lost
         self.name = f"imageproc-{os.getpid()}-{next(_pool_numbers)}"
         self._numbers = itertools.count(1)
         self._stopping = threading.Event()
@@ -336,11 +339,21 @@ class WorkerPool:
             logger.exception("heartbeat for %d task(s) failed", len(held))
             return
         fresh = {id(old): new for old, new in zip(held, renewed, strict=True) if new is not None}
-        # A lost lease is left alone: its worker finds out when it tries to record the result.
+        asked = {id(lease) for lease in held}
+        lost = []
         with self._lock:
             for name, lease in self._in_flight.items():
                 if id(lease) in fresh:
                     self._in_flight[name] = fresh[id(lease)]
+                elif id(lease) in asked:  # not one a worker took up since
+                    lost.append(lease)
             for key, lease in self._handed.items():
                 if id(lease) in fresh:
                     self._handed[key] = fresh[id(lease)]
+        # Without on_lost, its worker finds out when it tries to record the result.
+        for lease in lost:
+            if self.on_lost is not None:
+                try:
+                    self.on_lost(lease)
+                except Exception:
+                    logger.exception("stopping the work on task %s failed", lease.task.id)
