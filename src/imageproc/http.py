@@ -65,7 +65,7 @@ from imageproc.errors import (
 )
 from imageproc.pipeline import Pipeline
 from imageproc.processor import Processor, Upload
-from imageproc.signing import ApiKeys, UrlSigner
+from imageproc.signing import ApiKeys, UrlSigner, parse_expires
 from imageproc.task import Output, Task
 
 if TYPE_CHECKING:
@@ -580,13 +580,8 @@ def create_app(
         if kind not in ("outputs", "originals"):
             raise ObjectNotFound("not an image key")
         cache = "public"
-        signature = request.query_params.get("signature")
-        expires_text = request.query_params.get("expires")
-        if signature is not None or expires_text is not None:
-            if not _signature_valid(service.signer, key, expires_text, signature):
-                raise ApiError(
-                    403, "invalid_signature", "the URL's signature is invalid or has expired"
-                )
+        if "signature" in request.query_params or "expires" in request.query_params:
+            _signed_expiry(request, service.signer, key, time.time())
         elif service.api_keys is not None:
             owner = service.authenticate(request)
             if kind != "outputs":
@@ -685,14 +680,33 @@ def _check_raw_path(request: Request, key: str) -> None:
         raise InvalidKey("image keys must not be percent-encoded")
 
 
-def _signature_valid(
-    signer: UrlSigner, key: str, expires_text: str | None, signature: str | None
-) -> bool:
-    if not expires_text or not signature or len(signature) > 128 or len(expires_text) > 12:
-        return False
-    if not expires_text.isascii() or not expires_text.isdigit():
-        return False
-    return signer.verify(key, int(expires_text), signature, now=time.time())
+def _signed_expiry(request: Request, signer: UrlSigner, key: str, now: float) -> int:
+    """The expiry of the request's valid signature for ``key``; else a 403.
+
+    Only the URL exactly as :meth:`_Service.signed_url` writes it passes: each query parameter
+    once (with a repeat, which one counts would depend on the parser), ``expires`` and
+    ``signature`` in their canonical text and not percent-encoded. Any other spelling of a valid
+    signature would be another URL for the same image: another cache key, and a way around a
+    filter on the exact URL.
+    """
+    params = request.query_params.multi_items()
+    if len({name for name, _ in params}) != len(params):
+        raise ApiError(
+            403, "invalid_signature", "a signed URL carries each query parameter only once"
+        )
+    expires_text = request.query_params.get("expires", "")
+    signature = request.query_params.get("signature", "")
+    expires = parse_expires(expires_text)
+    raw = bytes(request.scope.get("query_string", b"")).split(b"&")
+    # verify() first: past it, both values are known to be ASCII.
+    if (
+        expires is None
+        or not signer.verify(key, expires, signature, now=now)
+        or f"expires={expires_text}".encode() not in raw
+        or f"signature={signature}".encode() not in raw
+    ):
+        raise ApiError(403, "invalid_signature", "the URL's signature is invalid or has expired")
+    return expires
 
 
 async def _owned_output(service: _Service, key: str, owner: str | None) -> None:
