@@ -123,7 +123,7 @@ def test_upload_status_and_image_round_trip(client: TestClient, processor: Proce
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/png"
     assert int(image.headers["content-length"]) == len(image.content) == thumb["bytes"]
-    assert image.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert image.headers["cache-control"].startswith("public, max-age=")
     assert image.headers["etag"].startswith('"')
     with Image.open(io.BytesIO(image.content)) as picture:
         assert picture.size == (64, 48)
@@ -516,6 +516,42 @@ def test_a_signed_url_is_accepted_only_as_it_was_written(
         f"expires={expires}&signature={signature}&x=1&x=2",
     ):
         assert_error(client.get(f"{base}?{other}"), 403, "invalid_signature")
+
+
+def cache_max_age(response: Any) -> int:
+    directives = [d.strip() for d in response.headers["cache-control"].split(",")]
+    [max_age] = [d for d in directives if d.startswith("max-age=")]
+    return int(max_age.removeprefix("max-age="))
+
+
+def test_a_signed_image_is_cached_no_longer_than_its_signature_lives(processor: Processor) -> None:
+    with client_for(processor, url_ttl=timedelta(minutes=5)) as client:
+        task = finished(client, processor, upload(client).json()["id"])
+        for image in (task["outputs"][0], task["source"]):
+            expires = int(parse_qs(urlsplit(image["url"]).query)["expires"][0])
+            before = time.time()
+            response = client.get(path_of(image["url"]))
+            assert response.status_code == 200
+            assert response.headers["cache-control"].startswith("public, ")
+            assert expires - before - 2 <= cache_max_age(response) <= expires - before
+            # A 304 refreshes a cache's copy: it must not extend it either.
+            again = client.get(path_of(image["url"]), headers={"If-None-Match": "*"})
+            assert again.status_code == 304
+            assert cache_max_age(again) <= expires - before
+        # Unsigned in an open app, the image never expires: a year, as before.
+        unsigned = client.get(f"/image/{task['outputs'][0]['key']}")
+        assert unsigned.headers["cache-control"] == "public, max-age=31536000, immutable"
+
+
+def test_a_signed_image_about_to_expire_is_cached_for_what_is_left(processor: Processor) -> None:
+    with client_for(processor, signing_keys=["k"]) as client:
+        task = finished(client, processor, upload(client).json()["id"])
+        key = task["outputs"][0]["key"]
+        expires = int(time.time()) + 3
+        signature = UrlSigner(["k"]).sign(key, expires)
+        response = client.get(f"/image/{key}?expires={expires}&signature={signature}")
+        assert response.status_code == 200
+        assert 0 <= cache_max_age(response) <= 3
 
 
 def test_url_ttl_sets_the_expiry(processor: Processor) -> None:

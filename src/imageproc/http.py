@@ -579,21 +579,27 @@ def create_app(
         kind = key.split("/", 1)[0]
         if kind not in ("outputs", "originals"):
             raise ObjectNotFound("not an image key")
-        cache = "public"
+        cache = f"public, {IMMUTABLE}"
         if "signature" in request.query_params or "expires" in request.query_params:
-            _signed_expiry(request, service.signer, key, time.time())
+            now = time.time()
+            expires = _signed_expiry(request, service.signer, key, now)
+            # A cache must stop serving the image when the URL stops working, not a year on:
+            # the signature's expiry is the most it may keep it (a rotated-out key ends it
+            # earlier, which no header can say).
+            cache = f"public, max-age={max(0, math.floor(expires - now))}, immutable"
         elif service.api_keys is not None:
             owner = service.authenticate(request)
             if kind != "outputs":
                 raise ObjectNotFound("no image under this key")
-            cache = "private"  # fetched with a credential: no shared cache may keep it
+            # Fetched with a credential: no shared cache may keep it.
+            cache = f"private, {IMMUTABLE}"
             await _owned_output(service, key, owner)
 
         info = await run_in_threadpool(processor.storage.stat, key)
         etag = _etag(key, info.size)
         headers = {
             "ETag": etag,
-            "Cache-Control": f"{cache}, {IMMUTABLE}",
+            "Cache-Control": cache,
             "X-Content-Type-Options": "nosniff",
             "Content-Length": str(info.size),
         }
