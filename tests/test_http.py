@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -176,6 +177,25 @@ def test_a_bad_pipeline_is_422_naming_the_problem(
 ) -> None:
     error = assert_error(upload(client, pipeline=pipeline), 422, "invalid_pipeline")
     assert named in error["message"]
+
+
+def test_a_pipeline_nested_too_deep_is_422_not_a_recursion_error(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 5000 levels: short enough for a URL, far past Python's recursion limit.
+    deep = '{"variants": ' + "[" * 5000 + "]" * 5000 + "}"
+    for response in (
+        upload(client, pipeline=deep),
+        client.post(
+            "/upload",
+            params={"pipeline": deep},
+            content=JPEG,
+            headers={"Content-Type": "image/jpeg"},
+        ),
+    ):
+        error = assert_error(response, 422, "invalid_pipeline")
+        assert "deeper than the limit of 32" in error["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize("priority", ["high", "1.5", "100000"])
@@ -677,6 +697,70 @@ def test_an_unexpected_error_is_a_generic_500(caplog: pytest.LogCaptureFixture) 
     body = assert_error(response, 500, "internal_error")
     assert "secret" not in body["message"]
     assert "unhandled error" in caplog.text  # logged for the operator
+
+
+def upload_cut_short(app: Any, content_type: bytes, body: bytes) -> list[dict[str, Any]]:
+    """POST ``body`` (declared twice as long) to /upload through the ASGI interface, the client
+    disconnecting after the first half; the messages the app sent back."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1234),
+        "root_path": "",
+        "path": "/upload",
+        "raw_path": b"/upload",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", content_type),
+            (b"content-length", str(2 * len(body)).encode()),
+        ],
+    }
+    messages = [
+        {"type": "http.request", "body": body, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()  # after a disconnect nothing more comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def call() -> None:
+        with anyio.fail_after(10):
+            await app(scope, receive, send)
+
+    anyio.run(call)
+    return sent
+
+
+@pytest.mark.parametrize("form", [True, False], ids=["multipart", "raw"])
+def test_a_client_disconnecting_mid_upload_is_one_debug_line(
+    processor: Processor, caplog: pytest.LogCaptureFixture, form: bool
+) -> None:
+    if form:
+        boundary = b"xyz"
+        content_type = b"multipart/form-data; boundary=" + boundary
+        body = (
+            b"--xyz\r\nContent-Disposition: form-data; name=image; filename=cat.jpg\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n" + JPEG[:1000]
+        )
+    else:
+        content_type, body = b"image/jpeg", JPEG[:1000]
+    caplog.set_level(logging.DEBUG, logger="imageproc.http")
+    upload_cut_short(create_app(processor), content_type, body)  # raises if anything escapes
+    assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
+    assert [r.getMessage() for r in caplog.records] == ["client disconnected during POST /upload"]
+    assert processor.repository.queue_stats().queued == 0
 
 
 def test_unknown_routes_and_methods_answer_in_json(client: TestClient) -> None:

@@ -30,7 +30,6 @@ This module is the only one that imports Starlette; ``import imageproc`` never l
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import secrets
@@ -46,7 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -163,6 +162,13 @@ def _guarded(endpoint: _Endpoint) -> _Endpoint:
         except ImageprocError as error:
             api = _map_error(error)
             return _error_response(api.status, api.code, api.message, api.headers)
+        except ClientDisconnect:
+            # The client went away while its body was being read (an upload cut short): nothing
+            # is wrong here and nobody is left to answer. The response only feeds the access log.
+            logger.debug("client disconnected during %s %s", request.method, request.url.path)
+            return _error_response(
+                400, "client_disconnected", "the client closed the connection mid-request", {}
+            )
         except Exception:
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
             return _error_response(
@@ -410,18 +416,7 @@ def _pipeline_spec(
         return None
     text = pipeline.strip()
     if text.startswith("{"):
-        try:
-            document = json.loads(text)
-        except ValueError as error:
-            raise InvalidPipeline(f"pipeline JSON does not parse: {error}") from None
-        if not isinstance(document, dict):
-            raise InvalidPipeline("pipeline JSON must be an object")
-        try:
-            return Pipeline.from_json(document)
-        except InvalidPipeline:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            raise InvalidPipeline(f"pipeline JSON is not a valid pipeline: {error}") from None
+        return Pipeline.from_json_text(text)
     return text
 
 
