@@ -763,6 +763,58 @@ def test_a_client_disconnecting_mid_upload_is_one_debug_line(
     assert processor.repository.queue_stats().queued == 0
 
 
+def test_every_response_says_nosniff_and_sandbox(processor: Processor) -> None:
+    with client_for(processor) as client:
+        accepted = upload(client)
+        task = finished(client, processor, accepted.json()["id"])
+        image, source = task["outputs"][0], task["source"]
+        etag = client.get(path_of(image["url"])).headers["etag"]
+        responses = [
+            accepted,
+            upload(client, pipeline="fit:nope"),
+            upload(client, priority="high"),
+            client.post("/upload", content=b"x", headers={"Content-Type": "text/plain"}),
+            client.get(f"/status/{task['id']}"),
+            client.get("/status/nope"),
+            client.delete(f"/tasks/{task['id']}"),
+            client.post(f"/tasks/{task['id']}/retry"),
+            client.get(path_of(image["url"])),
+            client.head(path_of(image["url"])),
+            client.get(path_of(image["url"]), headers={"If-None-Match": etag}),
+            client.get(path_of(source["url"])),
+            client.get(f"/image/{image['key']}?expires=1&signature=x"),
+            client.get("/image/outputs/%2e%2e/x.png"),
+            client.get("/healthz"),
+            client.get("/readyz"),
+            client.get("/metrics"),
+            client.get("/openapi.json"),
+            client.get("/nope"),
+            client.put("/upload"),
+        ]
+    with client_for(processor, api_keys=KEYS) as secured:
+        responses.append(secured.get("/openapi.json"))
+    assert len({r.status_code for r in responses}) >= 9  # the statuses vary; the headers do not
+    for response in responses:
+        where = f"{response.request.method} {response.request.url} {response.status_code}"
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"], where
+        assert response.headers["content-security-policy"] == "default-src 'none'; sandbox", where
+
+
+def test_originals_are_served_as_attachments_outputs_inline(
+    client: TestClient, processor: Processor
+) -> None:
+    task = finished(client, processor, upload(client).json()["id"])
+    source = client.get(path_of(task["source"]["url"]))
+    assert source.status_code == 200
+    assert source.headers["content-disposition"] == "attachment"
+    assert source.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    head = client.head(path_of(task["source"]["url"]))
+    assert head.headers["content-disposition"] == "attachment"
+    output = client.get(path_of(task["outputs"][0]["url"]))
+    assert output.status_code == 200
+    assert "content-disposition" not in output.headers
+
+
 def test_unknown_routes_and_methods_answer_in_json(client: TestClient) -> None:
     assert_error(client.get("/nope"), 404, "not_found")
     assert_error(client.put("/upload"), 405, "method_not_allowed")

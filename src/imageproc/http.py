@@ -42,12 +42,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData, MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imageproc import keys as keyrules
 from imageproc.batching import SubmitBatcher
@@ -90,6 +92,12 @@ QUEUE_DEPTH_TTL: Final = 0.5
 #: How long /readyz waits for the backends before saying "not ready".
 READY_TIMEOUT: Final = 5.0
 IMMUTABLE: Final = "max-age=31536000, immutable"
+#: Headers on every response of the app. Error bodies echo what the client sent and originals
+#: are whatever was uploaded: no browser may sniff either into HTML, or run what it finds.
+SECURITY_HEADERS: Final[Mapping[str, str]] = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 _Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -113,6 +121,29 @@ class ApiError(Exception):
 
 class _TooLarge(Exception):
     """The request body passed its limit while streaming in."""
+
+
+class _SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every response, Starlette's own 404s
+    and 405s included; a header the endpoint set itself is left as it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers.append(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _error_response(status: int, code: str, message: str, headers: Mapping[str, str]) -> Response:
@@ -592,12 +623,11 @@ def create_app(
 
         info = await run_in_threadpool(processor.storage.stat, key)
         etag = _etag(key, info.size)
-        headers = {
-            "ETag": etag,
-            "Cache-Control": cache,
-            "X-Content-Type-Options": "nosniff",
-            "Content-Length": str(info.size),
-        }
+        headers = {"ETag": etag, "Cache-Control": cache, "Content-Length": str(info.size)}
+        if kind == "originals":
+            # An original is whatever was uploaded, checked only as far as its header: a browser
+            # that opens its URL saves it rather than renders it (an <img> shows it all the same).
+            headers["Content-Disposition"] = "attachment"
         if _etag_matches(request.headers.get("if-none-match"), etag):
             del headers["Content-Length"]
             return Response(status_code=304, headers=headers)
@@ -662,7 +692,11 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(_SecurityHeaders)],
+    )
     app.state.imageproc = service
     return app
 
