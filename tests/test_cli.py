@@ -514,3 +514,21 @@ def test_version_and_every_commands_help_say_what_they_are(tmp_path: Path) -> No
     process = " ".join(imageproc("process", "--help", cwd=tmp_path).stdout.split())  # unwrapped
     assert "default: the current folder" in process
     assert "default: one per core" in process
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (("tasks", "--status", "dead", "--limit", "1_0"), "argument --limit"),
+        (("tasks", "--status", "dead", "--limit", "\uff11\uff10"), "argument --limit"),  # fullwidth
+        (("purge", "--older-than", "\u0663d"), "argument --older-than"),  # Arabic-Indic 3
+        (("process", "--jobs", "\u0968", "x.jpg"), "argument -j/--jobs"),  # Devanagari 2
+    ],
+)
+def test_numbers_on_the_command_line_are_ascii_digits_only(
+    tmp_path: Path, args: tuple[str, ...], refused: str
+) -> None:
+    result = imageproc(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert refused in result.stderr  # a usage error naming the option, before anything runs
+    assert "Traceback" not in result.stderr

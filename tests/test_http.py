@@ -10,7 +10,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStora
 from imageproc.http import create_app
 from imageproc.signing import UrlSigner
 from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
+from tests.strategies import foreign_digits
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -198,9 +199,38 @@ def test_a_pipeline_nested_too_deep_is_422_not_a_recursion_error(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-@pytest.mark.parametrize("priority", ["high", "1.5", "100000"])
+@pytest.mark.parametrize(
+    "priority",
+    [
+        "high",
+        "1.5",
+        "100000",
+        # int() reads these as 5, 10 and 1000: ASCII digits only.
+        foreign_digits("5", 0x0660),
+        foreign_digits("10"),
+        "1_000",
+    ],
+)
 def test_a_bad_priority_is_422(client: TestClient, priority: str) -> None:
     assert_error(upload(client, priority=priority), 422, "invalid_priority")
+    raw = client.post(
+        "/upload",
+        params={"priority": priority},
+        content=JPEG,
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert_error(raw, 422, "invalid_priority")
+
+
+@pytest.mark.parametrize("length", ["1_000", "+1000", foreign_digits("1000"), "1e3"])
+def test_a_content_length_in_anything_but_ascii_digits_is_400(
+    processor: Processor, length: str
+) -> None:
+    headers = [(b"content-type", b"image/jpeg"), (b"content-length", length.encode())]
+    messages = [{"type": "http.request", "body": JPEG[:1000], "more_body": False}]
+    sent = asgi_request(create_app(processor), "POST", b"/upload", headers, messages)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "bad_request"
 
 
 @pytest.mark.parametrize(
@@ -391,28 +421,39 @@ HOSTILE = [
 ]
 
 
-def asgi_get(app: Any, raw_path: bytes) -> tuple[int, bytes]:
-    """Send a GET whose raw path is exactly ``raw_path`` (an HTTP client would normalise it)."""
-    raw_path, _, query = raw_path.partition(b"?")
-    path = unquote(raw_path.decode("latin-1"))
+def asgi_request(
+    app: Any,
+    method: str,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    messages: Sequence[dict[str, Any]] = ({"type": "http.request", "body": b""},),
+) -> list[dict[str, Any]]:
+    """Call ``app`` through the ASGI interface with exactly this raw path and query and these
+    headers (an HTTP client would normalise the path and write its own Content-Length),
+    ``receive()`` handing out ``messages`` in order; the messages the app sent back."""
+    raw_path, _, query = target.partition(b"?")
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "server": ("testserver", 80),
         "client": ("127.0.0.1", 1234),
         "root_path": "",
-        "path": path,
+        "path": unquote(raw_path.decode("latin-1")),
         "raw_path": raw_path,
         "query_string": query,
-        "headers": [(b"host", b"testserver")],
+        "headers": [(b"host", b"testserver"), *headers],
     }
+    pending = list(messages)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        if pending:
+            return pending.pop(0)
+        await anyio.sleep_forever()  # a client that has sent everything sends nothing more
+        raise AssertionError("unreachable")
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -422,6 +463,12 @@ def asgi_get(app: Any, raw_path: bytes) -> tuple[int, bytes]:
             await app(scope, receive, send)
 
     anyio.run(call)
+    return sent
+
+
+def asgi_get(app: Any, raw_path: bytes) -> tuple[int, bytes]:
+    """Send a GET whose raw path is exactly ``raw_path``; the status and the body."""
+    sent = asgi_request(app, "GET", raw_path)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, body
@@ -700,47 +747,13 @@ def test_an_unexpected_error_is_a_generic_500(caplog: pytest.LogCaptureFixture) 
 
 
 def upload_cut_short(app: Any, content_type: bytes, body: bytes) -> list[dict[str, Any]]:
-    """POST ``body`` (declared twice as long) to /upload through the ASGI interface, the client
-    disconnecting after the first half; the messages the app sent back."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1234),
-        "root_path": "",
-        "path": "/upload",
-        "raw_path": b"/upload",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", content_type),
-            (b"content-length", str(2 * len(body)).encode()),
-        ],
-    }
+    """POST ``body`` (declared twice as long) to /upload, the client disconnecting after it."""
+    headers = [(b"content-type", content_type), (b"content-length", str(2 * len(body)).encode())]
     messages = [
         {"type": "http.request", "body": body, "more_body": True},
         {"type": "http.disconnect"},
     ]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await anyio.sleep_forever()  # after a disconnect nothing more comes
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def call() -> None:
-        with anyio.fail_after(10):
-            await app(scope, receive, send)
-
-    anyio.run(call)
-    return sent
+    return asgi_request(app, "POST", b"/upload", headers, messages)
 
 
 @pytest.mark.parametrize("form", [True, False], ids=["multipart", "raw"])

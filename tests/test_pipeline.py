@@ -20,7 +20,7 @@ from imageproc.pipeline import (
     Rotate,
     Sharpen,
 )
-from tests.strategies import pipelines
+from tests.strategies import FOREIGN_ZEROS, foreign_digits, foreign_numbers, pipelines
 
 
 def test_parse_the_documented_example() -> None:
@@ -373,3 +373,36 @@ def test_json_text_brackets_inside_strings_do_not_count() -> None:
 def test_json_text_faults_are_invalid_pipelines(text: str, fragment: str) -> None:
     with pytest.raises(InvalidPipeline, match=fragment):
         Pipeline.from_json_text(text)
+
+
+# Every place the text form reads a number, with {n} for it.
+NUMBER_SLOTS = [
+    "fit:{n}x10",
+    "fit:10x{n}",
+    "fill:{n}x10",
+    "pad:10x{n}",
+    "resize:{n}x",
+    "resize:x{n}",
+    "crop:{n},0,1,1",
+    "crop:0,0,1,{n}",
+    "rotate:{n}",
+    "blur:{n}",
+    "blur:1.{n}",
+    "sharpen:{n}",
+    "jpeg:q{n}",
+    "webp:q{n}",
+]
+
+
+@given(foreign_numbers(), st.sampled_from(NUMBER_SLOTS))
+def test_the_text_form_reads_ascii_digits_only(number: str, slot: str) -> None:
+    with pytest.raises(InvalidPipeline):
+        Pipeline.parse(slot.format(n=number))
+
+
+@pytest.mark.parametrize("zero", FOREIGN_ZEROS)
+@pytest.mark.parametrize("slot", NUMBER_SLOTS)
+def test_a_number_in_another_scripts_digits_is_refused(slot: str, zero: int) -> None:
+    Pipeline.parse(slot.format(n="10"))  # the same number in ASCII digits is fine
+    with pytest.raises(InvalidPipeline):
+        Pipeline.parse(slot.format(n=foreign_digits("10", zero)))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import secrets
 import tempfile
 import time
@@ -53,6 +54,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imageproc import keys as keyrules
 from imageproc.batching import SubmitBatcher
+from imageproc.config import parse_whole_number
 from imageproc.errors import (
     IllegalTransition,
     ImageprocError,
@@ -100,6 +102,7 @@ SECURITY_HEADERS: Final[Mapping[str, str]] = {
 }
 
 _Endpoint = Callable[[Request], Awaitable[Response]]
+_DIGITS: Final = re.compile(r"[0-9]{1,19}")
 
 
 class ApiError(Exception):
@@ -386,11 +389,10 @@ def _check_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is None:
         return
-    try:
-        length = int(declared)
-    except ValueError:
-        raise ApiError(400, "bad_request", "Content-Length is not a number") from None
-    if length > limit:
+    # RFC 9110: 1*DIGIT, ASCII. int() would also take "+5", "1_0" and other scripts' digits.
+    if not _DIGITS.fullmatch(declared.strip()):
+        raise ApiError(400, "bad_request", "Content-Length is not a number")
+    if int(declared) > limit:
         raise _TooLarge
 
 
@@ -455,9 +457,11 @@ def _priority(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
     try:
-        priority = int(value.strip())
+        priority = parse_whole_number(value)
     except ValueError:
-        raise ApiError(422, "invalid_priority", "priority must be an integer") from None
+        raise ApiError(
+            422, "invalid_priority", "priority must be a whole number in ASCII digits"
+        ) from None
     if priority not in PRIORITY_RANGE:
         raise ApiError(
             422,

@@ -77,11 +77,14 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_SIZE = re.compile(r"(\d{1,6})?x(\d{1,6})?")
-_QUALITY = re.compile(r"q(\d{1,3})")
+# Digits are [0-9], never \d: in a str pattern \d is any Unicode digit (fullwidth,
+# Arabic-Indic…), which int() and float() read as well, so one pipeline could be written in
+# many scripts.
+_SIZE = re.compile(r"([0-9]{1,6})?x([0-9]{1,6})?")
+_QUALITY = re.compile(r"q([0-9]{1,3})")
 _COLOUR = re.compile(r"[0-9a-fA-F]{6}(?:[0-9a-fA-F]{2})?")
-_INT = re.compile(r"-?\d{1,6}")
-_NUMBER = re.compile(r"\d{1,3}(?:\.\d{1,4})?")
+_INT = re.compile(r"-?[0-9]{1,6}")
+_NUMBER = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,4})?")
 
 Gravity = Literal["center", "n", "s", "e", "w", "ne", "nw", "se", "sw", "smart"]
 GRAVITIES: Final = frozenset(get_args(Gravity))
