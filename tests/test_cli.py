@@ -400,7 +400,11 @@ def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
 def test_serve_without_workers_behind_a_path_prefix(tmp_path: Path) -> None:
     pytest.importorskip("imageproc.http", reason="the HTTP adapter (imageproc.http) is not built")
     port = free_port()
-    env = environment(IMAGEPROC_PRESETS='{"tiny": "fit:8x8,png"}', IMAGEPROC_PIPELINE="tiny")
+    env = environment(
+        IMAGEPROC_PRESETS='{"tiny": "fit:8x8,png"}',
+        IMAGEPROC_PIPELINE="tiny",
+        IMAGEPROC_MAX_PRIORITY="*:0",
+    )
     server = start(
         "serve", "--port", str(port), "--no-workers", "--root-path", "/images",
         cwd=tmp_path, env=env,
@@ -413,6 +417,10 @@ def test_serve_without_workers_behind_a_path_prefix(tmp_path: Path) -> None:
         status, body = _request(f"{base}/upload", upload.getvalue(), {"Content-Type": "image/png"})
         assert status == 202, body
         accepted = json.loads(body)
+        with pytest.raises(urllib.error.HTTPError) as urgent:
+            _request(f"{base}/upload?priority=1", upload.getvalue(), {"Content-Type": "image/png"})
+        urgent.value.close()  # it holds the connection
+        assert urgent.value.code == 403  # IMAGEPROC_MAX_PRIORITY reached the app
         # The proxy in front adds /images: the URLs the service writes must carry it.
         assert accepted["status_url"] == f"{base}/images/status/{accepted['id']}"
         time.sleep(1)  # long enough for an embedded worker to have taken it, were there one

@@ -428,3 +428,15 @@ def test_ascii_numbers_in_settings_still_read(
     variable: str, value: str, attribute: str, expected: object
 ) -> None:
     assert getattr(load({variable: value}), attribute) == expected
+
+
+def test_max_priority_is_read_and_checked_against_the_owners() -> None:
+    settings = load(
+        {"IMAGEPROC_API_KEYS": "alice:k1,bob:k2", "IMAGEPROC_MAX_PRIORITY": "alice:9,*:0"}
+    )
+    assert settings.max_priority == "alice:9,*:0"
+    assert load({"IMAGEPROC_MAX_PRIORITY": "*:0"}).max_priority == "*:0"
+    with pytest.raises(ConfigurationError, match="IMAGEPROC_MAX_PRIORITY: 'carol' is not an owner"):
+        load({"IMAGEPROC_API_KEYS": "alice:k1", "IMAGEPROC_MAX_PRIORITY": "carol:9"})
+    with pytest.raises(ConfigurationError, match="IMAGEPROC_MAX_PRIORITY: priority pair 1"):
+        load({"IMAGEPROC_MAX_PRIORITY": "alice:" + foreign_digits("9")})

@@ -222,6 +222,39 @@ def test_a_bad_priority_is_422(client: TestClient, priority: str) -> None:
     assert_error(raw, 422, "invalid_priority")
 
 
+def test_each_owner_asks_for_at_most_its_maximum_priority(processor: Processor) -> None:
+    limits = {"alice": 10, "*": -5}  # bob is "everyone else"
+    with client_for(processor, api_keys=KEYS, max_priority=limits) as client:
+        ok = upload(client, headers=auth(ALICE), priority="10")
+        assert ok.status_code == 202, ok.text
+        error = assert_error(
+            upload(client, headers=auth(ALICE), priority="11"), 403, "priority_not_allowed"
+        )
+        assert "(10)" in error["message"]
+        assert_error(upload(client, headers=auth(BOB), priority="0"), 403, "priority_not_allowed")
+        assert upload(client, headers=auth(BOB), priority="-6").status_code == 202
+        # Asking for nothing is asking for 0, or the maximum where that is lower.
+        quiet = upload(client, headers=auth(BOB))
+        assert quiet.status_code == 202, quiet.text
+        assert processor.get(quiet.json()["id"]).priority == -5
+    with client_for(processor, max_priority={"*": 0}) as open_app:
+        assert_error(upload(open_app, priority="1"), 403, "priority_not_allowed")
+        assert upload(open_app, priority="0").status_code == 202
+    with client_for(processor, api_keys=KEYS) as unlimited:
+        assert upload(unlimited, headers=auth(BOB), priority="1000").status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [({"carol": 5}, "carol"), ({"alice": 1001}, "alice"), ({"*": True}, "'\\*'")],
+)
+def test_maximum_priorities_are_checked_when_the_app_is_made(
+    processor: Processor, limits: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_app(processor, api_keys=KEYS, max_priority=limits)
+
+
 @pytest.mark.parametrize("length", ["1_000", "+1000", foreign_digits("1000"), "1e3"])
 def test_a_content_length_in_anything_but_ascii_digits_is_400(
     processor: Processor, length: str

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imageproc.signing import ApiKeys, UrlSigner, parse_api_keys, parse_expires
+from imageproc.signing import (
+    ApiKeys,
+    UrlSigner,
+    parse_api_keys,
+    parse_expires,
+    parse_max_priorities,
+)
 from tests.strategies import foreign_digits
 
 owners = st.from_regex(r"[A-Za-z0-9._@+-]{1,20}", fullmatch=True)
@@ -204,3 +210,29 @@ def test_only_the_signers_own_spelling_verifies(key: str, expires: int) -> None:
 )
 def test_parse_expires_reads_only_what_a_signed_url_writes(text: str, expected: int | None) -> None:
     assert parse_expires(text) == expected
+
+
+def test_parse_max_priorities() -> None:
+    assert parse_max_priorities("") == {}
+    assert parse_max_priorities(" alice:1000, bob:-5 ,*:0") == {"alice": 1000, "bob": -5, "*": 0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("alice", "owner:N"),
+        ("alice:", "whole number from -1000 to 1000"),
+        ("alice:1001", "whole number from -1000 to 1000"),
+        ("alice:-1001", "whole number from -1000 to 1000"),
+        ("alice:1_0", "whole number"),
+        ("alice:+5", "whole number"),
+        ("alice:" + foreign_digits("5"), "whole number"),
+        ("al ice:5", "owner must be"),
+        ("**:5", "owner must be"),
+        ("alice:1,alice:2", "listed twice"),
+        ("*:1,*:2", "listed twice"),
+    ],
+)
+def test_parse_max_priorities_refuses_bad_text_clearly(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_max_priorities(text)

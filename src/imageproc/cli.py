@@ -277,7 +277,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(
             f"serve needs the http extra (pip install 'imageproc[http]'): {error}"
         ) from None
-    from imageproc.signing import parse_api_keys
+    from imageproc.signing import parse_api_keys, parse_max_priorities
 
     metrics = _metrics_or_none()
     if metrics is None:
@@ -315,6 +315,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 signing_keys=settings.signing_keys,
                 max_upload_bytes=settings.max_upload_bytes,
                 max_queue_depth=settings.max_queue_depth,
+                max_priority=parse_max_priorities(settings.max_priority),
                 url_ttl=timedelta(seconds=settings.url_ttl),
                 metrics_registry=metrics.registry if metrics is not None else None,
             )

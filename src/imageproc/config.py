@@ -201,6 +201,12 @@ def _check_api_keys(value: str) -> None:
     parse_api_keys(value)
 
 
+def _check_max_priority(value: str) -> None:
+    from imageproc.signing import parse_max_priorities
+
+    parse_max_priorities(value)
+
+
 def _check_presets(value: tuple[tuple[str, str], ...]) -> None:
     from imageproc.errors import InvalidPipeline
     from imageproc.pipeline import Pipeline
@@ -254,6 +260,7 @@ _SPECS: Final[dict[str, _Spec]] = {
     "database_url": _Spec(_parse_text, _check_nonempty, (str,)),
     "storage_url": _Spec(_parse_text, _check_nonempty, (str,)),
     "api_keys": _Spec(_parse_text, _check_api_keys, (str,)),
+    "max_priority": _Spec(_parse_text, _check_max_priority, (str,)),
     "signing_keys": _Spec(_parse_list, _no_check, (tuple, list)),
     "workers": _Spec(parse_workers, _check_workers, (tuple, list, int)),
     "max_upload_bytes": _Spec(parse_byte_size, _check_positive_int, (int,)),
@@ -373,6 +380,10 @@ class Settings:
     #: ``owner:key`` pairs separated by commas (a key may be ``sha256:<hex>``); empty: no auth.
     #: Parse with :func:`imageproc.signing.parse_api_keys`.
     api_keys: str = attrs.field(default="", validator=_validated, repr=False)
+    #: ``owner:N`` pairs separated by commas: the highest priority each owner's uploads may ask
+    #: for over HTTP (higher is refused with 403); ``*:N`` for everyone else. Empty: -1000 to
+    #: 1000 for all. Parse with :func:`imageproc.signing.parse_max_priorities`.
+    max_priority: str = attrs.field(default="", validator=_validated)
     #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
     signing_keys: tuple[str, ...] = attrs.field(default=(), validator=_validated, repr=False)
     #: Worker threads, ``(min, max)``; from ``"4"`` or ``"2:8"``.
@@ -411,6 +422,16 @@ class Settings:
     log_level: str = attrs.field(default="info", validator=_validated)
 
     def __attrs_post_init__(self) -> None:
+        from imageproc.signing import ANY_OWNER, parse_api_keys, parse_max_priorities
+
+        # An owner misspelt here would keep no limit at all, without a word: name it at startup.
+        owners = parse_api_keys(self.api_keys)
+        for owner in parse_max_priorities(self.max_priority):
+            if owner != ANY_OWNER and owner not in owners:
+                raise ConfigurationError(
+                    f"{ENV_VARS['max_priority']}: {owner!r} is not an owner in"
+                    f" {ENV_VARS['api_keys']} (use * for everyone else)"
+                )
         # A default pipeline that names no preset must be a pipeline: say so at startup, naming
         # the setting, rather than when the processor is built.
         if self.pipeline is not None and self.pipeline not in dict(self.presets):

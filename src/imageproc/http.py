@@ -68,7 +68,7 @@ from imageproc.errors import (
 )
 from imageproc.pipeline import Pipeline
 from imageproc.processor import Processor, Upload
-from imageproc.signing import ApiKeys, UrlSigner, parse_expires
+from imageproc.signing import ANY_OWNER, PRIORITY_RANGE, ApiKeys, UrlSigner, parse_expires
 from imageproc.task import Output, Task
 
 if TYPE_CHECKING:
@@ -85,8 +85,6 @@ FORM_OVERHEAD: Final = 64 * 1024
 SPOOL_BYTES: Final = 1024 * 1024
 #: Bytes per read when streaming a stored object out.
 CHUNK_BYTES: Final = 256 * 1024
-#: Priorities a client may ask for; beyond this a single client could starve everyone else.
-PRIORITY_RANGE: Final = range(-1000, 1001)
 #: Seconds a client is told to wait after a 429 or a 503.
 RETRY_AFTER: Final = 5
 #: How long a queue depth reading is reused, so back-pressure costs no query per upload.
@@ -238,6 +236,7 @@ class _Service:
         signer: UrlSigner,
         max_upload_bytes: int,
         max_queue_depth: int | None,
+        max_priority: Mapping[str, int],
         url_ttl: timedelta,
         metrics_registry: prometheus_client.CollectorRegistry | None,
     ) -> None:
@@ -249,6 +248,7 @@ class _Service:
         self.max_upload_bytes = min(max_upload_bytes, processor.image_limits.max_bytes)
         self.max_queue_depth = max_queue_depth
         self.url_ttl = url_ttl
+        self.max_priority = dict(max_priority)
         self.metrics_registry = metrics_registry
         self._depth: tuple[float, int] | None = None
         self.batcher = SubmitBatcher(processor)
@@ -275,6 +275,11 @@ class _Service:
         if scheme.lower() != "bearer" or not token.strip():
             return None
         return self.api_keys.owner_of(token.strip())
+
+    def priority_cap(self, owner: str | None) -> int:
+        """The highest priority ``owner`` (None: a client of an app without keys) may ask for."""
+        default = self.max_priority.get(ANY_OWNER, PRIORITY_RANGE.stop - 1)
+        return default if owner is None else self.max_priority.get(owner, default)
 
     def visible(self, task: Task, owner: str | None) -> bool:
         return self.api_keys is None or task.owner == owner
@@ -453,9 +458,11 @@ def _pipeline_spec(
     return text
 
 
-def _priority(value: str | None) -> int:
+def _priority(value: str | None, cap: int) -> int:
+    """The priority asked for, within :data:`PRIORITY_RANGE` and at most ``cap``; none asked
+    for is 0, or ``cap`` if that is lower, so a key held below 0 can upload without asking."""
     if value is None or not value.strip():
-        return 0
+        return min(0, cap)
     try:
         priority = parse_whole_number(value)
     except ValueError:
@@ -467,6 +474,13 @@ def _priority(value: str | None) -> int:
             422,
             "invalid_priority",
             f"priority must be between {PRIORITY_RANGE.start} and {PRIORITY_RANGE.stop - 1}",
+        )
+    if priority > cap:
+        # Well-formed, but more than this credential is allowed: a permission, hence 403.
+        raise ApiError(
+            403,
+            "priority_not_allowed",
+            f"priority {priority} is above the most this client may ask for ({cap})",
         )
     return priority
 
@@ -490,6 +504,7 @@ def create_app(
     signing_keys: Sequence[str] = (),
     max_upload_bytes: int = 50 * 1024 * 1024,
     max_queue_depth: int | None = None,
+    max_priority: Mapping[str, int] | None = None,
     url_ttl: timedelta = timedelta(hours=1),
     metrics_registry: prometheus_client.CollectorRegistry | None = None,
 ) -> Starlette:
@@ -503,6 +518,10 @@ def create_app(
         max_upload_bytes: largest image accepted (also capped by the processor's image limit);
             a larger body is cut off with 413 while it streams in.
         max_queue_depth: answer uploads with 429 while more tasks than this are queued.
+        max_priority: owner → the highest priority their uploads may ask for (above it: 403
+            ``priority_not_allowed``); ``"*"`` for every owner not named, and for every client
+            when there are no API keys. None: anyone may ask for all of :data:`PRIORITY_RANGE`.
+            :func:`imageproc.signing.parse_max_priorities` reads ``IMAGEPROC_MAX_PRIORITY``.
         url_ttl: how long signed URLs stay valid.
         metrics_registry: the Prometheus registry ``/metrics`` serves; 404 when None.
 
@@ -512,12 +531,20 @@ def create_app(
         raise ValueError("max_upload_bytes must be positive")
     if url_ttl <= timedelta(0):
         raise ValueError("url_ttl must be positive")
+    max_priority = dict(max_priority or {})
+    for owner, cap in max_priority.items():
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap not in PRIORITY_RANGE:
+            raise ValueError(f"max_priority of {owner!r} must be an int in {PRIORITY_RANGE}")
+        # A misspelt owner would leave the real one without its limit, silently.
+        if owner != ANY_OWNER and api_keys and owner not in api_keys:
+            raise ValueError(f"max_priority names {owner!r}, who has no API key")
     service = _Service(
         processor,
         api_keys=ApiKeys(api_keys) if api_keys else None,
         signer=UrlSigner(signing_keys),
         max_upload_bytes=max_upload_bytes,
         max_queue_depth=max_queue_depth,
+        max_priority=max_priority,
         url_ttl=url_ttl,
         metrics_registry=metrics_registry,
     )
@@ -563,7 +590,7 @@ def create_app(
             except _TooLarge:
                 raise _too_large(limit) from None
             spec = _pipeline_spec(processor, pipeline, preset)
-            priority = _priority(priority_text)
+            priority = _priority(priority_text, service.priority_cap(owner))
             task = await service.batcher.submit(
                 Upload(image.file, spec, priority=priority, owner=owner), size=image.size or 0
             )
@@ -951,6 +978,7 @@ OPENAPI: Final[dict[str, Any]] = {
                     },
                     "400": _error("malformed request"),
                     **_AUTH_ERRORS,
+                    "403": _error("a priority above the most this API key may ask for"),
                     "413": _error("the upload is over the size limit"),
                     "415": _error("not an image, or a format that is not accepted"),
                     "422": _error("a bad pipeline, preset or priority"),

@@ -2,6 +2,8 @@
 
 * :func:`parse_api_keys` reads the ``owner:key`` pairs of ``IMAGEPROC_API_KEYS``;
   :class:`ApiKeys` finds the owner of a presented key in constant time.
+* :func:`parse_max_priorities` reads the ``owner:N`` pairs of ``IMAGEPROC_MAX_PRIORITY``, the
+  highest priority each owner's uploads may ask for.
 * :class:`UrlSigner` signs a storage key with an expiry (HMAC-SHA256) and verifies it, accepting
   every configured signing key so that keys can be rotated without breaking URLs already handed out.
   Only the one spelling :meth:`UrlSigner.sign` writes verifies (:func:`parse_expires` reads the
@@ -21,7 +23,15 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-__all__ = ["ApiKeys", "UrlSigner", "parse_api_keys", "parse_expires"]
+__all__ = [
+    "ANY_OWNER",
+    "PRIORITY_RANGE",
+    "ApiKeys",
+    "UrlSigner",
+    "parse_api_keys",
+    "parse_expires",
+    "parse_max_priorities",
+]
 
 #: The prefix of a key given by its SHA-256 rather than in clear.
 HASH_PREFIX: Final = "sha256:"
@@ -74,6 +84,45 @@ def parse_api_keys(text: str) -> dict[str, str]:
             raise ValueError(f"{where} ({owner}): the same key is given to two owners")
         seen.add(_digest(key))
         result[owner] = key
+    return result
+
+
+#: Priorities an HTTP client may ask for; beyond this a single client could starve everyone else.
+PRIORITY_RANGE: Final = range(-1000, 1001)
+#: The owner ``parse_max_priorities`` gives every owner it does not name (and, without API keys,
+#: every client).
+ANY_OWNER: Final = "*"
+_PRIORITY: Final = re.compile(r"-?[0-9]{1,4}")
+
+
+def parse_max_priorities(text: str) -> dict[str, int]:
+    """Parse ``"alice:1000,bob:0,*:10"`` into ``{"alice": 1000, "bob": 0, "*": 10}``: the
+    highest priority each owner's uploads may ask for.
+
+    ``*`` (:data:`ANY_OWNER`) stands for every owner not named. Each maximum is a whole number
+    in ASCII digits within :data:`PRIORITY_RANGE`. Blank text means no maximum beyond the range.
+    Raises :class:`ValueError` naming the bad pair.
+    """
+    result: dict[str, int] = {}
+    if not text.strip():
+        return result
+    for number, raw in enumerate(text.split(","), start=1):
+        owner, colon, value = raw.strip().partition(":")
+        where = f"priority pair {number}"
+        if not colon:
+            raise ValueError(f"{where} must be written owner:N")
+        if owner != ANY_OWNER and not _OWNER.fullmatch(owner):
+            raise ValueError(
+                f"{where}: the owner must be * or 1-128 ASCII letters, digits or . _ @ + -"
+            )
+        if not _PRIORITY.fullmatch(value) or int(value) not in PRIORITY_RANGE:
+            raise ValueError(
+                f"{where} ({owner}): the maximum must be a whole number from"
+                f" {PRIORITY_RANGE.start} to {PRIORITY_RANGE.stop - 1}, got {value!r}"
+            )
+        if owner in result:
+            raise ValueError(f"{where}: owner {owner!r} is listed twice")
+        result[owner] = int(value)
     return result
 
 
