@@ -93,3 +93,26 @@ backoff_policies = st.builds(
     in_place_wait=st.just(0.0),
     in_place_max_wait=st.just(0.0),
 )
+
+
+# Decimal digits that int() and float() read like ASCII ones: Arabic-Indic, Devanagari,
+# fullwidth. Written as code points so the sources stay ASCII.
+FOREIGN_ZEROS = (0x0660, 0x0966, 0xFF10)
+
+
+def foreign_digits(text: str, zero: int = 0xFF10) -> str:
+    """``text`` with its ASCII digits written in another script's (fullwidth by default)."""
+    return text.translate({ord("0") + d: zero + d for d in range(10)})
+
+
+@st.composite
+def foreign_numbers(draw: st.DrawFn) -> str:
+    """A whole number as int() reads it but no ASCII-only parser should: some of its digits in
+    another script, or ``_`` between digits (``1_000``)."""
+    text = str(draw(st.integers(0, 999_999)))
+    if draw(st.booleans()) and len(text) > 1:
+        cut = draw(st.integers(1, len(text) - 1))
+        return f"{text[:cut]}_{text[cut:]}"
+    zero = draw(st.sampled_from(FOREIGN_ZEROS))
+    which = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)).filter(any))
+    return "".join(foreign_digits(c, zero) if w else c for c, w in zip(text, which, strict=True))

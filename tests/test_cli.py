@@ -400,7 +400,11 @@ def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
 def test_serve_without_workers_behind_a_path_prefix(tmp_path: Path) -> None:
     pytest.importorskip("imageproc.http", reason="the HTTP adapter (imageproc.http) is not built")
     port = free_port()
-    env = environment(IMAGEPROC_PRESETS='{"tiny": "fit:8x8,png"}', IMAGEPROC_PIPELINE="tiny")
+    env = environment(
+        IMAGEPROC_PRESETS='{"tiny": "fit:8x8,png"}',
+        IMAGEPROC_PIPELINE="tiny",
+        IMAGEPROC_MAX_PRIORITY="*:0",
+    )
     server = start(
         "serve", "--port", str(port), "--no-workers", "--root-path", "/images",
         cwd=tmp_path, env=env,
@@ -413,6 +417,10 @@ def test_serve_without_workers_behind_a_path_prefix(tmp_path: Path) -> None:
         status, body = _request(f"{base}/upload", upload.getvalue(), {"Content-Type": "image/png"})
         assert status == 202, body
         accepted = json.loads(body)
+        with pytest.raises(urllib.error.HTTPError) as urgent:
+            _request(f"{base}/upload?priority=1", upload.getvalue(), {"Content-Type": "image/png"})
+        urgent.value.close()  # it holds the connection
+        assert urgent.value.code == 403  # IMAGEPROC_MAX_PRIORITY reached the app
         # The proxy in front adds /images: the URLs the service writes must carry it.
         assert accepted["status_url"] == f"{base}/images/status/{accepted['id']}"
         time.sleep(1)  # long enough for an embedded worker to have taken it, were there one
@@ -514,3 +522,21 @@ def test_version_and_every_commands_help_say_what_they_are(tmp_path: Path) -> No
     process = " ".join(imageproc("process", "--help", cwd=tmp_path).stdout.split())  # unwrapped
     assert "default: the current folder" in process
     assert "default: one per core" in process
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (("tasks", "--status", "dead", "--limit", "1_0"), "argument --limit"),
+        (("tasks", "--status", "dead", "--limit", "\uff11\uff10"), "argument --limit"),  # fullwidth
+        (("purge", "--older-than", "\u0663d"), "argument --older-than"),  # Arabic-Indic 3
+        (("process", "--jobs", "\u0968", "x.jpg"), "argument -j/--jobs"),  # Devanagari 2
+    ],
+)
+def test_numbers_on_the_command_line_are_ascii_digits_only(
+    tmp_path: Path, args: tuple[str, ...], refused: str
+) -> None:
+    result = imageproc(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert refused in result.stderr  # a usage error naming the option, before anything runs
+    assert "Traceback" not in result.stderr

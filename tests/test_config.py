@@ -10,8 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imageproc import ConfigurationError, InvalidImage, InvalidPipeline
-from imageproc.config import ENV_VARS, Settings, parse_byte_size, parse_workers, read_env_file
+from imageproc.config import (
+    ENV_VARS,
+    Settings,
+    parse_byte_size,
+    parse_whole_number,
+    parse_workers,
+    read_env_file,
+)
 from imageproc.testing import sample_image
+from tests.strategies import foreign_digits, foreign_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_HASH = "sha256:" + "ab" * 32
@@ -369,3 +377,66 @@ def test_a_misspelt_variable_is_reported(tmp_path: Path, caplog: pytest.LogCaptu
         in caplog.text
     )
     assert "S3_ENDPOINT" not in caplog.text  # a setting, not a typo
+
+
+# -- numbers: ASCII digits only -----------------------------------------------------------------
+
+
+@given(st.integers(-(10**18) + 1, 10**18 - 1), st.sampled_from(["{}", " {} "]))
+def test_whole_numbers_in_ascii_digits_are_read(number: int, spelling: str) -> None:
+    assert parse_whole_number(spelling.format(number)) == number
+
+
+@given(foreign_numbers())
+def test_whole_numbers_in_other_digits_or_with_underscores_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="only the ASCII digits 0-9"):
+        parse_whole_number(text)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("IMAGEPROC_PORT", foreign_digits("8000")),
+        ("IMAGEPROC_PORT", "8_000"),
+        ("IMAGEPROC_MAX_ATTEMPTS", foreign_digits("5", 0x0660)),
+        ("IMAGEPROC_MAX_PIXELS", "50_000_000"),
+        ("IMAGEPROC_MAX_QUEUE_DEPTH", foreign_digits("100", 0x0966)),
+        ("IMAGEPROC_METRICS_PORT", foreign_digits("9100")),
+        ("IMAGEPROC_WORKERS", foreign_digits("4")),
+        ("IMAGEPROC_WORKERS", "2:" + foreign_digits("8", 0x0660)),
+        ("IMAGEPROC_MAX_UPLOAD_BYTES", foreign_digits("50") + "MiB"),
+        ("IMAGEPROC_LEASE_SECONDS", foreign_digits("30")),
+        ("IMAGEPROC_URL_TTL", "3_600"),
+        ("IMAGEPROC_URL_TTL", foreign_digits("0.5", 0x0660)),
+    ],
+)
+def test_numbers_in_settings_are_ascii_digits_only(variable: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=variable):
+        load({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "attribute", "expected"),
+    [
+        ("IMAGEPROC_URL_TTL", "0.5", "url_ttl", 0.5),
+        ("IMAGEPROC_URL_TTL", "1e3", "url_ttl", 1000.0),
+        ("IMAGEPROC_LEASE_SECONDS", " 30 ", "lease_seconds", 30.0),
+        ("IMAGEPROC_PORT", "+8080", "port", 8080),
+    ],
+)
+def test_ascii_numbers_in_settings_still_read(
+    variable: str, value: str, attribute: str, expected: object
+) -> None:
+    assert getattr(load({variable: value}), attribute) == expected
+
+
+def test_max_priority_is_read_and_checked_against_the_owners() -> None:
+    settings = load(
+        {"IMAGEPROC_API_KEYS": "alice:k1,bob:k2", "IMAGEPROC_MAX_PRIORITY": "alice:9,*:0"}
+    )
+    assert settings.max_priority == "alice:9,*:0"
+    assert load({"IMAGEPROC_MAX_PRIORITY": "*:0"}).max_priority == "*:0"
+    with pytest.raises(ConfigurationError, match="IMAGEPROC_MAX_PRIORITY: 'carol' is not an owner"):
+        load({"IMAGEPROC_API_KEYS": "alice:k1", "IMAGEPROC_MAX_PRIORITY": "carol:9"})
+    with pytest.raises(ConfigurationError, match="IMAGEPROC_MAX_PRIORITY: priority pair 1"):
+        load({"IMAGEPROC_MAX_PRIORITY": "alice:" + foreign_digits("9")})

@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStora
 from imageproc.http import create_app
 from imageproc.signing import UrlSigner
 from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
+from tests.strategies import foreign_digits
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -123,7 +125,7 @@ def test_upload_status_and_image_round_trip(client: TestClient, processor: Proce
     assert image.status_code == 200
     assert image.headers["content-type"] == "image/png"
     assert int(image.headers["content-length"]) == len(image.content) == thumb["bytes"]
-    assert image.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert image.headers["cache-control"].startswith("public, max-age=")
     assert image.headers["etag"].startswith('"')
     with Image.open(io.BytesIO(image.content)) as picture:
         assert picture.size == (64, 48)
@@ -178,9 +180,90 @@ def test_a_bad_pipeline_is_422_naming_the_problem(
     assert named in error["message"]
 
 
-@pytest.mark.parametrize("priority", ["high", "1.5", "100000"])
+def test_a_pipeline_nested_too_deep_is_422_not_a_recursion_error(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 5000 levels: short enough for a URL, far past Python's recursion limit.
+    deep = '{"variants": ' + "[" * 5000 + "]" * 5000 + "}"
+    for response in (
+        upload(client, pipeline=deep),
+        client.post(
+            "/upload",
+            params={"pipeline": deep},
+            content=JPEG,
+            headers={"Content-Type": "image/jpeg"},
+        ),
+    ):
+        error = assert_error(response, 422, "invalid_pipeline")
+        assert "deeper than the limit of 32" in error["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "priority",
+    [
+        "high",
+        "1.5",
+        "100000",
+        # int() reads these as 5, 10 and 1000: ASCII digits only.
+        foreign_digits("5", 0x0660),
+        foreign_digits("10"),
+        "1_000",
+    ],
+)
 def test_a_bad_priority_is_422(client: TestClient, priority: str) -> None:
     assert_error(upload(client, priority=priority), 422, "invalid_priority")
+    raw = client.post(
+        "/upload",
+        params={"priority": priority},
+        content=JPEG,
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert_error(raw, 422, "invalid_priority")
+
+
+def test_each_owner_asks_for_at_most_its_maximum_priority(processor: Processor) -> None:
+    limits = {"alice": 10, "*": -5}  # bob is "everyone else"
+    with client_for(processor, api_keys=KEYS, max_priority=limits) as client:
+        ok = upload(client, headers=auth(ALICE), priority="10")
+        assert ok.status_code == 202, ok.text
+        error = assert_error(
+            upload(client, headers=auth(ALICE), priority="11"), 403, "priority_not_allowed"
+        )
+        assert "(10)" in error["message"]
+        assert_error(upload(client, headers=auth(BOB), priority="0"), 403, "priority_not_allowed")
+        assert upload(client, headers=auth(BOB), priority="-6").status_code == 202
+        # Asking for nothing is asking for 0, or the maximum where that is lower.
+        quiet = upload(client, headers=auth(BOB))
+        assert quiet.status_code == 202, quiet.text
+        assert processor.get(quiet.json()["id"]).priority == -5
+    with client_for(processor, max_priority={"*": 0}) as open_app:
+        assert_error(upload(open_app, priority="1"), 403, "priority_not_allowed")
+        assert upload(open_app, priority="0").status_code == 202
+    with client_for(processor, api_keys=KEYS) as unlimited:
+        assert upload(unlimited, headers=auth(BOB), priority="1000").status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [({"carol": 5}, "carol"), ({"alice": 1001}, "alice"), ({"*": True}, "'\\*'")],
+)
+def test_maximum_priorities_are_checked_when_the_app_is_made(
+    processor: Processor, limits: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_app(processor, api_keys=KEYS, max_priority=limits)
+
+
+@pytest.mark.parametrize("length", ["1_000", "+1000", foreign_digits("1000"), "1e3"])
+def test_a_content_length_in_anything_but_ascii_digits_is_400(
+    processor: Processor, length: str
+) -> None:
+    headers = [(b"content-type", b"image/jpeg"), (b"content-length", length.encode())]
+    messages = [{"type": "http.request", "body": JPEG[:1000], "more_body": False}]
+    sent = asgi_request(create_app(processor), "POST", b"/upload", headers, messages)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "bad_request"
 
 
 @pytest.mark.parametrize(
@@ -371,28 +454,39 @@ HOSTILE = [
 ]
 
 
-def asgi_get(app: Any, raw_path: bytes) -> tuple[int, bytes]:
-    """Send a GET whose raw path is exactly ``raw_path`` (an HTTP client would normalise it)."""
-    raw_path, _, query = raw_path.partition(b"?")
-    path = unquote(raw_path.decode("latin-1"))
+def asgi_request(
+    app: Any,
+    method: str,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    messages: Sequence[dict[str, Any]] = ({"type": "http.request", "body": b""},),
+) -> list[dict[str, Any]]:
+    """Call ``app`` through the ASGI interface with exactly this raw path and query and these
+    headers (an HTTP client would normalise the path and write its own Content-Length),
+    ``receive()`` handing out ``messages`` in order; the messages the app sent back."""
+    raw_path, _, query = target.partition(b"?")
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "server": ("testserver", 80),
         "client": ("127.0.0.1", 1234),
         "root_path": "",
-        "path": path,
+        "path": unquote(raw_path.decode("latin-1")),
         "raw_path": raw_path,
         "query_string": query,
-        "headers": [(b"host", b"testserver")],
+        "headers": [(b"host", b"testserver"), *headers],
     }
+    pending = list(messages)
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        if pending:
+            return pending.pop(0)
+        await anyio.sleep_forever()  # a client that has sent everything sends nothing more
+        raise AssertionError("unreachable")
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -402,6 +496,12 @@ def asgi_get(app: Any, raw_path: bytes) -> tuple[int, bytes]:
             await app(scope, receive, send)
 
     anyio.run(call)
+    return sent
+
+
+def asgi_get(app: Any, raw_path: bytes) -> tuple[int, bytes]:
+    """Send a GET whose raw path is exactly ``raw_path``; the status and the body."""
+    sent = asgi_request(app, "GET", raw_path)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, body
@@ -494,6 +594,64 @@ def test_signed_urls_valid_tampered_expired_and_rotated(processor: Processor) ->
     past = int(time.time()) - 1
     expired = UrlSigner(["old"]).sign(key, past)
     assert_error(rotated.get(f"/image/{key}?expires={past}&signature={expired}"), 403)
+
+
+def test_a_signed_url_is_accepted_only_as_it_was_written(
+    client: TestClient, output: dict[str, Any]
+) -> None:
+    query = parse_qs(urlsplit(output["url"]).query)
+    expires, signature = query["expires"][0], query["signature"][0]
+    base = f"/image/{output['key']}"
+    assert client.get(f"{base}?expires={expires}&signature={signature}").status_code == 200
+    encoded = "".join(f"%{ord(c):02X}" for c in signature[:3]) + signature[3:]
+    for other in (
+        f"expires=0{expires}&signature={signature}",  # the same number, another text
+        f"expires=%2B{expires}&signature={signature}",
+        f"expires={expires}&signature={signature}=",  # padding the decoder would skip
+        f"expires={expires}&signature={encoded}",  # percent-encoded, decoded to the same
+        # Repeats: which one counts depends on the parser (Starlette's last, others' first).
+        f"expires={expires}&signature=wrong&signature={signature}",
+        f"expires={expires}&signature={signature}&signature={signature}",
+        f"expires={expires}&expires={expires}&signature={signature}",
+        f"expires={expires}&signature={signature}&x=1&x=2",
+    ):
+        assert_error(client.get(f"{base}?{other}"), 403, "invalid_signature")
+
+
+def cache_max_age(response: Any) -> int:
+    directives = [d.strip() for d in response.headers["cache-control"].split(",")]
+    [max_age] = [d for d in directives if d.startswith("max-age=")]
+    return int(max_age.removeprefix("max-age="))
+
+
+def test_a_signed_image_is_cached_no_longer_than_its_signature_lives(processor: Processor) -> None:
+    with client_for(processor, url_ttl=timedelta(minutes=5)) as client:
+        task = finished(client, processor, upload(client).json()["id"])
+        for image in (task["outputs"][0], task["source"]):
+            expires = int(parse_qs(urlsplit(image["url"]).query)["expires"][0])
+            before = time.time()
+            response = client.get(path_of(image["url"]))
+            assert response.status_code == 200
+            assert response.headers["cache-control"].startswith("public, ")
+            assert expires - before - 2 <= cache_max_age(response) <= expires - before
+            # A 304 refreshes a cache's copy: it must not extend it either.
+            again = client.get(path_of(image["url"]), headers={"If-None-Match": "*"})
+            assert again.status_code == 304
+            assert cache_max_age(again) <= expires - before
+        # Unsigned in an open app, the image never expires: a year, as before.
+        unsigned = client.get(f"/image/{task['outputs'][0]['key']}")
+        assert unsigned.headers["cache-control"] == "public, max-age=31536000, immutable"
+
+
+def test_a_signed_image_about_to_expire_is_cached_for_what_is_left(processor: Processor) -> None:
+    with client_for(processor, signing_keys=["k"]) as client:
+        task = finished(client, processor, upload(client).json()["id"])
+        key = task["outputs"][0]["key"]
+        expires = int(time.time()) + 3
+        signature = UrlSigner(["k"]).sign(key, expires)
+        response = client.get(f"/image/{key}?expires={expires}&signature={signature}")
+        assert response.status_code == 200
+        assert 0 <= cache_max_age(response) <= 3
 
 
 def test_url_ttl_sets_the_expiry(processor: Processor) -> None:
@@ -619,6 +777,88 @@ def test_an_unexpected_error_is_a_generic_500(caplog: pytest.LogCaptureFixture) 
     body = assert_error(response, 500, "internal_error")
     assert "secret" not in body["message"]
     assert "unhandled error" in caplog.text  # logged for the operator
+
+
+def upload_cut_short(app: Any, content_type: bytes, body: bytes) -> list[dict[str, Any]]:
+    """POST ``body`` (declared twice as long) to /upload, the client disconnecting after it."""
+    headers = [(b"content-type", content_type), (b"content-length", str(2 * len(body)).encode())]
+    messages = [
+        {"type": "http.request", "body": body, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    return asgi_request(app, "POST", b"/upload", headers, messages)
+
+
+@pytest.mark.parametrize("form", [True, False], ids=["multipart", "raw"])
+def test_a_client_disconnecting_mid_upload_is_one_debug_line(
+    processor: Processor, caplog: pytest.LogCaptureFixture, form: bool
+) -> None:
+    if form:
+        boundary = b"xyz"
+        content_type = b"multipart/form-data; boundary=" + boundary
+        body = (
+            b"--xyz\r\nContent-Disposition: form-data; name=image; filename=cat.jpg\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n" + JPEG[:1000]
+        )
+    else:
+        content_type, body = b"image/jpeg", JPEG[:1000]
+    caplog.set_level(logging.DEBUG, logger="imageproc.http")
+    upload_cut_short(create_app(processor), content_type, body)  # raises if anything escapes
+    assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
+    assert [r.getMessage() for r in caplog.records] == ["client disconnected during POST /upload"]
+    assert processor.repository.queue_stats().queued == 0
+
+
+def test_every_response_says_nosniff_and_sandbox(processor: Processor) -> None:
+    with client_for(processor) as client:
+        accepted = upload(client)
+        task = finished(client, processor, accepted.json()["id"])
+        image, source = task["outputs"][0], task["source"]
+        etag = client.get(path_of(image["url"])).headers["etag"]
+        responses = [
+            accepted,
+            upload(client, pipeline="fit:nope"),
+            upload(client, priority="high"),
+            client.post("/upload", content=b"x", headers={"Content-Type": "text/plain"}),
+            client.get(f"/status/{task['id']}"),
+            client.get("/status/nope"),
+            client.delete(f"/tasks/{task['id']}"),
+            client.post(f"/tasks/{task['id']}/retry"),
+            client.get(path_of(image["url"])),
+            client.head(path_of(image["url"])),
+            client.get(path_of(image["url"]), headers={"If-None-Match": etag}),
+            client.get(path_of(source["url"])),
+            client.get(f"/image/{image['key']}?expires=1&signature=x"),
+            client.get("/image/outputs/%2e%2e/x.png"),
+            client.get("/healthz"),
+            client.get("/readyz"),
+            client.get("/metrics"),
+            client.get("/openapi.json"),
+            client.get("/nope"),
+            client.put("/upload"),
+        ]
+    with client_for(processor, api_keys=KEYS) as secured:
+        responses.append(secured.get("/openapi.json"))
+    assert len({r.status_code for r in responses}) >= 9  # the statuses vary; the headers do not
+    for response in responses:
+        where = f"{response.request.method} {response.request.url} {response.status_code}"
+        assert response.headers.get_list("x-content-type-options") == ["nosniff"], where
+        assert response.headers["content-security-policy"] == "default-src 'none'; sandbox", where
+
+
+def test_originals_are_served_as_attachments_outputs_inline(
+    client: TestClient, processor: Processor
+) -> None:
+    task = finished(client, processor, upload(client).json()["id"])
+    source = client.get(path_of(task["source"]["url"]))
+    assert source.status_code == 200
+    assert source.headers["content-disposition"] == "attachment"
+    assert source.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    head = client.head(path_of(task["source"]["url"]))
+    assert head.headers["content-disposition"] == "attachment"
+    output = client.get(path_of(task["outputs"][0]["url"]))
+    assert output.status_code == 200
+    assert "content-disposition" not in output.headers
 
 
 def test_unknown_routes_and_methods_answer_in_json(client: TestClient) -> None:

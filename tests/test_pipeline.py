@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from imageproc import Encoding, Fit, InvalidPipeline, Pipeline, PipelineLimits, Resize, Variant
 from imageproc.pipeline import (
     DEFAULT_PIPELINE,
+    MAX_JSON_DEPTH,
     Blur,
     Colour,
     Crop,
@@ -19,7 +20,7 @@ from imageproc.pipeline import (
     Rotate,
     Sharpen,
 )
-from tests.strategies import pipelines
+from tests.strategies import FOREIGN_ZEROS, foreign_digits, foreign_numbers, pipelines
 
 
 def test_parse_the_documented_example() -> None:
@@ -333,3 +334,75 @@ def test_geometry() -> None:
     assert Rotate(90).target_size(40, 20, upscale=False) == (20, 40)
     assert Rotate(180).target_size(40, 20, upscale=False) == (40, 20)
     assert Rotate(45).target_size(10, 10, upscale=False) == (16, 16)  # as Pillow rounds
+
+
+def nested(depth: int) -> str:
+    """A pipeline document whose ``variants`` nests arrays until the whole is ``depth`` deep."""
+    return '{"variants": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+def test_json_text_round_trips() -> None:
+    pipeline = Pipeline.parse("thumb=fill:256x256:smart,webp:q80;large=fit:1600x1600")
+    assert Pipeline.from_json_text(json.dumps(pipeline.to_json())) == pipeline
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 2_000, 100_000])
+def test_json_text_nested_too_deep_is_refused_before_parsing(depth: int) -> None:
+    # Deep enough, json.loads itself raises RecursionError: the bound must come first.
+    with pytest.raises(InvalidPipeline, match=f"deeper than the limit of {MAX_JSON_DEPTH}"):
+        Pipeline.from_json_text(nested(depth))
+
+
+def test_json_text_at_the_depth_limit_is_read_as_usual() -> None:
+    with pytest.raises(InvalidPipeline) as caught:
+        Pipeline.from_json_text(nested(MAX_JSON_DEPTH))
+    assert "deeper" not in caught.value.message  # refused for what it is, not for its depth
+
+
+def test_json_text_brackets_inside_strings_do_not_count() -> None:
+    name = '"[{\\"' + "[" * 100 + '"'
+    with pytest.raises(InvalidPipeline, match="variant name") as caught:
+        Pipeline.from_json_text('{"variants": [{"name": ' + name + "}]}")
+    assert "deeper" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("{not json", "does not parse"), ("[]", "must be an object"), ('{"variants": 3}', "array")],
+)
+def test_json_text_faults_are_invalid_pipelines(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidPipeline, match=fragment):
+        Pipeline.from_json_text(text)
+
+
+# Every place the text form reads a number, with {n} for it.
+NUMBER_SLOTS = [
+    "fit:{n}x10",
+    "fit:10x{n}",
+    "fill:{n}x10",
+    "pad:10x{n}",
+    "resize:{n}x",
+    "resize:x{n}",
+    "crop:{n},0,1,1",
+    "crop:0,0,1,{n}",
+    "rotate:{n}",
+    "blur:{n}",
+    "blur:1.{n}",
+    "sharpen:{n}",
+    "jpeg:q{n}",
+    "webp:q{n}",
+]
+
+
+@given(foreign_numbers(), st.sampled_from(NUMBER_SLOTS))
+def test_the_text_form_reads_ascii_digits_only(number: str, slot: str) -> None:
+    with pytest.raises(InvalidPipeline):
+        Pipeline.parse(slot.format(n=number))
+
+
+@pytest.mark.parametrize("zero", FOREIGN_ZEROS)
+@pytest.mark.parametrize("slot", NUMBER_SLOTS)
+def test_a_number_in_another_scripts_digits_is_refused(slot: str, zero: int) -> None:
+    Pipeline.parse(slot.format(n="10"))  # the same number in ASCII digits is fine
+    with pytest.raises(InvalidPipeline):
+        Pipeline.parse(slot.format(n=foreign_digits("10", zero)))

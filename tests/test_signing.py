@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import string
 import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imageproc.signing import ApiKeys, UrlSigner, parse_api_keys
+from imageproc.signing import (
+    ApiKeys,
+    UrlSigner,
+    parse_api_keys,
+    parse_expires,
+    parse_max_priorities,
+)
+from tests.strategies import foreign_digits
 
 owners = st.from_regex(r"[A-Za-z0-9._@+-]{1,20}", fullmatch=True)
 clear_keys = st.from_regex(r"[\x21-\x2b\x2d-\x7e]{1,40}", fullmatch=True).filter(
@@ -150,3 +158,81 @@ def test_random_key_when_none_given_and_empty_keys_refused() -> None:
 def test_api_keys_refuse_unusable_keys(key: str) -> None:
     with pytest.raises(ValueError, match="alice"):
         ApiKeys({"alice": key})
+
+
+_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+
+
+def other_spellings(signature: str) -> list[str]:
+    """Texts that a lenient base64 decoder reads as the same 32 bytes as ``signature``."""
+    last = _ALPHABET.index(signature[-1])
+    spellings = [
+        signature + "=",
+        signature + "==",
+        signature + "!",
+        "." + signature,
+        signature[:20] + "\n" + signature[20:],
+        # The last character holds two bits beyond the 256: sign() leaves them at zero.
+        *(signature[:-1] + _ALPHABET[last | bits] for bits in (1, 2, 3)),
+    ]
+    if "-" in signature or "_" in signature:  # the standard alphabet's spelling of them
+        spellings.append(signature.replace("-", "+").replace("_", "/"))
+    return spellings
+
+
+@given(storage_keys, st.integers(min_value=1, max_value=2**40))
+def test_only_the_signers_own_spelling_verifies(key: str, expires: int) -> None:
+    signer = UrlSigner(["k"])
+    signature = signer.sign(key, expires)
+    assert signer.verify(key, expires, signature, now=0)
+    for spelling in other_spellings(signature):
+        assert not signer.verify(key, expires, spelling, now=0), spelling
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1795884000", 1795884000),
+        ("1", 1),
+        ("01795884000", None),
+        ("0", None),
+        ("+1795884000", None),
+        ("-1", None),
+        (" 1795884000", None),
+        ("1795884000 ", None),
+        ("1_795_884_000", None),
+        # Digits int() reads but a signer never writes: Arabic-Indic, fullwidth.
+        (foreign_digits("1795884000", 0x0660), None),
+        (foreign_digits("1795884000"), None),
+        ("1" * 13, None),
+        ("", None),
+    ],
+)
+def test_parse_expires_reads_only_what_a_signed_url_writes(text: str, expected: int | None) -> None:
+    assert parse_expires(text) == expected
+
+
+def test_parse_max_priorities() -> None:
+    assert parse_max_priorities("") == {}
+    assert parse_max_priorities(" alice:1000, bob:-5 ,*:0") == {"alice": 1000, "bob": -5, "*": 0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("alice", "owner:N"),
+        ("alice:", "whole number from -1000 to 1000"),
+        ("alice:1001", "whole number from -1000 to 1000"),
+        ("alice:-1001", "whole number from -1000 to 1000"),
+        ("alice:1_0", "whole number"),
+        ("alice:+5", "whole number"),
+        ("alice:" + foreign_digits("5"), "whole number"),
+        ("al ice:5", "owner must be"),
+        ("**:5", "owner must be"),
+        ("alice:1,alice:2", "listed twice"),
+        ("*:1,*:2", "listed twice"),
+    ],
+)
+def test_parse_max_priorities_refuses_bad_text_clearly(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_max_priorities(text)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from imageproc.__version__ import __version__
-from imageproc.config import LOG_LEVELS, Settings
+from imageproc.config import LOG_LEVELS, Settings, parse_whole_number
 from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline
 from imageproc.task import TaskStatus
 
@@ -182,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     process.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=_whole_number,
         default=os.cpu_count() or 1,
         metavar="N",
         help="files processed at once (default: one per core, %(default)s here)",
@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
         help="dead lists the dead-letter set",
     )
     listing.add_argument("--owner", help="only this API key owner's tasks")
-    listing.add_argument("--limit", type=int, default=100, help="most tasks shown (100)")
+    listing.add_argument("--limit", type=_whole_number, default=100, help="most tasks shown (100)")
     listing.set_defaults(command=_tasks)
     return parser
 
@@ -223,9 +223,18 @@ _NO_MIGRATE = "do not create or upgrade the schema at startup (run `imageproc mi
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+def _whole_number(text: str) -> int:
+    # Not type=int: int() also reads other scripts' digits and "1_000".
+    try:
+        return parse_whole_number(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _duration(text: str) -> timedelta:
     number, unit = text.strip()[:-1], text.strip()[-1:].lower()
-    if unit not in _UNITS or not number.isdigit():
+    # isdigit() alone would pass other scripts' digits (and superscripts int() then refuses).
+    if unit not in _UNITS or not (number.isascii() and number.isdigit()):
         raise argparse.ArgumentTypeError(
             f"expected a duration such as 30d, 12h or 90m, got {text!r}"
         )
@@ -268,7 +277,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(
             f"serve needs the http extra (pip install 'imageproc[http]'): {error}"
         ) from None
-    from imageproc.signing import parse_api_keys
+    from imageproc.signing import parse_api_keys, parse_max_priorities
 
     metrics = _metrics_or_none()
     if metrics is None:
@@ -306,6 +315,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 signing_keys=settings.signing_keys,
                 max_upload_bytes=settings.max_upload_bytes,
                 max_queue_depth=settings.max_queue_depth,
+                max_priority=parse_max_priorities(settings.max_priority),
                 url_ttl=timedelta(seconds=settings.url_ttl),
                 metrics_registry=metrics.registry if metrics is not None else None,
             )

@@ -36,6 +36,7 @@ __all__ = [
     "LOG_LEVELS",
     "Settings",
     "parse_byte_size",
+    "parse_whole_number",
     "parse_workers",
     "read_env_file",
 ]
@@ -58,6 +59,30 @@ _DEFAULT_ENV_FILE: Final = ".env"
 # -- parsers ----------------------------------------------------------------------------------
 
 
+# ASCII digits only: int() and float() also read other scripts' digits (Arabic-Indic, fullwidth…)
+# and underscores ("1_000"), which no configuration or request needs and a filter would miss.
+_WHOLE: Final = re.compile(r"[-+]?[0-9]{1,18}")
+_REAL: Final = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+
+
+def parse_whole_number(text: str) -> int:
+    """A whole number written in ASCII digits, with an optional sign and surrounding spaces:
+    ``"8000"``, ``" -5 "``. Unlike :func:`int`, refuses other scripts' digits and ``_``.
+
+    Raises :class:`ValueError` with a message fit for the user.
+    """
+    if not _WHOLE.fullmatch(text.strip()):
+        raise ValueError(f"expected a whole number, got {text!r}{_ascii_hint(text)}")
+    return int(text.strip())
+
+
+def _ascii_hint(text: str) -> str:
+    # Fullwidth digits look like ASCII ones: "expected a whole number" alone would puzzle.
+    if any(not c.isascii() and c.isdigit() for c in text) or "_" in text:
+        return " (only the ASCII digits 0-9, without '_')"
+    return ""
+
+
 def parse_workers(text: str) -> tuple[int, int]:
     """``"4"`` → ``(4, 4)``; ``"2:8"`` → ``(2, 8)`` (at least one worker, min ≤ max).
 
@@ -65,8 +90,8 @@ def parse_workers(text: str) -> tuple[int, int]:
     """
     low_text, sep, high_text = text.strip().partition(":")
     try:
-        low = int(low_text)
-        high = int(high_text) if sep else low
+        low = parse_whole_number(low_text)
+        high = parse_whole_number(high_text) if sep else low
     except ValueError:
         raise ValueError(f"expected a count N or MIN:MAX, got {text!r}") from None
     _check_workers((low, high))
@@ -94,7 +119,7 @@ _SIZE_UNITS: Final = {
     "gb": 1000**3,
     "gib": 1024**3,
 }
-_SIZE: Final = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
+_SIZE: Final = re.compile(r"\s*([0-9]+)\s*([A-Za-z]*)\s*")
 
 
 def parse_byte_size(text: str) -> int:
@@ -110,19 +135,11 @@ def parse_byte_size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
-def _parse_int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-
-
 def _parse_float(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not _REAL.fullmatch(text.strip()):
+        raise ValueError(f"expected a finite number, got {text!r}{_ascii_hint(text)}")
+    value = float(text.strip())
+    if value in (float("inf"), float("-inf")):
         raise ValueError(f"expected a finite number, got {text!r}")
     return value
 
@@ -161,7 +178,7 @@ def _parse_presets(text: str) -> tuple[tuple[str, str], ...]:
         return ()
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # nested past the recursion limit
         raise ValueError(
             'expected a JSON object of name → pipeline, such as {"avatar": "fill:96x96,webp"}'
         ) from None
@@ -184,6 +201,12 @@ def _check_api_keys(value: str) -> None:
     from imageproc.signing import parse_api_keys
 
     parse_api_keys(value)
+
+
+def _check_max_priority(value: str) -> None:
+    from imageproc.signing import parse_max_priorities
+
+    parse_max_priorities(value)
 
 
 def _check_presets(value: tuple[tuple[str, str], ...]) -> None:
@@ -249,20 +272,21 @@ _SPECS: Final[dict[str, _Spec]] = {
     "database_url": _Spec(_parse_text, _check_nonempty, (str,)),
     "storage_url": _Spec(_parse_text, _check_nonempty, (str,)),
     "api_keys": _Spec(_parse_text, _check_api_keys, (str,)),
+    "max_priority": _Spec(_parse_text, _check_max_priority, (str,)),
     "signing_keys": _Spec(_parse_list, _no_check, (tuple, list)),
     "workers": _Spec(parse_workers, _check_workers, (tuple, list, int)),
     "max_upload_bytes": _Spec(parse_byte_size, _check_positive_int, (int,)),
-    "max_queue_depth": _Spec(_optional(_parse_int), _check_positive_int, (int, type(None))),
+    "max_queue_depth": _Spec(_optional(parse_whole_number), _check_positive_int, (int, type(None))),
     "host": _Spec(_parse_text, _check_nonempty, (str,)),
-    "port": _Spec(_parse_int, _check_port, (int,)),
+    "port": _Spec(parse_whole_number, _check_port, (int,)),
     "lease_seconds": _Spec(_parse_float, _check_positive, (int, float)),
-    "max_attempts": _Spec(_parse_int, _check_positive_int, (int,)),
-    "metrics_port": _Spec(_optional(_parse_int), _check_port, (int, type(None))),
+    "max_attempts": _Spec(parse_whole_number, _check_positive_int, (int,)),
+    "metrics_port": _Spec(_optional(parse_whole_number), _check_port, (int, type(None))),
     "url_ttl": _Spec(_parse_float, _check_positive, (int, float)),
     "s3_endpoint_url": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
     "presets": _Spec(_parse_presets, _check_presets, (tuple, list, dict)),
     "presets_only": _Spec(_parse_bool, _no_check, (bool,)),
-    "max_pixels": _Spec(_parse_int, _check_positive_int, (int,)),
+    "max_pixels": _Spec(parse_whole_number, _check_positive_int, (int,)),
     "pipeline": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
     "root_path": _Spec(_parse_text, _check_root_path, (str,)),
     "log_level": _Spec(lambda text: text.strip().lower(), _check_log_level, (str,)),
@@ -372,6 +396,10 @@ class Settings:
     #: ``owner:key`` pairs separated by commas (a key may be ``sha256:<hex>``); empty: no auth.
     #: Parse with :func:`imageproc.signing.parse_api_keys`.
     api_keys: str = attrs.field(default="", validator=_validated, repr=False)
+    #: ``owner:N`` pairs separated by commas: the highest priority each owner's uploads may ask
+    #: for over HTTP (higher is refused with 403); ``*:N`` for everyone else. Empty: -1000 to
+    #: 1000 for all. Parse with :func:`imageproc.signing.parse_max_priorities`.
+    max_priority: str = attrs.field(default="", validator=_validated)
     #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
     signing_keys: tuple[str, ...] = attrs.field(default=(), validator=_validated, repr=False)
     #: Worker threads, ``(min, max)``; from ``"4"`` or ``"2:8"``.
@@ -416,6 +444,16 @@ class Settings:
     isolation: str = attrs.field(default="process", validator=_validated)
 
     def __attrs_post_init__(self) -> None:
+        from imageproc.signing import ANY_OWNER, parse_api_keys, parse_max_priorities
+
+        # An owner misspelt here would keep no limit at all, without a word: name it at startup.
+        owners = parse_api_keys(self.api_keys)
+        for owner in parse_max_priorities(self.max_priority):
+            if owner != ANY_OWNER and owner not in owners:
+                raise ConfigurationError(
+                    f"{ENV_VARS['max_priority']}: {owner!r} is not an owner in"
+                    f" {ENV_VARS['api_keys']} (use * for everyone else)"
+                )
         # A default pipeline that names no preset must be a pipeline: say so at startup, naming
         # the setting, rather than when the processor is built.
         if self.pipeline is not None and self.pipeline not in dict(self.presets):

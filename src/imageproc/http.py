@@ -30,9 +30,9 @@ This module is the only one that imports Starlette; ``import imageproc`` never l
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
+import re
 import secrets
 import tempfile
 import time
@@ -43,15 +43,18 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData, MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imageproc import keys as keyrules
 from imageproc.batching import SubmitBatcher
+from imageproc.config import parse_whole_number
 from imageproc.errors import (
     IllegalTransition,
     ImageprocError,
@@ -65,7 +68,7 @@ from imageproc.errors import (
 )
 from imageproc.pipeline import Pipeline
 from imageproc.processor import Processor, Upload
-from imageproc.signing import ApiKeys, UrlSigner
+from imageproc.signing import ANY_OWNER, PRIORITY_RANGE, ApiKeys, UrlSigner, parse_expires
 from imageproc.task import Output, Task
 
 if TYPE_CHECKING:
@@ -82,8 +85,6 @@ FORM_OVERHEAD: Final = 64 * 1024
 SPOOL_BYTES: Final = 1024 * 1024
 #: Bytes per read when streaming a stored object out.
 CHUNK_BYTES: Final = 256 * 1024
-#: Priorities a client may ask for; beyond this a single client could starve everyone else.
-PRIORITY_RANGE: Final = range(-1000, 1001)
 #: Seconds a client is told to wait after a 429 or a 503.
 RETRY_AFTER: Final = 5
 #: How long a queue depth reading is reused, so back-pressure costs no query per upload.
@@ -91,8 +92,15 @@ QUEUE_DEPTH_TTL: Final = 0.5
 #: How long /readyz waits for the backends before saying "not ready".
 READY_TIMEOUT: Final = 5.0
 IMMUTABLE: Final = "max-age=31536000, immutable"
+#: Headers on every response of the app. Error bodies echo what the client sent and originals
+#: are whatever was uploaded: no browser may sniff either into HTML, or run what it finds.
+SECURITY_HEADERS: Final[Mapping[str, str]] = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 _Endpoint = Callable[[Request], Awaitable[Response]]
+_DIGITS: Final = re.compile(r"[0-9]{1,19}")
 
 
 class ApiError(Exception):
@@ -114,6 +122,29 @@ class ApiError(Exception):
 
 class _TooLarge(Exception):
     """The request body passed its limit while streaming in."""
+
+
+class _SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every response, Starlette's own 404s
+    and 405s included; a header the endpoint set itself is left as it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers.append(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _error_response(status: int, code: str, message: str, headers: Mapping[str, str]) -> Response:
@@ -163,6 +194,13 @@ def _guarded(endpoint: _Endpoint) -> _Endpoint:
         except ImageprocError as error:
             api = _map_error(error)
             return _error_response(api.status, api.code, api.message, api.headers)
+        except ClientDisconnect:
+            # The client went away while its body was being read (an upload cut short): nothing
+            # is wrong here and nobody is left to answer. The response only feeds the access log.
+            logger.debug("client disconnected during %s %s", request.method, request.url.path)
+            return _error_response(
+                400, "client_disconnected", "the client closed the connection mid-request", {}
+            )
         except Exception:
             logger.exception("unhandled error in %s %s", request.method, request.url.path)
             return _error_response(
@@ -198,6 +236,7 @@ class _Service:
         signer: UrlSigner,
         max_upload_bytes: int,
         max_queue_depth: int | None,
+        max_priority: Mapping[str, int],
         url_ttl: timedelta,
         metrics_registry: prometheus_client.CollectorRegistry | None,
     ) -> None:
@@ -209,6 +248,7 @@ class _Service:
         self.max_upload_bytes = min(max_upload_bytes, processor.image_limits.max_bytes)
         self.max_queue_depth = max_queue_depth
         self.url_ttl = url_ttl
+        self.max_priority = dict(max_priority)
         self.metrics_registry = metrics_registry
         self._depth: tuple[float, int] | None = None
         self.batcher = SubmitBatcher(processor)
@@ -235,6 +275,11 @@ class _Service:
         if scheme.lower() != "bearer" or not token.strip():
             return None
         return self.api_keys.owner_of(token.strip())
+
+    def priority_cap(self, owner: str | None) -> int:
+        """The highest priority ``owner`` (None: a client of an app without keys) may ask for."""
+        default = self.max_priority.get(ANY_OWNER, PRIORITY_RANGE.stop - 1)
+        return default if owner is None else self.max_priority.get(owner, default)
 
     def visible(self, task: Task, owner: str | None) -> bool:
         return self.api_keys is None or task.owner == owner
@@ -349,11 +394,10 @@ def _check_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is None:
         return
-    try:
-        length = int(declared)
-    except ValueError:
-        raise ApiError(400, "bad_request", "Content-Length is not a number") from None
-    if length > limit:
+    # RFC 9110: 1*DIGIT, ASCII. int() would also take "+5", "1_0" and other scripts' digits.
+    if not _DIGITS.fullmatch(declared.strip()):
+        raise ApiError(400, "bad_request", "Content-Length is not a number")
+    if int(declared) > limit:
         raise _TooLarge
 
 
@@ -410,33 +454,33 @@ def _pipeline_spec(
         return None
     text = pipeline.strip()
     if text.startswith("{"):
-        try:
-            document = json.loads(text)
-        except ValueError as error:
-            raise InvalidPipeline(f"pipeline JSON does not parse: {error}") from None
-        if not isinstance(document, dict):
-            raise InvalidPipeline("pipeline JSON must be an object")
-        try:
-            return Pipeline.from_json(document)
-        except InvalidPipeline:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            raise InvalidPipeline(f"pipeline JSON is not a valid pipeline: {error}") from None
+        return Pipeline.from_json_text(text)
     return text
 
 
-def _priority(value: str | None) -> int:
+def _priority(value: str | None, cap: int) -> int:
+    """The priority asked for, within :data:`PRIORITY_RANGE` and at most ``cap``; none asked
+    for is 0, or ``cap`` if that is lower, so a key held below 0 can upload without asking."""
     if value is None or not value.strip():
-        return 0
+        return min(0, cap)
     try:
-        priority = int(value.strip())
+        priority = parse_whole_number(value)
     except ValueError:
-        raise ApiError(422, "invalid_priority", "priority must be an integer") from None
+        raise ApiError(
+            422, "invalid_priority", "priority must be a whole number in ASCII digits"
+        ) from None
     if priority not in PRIORITY_RANGE:
         raise ApiError(
             422,
             "invalid_priority",
             f"priority must be between {PRIORITY_RANGE.start} and {PRIORITY_RANGE.stop - 1}",
+        )
+    if priority > cap:
+        # Well-formed, but more than this credential is allowed: a permission, hence 403.
+        raise ApiError(
+            403,
+            "priority_not_allowed",
+            f"priority {priority} is above the most this client may ask for ({cap})",
         )
     return priority
 
@@ -460,6 +504,7 @@ def create_app(
     signing_keys: Sequence[str] = (),
     max_upload_bytes: int = 50 * 1024 * 1024,
     max_queue_depth: int | None = None,
+    max_priority: Mapping[str, int] | None = None,
     url_ttl: timedelta = timedelta(hours=1),
     metrics_registry: prometheus_client.CollectorRegistry | None = None,
 ) -> Starlette:
@@ -473,6 +518,10 @@ def create_app(
         max_upload_bytes: largest image accepted (also capped by the processor's image limit);
             a larger body is cut off with 413 while it streams in.
         max_queue_depth: answer uploads with 429 while more tasks than this are queued.
+        max_priority: owner → the highest priority their uploads may ask for (above it: 403
+            ``priority_not_allowed``); ``"*"`` for every owner not named, and for every client
+            when there are no API keys. None: anyone may ask for all of :data:`PRIORITY_RANGE`.
+            :func:`imageproc.signing.parse_max_priorities` reads ``IMAGEPROC_MAX_PRIORITY``.
         url_ttl: how long signed URLs stay valid.
         metrics_registry: the Prometheus registry ``/metrics`` serves; 404 when None.
 
@@ -482,12 +531,20 @@ def create_app(
         raise ValueError("max_upload_bytes must be positive")
     if url_ttl <= timedelta(0):
         raise ValueError("url_ttl must be positive")
+    max_priority = dict(max_priority or {})
+    for owner, cap in max_priority.items():
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap not in PRIORITY_RANGE:
+            raise ValueError(f"max_priority of {owner!r} must be an int in {PRIORITY_RANGE}")
+        # A misspelt owner would leave the real one without its limit, silently.
+        if owner != ANY_OWNER and api_keys and owner not in api_keys:
+            raise ValueError(f"max_priority names {owner!r}, who has no API key")
     service = _Service(
         processor,
         api_keys=ApiKeys(api_keys) if api_keys else None,
         signer=UrlSigner(signing_keys),
         max_upload_bytes=max_upload_bytes,
         max_queue_depth=max_queue_depth,
+        max_priority=max_priority,
         url_ttl=url_ttl,
         metrics_registry=metrics_registry,
     )
@@ -533,7 +590,7 @@ def create_app(
             except _TooLarge:
                 raise _too_large(limit) from None
             spec = _pipeline_spec(processor, pipeline, preset)
-            priority = _priority(priority_text)
+            priority = _priority(priority_text, service.priority_cap(owner))
             task = await service.batcher.submit(
                 Upload(image.file, spec, priority=priority, owner=owner), size=image.size or 0
             )
@@ -579,29 +636,29 @@ def create_app(
         kind = key.split("/", 1)[0]
         if kind not in ("outputs", "originals"):
             raise ObjectNotFound("not an image key")
-        cache = "public"
-        signature = request.query_params.get("signature")
-        expires_text = request.query_params.get("expires")
-        if signature is not None or expires_text is not None:
-            if not _signature_valid(service.signer, key, expires_text, signature):
-                raise ApiError(
-                    403, "invalid_signature", "the URL's signature is invalid or has expired"
-                )
+        cache = f"public, {IMMUTABLE}"
+        if "signature" in request.query_params or "expires" in request.query_params:
+            now = time.time()
+            expires = _signed_expiry(request, service.signer, key, now)
+            # A cache must stop serving the image when the URL stops working, not a year on:
+            # the signature's expiry is the most it may keep it (a rotated-out key ends it
+            # earlier, which no header can say).
+            cache = f"public, max-age={max(0, math.floor(expires - now))}, immutable"
         elif service.api_keys is not None:
             owner = service.authenticate(request)
             if kind != "outputs":
                 raise ObjectNotFound("no image under this key")
-            cache = "private"  # fetched with a credential: no shared cache may keep it
+            # Fetched with a credential: no shared cache may keep it.
+            cache = f"private, {IMMUTABLE}"
             await _owned_output(service, key, owner)
 
         info = await run_in_threadpool(processor.storage.stat, key)
         etag = _etag(key, info.size)
-        headers = {
-            "ETag": etag,
-            "Cache-Control": f"{cache}, {IMMUTABLE}",
-            "X-Content-Type-Options": "nosniff",
-            "Content-Length": str(info.size),
-        }
+        headers = {"ETag": etag, "Cache-Control": cache, "Content-Length": str(info.size)}
+        if kind == "originals":
+            # An original is whatever was uploaded, checked only as far as its header: a browser
+            # that opens its URL saves it rather than renders it (an <img> shows it all the same).
+            headers["Content-Disposition"] = "attachment"
         if _etag_matches(request.headers.get("if-none-match"), etag):
             del headers["Content-Length"]
             return Response(status_code=304, headers=headers)
@@ -666,7 +723,11 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(_SecurityHeaders)],
+    )
     app.state.imageproc = service
     return app
 
@@ -685,14 +746,33 @@ def _check_raw_path(request: Request, key: str) -> None:
         raise InvalidKey("image keys must not be percent-encoded")
 
 
-def _signature_valid(
-    signer: UrlSigner, key: str, expires_text: str | None, signature: str | None
-) -> bool:
-    if not expires_text or not signature or len(signature) > 128 or len(expires_text) > 12:
-        return False
-    if not expires_text.isascii() or not expires_text.isdigit():
-        return False
-    return signer.verify(key, int(expires_text), signature, now=time.time())
+def _signed_expiry(request: Request, signer: UrlSigner, key: str, now: float) -> int:
+    """The expiry of the request's valid signature for ``key``; else a 403.
+
+    Only the URL exactly as :meth:`_Service.signed_url` writes it passes: each query parameter
+    once (with a repeat, which one counts would depend on the parser), ``expires`` and
+    ``signature`` in their canonical text and not percent-encoded. Any other spelling of a valid
+    signature would be another URL for the same image: another cache key, and a way around a
+    filter on the exact URL.
+    """
+    params = request.query_params.multi_items()
+    if len({name for name, _ in params}) != len(params):
+        raise ApiError(
+            403, "invalid_signature", "a signed URL carries each query parameter only once"
+        )
+    expires_text = request.query_params.get("expires", "")
+    signature = request.query_params.get("signature", "")
+    expires = parse_expires(expires_text)
+    raw = bytes(request.scope.get("query_string", b"")).split(b"&")
+    # verify() first: past it, both values are known to be ASCII.
+    if (
+        expires is None
+        or not signer.verify(key, expires, signature, now=now)
+        or f"expires={expires_text}".encode() not in raw
+        or f"signature={signature}".encode() not in raw
+    ):
+        raise ApiError(403, "invalid_signature", "the URL's signature is invalid or has expired")
+    return expires
 
 
 async def _owned_output(service: _Service, key: str, owner: str | None) -> None:
@@ -898,6 +978,7 @@ OPENAPI: Final[dict[str, Any]] = {
                     },
                     "400": _error("malformed request"),
                     **_AUTH_ERRORS,
+                    "403": _error("a priority above the most this API key may ask for"),
                     "413": _error("the upload is over the size limit"),
                     "415": _error("not an image, or a format that is not accepted"),
                     "422": _error("a bad pipeline, preset or priority"),

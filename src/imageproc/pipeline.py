@@ -44,6 +44,7 @@ This module only describes work; :mod:`imageproc.imaging` carries it out.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -55,6 +56,7 @@ from imageproc.errors import InvalidPipeline
 
 __all__ = [
     "DEFAULT_PIPELINE",
+    "MAX_JSON_DEPTH",
     "OPERATIONS",
     "Blur",
     "Colour",
@@ -75,11 +77,14 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_SIZE = re.compile(r"(\d{1,6})?x(\d{1,6})?")
-_QUALITY = re.compile(r"q(\d{1,3})")
+# Digits are [0-9], never \d: in a str pattern \d is any Unicode digit (fullwidth,
+# Arabic-Indic…), which int() and float() read as well, so one pipeline could be written in
+# many scripts.
+_SIZE = re.compile(r"([0-9]{1,6})?x([0-9]{1,6})?")
+_QUALITY = re.compile(r"q([0-9]{1,3})")
 _COLOUR = re.compile(r"[0-9a-fA-F]{6}(?:[0-9a-fA-F]{2})?")
-_INT = re.compile(r"-?\d{1,6}")
-_NUMBER = re.compile(r"\d{1,3}(?:\.\d{1,4})?")
+_INT = re.compile(r"-?[0-9]{1,6}")
+_NUMBER = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,4})?")
 
 Gravity = Literal["center", "n", "s", "e", "w", "ne", "nw", "se", "sw", "smart"]
 GRAVITIES: Final = frozenset(get_args(Gravity))
@@ -884,6 +889,34 @@ def _modern_operation(op: Any) -> Any:
 
 _VARIANT_FIELDS: Final = ("name", "operations", "encoding", "background", *_FLAGS.values())
 
+#: How deeply arrays and objects may nest in a pipeline's JSON text. A valid pipeline nests five
+#: deep; without a bound, a few kilobytes of brackets would exhaust Python's recursion limit
+#: in the JSON decoder (a RecursionError, not an InvalidPipeline).
+MAX_JSON_DEPTH: Final = 32
+
+
+def _check_json_depth(text: str, limit: int) -> None:
+    """Refuse ``text`` if its arrays and objects nest deeper than ``limit``, before any
+    parser recurses into it: one pass, brackets inside strings not counted."""
+    depth = 0
+    in_string = escaped = False
+    for position, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                raise _fail(f"pipeline JSON nests deeper than the limit of {limit}", position)
+        elif char in "]}":
+            depth -= 1
+
 
 def _variants(variants: Iterable[Variant]) -> tuple[Variant, ...]:
     return tuple(variants)
@@ -951,6 +984,23 @@ class Pipeline:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             what = f"missing field {error}" if isinstance(error, KeyError) else str(error)
             raise InvalidPipeline(f"malformed pipeline JSON: {what}") from error
+
+    @classmethod
+    def from_json_text(cls, text: str) -> Pipeline:
+        """Read the JSON form from its text, as a client sends it.
+
+        Anything wrong is an :class:`~imageproc.InvalidPipeline`: text that does not parse, a
+        document that is not an object, a document that is not a pipeline, and arrays or
+        objects nested deeper than :data:`MAX_JSON_DEPTH` (checked before parsing).
+        """
+        _check_json_depth(text, MAX_JSON_DEPTH)
+        try:
+            document = json.loads(text)
+        except ValueError as error:
+            raise InvalidPipeline(f"pipeline JSON does not parse: {error}") from None
+        if not isinstance(document, dict):
+            raise InvalidPipeline("pipeline JSON must be an object")
+        return cls.from_json(document)
 
     @classmethod
     def from_stored(cls, obj: Mapping[str, Any]) -> Pipeline:

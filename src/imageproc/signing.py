@@ -2,8 +2,12 @@
 
 * :func:`parse_api_keys` reads the ``owner:key`` pairs of ``IMAGEPROC_API_KEYS``;
   :class:`ApiKeys` finds the owner of a presented key in constant time.
+* :func:`parse_max_priorities` reads the ``owner:N`` pairs of ``IMAGEPROC_MAX_PRIORITY``, the
+  highest priority each owner's uploads may ask for.
 * :class:`UrlSigner` signs a storage key with an expiry (HMAC-SHA256) and verifies it, accepting
   every configured signing key so that keys can be rotated without breaking URLs already handed out.
+  Only the one spelling :meth:`UrlSigner.sign` writes verifies (:func:`parse_expires` reads the
+  expiry the same way), so a signed URL cannot be rewritten into another URL for the same image.
 
 Kept apart from :mod:`imageproc.http` so the CLI and configuration can validate keys without
 importing Starlette, and so the cryptography is tested on its own.
@@ -19,7 +23,15 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-__all__ = ["ApiKeys", "UrlSigner", "parse_api_keys"]
+__all__ = [
+    "ANY_OWNER",
+    "PRIORITY_RANGE",
+    "ApiKeys",
+    "UrlSigner",
+    "parse_api_keys",
+    "parse_expires",
+    "parse_max_priorities",
+]
 
 #: The prefix of a key given by its SHA-256 rather than in clear.
 HASH_PREFIX: Final = "sha256:"
@@ -28,6 +40,13 @@ _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
 _OWNER: Final = re.compile(r"[A-Za-z0-9._@+-]{1,128}")
 # Keys travel in an Authorization header: visible ASCII without ',' (the pair separator).
 _KEY: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,512}")
+# What sign() writes: 32 bytes of URL-safe base64 without padding. The decoder alone would also
+# take padding, characters outside the alphabet and other values of the last character's two
+# unused bits, so one signature could be written many ways (many cache keys, one image).
+_SIGNATURE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+# A Unix time as str(int) writes it: ASCII digits, no sign, no leading zero; 12 digits reach
+# past the year 30000.
+_EXPIRES: Final = re.compile(r"[1-9][0-9]{0,11}")
 
 
 def parse_api_keys(text: str) -> dict[str, str]:
@@ -65,6 +84,45 @@ def parse_api_keys(text: str) -> dict[str, str]:
             raise ValueError(f"{where} ({owner}): the same key is given to two owners")
         seen.add(_digest(key))
         result[owner] = key
+    return result
+
+
+#: Priorities an HTTP client may ask for; beyond this a single client could starve everyone else.
+PRIORITY_RANGE: Final = range(-1000, 1001)
+#: The owner ``parse_max_priorities`` gives every owner it does not name (and, without API keys,
+#: every client).
+ANY_OWNER: Final = "*"
+_PRIORITY: Final = re.compile(r"-?[0-9]{1,4}")
+
+
+def parse_max_priorities(text: str) -> dict[str, int]:
+    """Parse ``"alice:1000,bob:0,*:10"`` into ``{"alice": 1000, "bob": 0, "*": 10}``: the
+    highest priority each owner's uploads may ask for.
+
+    ``*`` (:data:`ANY_OWNER`) stands for every owner not named. Each maximum is a whole number
+    in ASCII digits within :data:`PRIORITY_RANGE`. Blank text means no maximum beyond the range.
+    Raises :class:`ValueError` naming the bad pair.
+    """
+    result: dict[str, int] = {}
+    if not text.strip():
+        return result
+    for number, raw in enumerate(text.split(","), start=1):
+        owner, colon, value = raw.strip().partition(":")
+        where = f"priority pair {number}"
+        if not colon:
+            raise ValueError(f"{where} must be written owner:N")
+        if owner != ANY_OWNER and not _OWNER.fullmatch(owner):
+            raise ValueError(
+                f"{where}: the owner must be * or 1-128 ASCII letters, digits or . _ @ + -"
+            )
+        if not _PRIORITY.fullmatch(value) or int(value) not in PRIORITY_RANGE:
+            raise ValueError(
+                f"{where} ({owner}): the maximum must be a whole number from"
+                f" {PRIORITY_RANGE.start} to {PRIORITY_RANGE.stop - 1}, got {value!r}"
+            )
+        if owner in result:
+            raise ValueError(f"{where}: owner {owner!r} is listed twice")
+        result[owner] = int(value)
     return result
 
 
@@ -110,13 +168,19 @@ class ApiKeys:
         return found
 
 
+def parse_expires(text: str) -> int | None:
+    """The Unix time an ``expires`` parameter holds, or None unless it is written exactly as a
+    signed URL writes it (ASCII digits, no sign, no leading zero, at most 12 digits)."""
+    return int(text) if _EXPIRES.fullmatch(text) else None
+
+
 class UrlSigner:
     """Sign and verify ``(storage key, expiry)`` pairs with HMAC-SHA256.
 
     The first signing key signs; every one verifies, so a new key can be put first while URLs
     signed with the old one stay valid until the old key is dropped. With no keys, a random key
     is made (URLs then stop working when the process restarts, and differ between processes).
-    The signature is URL-safe base64 without padding.
+    The signature is URL-safe base64 without padding, and only that exact text verifies.
     """
 
     def __init__(self, keys: Sequence[str | bytes] = ()) -> None:
@@ -133,20 +197,24 @@ class UrlSigner:
 
     def sign(self, key: str, expires: int) -> str:
         """The signature of ``key`` valid until the Unix time ``expires``."""
-        mac = self._mac(self._keys[0], key, expires)
-        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        return self._text(self._mac(self._keys[0], key, expires)).decode()
+
+    @staticmethod
+    def _text(mac: bytes) -> bytes:
+        return base64.urlsafe_b64encode(mac).rstrip(b"=")
 
     def verify(self, key: str, expires: int, signature: str, *, now: float) -> bool:
-        """Whether ``signature`` signs ``key`` until ``expires`` and ``now`` is not past it."""
-        if expires < now:
+        """Whether ``signature`` signs ``key`` until ``expires`` and ``now`` is not past it.
+
+        ``signature`` must be exactly what :meth:`sign` wrote: the text is compared, not the
+        bytes it decodes to.
+        """
+        if expires < now or not _SIGNATURE.fullmatch(signature):
             return False
-        try:
-            presented = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
-        except (ValueError, TypeError):
-            return False
+        presented = signature.encode("ascii")
         valid = False
         for secret in self._keys:
             # Check every key rather than stop at a match: timing says nothing about which.
-            if hmac.compare_digest(presented, self._mac(secret, key, expires)):
+            if hmac.compare_digest(presented, self._text(self._mac(secret, key, expires))):
                 valid = True
         return valid
