@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -160,6 +160,10 @@ def _guarded(endpoint: _Endpoint) -> _Endpoint:
             return await endpoint(request)
         except ApiError as error:
             return _error_response(error.status, error.code, error.message, error.headers)
+        except ClientDisconnect:
+            # The client left mid-body, or was dropped for sending it too slowly: no one is
+            # left to read an answer, and it is no server error to log a traceback for.
+            return Response(status_code=400)
         except ImageprocError as error:
             api = _map_error(error)
             return _error_response(api.status, api.code, api.message, api.headers)
