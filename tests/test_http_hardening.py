@@ -1,15 +1,16 @@
-"""``imageproc serve`` against slow and greedy clients.
+"""``imageproc serve`` against slow and greedy clients, and what its access log keeps.
 
 Each test runs the real command on a free port with short deadlines set through ``IMAGEPROC_*``
 variables, and talks to it over raw sockets: a client dribbling its headers, one dribbling an
 upload (whose temporary file must go with it), connections over the limit, uploads of one API
-key over its bound.
+key over its bound, and a signed URL that must not reach the access log whole.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import select
 import signal
@@ -28,6 +29,8 @@ from PIL import Image
 from tests.test_cli import environment, free_port
 
 pytest.importorskip("imageproc.serving", reason="the http extra is not installed")
+
+from imageproc.serving import RedactQuerySecrets, redact_query_secrets
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -301,3 +304,39 @@ def test_uploads_of_one_key_over_its_bound_get_429_with_retry_after(serve: type[
         assert server.request("POST", "/upload", png(), bob)[0] == 202
     time.sleep(0.3)  # the pending upload's connection is gone, and its count with it
     assert server.request("POST", "/upload", png(), alice)[0] == 202
+
+
+# -- the access log ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_access_log_shows_no_signature(serve: type[Serve]) -> None:
+    server = serve(api_keys=f"alice:{KEY}")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    status, _, body = server.request(
+        "POST", "/upload", png(), {**auth, "Content-Type": "image/png"}
+    )
+    assert status == 202, body
+    task = json.loads(server.request("GET", f"/status/{json.loads(body)['id']}", b"", auth)[2])
+    url = task["source"]["url"]
+    signature = url.split("signature=")[1]
+    path = url.split(str(server.port), 1)[1]
+    assert server.request("GET", path)[0] == 200
+    server.stop()
+    log = server.log()
+    assert f'{path.split("signature=")[0]}signature=[redacted] HTTP/1.1" 200' in log
+    assert signature not in log
+
+
+def test_redaction_finds_secrets_however_they_are_spelt() -> None:
+    assert redact_query_secrets("/a?expires=1&signature=abc") == "/a?expires=1&signature=[redacted]"
+    assert redact_query_secrets("/a?%73ignature=abc&x=1") == "/a?%73ignature=[redacted]&x=1"
+    assert redact_query_secrets("/a?b?SIGNATURE=abc") == "/a?b?SIGNATURE=[redacted]"
+    assert redact_query_secrets("/a?api_key=k;token=t") == "/a?api_key=[redacted];token=[redacted]"
+    assert redact_query_secrets("/a?preset=thumb") == "/a?preset=thumb"
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s" %d',
+        ("127.0.0.1:5", "GET", "/i?signature=s", 200), None,
+    )  # fmt: skip
+    assert RedactQuerySecrets().filter(record)
+    assert record.getMessage() == '127.0.0.1:5 - "GET /i?signature=[redacted]" 200'

@@ -293,6 +293,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             server.should_exit = True
 
     stopping = threading.Event()
+    # Signed URLs in the access log would work, like passwords, until they expire.
+    access_log, redactor = logging.getLogger("uvicorn.access"), serving.RedactQuerySecrets()
     # Installed before the slow part (migrations, connecting) so a SIGTERM during startup stops
     # the server as soon as it starts instead of killing the process half-way. uvicorn swaps in
     # its own handlers while it serves, then restores these and re-raises the signal it caught:
@@ -343,6 +345,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 limit_concurrency=None if limit is None else limit + 1,
                 timeout_keep_alive=settings.keep_alive_timeout,
             )
+            # After Config, which (re)configures uvicorn's loggers.
+            access_log.addFilter(redactor)
             servers.append(uvicorn.Server(config))
             if not stopping.is_set():
                 try:
@@ -358,6 +362,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             # Leaving the block: HTTP has stopped taking uploads; tasks in flight finish, then
             # the backends close.
     finally:
+        access_log.removeFilter(redactor)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return EXIT_OK

@@ -11,7 +11,9 @@ uvicorn:
 * :class:`BodyDeadline`: ASGI middleware answering ``408`` and dropping a request whose body
   stalls, or arrives slower than a minimum rate once a grace period is spent;
 * :class:`UploadLimit`: ASGI middleware bounding the uploads one API key has in progress
-  (``429`` with ``Retry-After`` beyond it).
+  (``429`` with ``Retry-After`` beyond it);
+* :class:`RedactQuerySecrets`: a logging filter that blanks signatures (and anything named like
+  a credential) in the query strings of uvicorn's access log.
 
 The connection limit and the keep-alive timeout are uvicorn's own (``limit_concurrency``,
 ``timeout_keep_alive``). Needs the ``http`` extra.
@@ -22,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import Counter
 from typing import Any, ClassVar, Final
+from urllib.parse import unquote_plus
 
 import anyio
 import h11
@@ -33,10 +37,22 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from imageproc.signing import ApiKeys
 
-__all__ = ["BodyDeadline", "UploadLimit", "header_deadline_protocol"]
+__all__ = [
+    "SECRET_QUERY_PARAMETERS",
+    "BodyDeadline",
+    "RedactQuerySecrets",
+    "UploadLimit",
+    "header_deadline_protocol",
+    "redact_query_secrets",
+]
 
 logger = logging.getLogger("imageproc.serving")
 
+#: Query parameters whose values never reach a log: the signature of a signed URL, and names a
+#: client might (wrongly) use to pass an API key, which the service itself never reads there.
+SECRET_QUERY_PARAMETERS: Final = frozenset(
+    {"signature", "key", "api_key", "apikey", "token", "access_token"}
+)
 #: Seconds a client refused with 429 is told to wait, as the adapter's own 429s say.
 RETRY_AFTER: Final = 5
 
@@ -326,3 +342,42 @@ class UploadLimit:
             self._active[owner] -= 1
             if not self._active[owner]:
                 del self._active[owner]
+
+
+# -- the access log ---------------------------------------------------------------------------
+
+_QUERY_FIELD: Final = re.compile(r"(?P<lead>[?&;])(?P<name>[^?&;=\s\"]*)=(?P<value>[^?&;\s\"]*)")
+
+
+def redact_query_secrets(text: str) -> str:
+    """``text`` with the value of every query field named in :data:`SECRET_QUERY_PARAMETERS`
+    (case-insensitive, percent-encoded names too) replaced by ``[redacted]``.
+
+    Every ``?``, ``&`` or ``;`` starts a field, wherever it is, so a ``?`` smuggled into the path
+    cannot shift a signature out of sight.
+    """
+
+    def redact(match: re.Match[str]) -> str:
+        name = unquote_plus(match["name"]).strip().lower()
+        if name not in SECRET_QUERY_PARAMETERS:
+            return match[0]
+        return f"{match['lead']}{match['name']}=[redacted]"
+
+    return _QUERY_FIELD.sub(redact, text) if "=" in text else text
+
+
+class RedactQuerySecrets(logging.Filter):
+    """A logging filter that passes :func:`redact_query_secrets` over a record's text arguments.
+
+    Install it on the ``uvicorn.access`` logger: its lines carry each request's path and query,
+    and a signed URL in a log works, like a password, until it expires.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_query_secrets(arg) if isinstance(arg, str) else arg for arg in record.args
+            )
+        elif isinstance(record.msg, str) and not record.args:
+            record.msg = redact_query_secrets(record.msg)
+        return True
