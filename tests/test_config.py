@@ -148,6 +148,15 @@ def test_env_example_documents_every_variable_with_its_default() -> None:
         ("IMAGEPROC_PIPELINE", " fit:10x10,png ", "pipeline", "fit:10x10,png"),
         ("IMAGEPROC_PIPELINE", "", "pipeline", None),
         ("IMAGEPROC_ROOT_PATH", "/images", "root_path", "/images"),
+        ("IMAGEPROC_MAX_CONNECTIONS", "64", "max_connections", 64),
+        ("IMAGEPROC_MAX_CONNECTIONS", "off", "max_connections", None),
+        ("IMAGEPROC_KEEP_ALIVE_TIMEOUT", "30", "keep_alive_timeout", 30),
+        ("IMAGEPROC_HEADER_TIMEOUT", "2.5", "header_timeout", 2.5),
+        ("IMAGEPROC_BODY_TIMEOUT", "60", "body_timeout", 60.0),
+        ("IMAGEPROC_BODY_MIN_RATE", "16K", "body_min_rate", 16 * 1024),
+        ("IMAGEPROC_BODY_MIN_RATE", "", "body_min_rate", None),
+        ("IMAGEPROC_MAX_UPLOADS_PER_KEY", "2", "max_uploads_per_key", 2),
+        ("IMAGEPROC_MAX_UPLOADS_PER_KEY", "none", "max_uploads_per_key", None),
     ],
 )
 def test_each_variable_is_parsed(
@@ -261,6 +270,12 @@ def test_byte_size_parser_only_ever_raises_value_error(text: str) -> None:
         ({"IMAGEPROC_PRESETS": '{"avatar": 3}'}, "IMAGEPROC_PRESETS: preset 'avatar' must be"),
         ({"IMAGEPROC_PRESETS_ONLY": "maybe"}, "IMAGEPROC_PRESETS_ONLY: expected true or false"),
         ({"IMAGEPROC_MAX_PIXELS": "0"}, "IMAGEPROC_MAX_PIXELS: must be at least 1"),
+        ({"IMAGEPROC_MAX_CONNECTIONS": "0"}, "IMAGEPROC_MAX_CONNECTIONS: must be at least 1"),
+        ({"IMAGEPROC_KEEP_ALIVE_TIMEOUT": "1.5"}, "IMAGEPROC_KEEP_ALIVE_TIMEOUT: expected a whole"),
+        ({"IMAGEPROC_HEADER_TIMEOUT": "0"}, "IMAGEPROC_HEADER_TIMEOUT: must be positive"),
+        ({"IMAGEPROC_BODY_TIMEOUT": "-1"}, "IMAGEPROC_BODY_TIMEOUT: must be positive"),
+        ({"IMAGEPROC_BODY_MIN_RATE": "0"}, "IMAGEPROC_BODY_MIN_RATE: must be at least 1"),
+        ({"IMAGEPROC_MAX_UPLOADS_PER_KEY": "0"}, "IMAGEPROC_MAX_UPLOADS_PER_KEY: must be at"),
     ],
 )
 def test_bad_values_raise_a_one_line_error_naming_the_variable(

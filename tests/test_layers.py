@@ -228,7 +228,13 @@ def test_backends_know_nothing_of_the_application_layers(module: str) -> None:
 
 
 # The HTTP adapter is an optional extra (``imageproc[http]``): the core must work without it.
-ADAPTERS = {"imageproc.http", "imageproc.cli", "imageproc.config", *under("imageproc.http")}
+ADAPTERS = {
+    "imageproc.http",
+    "imageproc.cli",
+    "imageproc.config",
+    "imageproc.serving",
+    *under("imageproc.http"),
+}
 
 
 def _starlette_importers() -> dict[str, int]:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from imageproc.imaging import ImageLimits, Rendered
     from imageproc.metrics import Metrics
     from imageproc.pipeline import Pipeline
+    from imageproc.signing import ApiKeys
     from imageproc.task import Task
 
 __all__ = ["main", "task_to_json"]
@@ -272,12 +273,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         import uvicorn
 
+        from imageproc import serving
         from imageproc.http import create_app
     except ImportError as error:
         raise ConfigurationError(
             f"serve needs the http extra (pip install 'imageproc[http]'): {error}"
         ) from None
-    from imageproc.signing import parse_api_keys, parse_max_priorities
+    from imageproc.signing import ApiKeys, parse_api_keys, parse_max_priorities
 
     metrics = _metrics_or_none()
     if metrics is None:
@@ -300,6 +302,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             server.should_exit = True
 
     stopping = threading.Event()
+    # Signed URLs in the access log would work, like passwords, until they expire.
+    access_log, redactor = logging.getLogger("uvicorn.access"), serving.RedactQuerySecrets()
     # Installed before the slow part (migrations, connecting) so a SIGTERM during startup stops
     # the server as soon as it starts instead of killing the process half-way. uvicorn swaps in
     # its own handlers while it serves, then restores these and re-raises the signal it caught:
@@ -309,15 +313,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         with settings.processor(events=metrics, migrate=not args.no_migrate) as processor:
             if metrics is not None:
                 metrics.watch(processor)
-            app = create_app(
-                processor,
-                api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
-                signing_keys=settings.signing_keys,
-                max_upload_bytes=settings.max_upload_bytes,
-                max_queue_depth=settings.max_queue_depth,
-                max_priority=parse_max_priorities(settings.max_priority),
-                url_ttl=timedelta(seconds=settings.url_ttl),
-                metrics_registry=metrics.registry if metrics is not None else None,
+            api_keys = parse_api_keys(settings.api_keys) if settings.api_keys else None
+            app = _guarded_app(
+                create_app(
+                    processor,
+                    api_keys=api_keys,
+                    signing_keys=settings.signing_keys,
+                    max_upload_bytes=settings.max_upload_bytes,
+                    max_queue_depth=settings.max_queue_depth,
+                    max_priority=parse_max_priorities(settings.max_priority),
+                    url_ttl=timedelta(seconds=settings.url_ttl),
+                    metrics_registry=metrics.registry if metrics is not None else None,
+                ),
+                settings,
+                ApiKeys(api_keys) if api_keys else None,
             )
             if not args.no_workers:
                 processor.start(settings.workers)
@@ -330,6 +339,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 _safe_url(settings.database_url),
                 _safe_url(settings.storage_url),
             )
+            limit = settings.max_connections
             config = uvicorn.Config(
                 app,
                 host=settings.host,
@@ -337,7 +347,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 log_level=settings.log_level,
                 lifespan="on",
                 root_path=settings.root_path,
+                # uvicorn has no deadline for request headers: its h11 protocol with one (always
+                # h11, even where httptools is installed, which has none either).
+                http=serving.header_deadline_protocol(settings.header_timeout),
+                # uvicorn answers 503 once this many connections are open, the one asking
+                # included: one more, so that max_connections connections are all served.
+                limit_concurrency=None if limit is None else limit + 1,
+                timeout_keep_alive=settings.keep_alive_timeout,
             )
+            # After Config, which (re)configures uvicorn's loggers.
+            access_log.addFilter(redactor)
             servers.append(uvicorn.Server(config))
             if not stopping.is_set():
                 try:
@@ -353,9 +372,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             # Leaving the block: HTTP has stopped taking uploads; tasks in flight finish, then
             # the backends close.
     finally:
+        access_log.removeFilter(redactor)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return EXIT_OK
+
+
+def _guarded_app(app: Any, settings: Settings, api_keys: ApiKeys | None) -> Any:
+    """``app`` inside the bounds on slow bodies and on uploads per API key."""
+    from imageproc import serving
+
+    if api_keys is not None and settings.max_uploads_per_key is not None:
+        app = serving.UploadLimit(app, api_keys=api_keys, max_uploads=settings.max_uploads_per_key)
+    # Outermost, so that a 429 sent before the body is read also closes the connection.
+    return serving.BodyDeadline(app, timeout=settings.body_timeout, min_rate=settings.body_min_rate)
 
 
 def _metrics_or_none() -> Metrics | None:

@@ -289,6 +289,14 @@ _SPECS: Final[dict[str, _Spec]] = {
     "max_pixels": _Spec(parse_whole_number, _check_positive_int, (int,)),
     "pipeline": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
     "root_path": _Spec(_parse_text, _check_root_path, (str,)),
+    "max_connections": _Spec(_optional(parse_whole_number), _check_positive_int, (int, type(None))),
+    "keep_alive_timeout": _Spec(parse_whole_number, _check_positive_int, (int,)),
+    "header_timeout": _Spec(_parse_float, _check_positive, (int, float)),
+    "body_timeout": _Spec(_parse_float, _check_positive, (int, float)),
+    "body_min_rate": _Spec(_optional(parse_byte_size), _check_positive_int, (int, type(None))),
+    "max_uploads_per_key": _Spec(
+        _optional(parse_whole_number), _check_positive_int, (int, type(None))
+    ),
     "log_level": _Spec(lambda text: text.strip().lower(), _check_log_level, (str,)),
     "render_timeout": _Spec(
         _optional(_parse_float), _check_optional_positive, (int, float, type(None))
@@ -316,7 +324,9 @@ def _coerce(name: str, value: Any) -> Any:
     elif name == "presets":
         pairs = value.items() if isinstance(value, Mapping) else value
         value = tuple((preset, text) for preset, text in pairs)
-    elif name in ("lease_seconds", "url_ttl") or (name == "render_timeout" and value is not None):
+    elif name in ("lease_seconds", "url_ttl", "header_timeout", "body_timeout") or (
+        name == "render_timeout" and value is not None
+    ):
         value = float(value)
     spec.check(value)
     return value
@@ -434,6 +444,23 @@ class Settings:
     #: The path prefix a reverse proxy serves ``imageproc serve`` under (``/images``), so the
     #: URLs the service writes (status, signed images) carry it; empty: served at the root.
     root_path: str = attrs.field(default="", validator=_validated)
+    #: Connections ``imageproc serve`` serves at once; a request on one more is answered 503.
+    #: None: no bound.
+    max_connections: int | None = attrs.field(default=256, validator=_validated)
+    #: Seconds ``imageproc serve`` keeps an idle connection open between two requests.
+    keep_alive_timeout: int = attrs.field(default=5, validator=_validated)
+    #: Seconds a client has to send a request's line and headers, from connecting (or from the
+    #: first byte of a further request on the connection); then the connection is closed.
+    header_timeout: float = attrs.field(default=10.0, validator=_validated)
+    #: Seconds a request body may pause, and the grace period before ``body_min_rate`` applies;
+    #: a body slower than that is answered 408 and dropped.
+    body_timeout: float = attrs.field(default=20.0, validator=_validated)
+    #: Bytes per second a request body must average once ``body_timeout`` is spent; None: only
+    #: pauses are bounded.
+    body_min_rate: int | None = attrs.field(default=8 * 1024, validator=_validated)
+    #: Uploads one API key may have in progress at once; one more is answered 429. None: no
+    #: bound. Applies only with ``api_keys``.
+    max_uploads_per_key: int | None = attrs.field(default=4, validator=_validated)
     #: One of :data:`LOG_LEVELS`.
     log_level: str = attrs.field(default="info", validator=_validated)
     #: Most seconds one task's decode, transforms and encodes may take; past it the task fails

@@ -195,8 +195,9 @@ def _guarded(endpoint: _Endpoint) -> _Endpoint:
             api = _map_error(error)
             return _error_response(api.status, api.code, api.message, api.headers)
         except ClientDisconnect:
-            # The client went away while its body was being read (an upload cut short): nothing
-            # is wrong here and nobody is left to answer. The response only feeds the access log.
+            # The client went away while its body was being read (an upload cut short, or dropped
+            # for sending it too slowly): nothing is wrong here and nobody is left to answer. The
+            # response only feeds the access log.
             logger.debug("client disconnected during %s %s", request.method, request.url.path)
             return _error_response(
                 400, "client_disconnected", "the client closed the connection mid-request", {}
