@@ -32,6 +32,7 @@ TRANSIENT = {
     errors.BackendUnavailable,
     errors.WaitTimeout,
     errors.RenderFailed,
+    errors.QueueFull,
 }
 
 

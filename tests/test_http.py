@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from imageproc import BackendUnavailable, ImageLimits, Processor, StorageError, TaskError
+from imageproc import (
+    BackendUnavailable,
+    ImageLimits,
+    Processor,
+    QueueLimits,
+    StorageError,
+    TaskError,
+)
 from imageproc.backends.fsspec import FsspecStorage
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.http import create_app
@@ -326,14 +334,48 @@ def test_the_image_limit_caps_the_upload_limit() -> None:
 def test_a_deep_queue_is_429_with_retry_after(processor: Processor) -> None:
     with client_for(processor, max_queue_depth=1) as client:
         assert upload(client).status_code == 202
-        assert upload(client).status_code == 202
-        time.sleep(0.6)  # the depth reading is reused for half a second
-        response = upload(client)
+        response = upload(client)  # refused as it is recorded: no stale reading lets it in
         assert_error(response, 429, "queue_full")
         assert int(response.headers["retry-after"]) > 0
         processor.run_until_idle()
-        time.sleep(0.6)
+        time.sleep(0.6)  # the early check's reading is reused for half a second
         assert upload(client).status_code == 202
+
+
+def test_a_burst_of_uploads_never_passes_the_queue_limit(processor: Processor) -> None:
+    with client_for(processor, max_queue_depth=10) as client, ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: upload(client).status_code, range(60), timeout=120))
+    assert codes.count(202) == 10
+    assert codes.count(429) == 50
+    assert processor.repository.queue_stats().queued == 10
+
+
+def test_a_retry_into_a_full_queue_is_429(processor: Processor) -> None:
+    with client_for(processor, max_queue_depth=1) as client:
+        task_id = upload(client).json()["id"]
+        fail_one(processor)
+        assert upload(client).status_code == 202  # the queue is full again
+        assert_error(client.post(f"/tasks/{task_id}/retry"), 429, "queue_full")
+        assert client.get(f"/status/{task_id}").json()["status"] == "failed"
+
+
+def test_one_owner_cannot_fill_the_queue_for_another() -> None:
+    processor = memory_processor(queue_limits=QueueLimits(max_queued_per_owner=2))
+    keys = {"greedy": "g" * 32, "polite": "p" * 32}
+    with client_for(processor, api_keys=keys) as client:
+        greedy = {"Authorization": f"Bearer {keys['greedy']}"}
+        polite = {"Authorization": f"Bearer {keys['polite']}"}
+        assert [upload(client, headers=greedy).status_code for _ in range(3)] == [202, 202, 429]
+        assert upload(client, headers=polite).status_code == 202
+
+
+def test_uploads_past_the_rate_are_429_with_retry_after() -> None:
+    processor = memory_processor()
+    with client_for(processor, max_uploads_per_minute=2) as client:
+        assert [upload(client).status_code for _ in range(2)] == [202, 202]
+        response = upload(client)
+        assert_error(response, 429, "rate_limited")
+        assert 1 <= int(response.headers["retry-after"]) <= 60
 
 
 # -- status, cancel, retry --------------------------------------------------------------------

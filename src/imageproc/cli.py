@@ -322,6 +322,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                     max_upload_bytes=settings.max_upload_bytes,
                     max_queue_depth=settings.max_queue_depth,
                     max_priority=parse_max_priorities(settings.max_priority),
+                    max_uploads_per_minute=settings.max_uploads_per_minute,
                     url_ttl=timedelta(seconds=settings.url_ttl),
                     metrics_registry=metrics.registry if metrics is not None else None,
                 ),

@@ -277,6 +277,12 @@ _SPECS: Final[dict[str, _Spec]] = {
     "workers": _Spec(parse_workers, _check_workers, (tuple, list, int)),
     "max_upload_bytes": _Spec(parse_byte_size, _check_positive_int, (int,)),
     "max_queue_depth": _Spec(_optional(parse_whole_number), _check_positive_int, (int, type(None))),
+    "max_queued_per_owner": _Spec(
+        _optional(parse_whole_number), _check_positive_int, (int, type(None))
+    ),
+    "max_uploads_per_minute": _Spec(
+        _optional(parse_whole_number), _check_positive_int, (int, type(None))
+    ),
     "host": _Spec(_parse_text, _check_nonempty, (str,)),
     "port": _Spec(parse_whole_number, _check_port, (int,)),
     "lease_seconds": _Spec(_parse_float, _check_positive, (int, float)),
@@ -416,8 +422,15 @@ class Settings:
     workers: tuple[int, int] = attrs.field(default=(2, 2), validator=_validated)
     #: Largest upload accepted, in bytes (``50MiB``, ``10MB``, ``1048576``).
     max_upload_bytes: int = attrs.field(default=50 * _MiB, validator=_validated)
-    #: Refuse uploads (HTTP 429) while more tasks than this are queued; None: no bound.
+    #: Most tasks queued at once, all owners together, checked as each task is recorded
+    #: (uploads and retries beyond it: HTTP 429); None: no bound.
     max_queue_depth: int | None = attrs.field(default=None, validator=_validated)
+    #: Most tasks one owner may have queued at once (HTTP 429 beyond it), so one owner cannot
+    #: lock the others out; None: no bound.
+    max_queued_per_owner: int | None = attrs.field(default=None, validator=_validated)
+    #: Most uploads one owner (without API keys: one client address) may make in a minute
+    #: (HTTP 429 beyond it); None: no bound. Counted in each ``serve`` process.
+    max_uploads_per_minute: int | None = attrs.field(default=None, validator=_validated)
     #: Address and port ``imageproc serve`` listens on.
     host: str = attrs.field(default="127.0.0.1", validator=_validated)
     port: int = attrs.field(default=8000, validator=_validated)
@@ -550,11 +563,18 @@ class Settings:
         """
         from imageproc.imaging import ImageLimits
         from imageproc.processor import Processor
+        from imageproc.protocols import QueueLimits
         from imageproc.retrying import RetryPolicy
 
         options.setdefault("lease_seconds", self.lease_seconds)
         options.setdefault("render_timeout", self.render_timeout)
         options.setdefault("isolation", self.isolation)
+        options.setdefault(
+            "queue_limits",
+            QueueLimits(
+                max_queued=self.max_queue_depth, max_queued_per_owner=self.max_queued_per_owner
+            ),
+        )
         if "retry" not in options and "max_attempts" not in options:
             options["retry"] = RetryPolicy(max_attempts=self.max_attempts)
         options.setdefault(

@@ -20,6 +20,7 @@ The tree::
     ├── LeaseLost                       lease_lost           no
     ├── RenderTimeout                   render_timeout       no
     ├── RenderFailed                    render_failed        yes
+    ├── QueueFull                       queue_full           yes
     ├── WaitTimeout (also TimeoutError) timeout              yes
     ├── StorageError                    storage_error        yes, unless raised with transient=False
     │   └── ObjectNotFound              object_not_found     no
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidPipeline",
     "LeaseLost",
     "ObjectNotFound",
+    "QueueFull",
     "RenderFailed",
     "RenderTimeout",
     "StorageError",
@@ -136,6 +138,15 @@ class RenderFailed(ImageprocError):
     so still ends in the dead-letter set after ``max_attempts``."""
 
     code = "render_failed"
+    default_transient = True
+
+
+class QueueFull(ImageprocError):
+    """Recording the task would pass a limit on waiting tasks (all of them, or one owner's;
+    :class:`~imageproc.QueueLimits`): nothing was recorded. Transient: it fits again once the
+    workers have taken some. Over HTTP a 429 with ``Retry-After``."""
+
+    code = "queue_full"
     default_transient = True
 
 

@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import anyio
+import attrs
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, MutableHeaders, UploadFile
@@ -64,10 +65,13 @@ from imageproc.errors import (
     InvalidKey,
     InvalidPipeline,
     ObjectNotFound,
+    QueueFull,
     TaskNotFound,
 )
 from imageproc.pipeline import Pipeline
 from imageproc.processor import Processor, Upload
+from imageproc.protocols import QueueLimits
+from imageproc.ratelimit import WindowLimit
 from imageproc.signing import ANY_OWNER, PRIORITY_RANGE, ApiKeys, UrlSigner, parse_expires
 from imageproc.task import Output, Task
 
@@ -171,6 +175,8 @@ def _map_error(error: ImageprocError) -> ApiError:
         return ApiError(422, error.code, error.message)
     if isinstance(error, IllegalTransition):
         return ApiError(409, error.code, error.message)
+    if isinstance(error, QueueFull):
+        return ApiError(429, error.code, error.message, {"Retry-After": str(RETRY_AFTER)})
     if error.transient:
         # Driver messages may name hosts, files or SQL: say what is wrong, not how.
         return ApiError(
@@ -240,6 +246,7 @@ class _Service:
         max_priority: Mapping[str, int],
         url_ttl: timedelta,
         metrics_registry: prometheus_client.CollectorRegistry | None,
+        max_uploads_per_minute: int | None = None,
     ) -> None:
         self.processor = processor
         self.api_keys = api_keys
@@ -253,6 +260,9 @@ class _Service:
         self.metrics_registry = metrics_registry
         self._depth: tuple[float, int] | None = None
         self.batcher = SubmitBatcher(processor)
+        self.upload_rate = (
+            None if max_uploads_per_minute is None else WindowLimit(max_uploads_per_minute, 60.0)
+        )
 
     # -- access ---------------------------------------------------------------------------
 
@@ -362,14 +372,31 @@ class _Service:
             result["dominant_color"] = output.dominant_color
         return result
 
+    def check_upload_rate(self, request: Request, owner: str | None) -> None:
+        """429 if ``owner`` (without keys: the client's address) is past its uploads a minute."""
+        if self.upload_rate is None:
+            return
+        who = owner if owner is not None else (request.client.host if request.client else "")
+        wait = self.upload_rate.hit(who)
+        if wait is not None:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"more than {self.upload_rate.limit} uploads in a minute; try again later",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
     async def check_queue_depth(self) -> None:
+        """A cheap early refusal while the queue is clearly full, before the body is read (the
+        reading may be half a second old: the check that counts is made as the task is
+        recorded, :class:`~imageproc.QueueLimits`)."""
         if self.max_queue_depth is None:
             return
         now = time.monotonic()
         if self._depth is None or now - self._depth[0] > QUEUE_DEPTH_TTL:
             stats = await run_in_threadpool(self.processor.repository.queue_stats)
             self._depth = (now, stats.queued)
-        if self._depth[1] > self.max_queue_depth:
+        if self._depth[1] >= self.max_queue_depth:
             raise ApiError(
                 429,
                 "queue_full",
@@ -506,6 +533,7 @@ def create_app(
     max_upload_bytes: int = 50 * 1024 * 1024,
     max_queue_depth: int | None = None,
     max_priority: Mapping[str, int] | None = None,
+    max_uploads_per_minute: int | None = None,
     url_ttl: timedelta = timedelta(hours=1),
     metrics_registry: prometheus_client.CollectorRegistry | None = None,
 ) -> Starlette:
@@ -518,7 +546,13 @@ def create_app(
             means a random key for this app only.
         max_upload_bytes: largest image accepted (also capped by the processor's image limit);
             a larger body is cut off with 413 while it streams in.
-        max_queue_depth: answer uploads with 429 while more tasks than this are queued.
+        max_queue_depth: most tasks queued at once; sets the processor's
+            ``queue_limits.max_queued`` (:class:`~imageproc.QueueLimits`, checked as each task
+            is recorded, retries included). Beyond it uploads and retries are answered 429
+            ``queue_full`` with ``Retry-After``; a full queue also refuses uploads before their
+            body is read.
+        max_uploads_per_minute: most uploads one owner (without API keys: one client address)
+            may make in any minute; beyond it 429 ``rate_limited`` with ``Retry-After``.
         max_priority: owner → the highest priority their uploads may ask for (above it: 403
             ``priority_not_allowed``); ``"*"`` for every owner not named, and for every client
             when there are no API keys. None: anyone may ask for all of :data:`PRIORITY_RANGE`.
@@ -539,6 +573,10 @@ def create_app(
         # A misspelt owner would leave the real one without its limit, silently.
         if owner != ANY_OWNER and api_keys and owner not in api_keys:
             raise ValueError(f"max_priority names {owner!r}, who has no API key")
+    if max_queue_depth is not None:
+        processor.queue_limits = attrs.evolve(
+            processor.queue_limits or QueueLimits(), max_queued=max_queue_depth
+        )
     service = _Service(
         processor,
         api_keys=ApiKeys(api_keys) if api_keys else None,
@@ -548,10 +586,12 @@ def create_app(
         max_priority=max_priority,
         url_ttl=url_ttl,
         metrics_registry=metrics_registry,
+        max_uploads_per_minute=max_uploads_per_minute,
     )
 
     async def upload(request: Request) -> Response:
         owner = service.authenticate(request)
+        service.check_upload_rate(request, owner)
         await service.check_queue_depth()
         limit = service.max_upload_bytes
         content_type = request.headers.get("content-type", "").lower()

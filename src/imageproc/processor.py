@@ -28,7 +28,7 @@ from imageproc.events import Events
 from imageproc.execution import Execution, Recorder
 from imageproc.imaging import ImageLimits
 from imageproc.pipeline import Pipeline, PipelineLimits
-from imageproc.protocols import Lease, Queue, Repository, Storage
+from imageproc.protocols import Lease, Queue, QueueLimits, Repository, Storage
 from imageproc.retrying import RetryPolicy
 from imageproc.sandbox import InlineRenderer, ProcessRenderer, Renderer
 from imageproc.submission import PipelineSpec, Source, Submission, Upload
@@ -63,6 +63,9 @@ class Processor:
             process, where ``render_timeout`` holds even inside a decoder and a cancelled task's
             work is stopped (:mod:`imageproc.sandbox`); ``"thread"`` in the worker's thread,
             with neither, for trusted images only.
+        queue_limits: how many tasks may wait, in all and per owner
+            (:class:`~imageproc.QueueLimits`), checked atomically as each task is recorded and
+            when :meth:`retry` queues one again; beyond them :class:`~imageproc.QueueFull`.
         render_timeout: most seconds one task's decode, transforms and encodes may take (wall
             time; None for no limit). Past it the render process is killed and the task fails
             with :class:`~imageproc.RenderTimeout`. Only with ``isolation="process"``.
@@ -91,6 +94,7 @@ class Processor:
         lease_seconds: float = 30.0,
         isolation: Literal["process", "thread"] = "process",
         render_timeout: float | None = 60.0,
+        queue_limits: QueueLimits | None = None,
         image_limits: ImageLimits | None = None,
         pipeline_limits: PipelineLimits | None = None,
         poll_interval: float = 0.5,
@@ -141,6 +145,7 @@ class Processor:
             retry=self._storage_retry,
             clock=clock,
             events=self._events,
+            queue_limits=queue_limits,
         )
         self._execution = Execution(
             storage,
@@ -367,8 +372,20 @@ class Processor:
         return cancelled
 
     def retry(self, task_id: str) -> Task:
-        """Queue a failed or dead task again, with a fresh allowance of attempts."""
-        return self._change(task_id, lambda task: task.retry(self.clock()))
+        """Queue a failed or dead task again, with a fresh allowance of attempts; it counts
+        against :attr:`queue_limits` as a new task does (:class:`~imageproc.QueueFull`)."""
+        return self._change(
+            task_id, lambda task: task.retry(self.clock()), **self._submission.limits()
+        )
+
+    @property
+    def queue_limits(self) -> QueueLimits | None:
+        """How many tasks may wait (:class:`~imageproc.QueueLimits`); may be replaced."""
+        return self._submission.queue_limits
+
+    @queue_limits.setter
+    def queue_limits(self, limits: QueueLimits | None) -> None:
+        self._submission.queue_limits = limits
 
     def tasks(
         self, status: TaskStatus, *, owner: str | None = None, limit: int = 100
@@ -503,11 +520,11 @@ class Processor:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _change(self, task_id: str, change: Callable[[Task], Task]) -> Task:
+    def _change(self, task_id: str, change: Callable[[Task], Task], **limits: QueueLimits) -> Task:
         # Compare-and-set, so a worker finishing at the same moment is never overwritten.
         for _ in range(_CHANGE_TRIES):
             current = self.get(task_id)
             changed = change(current)
-            if self.repository.update(changed, expected=current):
+            if self.repository.update(changed, expected=current, **limits):
                 return changed
         raise ImageprocError(f"task {task_id} kept changing; try again", transient=True)

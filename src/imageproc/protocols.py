@@ -16,13 +16,13 @@ cannot overwrite the new holder's result. Claim order: higher ``priority`` first
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
-from imageproc.errors import LeaseLost
+from imageproc.errors import LeaseLost, QueueFull
 from imageproc.task import Task, TaskStatus
 
 __all__ = [
@@ -30,9 +30,11 @@ __all__ = [
     "Lease",
     "ObjectInfo",
     "Queue",
+    "QueueLimits",
     "QueueStats",
     "Repository",
     "Storage",
+    "check_admission",
     "lease_lost",
     "record_all",
     "renew_all",
@@ -63,6 +65,52 @@ class QueueStats:
     processing: int
     #: When the longest-waiting task that is due became due, or None if none is due.
     oldest_due_at: datetime | None
+
+
+@attrs.frozen
+class QueueLimits:
+    """How many tasks may wait to be claimed: checked in the transaction that records a task
+    (or queues one again by an explicit retry), and its place reserved there, so a burst of
+    uploads cannot pass the limit however many arrive at once. Beyond it:
+    :class:`~imageproc.QueueFull`. A task a worker gives back (a transient failure) is already
+    counted and never refused."""
+
+    #: Most tasks queued at once, all owners together; None: no limit.
+    max_queued: int | None = None
+    #: Most tasks one owner may have queued at once, so one owner filling the queue does not
+    #: lock every other owner out; None: no limit. Tasks without an owner are not counted here.
+    max_queued_per_owner: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_queued", "max_queued_per_owner"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return self.max_queued is not None or self.max_queued_per_owner is not None
+
+
+def check_admission(
+    queued: int, owner_queued: Mapping[str, int], adding: Sequence[Task], limits: QueueLimits
+) -> None:
+    """Raise :class:`~imageproc.QueueFull` if adding the queued ones of ``adding`` to
+    ``queued`` tasks in all (``owner_queued`` by owner) would pass ``limits``. Backends call it
+    with counts read in the transaction that records ``adding``."""
+    new = [task for task in adding if task.status == TaskStatus.QUEUED]
+    if limits.max_queued is not None and queued + len(new) > limits.max_queued:
+        # Not the count: how busy the service is is not every client's business.
+        raise QueueFull(f"the queue is full (a limit of {limits.max_queued}); try again later")
+    if limits.max_queued_per_owner is not None:
+        for owner in sorted({task.owner for task in new if task.owner is not None}):
+            mine = sum(1 for task in new if task.owner == owner)
+            if owner_queued.get(owner, 0) + mine > limits.max_queued_per_owner:
+                raise QueueFull(
+                    f"{owner_queued.get(owner, 0)} of this owner's tasks are waiting, the limit"
+                    f" is {limits.max_queued_per_owner}; try again later"
+                )
 
 
 @attrs.frozen
@@ -117,14 +165,17 @@ class Storage(Protocol):
 class Repository(Protocol):
     """Task records. Every method may raise :class:`~imageproc.BackendUnavailable`."""
 
-    def add(self, task: Task) -> None:
-        """Record a new task. A ``queued`` task becomes claimable from the queue at once."""
+    def add(self, task: Task, *, limits: QueueLimits | None = None) -> None:
+        """Record a new task. A ``queued`` task becomes claimable from the queue at once.
+        With ``limits``, :class:`~imageproc.QueueFull` (and nothing recorded) if it would pass
+        them, checked atomically with the insert."""
         ...
 
-    def add_many(self, tasks: Sequence[Task]) -> None:
+    def add_many(self, tasks: Sequence[Task], *, limits: QueueLimits | None = None) -> None:
         """Record several new tasks at once, all or none (one transaction where there are
         transactions): a ``ValueError`` if any id is already recorded or given twice, and then
         nothing is recorded. The ``queued`` ones become claimable at once, as with :meth:`add`.
+        With ``limits``, :class:`~imageproc.QueueFull` if they would not all fit.
         """
         ...
 
@@ -132,9 +183,10 @@ class Repository(Protocol):
         """The task with this id, or :class:`~imageproc.TaskNotFound`."""
         ...
 
-    def update(self, task: Task, *, expected: Task) -> bool:
+    def update(self, task: Task, *, expected: Task, limits: QueueLimits | None = None) -> bool:
         """Replace the record of ``task.id`` if it is still as ``expected`` says (the same status
-        and ``updated_at``): a compare-and-set.
+        and ``updated_at``): a compare-and-set. With ``limits``, a change to ``queued`` that
+        would pass them is refused with :class:`~imageproc.QueueFull`.
 
         Returns False (and changes nothing) if the task has moved on meanwhile. Any lease on the
         task is dropped, so its holder can no longer record a result. Used for changes made outside

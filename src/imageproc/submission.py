@@ -26,13 +26,14 @@ from imageproc.errors import (
     InvalidImage,
     InvalidInput,
     InvalidPipeline,
+    QueueFull,
     copies_for,
     copy_of,
 )
 from imageproc.events import Events, emit
 from imageproc.imaging import ImageLimits
 from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
-from imageproc.protocols import Repository, Storage
+from imageproc.protocols import QueueLimits, Repository, Storage
 from imageproc.retrying import RetryPolicy
 from imageproc.task import SourceInfo, Task
 
@@ -70,9 +71,12 @@ class Submission:
         retry: RetryPolicy | None = None,
         clock: Clock,
         events: Events | None = None,
+        queue_limits: QueueLimits | None = None,
     ) -> None:
         self.storage = storage
         self.repository = repository
+        #: Checked when each task is recorded (:class:`~imageproc.QueueLimits`).
+        self.queue_limits = queue_limits
         self.image_limits = image_limits or ImageLimits()
         self.pipeline_limits = pipeline_limits or PipelineLimits()
         self.retry = retry or RetryPolicy()
@@ -105,9 +109,15 @@ class Submission:
         prepared = self._prepare(upload)
         self._store_original(prepared)
         task = self._new_task(prepared)
-        self.repository.add(task)
+        self.repository.add(task, **self.limits())
         self._submitted(task)
         return task
+
+    def limits(self) -> dict[str, QueueLimits]:
+        """The keyword that gives a repository the queue limits, if there are any: a
+        repository written before limits existed takes none, and is given none without them."""
+        limits = self.queue_limits
+        return {"limits": limits} if limits is not None and limits.any else {}
 
     def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
         """Several uploads at once, as :meth:`Processor.submit_many
@@ -153,7 +163,11 @@ class Submission:
         if not tasks:
             return {}
         try:
-            self.repository.add_many(list(tasks.values()))
+            self.repository.add_many(list(tasks.values()), **self.limits())
+        except QueueFull as error:
+            if len(tasks) == 1:
+                return {id(accepted[0]): error}
+            # Not all of them fit: each alone, so the ones that do are recorded.
         except ImageprocError as error:  # the database is unavailable: every task is refused
             copies = copies_for(error, len(accepted))
             return {id(item): copy for item, copy in zip(accepted, copies, strict=True)}
@@ -167,7 +181,7 @@ class Submission:
         refused: dict[int, Exception] = {}
         for item in accepted:
             try:
-                self.repository.add(tasks[id(item)])
+                self.repository.add(tasks[id(item)], **self.limits())
             except Exception as error:
                 refused[id(item)] = error
         return refused

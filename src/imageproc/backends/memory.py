@@ -17,6 +17,7 @@ import heapq
 import io
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO
@@ -27,7 +28,15 @@ from imageproc.clock import Clock, utcnow
 from imageproc.delivery.completions import Completions
 from imageproc.errors import LeaseLost, ObjectNotFound, TaskNotFound
 from imageproc.keys import validate_key
-from imageproc.protocols import Lease, ObjectInfo, QueueStats, lease_lost, renew_each
+from imageproc.protocols import (
+    Lease,
+    ObjectInfo,
+    QueueLimits,
+    QueueStats,
+    check_admission,
+    lease_lost,
+    renew_each,
+)
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 __all__ = ["MemoryQueue", "MemoryRepository", "MemoryStorage"]
@@ -115,17 +124,20 @@ class MemoryRepository:
         self._delayed: list[tuple[datetime, str, int]] = []
         self._leases: list[tuple[datetime, str, str]] = []
 
-    def add(self, task: Task) -> None:
-        """Record a new task; a queued one is claimable at once."""
+    def add(self, task: Task, *, limits: QueueLimits | None = None) -> None:
+        """Record a new task; a queued one is claimable at once. :class:`~imageproc.QueueFull`
+        if it would pass ``limits``."""
         with self._changed:
             if task.id in self._rows:
                 raise ValueError(f"task {task.id} already exists")
+            self._admit([task], limits)
             row = _Row(task)
             self._rows[task.id] = row
             self._enqueue(row)
 
-    def add_many(self, tasks: Sequence[Task]) -> None:
-        """Record new tasks, all or none; the queued ones are claimable at once."""
+    def add_many(self, tasks: Sequence[Task], *, limits: QueueLimits | None = None) -> None:
+        """Record new tasks, all or none; the queued ones are claimable at once.
+        :class:`~imageproc.QueueFull` if they would not all fit in ``limits``."""
         ids = [task.id for task in tasks]
         with self._changed:
             taken = next((i for i in ids if i in self._rows), None)
@@ -133,6 +145,7 @@ class MemoryRepository:
                 taken = next(i for i in ids if ids.count(i) > 1)
             if taken is not None:
                 raise ValueError(f"task {taken} already exists")
+            self._admit(tasks, limits)
             for task in tasks:
                 row = _Row(task)
                 self._rows[task.id] = row
@@ -143,14 +156,25 @@ class MemoryRepository:
         with self._changed:
             return self._row(task_id).task
 
-    def update(self, task: Task, *, expected: Task) -> bool:
-        """Replace the task if it is still ``expected``; drops any lease."""
+    def update(self, task: Task, *, expected: Task, limits: QueueLimits | None = None) -> bool:
+        """Replace the task if it is still ``expected``; drops any lease. A change to queued
+        that would pass ``limits`` is :class:`~imageproc.QueueFull`."""
         with self._changed:
             row = self._row(task.id)
             if (row.task.status, row.task.updated_at) != (expected.status, expected.updated_at):
                 return False
+            if row.task.status != TaskStatus.QUEUED:
+                self._admit([task], limits)
             self._write(row, task)
             return True
+
+    def _admit(self, tasks: Sequence[Task], limits: QueueLimits | None) -> None:
+        # Under the table's lock: counted and recorded in one step.
+        if limits is None or not limits.any:
+            return
+        queued = [row.task for row in self._rows.values() if row.task.status == TaskStatus.QUEUED]
+        owners = Counter(task.owner for task in queued if task.owner is not None)
+        check_admission(len(queued), owners, tasks, limits)
 
     def purge(self, before: datetime, *, limit: int = 500) -> list[Task]:
         """Delete up to ``limit`` finished tasks that finished before ``before``; return them."""

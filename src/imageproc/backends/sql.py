@@ -55,7 +55,7 @@ from imageproc.errors import (
     TaskNotFound,
     copies_for,
 )
-from imageproc.protocols import Lease, QueueStats, lease_lost
+from imageproc.protocols import Lease, QueueLimits, QueueStats, check_admission, lease_lost
 from imageproc.task import LEASE_EXPIRED, Task, TaskStatus
 
 from . import sqlschema
@@ -191,14 +191,18 @@ class SQLBackend:
 
     # -- Repository -------------------------------------------------------------------------
 
-    def add(self, task: Task) -> None:
+    def add(self, task: Task, *, limits: QueueLimits | None = None) -> None:
         """Record a new task; a queued one is claimable at once (and idle workers are woken).
+        :class:`~imageproc.QueueFull` if it would pass ``limits``.
 
         On SQLite, tasks that threads add at the same time share one transaction (a group
         commit, :mod:`imageproc.backends.groupcommit`): SQLite has one writer at a time, so
         they would otherwise queue on its lock for a commit, and a sync of the log, each. Every
         call still returns only once its own task is committed.
         """
+        if limits is not None and limits.any:
+            self.add_many([task], limits=limits)
+            return
         if self.dialect != "sqlite":
             [error] = self._insert([task])
             if error is not None:
@@ -239,12 +243,14 @@ class SQLBackend:
             return [error]
         return [None] * len(batch)
 
-    def add_many(self, tasks: Sequence[Task]) -> None:
+    def add_many(self, tasks: Sequence[Task], *, limits: QueueLimits | None = None) -> None:
         """Record new tasks in one transaction (one multi-row ``INSERT``), all or none; the queued
-        ones are claimable at once, and idle workers are woken once for the lot."""
+        ones are claimable at once, and idle workers are woken once for the lot.
+        :class:`~imageproc.QueueFull` if they would not all fit in ``limits``."""
         if not tasks:
             return
         with self._begin(write=True) as conn:
+            self._admit(conn, tasks, limits)
             try:
                 # `tasks` is the argument here: the table is sqlschema's.
                 conn.execute(sqlschema.tasks.insert(), [task_to_row(task) for task in tasks])
@@ -267,15 +273,18 @@ class SQLBackend:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return task_from_row(row)
 
-    def update(self, task: Task, *, expected: Task) -> bool:
-        """Replace the task if it is still ``expected``; drops any lease."""
-        changed = self._update(task, expected=expected)
+    def update(self, task: Task, *, expected: Task, limits: QueueLimits | None = None) -> bool:
+        """Replace the task if it is still ``expected``; drops any lease. A change to queued
+        that would pass ``limits`` is :class:`~imageproc.QueueFull`."""
+        changed = self._update(task, expected=expected, limits=limits)
         if changed:
             self.completions.publish_tasks((task,))
         return changed
 
-    def _update(self, task: Task, *, expected: Task) -> bool:
+    def _update(self, task: Task, *, expected: Task, limits: QueueLimits | None = None) -> bool:
         with self._begin(write=True) as conn:
+            if expected.status != TaskStatus.QUEUED:
+                self._admit(conn, [task], limits)
             result = conn.execute(
                 tasks.update()
                 .where(
@@ -569,6 +578,25 @@ class SQLBackend:
         if mine:
             conn.execute(_RECORD, mine)
         return recorded
+
+    def _admit(self, conn: Connection, adding: Sequence[Task], limits: QueueLimits | None) -> None:
+        """Check ``limits`` for ``adding`` in the transaction that records them; the counts
+        cannot change before it commits (on PostgreSQL an advisory lock held to the commit
+        orders admissions; SQLite's writing transactions are one at a time already)."""
+        if limits is None or not limits.any:
+            return
+        if not any(task.status == TaskStatus.QUEUED for task in adding):
+            return
+        if self.dialect == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADMISSION_LOCK)))
+        queued = 0
+        if limits.max_queued is not None:
+            queued = _count_queued(conn, None, limits.max_queued + 1)
+        by_owner = {}
+        if limits.max_queued_per_owner is not None:
+            for owner in {task.owner for task in adding if task.owner is not None}:
+                by_owner[owner] = _count_queued(conn, owner, limits.max_queued_per_owner + 1)
+        check_admission(queued, by_owner, adding, limits)
 
     def _notify(self, conn: Connection) -> None:
         if self.dialect == "postgresql":
@@ -1068,3 +1096,21 @@ def _libpq_conninfo(url: sa.URL) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+#: The PostgreSQL advisory lock that orders admissions under queue limits (any constant that
+#: nothing else uses: "imgprocQ" in ASCII).
+_ADMISSION_LOCK: Final = 0x696D6770726F6351
+
+
+def _count_queued(conn: Connection, owner: str | None, cap: int) -> int:
+    """Queued tasks (``owner``'s only, if given), counted up to ``cap``: a limit needs no more,
+    and the count walks the partial index of queued tasks no further."""
+    query = sa.select(sa.literal(1)).where(tasks.c.status == TaskStatus.QUEUED.value)
+    if owner is not None:
+        query = query.where(tasks.c.owner == owner)
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).select_from(query.limit(cap).subquery())
+        ).scalar_one()
+    )

@@ -1,0 +1,76 @@
+"""Queue limits hold under concurrency: checked and reserved in the transaction that records."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import attrs
+import pytest
+
+from imageproc import QueueFull, QueueLimits, TaskError, TaskStatus
+from imageproc.task import Task
+from tests.backends.conftest import Backend
+from tests.doubles import new_task
+
+
+def owned(owner: str | None) -> Task:
+    return attrs.evolve(new_task(), owner=owner)
+
+
+def queued(backend: Backend) -> int:
+    return backend.repository.queue_stats().queued
+
+
+def test_a_burst_of_adds_never_passes_the_limit(backend: Backend) -> None:
+    limits = QueueLimits(max_queued=5)
+    start = threading.Barrier(16)
+
+    def add(_: int) -> bool:
+        start.wait(10)
+        try:
+            backend.repository.add(new_task(), limits=limits)
+        except QueueFull:
+            return False
+        return True
+
+    with ThreadPoolExecutor(16) as pool:
+        accepted = list(pool.map(add, range(16), timeout=60))
+    assert accepted.count(True) == 5
+    assert queued(backend) == 5
+
+
+def test_one_owner_cannot_fill_the_queue_for_the_others(backend: Backend) -> None:
+    limits = QueueLimits(max_queued=10, max_queued_per_owner=2)
+    for _ in range(2):
+        backend.repository.add(owned("greedy"), limits=limits)
+    with pytest.raises(QueueFull, match="limit is 2"):
+        backend.repository.add(owned("greedy"), limits=limits)
+    backend.repository.add(owned("polite"), limits=limits)
+    backend.repository.add(owned(None), limits=limits)  # no owner: only the total counts
+    assert queued(backend) == 4
+
+
+def test_add_many_fits_whole_or_not_at_all(backend: Backend) -> None:
+    limits = QueueLimits(max_queued=3)
+    backend.repository.add(new_task(), limits=limits)
+    with pytest.raises(QueueFull):
+        backend.repository.add_many([new_task() for _ in range(3)], limits=limits)
+    assert queued(backend) == 1
+    backend.repository.add_many([new_task() for _ in range(2)], limits=limits)
+    assert queued(backend) == 3
+
+
+def test_a_retry_counts_as_a_new_task_a_worker_requeue_does_not(backend: Backend) -> None:
+    limits = QueueLimits(max_queued=1)
+    failed_task = new_task()
+    backend.repository.add(failed_task)
+    (lease,) = backend.queue.claim("w", lease_seconds=30)
+    failed = lease.task.fail(TaskError("invalid_image", "no"), backend.clock())
+    backend.queue.complete(lease, failed)
+    backend.repository.add(new_task(), limits=limits)  # the queue is full now
+    with pytest.raises(QueueFull):
+        backend.repository.update(failed.retry(backend.clock()), expected=failed, limits=limits)
+    assert backend.repository.get(failed.id).status == TaskStatus.FAILED
+    # Without limits (an operator's own call) it goes through.
+    assert backend.repository.update(failed.retry(backend.clock()), expected=failed) is True
