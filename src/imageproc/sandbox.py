@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import pickle
-import resource
 import select
 import struct
 import subprocess
@@ -124,7 +123,10 @@ class ProcessRenderer:
         :class:`~imageproc.LeaseLost` if :meth:`abort` stopped it, and
         :class:`~imageproc.RenderFailed` if the process died."""
         request = pickle.dumps((data, pipeline, limits), protocol=pickle.HIGHEST_PROTOCOL)
-        child = _children.take()
+        try:
+            child = _children.take()
+        except OSError as error:  # out of processes or file descriptors, for now
+            raise RenderFailed(f"could not start a render process: {error}") from error
         with self._lock:
             self._running[task_id] = child
         try:
@@ -137,6 +139,9 @@ class ProcessRenderer:
             if child.aborted:
                 raise LeaseLost(f"task {task_id} was cancelled or taken over") from None
             raise RenderFailed(f"the render process died ({died})") from None
+        except BaseException:
+            child.kill()  # in an unknown state: never handed to another render
+            raise
         finally:
             with self._lock:
                 self._running.pop(task_id, None)
@@ -313,6 +318,8 @@ def _rendered_from(described: list[dict[str, Any]], payload: bytes) -> Iterator[
 def serve() -> None:
     """The render process's main loop: read a request from stdin, render, answer on stdout;
     until stdin closes or the parent is gone."""
+    import resource  # POSIX only, and only the render process needs it
+
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dumps of hostile data
     allocator.reuse_image_memory()  # as in the worker pool: the same work, the same reasons
     requests = os.fdopen(os.dup(0), "rb", buffering=0)
