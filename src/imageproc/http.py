@@ -20,7 +20,7 @@ Access rules:
 * ``/image`` also serves a request carrying a valid, unexpired ``expires`` + ``signature`` pair
   (the ``url`` of each output in ``/status``), with no API key, so it works in an ``<img>`` tag.
   With an API key and no signature, an owner may fetch the recorded outputs of their own tasks;
-  originals (``originals/…``, shared between tasks because they are content-addressed) are
+  originals (``originals/…``, content-addressed and shared by an owner's tasks) are
   served only with a signature (``/status`` gives one as ``source.url``), never by owner.
 * Without ``api_keys`` everything is open and tasks have no owner.
 
