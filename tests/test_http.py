@@ -33,7 +33,9 @@ pytestmark = pytest.mark.timeout(60)
 
 JPEG = sample_image(320, 240)
 PIPELINE = "thumb=fit:64x64,png;big=fit:160x160,webp"
-ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
+# Keys strong enough for create_app (22+ mixed-case letters and digits: over 128 bits).
+ALICE, BOB = "alice-key-0123456789-AbCdEfGhIj", "bob-key-0123456789-KlMnOpQrSt"
+SIGNING, OLD_SIGNING = "signing-key-0123456789-AbCdEf", "old-signing-key-0123456789-GhIj"
 KEYS = {"alice": ALICE, "bob": "sha256:" + hashlib.sha256(BOB.encode()).hexdigest()}
 
 
@@ -53,7 +55,7 @@ def client(processor: Processor) -> Iterator[TestClient]:
 
 @pytest.fixture
 def secured(processor: Processor) -> Iterator[TestClient]:
-    with client_for(processor, api_keys=KEYS, signing_keys=["s1"]) as test_client:
+    with client_for(processor, api_keys=KEYS, signing_keys=[SIGNING]) as test_client:
         yield test_client
 
 
@@ -253,6 +255,35 @@ def test_maximum_priorities_are_checked_when_the_app_is_made(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         create_app(processor, api_keys=KEYS, max_priority=limits)
+
+
+@pytest.mark.parametrize(
+    ("options", "weak"),
+    [
+        ({"api_keys": {"alice": ALICE, "bob": "bobs-key"}}, "the API key of 'bob'"),
+        ({"signing_keys": [SIGNING, "k"]}, "signing key 2"),
+    ],
+)
+def test_weak_keys_are_refused_unless_allowed_then_loudly(
+    processor: Processor,
+    options: dict[str, Any],
+    weak: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(ValueError, match=f"too weak to use: {weak} \\(at least 128 bits") as raised:
+        create_app(processor, **options)
+    assert "allow_weak_keys=True" in str(raised.value)
+    assert "bobs-key" not in str(raised.value)
+    with caplog.at_level("WARNING", logger="imageproc.http"):
+        create_app(processor, **options, allow_weak_keys=True)
+    assert [r.getMessage() for r in caplog.records if "WEAK KEYS IN USE" in r.getMessage()] == [
+        f"WEAK KEYS IN USE: {weak} can be guessed; weak keys are allowed for tests and development"
+        " only (allow_weak_keys, IMAGEPROC_ALLOW_WEAK_KEYS): never expose this service"
+    ]
+    # A digest cannot be judged: accepted without a word.
+    caplog.clear()
+    create_app(processor, api_keys={"bob": "sha256:" + hashlib.sha256(b"bobs-key").hexdigest()})
+    assert not caplog.records
 
 
 @pytest.mark.parametrize("length", ["1_000", "+1000", foreign_digits("1000"), "1e3"])
@@ -525,8 +556,8 @@ def test_hostile_keys_through_a_real_client(file_processor: Processor, raw: str)
 
 
 def test_hostile_keys_with_a_valid_signature_are_still_refused(file_processor: Processor) -> None:
-    app = create_app(file_processor, signing_keys=["k"])
-    signature = UrlSigner(["k"]).sign("../secret.txt", int(time.time()) + 60)
+    app = create_app(file_processor, signing_keys=[SIGNING])
+    signature = UrlSigner([SIGNING]).sign("../secret.txt", int(time.time()) + 60)
     raw = f"/image/%2e%2e/secret.txt?expires={int(time.time()) + 60}&signature={signature}"
     status, body = asgi_get(app, raw.encode())
     assert status == 400
@@ -563,7 +594,7 @@ def test_a_file_backed_upload_keeps_no_sidecars_and_serves_its_types(
 
 
 def test_signed_urls_valid_tampered_expired_and_rotated(processor: Processor) -> None:
-    with client_for(processor, api_keys=KEYS, signing_keys=["old"]) as old:
+    with client_for(processor, api_keys=KEYS, signing_keys=[OLD_SIGNING]) as old:
         task = finished(
             old, processor, upload(old, headers=auth(ALICE)).json()["id"], headers=auth(ALICE)
         )
@@ -573,9 +604,9 @@ def test_signed_urls_valid_tampered_expired_and_rotated(processor: Processor) ->
     expires, signature = query["expires"][0], query["signature"][0]
     key = out["key"]
 
-    rotated = client_for(processor, api_keys=KEYS, signing_keys=["new", "old"])
+    rotated = client_for(processor, api_keys=KEYS, signing_keys=[SIGNING, OLD_SIGNING])
     assert rotated.get(url).status_code == 200  # no API key needed
-    retired = client_for(processor, api_keys=KEYS, signing_keys=["new"])
+    retired = client_for(processor, api_keys=KEYS, signing_keys=[SIGNING])
     assert_error(retired.get(url), 403, "invalid_signature")
 
     tampered = signature[:-2] + ("AA" if not signature.endswith("AA") else "BB")
@@ -592,7 +623,7 @@ def test_signed_urls_valid_tampered_expired_and_rotated(processor: Processor) ->
     assert_error(rotated.get(f"/image/{other_key}?expires={expires}&signature={signature}"), 403)
 
     past = int(time.time()) - 1
-    expired = UrlSigner(["old"]).sign(key, past)
+    expired = UrlSigner([OLD_SIGNING]).sign(key, past)
     assert_error(rotated.get(f"/image/{key}?expires={past}&signature={expired}"), 403)
 
 
@@ -644,11 +675,11 @@ def test_a_signed_image_is_cached_no_longer_than_its_signature_lives(processor: 
 
 
 def test_a_signed_image_about_to_expire_is_cached_for_what_is_left(processor: Processor) -> None:
-    with client_for(processor, signing_keys=["k"]) as client:
+    with client_for(processor, signing_keys=[SIGNING]) as client:
         task = finished(client, processor, upload(client).json()["id"])
         key = task["outputs"][0]["key"]
         expires = int(time.time()) + 3
-        signature = UrlSigner(["k"]).sign(key, expires)
+        signature = UrlSigner([SIGNING]).sign(key, expires)
         response = client.get(f"/image/{key}?expires={expires}&signature={signature}")
         assert response.status_code == 200
         assert 0 <= cache_max_age(response) <= 3

@@ -324,6 +324,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                     max_priority=parse_max_priorities(settings.max_priority),
                     url_ttl=timedelta(seconds=settings.url_ttl),
                     metrics_registry=metrics.registry if metrics is not None else None,
+                    # Settings refused weak keys unless they are allowed; create_app warns.
+                    allow_weak_keys=settings.allow_weak_keys,
                 ),
                 settings,
                 ApiKeys(api_keys) if api_keys else None,

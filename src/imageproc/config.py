@@ -274,6 +274,7 @@ _SPECS: Final[dict[str, _Spec]] = {
     "api_keys": _Spec(_parse_text, _check_api_keys, (str,)),
     "max_priority": _Spec(_parse_text, _check_max_priority, (str,)),
     "signing_keys": _Spec(_parse_list, _no_check, (tuple, list)),
+    "allow_weak_keys": _Spec(_parse_bool, _no_check, (bool,)),
     "workers": _Spec(parse_workers, _check_workers, (tuple, list, int)),
     "max_upload_bytes": _Spec(parse_byte_size, _check_positive_int, (int,)),
     "max_queue_depth": _Spec(_optional(parse_whole_number), _check_positive_int, (int, type(None))),
@@ -412,6 +413,10 @@ class Settings:
     max_priority: str = attrs.field(default="", validator=_validated)
     #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
     signing_keys: tuple[str, ...] = attrs.field(default=(), validator=_validated, repr=False)
+    #: Accept API keys and signing keys estimated under 128 bits
+    #: (:func:`imageproc.signing.key_bits`), with a warning at start, instead of refusing to
+    #: start: for tests and development only.
+    allow_weak_keys: bool = attrs.field(default=False, validator=_validated)
     #: Worker threads, ``(min, max)``; from ``"4"`` or ``"2:8"``.
     workers: tuple[int, int] = attrs.field(default=(2, 2), validator=_validated)
     #: Largest upload accepted, in bytes (``50MiB``, ``10MB``, ``1048576``).
@@ -471,10 +476,29 @@ class Settings:
     isolation: str = attrs.field(default="process", validator=_validated)
 
     def __attrs_post_init__(self) -> None:
-        from imageproc.signing import ANY_OWNER, parse_api_keys, parse_max_priorities
+        from imageproc.signing import (
+            ANY_OWNER,
+            STRONG_KEY_HINT,
+            parse_api_keys,
+            parse_max_priorities,
+            weak_keys,
+        )
 
-        # An owner misspelt here would keep no limit at all, without a word: name it at startup.
         owners = parse_api_keys(self.api_keys)
+        # A key that can be guessed is no key: refuse it at startup, naming the setting. Those
+        # who allow weak keys are warned by whatever uses them (create_app, at start).
+        if not self.allow_weak_keys:
+            for setting, weak in (
+                ("api_keys", weak_keys(api_keys=owners)),
+                ("signing_keys", weak_keys(signing_keys=self.signing_keys)),
+            ):
+                if weak:
+                    raise ConfigurationError(
+                        f"{ENV_VARS[setting]}: too weak to use: {', '.join(weak)}"
+                        f" ({STRONG_KEY_HINT}); {ENV_VARS['allow_weak_keys']}=true allows weak"
+                        " keys in tests and development"
+                    )
+        # An owner misspelt here would keep no limit at all, without a word: name it at startup.
         for owner in parse_max_priorities(self.max_priority):
             if owner != ANY_OWNER and owner not in owners:
                 raise ConfigurationError(

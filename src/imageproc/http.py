@@ -68,7 +68,15 @@ from imageproc.errors import (
 )
 from imageproc.pipeline import Pipeline
 from imageproc.processor import Processor, Upload
-from imageproc.signing import ANY_OWNER, PRIORITY_RANGE, ApiKeys, UrlSigner, parse_expires
+from imageproc.signing import (
+    ANY_OWNER,
+    PRIORITY_RANGE,
+    STRONG_KEY_HINT,
+    ApiKeys,
+    UrlSigner,
+    parse_expires,
+    weak_keys,
+)
 from imageproc.task import Output, Task
 
 if TYPE_CHECKING:
@@ -508,6 +516,7 @@ def create_app(
     max_priority: Mapping[str, int] | None = None,
     url_ttl: timedelta = timedelta(hours=1),
     metrics_registry: prometheus_client.CollectorRegistry | None = None,
+    allow_weak_keys: bool = False,
 ) -> Starlette:
     """A Starlette app serving ``processor`` over HTTP (see the module docstring).
 
@@ -525,6 +534,9 @@ def create_app(
             :func:`imageproc.signing.parse_max_priorities` reads ``IMAGEPROC_MAX_PRIORITY``.
         url_ttl: how long signed URLs stay valid.
         metrics_registry: the Prometheus registry ``/metrics`` serves; 404 when None.
+        allow_weak_keys: accept API keys and signing keys estimated under 128 bits
+            (:func:`imageproc.signing.key_bits`), logging a warning, instead of raising
+            :class:`ValueError`: for tests and development only.
 
     The app starts no workers; start them in your lifespan or run worker processes.
     """
@@ -532,6 +544,19 @@ def create_app(
         raise ValueError("max_upload_bytes must be positive")
     if url_ttl <= timedelta(0):
         raise ValueError("url_ttl must be positive")
+    weak = weak_keys(api_keys, signing_keys)
+    if weak and not allow_weak_keys:
+        raise ValueError(
+            f"too weak to use: {', '.join(weak)} ({STRONG_KEY_HINT});"
+            " allow_weak_keys=True allows weak keys in tests and development"
+        )
+    if weak:
+        # Loud on purpose: a development setting that reached production must not go unseen.
+        logger.warning(
+            "WEAK KEYS IN USE: %s can be guessed; weak keys are allowed for tests and development"
+            " only (allow_weak_keys, IMAGEPROC_ALLOW_WEAK_KEYS): never expose this service",
+            ", ".join(weak),
+        )
     max_priority = dict(max_priority or {})
     for owner, cap in max_priority.items():
         if isinstance(cap, bool) or not isinstance(cap, int) or cap not in PRIORITY_RANGE:
