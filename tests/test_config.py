@@ -46,6 +46,8 @@ def test_defaults() -> None:
     assert (settings.max_queue_depth, settings.metrics_port) == (None, None)
     assert (settings.lease_seconds, settings.max_attempts) == (30.0, 5)
     assert (settings.api_keys, settings.signing_keys, settings.log_level) == ("", (), "info")
+    assert settings.allow_weak_keys is False
+    assert (settings.max_auth_failures, settings.auth_failure_window) == (10, 60.0)
 
 
 def test_overrides_beat_environment_beat_env_file_beat_defaults(tmp_path: Path) -> None:
@@ -124,6 +126,10 @@ def test_env_example_documents_every_variable_with_its_default() -> None:
             f"alice:{KEY_1}, bob:{KEY_HASH}",
         ),
         ("IMAGEPROC_SIGNING_KEYS", f"{KEY_1}, {KEY_2},", "signing_keys", (KEY_1, KEY_2)),
+        ("IMAGEPROC_ALLOW_WEAK_KEYS", "TRUE", "allow_weak_keys", True),
+        ("IMAGEPROC_MAX_AUTH_FAILURES", "5", "max_auth_failures", 5),
+        ("IMAGEPROC_MAX_AUTH_FAILURES", "", "max_auth_failures", None),
+        ("IMAGEPROC_AUTH_FAILURE_WINDOW", "2.5", "auth_failure_window", 2.5),
         ("IMAGEPROC_WORKERS", "4", "workers", (4, 4)),
         ("IMAGEPROC_WORKERS", " 2:8 ", "workers", (2, 8)),
         ("IMAGEPROC_MAX_UPLOAD_BYTES", "1048576", "max_upload_bytes", 1048576),
@@ -279,6 +285,9 @@ def test_byte_size_parser_only_ever_raises_value_error(text: str) -> None:
         ({"IMAGEPROC_BODY_TIMEOUT": "-1"}, "IMAGEPROC_BODY_TIMEOUT: must be positive"),
         ({"IMAGEPROC_BODY_MIN_RATE": "0"}, "IMAGEPROC_BODY_MIN_RATE: must be at least 1"),
         ({"IMAGEPROC_MAX_UPLOADS_PER_KEY": "0"}, "IMAGEPROC_MAX_UPLOADS_PER_KEY: must be at"),
+        ({"IMAGEPROC_MAX_AUTH_FAILURES": "0"}, "IMAGEPROC_MAX_AUTH_FAILURES: must be at least 1"),
+        ({"IMAGEPROC_AUTH_FAILURE_WINDOW": "0"}, "IMAGEPROC_AUTH_FAILURE_WINDOW: must be positive"),
+        ({"IMAGEPROC_ALLOW_WEAK_KEYS": "maybe"}, "IMAGEPROC_ALLOW_WEAK_KEYS: expected true or"),
     ],
 )
 def test_bad_values_raise_a_one_line_error_naming_the_variable(

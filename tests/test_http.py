@@ -491,6 +491,7 @@ def asgi_request(
     target: bytes,
     headers: Sequence[tuple[bytes, bytes]] = (),
     messages: Sequence[dict[str, Any]] = ({"type": "http.request", "body": b""},),
+    client: tuple[str, int] | None = ("127.0.0.1", 1234),
 ) -> list[dict[str, Any]]:
     """Call ``app`` through the ASGI interface with exactly this raw path and query and these
     headers (an HTTP client would normalise the path and write its own Content-Length),
@@ -503,7 +504,7 @@ def asgi_request(
         "method": method,
         "scheme": "http",
         "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1234),
+        "client": client,
         "root_path": "",
         "path": unquote(raw_path.decode("latin-1")),
         "raw_path": raw_path,
@@ -704,7 +705,9 @@ def test_without_signing_keys_each_app_has_its_own(processor: Processor) -> None
 # -- authentication and owners ------------------------------------------------------------------
 
 
-def test_api_keys_are_required(secured: TestClient) -> None:
+def test_api_keys_are_required(processor: Processor) -> None:
+    # More failures than one address may make by default: counted by the next test, not here.
+    secured = client_for(processor, api_keys=KEYS, max_auth_failures=None)
     for response in (
         secured.post("/upload", files={"image": ("a.jpg", JPEG, "image/jpeg")}),
         secured.get("/status/x"),
@@ -724,6 +727,99 @@ def test_api_keys_are_required(secured: TestClient) -> None:
         assert_error(response, 401, "unauthorized")
         assert response.headers["www-authenticate"].startswith("Bearer")
     assert secured.get("/healthz").status_code == 200
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_repeated_401s_from_one_address_are_answered_429_until_the_window_ends(
+    processor: Processor,
+) -> None:
+    app = create_app(
+        processor, api_keys=KEYS, max_auth_failures=3, auth_failure_window=timedelta(seconds=60)
+    )
+    clock = _Clock()
+    app.state.imageproc.auth_failures._clock = clock
+    guesser = TestClient(app, client=("203.0.113.7", 40000))
+    neighbour = TestClient(app, client=("203.0.113.8", 40000))
+    for guess in ("wrong-1", "wrong-2"):
+        assert_error(guesser.get("/status/x", headers=auth(guess)), 401, "unauthorized")
+    clock.now += 30
+    assert_error(guesser.post("/upload", headers=auth("wrong-3")), 401)  # a missing key counts
+    clock.now += 20  # 50 s after the first failure: 10 s of the window left
+    for response in (
+        guesser.get("/status/x", headers=auth("wrong-4")),
+        guesser.get("/status/x"),
+        # A right key is refused too: a blocked address learns nothing from its guesses.
+        guesser.get("/status/x", headers=auth(ALICE)),
+        guesser.post(
+            "/upload", headers={**auth(ALICE), "Content-Type": "image/jpeg"}, content=JPEG
+        ),
+    ):
+        body = assert_error(response, 429, "too_many_auth_failures")
+        assert response.headers["retry-after"] == "10"
+        assert "www-authenticate" not in response.headers
+        assert "API key" in body["message"]
+    # Other addresses are not held back, and what needs no key still works.
+    assert_error(neighbour.get("/status/x", headers=auth(ALICE)), 404, "task_not_found")
+    assert_error(neighbour.get("/status/x", headers=auth("wrong")), 401)
+    assert guesser.get("/healthz").status_code == 200
+    clock.now += 10  # the window is over: the address may try again
+    assert_error(guesser.get("/status/x", headers=auth(ALICE)), 404, "task_not_found")
+    assert_error(guesser.get("/status/x", headers=auth("wrong-5")), 401)
+
+
+def test_an_ipv6_client_counts_by_its_64_and_no_address_is_not_counted(
+    processor: Processor,
+) -> None:
+    app = create_app(processor, api_keys=KEYS, max_auth_failures=1)
+    first = TestClient(app, client=("2001:db8:1:2::1", 40000))
+    same_64 = TestClient(app, client=("2001:db8:1:2:ffff::9", 40000))
+    other_64 = TestClient(app, client=("2001:db8:1:3::1", 40000))
+    assert_error(first.get("/status/x"), 401)
+    assert_error(same_64.get("/status/x"), 429, "too_many_auth_failures")
+    assert_error(other_64.get("/status/x"), 401)
+    mapped = TestClient(app, client=("::ffff:192.0.2.1", 40000))
+    assert_error(mapped.get("/status/x"), 401)
+    assert_error(TestClient(app, client=("192.0.2.1", 40000)).get("/status/x"), 429)
+
+    # A server that gives no address (a Unix socket): nothing to count by, every answer a 401.
+    app_without = create_app(processor, api_keys=KEYS, max_auth_failures=1)
+    for _ in range(3):
+        sent = asgi_request(app_without, "GET", b"/status/x", client=None)
+        assert sent[0]["status"] == 401
+
+
+def test_failed_authentications_are_remembered_for_a_bounded_number_of_addresses() -> None:
+    from imageproc.http import _AuthFailures
+
+    clock = _Clock()
+    failures = _AuthFailures(2, 60.0, max_addresses=3, clock=clock)
+    for address in ("a", "a", "b", "c", "d"):
+        failures.failed(address)
+        clock.now += 1
+    assert len(failures) == 3  # "a", whose last failure is oldest, was forgotten
+    assert failures.blocked_for("a") is None
+    failures.failed("b")
+    assert failures.blocked_for("b") == 60 - 3  # its window began 3 s ago
+    assert failures.blocked_for("c") is None
+    clock.now += 60
+    assert failures.blocked_for("b") is None
+    assert len(failures) == 2  # b's window is over, and it was forgotten
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_auth_failures": 0}, {"auth_failure_window": timedelta(0)}],
+)
+def test_auth_failure_limits_are_checked(processor: Processor, options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="auth_failure"):
+        create_app(processor, api_keys=KEYS, **options)
 
 
 def test_a_key_sees_only_its_owners_tasks(secured: TestClient, processor: Processor) -> None:

@@ -275,6 +275,10 @@ _SPECS: Final[dict[str, _Spec]] = {
     "max_priority": _Spec(_parse_text, _check_max_priority, (str,)),
     "signing_keys": _Spec(_parse_list, _no_check, (tuple, list)),
     "allow_weak_keys": _Spec(_parse_bool, _no_check, (bool,)),
+    "max_auth_failures": _Spec(
+        _optional(parse_whole_number), _check_positive_int, (int, type(None))
+    ),
+    "auth_failure_window": _Spec(_parse_float, _check_positive, (int, float)),
     "workers": _Spec(parse_workers, _check_workers, (tuple, list, int)),
     "max_upload_bytes": _Spec(parse_byte_size, _check_positive_int, (int,)),
     "max_queue_depth": _Spec(_optional(parse_whole_number), _check_positive_int, (int, type(None))),
@@ -325,9 +329,13 @@ def _coerce(name: str, value: Any) -> Any:
     elif name == "presets":
         pairs = value.items() if isinstance(value, Mapping) else value
         value = tuple((preset, text) for preset, text in pairs)
-    elif name in ("lease_seconds", "url_ttl", "header_timeout", "body_timeout") or (
-        name == "render_timeout" and value is not None
-    ):
+    elif name in (
+        "lease_seconds",
+        "url_ttl",
+        "header_timeout",
+        "body_timeout",
+        "auth_failure_window",
+    ) or (name == "render_timeout" and value is not None):
         value = float(value)
     spec.check(value)
     return value
@@ -417,6 +425,13 @@ class Settings:
     #: (:func:`imageproc.signing.key_bits`), with a warning at start, instead of refusing to
     #: start: for tests and development only.
     allow_weak_keys: bool = attrs.field(default=False, validator=_validated)
+    #: Missing or unknown API keys one client address may present within
+    #: ``auth_failure_window`` before it is answered 429 until the window ends; None: no limit.
+    #: Applies only with ``api_keys``.
+    max_auth_failures: int | None = attrs.field(default=10, validator=_validated)
+    #: Seconds, from an address's first failed authentication, that ``max_auth_failures`` is
+    #: counted over.
+    auth_failure_window: float = attrs.field(default=60.0, validator=_validated)
     #: Worker threads, ``(min, max)``; from ``"4"`` or ``"2:8"``.
     workers: tuple[int, int] = attrs.field(default=(2, 2), validator=_validated)
     #: Largest upload accepted, in bytes (``50MiB``, ``10MB``, ``1048576``).
