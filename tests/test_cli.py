@@ -128,6 +128,16 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         ),
         (["migrate"], {"IMAGEPROC_PIPELINE": "thumbnail"}, "IMAGEPROC_PIPELINE: neither a preset"),
         (["serve", "--root-path", "images/"], {}, "--root-path: must start with / and not end"),
+        (
+            ["serve"],
+            {"IMAGEPROC_API_KEYS": "alice:k1"},
+            "IMAGEPROC_API_KEYS: too weak to use: the API key of 'alice'",
+        ),
+        (
+            ["serve"],
+            {"IMAGEPROC_SIGNING_KEYS": "s1", "IMAGEPROC_ALLOW_WEAK_KEYS": "no"},
+            "IMAGEPROC_SIGNING_KEYS: too weak to use: signing key 1",
+        ),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(
@@ -440,9 +450,17 @@ def test_serve_on_a_taken_port_fails_with_a_message(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = imageproc("serve", "--port", str(port), cwd=tmp_path)
+        # Weak keys, allowed: the app is made (and says so, loudly) before the port is tried.
+        weak = environment(IMAGEPROC_SIGNING_KEYS="s1", IMAGEPROC_ALLOW_WEAK_KEYS="true")
+        allowed = imageproc("serve", "--port", str(port), cwd=tmp_path, env=weak)
     assert result.returncode == 1
     assert f"imageproc: error: the HTTP server could not start on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "WEAK KEYS IN USE" not in result.stderr
+    assert allowed.returncode == 1, allowed.stderr
+    assert (
+        "WARNING imageproc.http: WEAK KEYS IN USE: signing key 1 can be guessed" in allowed.stderr
+    )
 
 
 def test_status_without_a_database_says_to_migrate_and_creates_nothing(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from tests.strategies import foreign_digits, foreign_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_HASH = "sha256:" + "ab" * 32
+# Strong enough to be accepted (22+ mixed-case letters and digits: over 128 bits).
+KEY_1, KEY_2 = "key-1-0123456789-AbCdEfGhIj", "key-2-0123456789-KlMnOpQrSt"
 
 
 def load(env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -43,6 +46,8 @@ def test_defaults() -> None:
     assert (settings.max_queue_depth, settings.metrics_port) == (None, None)
     assert (settings.lease_seconds, settings.max_attempts) == (30.0, 5)
     assert (settings.api_keys, settings.signing_keys, settings.log_level) == ("", (), "info")
+    assert settings.allow_weak_keys is False
+    assert (settings.max_auth_failures, settings.auth_failure_window) == (10, 60.0)
 
 
 def test_overrides_beat_environment_beat_env_file_beat_defaults(tmp_path: Path) -> None:
@@ -116,11 +121,15 @@ def test_env_example_documents_every_variable_with_its_default() -> None:
         ("IMAGEPROC_STORAGE_URL", "s3://bucket/prefix", "storage_url", "s3://bucket/prefix"),
         (
             "IMAGEPROC_API_KEYS",
-            f"alice:k1, bob:{KEY_HASH}",
+            f"alice:{KEY_1}, bob:{KEY_HASH}",
             "api_keys",
-            f"alice:k1, bob:{KEY_HASH}",
+            f"alice:{KEY_1}, bob:{KEY_HASH}",
         ),
-        ("IMAGEPROC_SIGNING_KEYS", "new, old,", "signing_keys", ("new", "old")),
+        ("IMAGEPROC_SIGNING_KEYS", f"{KEY_1}, {KEY_2},", "signing_keys", (KEY_1, KEY_2)),
+        ("IMAGEPROC_ALLOW_WEAK_KEYS", "TRUE", "allow_weak_keys", True),
+        ("IMAGEPROC_MAX_AUTH_FAILURES", "5", "max_auth_failures", 5),
+        ("IMAGEPROC_MAX_AUTH_FAILURES", "", "max_auth_failures", None),
+        ("IMAGEPROC_AUTH_FAILURE_WINDOW", "2.5", "auth_failure_window", 2.5),
         ("IMAGEPROC_WORKERS", "4", "workers", (4, 4)),
         ("IMAGEPROC_WORKERS", " 2:8 ", "workers", (2, 8)),
         ("IMAGEPROC_MAX_UPLOAD_BYTES", "1048576", "max_upload_bytes", 1048576),
@@ -170,9 +179,9 @@ def test_every_setting_has_a_variable() -> None:
 
 
 def test_overrides_may_be_python_values() -> None:
-    settings = load(workers=3, signing_keys=["a"], lease_seconds=1, max_upload_bytes=10)
+    settings = load(workers=3, signing_keys=[KEY_1], lease_seconds=1, max_upload_bytes=10)
     assert settings.workers == (3, 3)
-    assert settings.signing_keys == ("a",)
+    assert settings.signing_keys == (KEY_1,)
     assert settings.lease_seconds == 1.0
     assert load(workers=(1, 4)).workers == (1, 4)
 
@@ -276,6 +285,9 @@ def test_byte_size_parser_only_ever_raises_value_error(text: str) -> None:
         ({"IMAGEPROC_BODY_TIMEOUT": "-1"}, "IMAGEPROC_BODY_TIMEOUT: must be positive"),
         ({"IMAGEPROC_BODY_MIN_RATE": "0"}, "IMAGEPROC_BODY_MIN_RATE: must be at least 1"),
         ({"IMAGEPROC_MAX_UPLOADS_PER_KEY": "0"}, "IMAGEPROC_MAX_UPLOADS_PER_KEY: must be at"),
+        ({"IMAGEPROC_MAX_AUTH_FAILURES": "0"}, "IMAGEPROC_MAX_AUTH_FAILURES: must be at least 1"),
+        ({"IMAGEPROC_AUTH_FAILURE_WINDOW": "0"}, "IMAGEPROC_AUTH_FAILURE_WINDOW: must be positive"),
+        ({"IMAGEPROC_ALLOW_WEAK_KEYS": "maybe"}, "IMAGEPROC_ALLOW_WEAK_KEYS: expected true or"),
     ],
 )
 def test_bad_values_raise_a_one_line_error_naming_the_variable(
@@ -447,11 +459,53 @@ def test_ascii_numbers_in_settings_still_read(
 
 def test_max_priority_is_read_and_checked_against_the_owners() -> None:
     settings = load(
-        {"IMAGEPROC_API_KEYS": "alice:k1,bob:k2", "IMAGEPROC_MAX_PRIORITY": "alice:9,*:0"}
+        {
+            "IMAGEPROC_API_KEYS": f"alice:{KEY_1},bob:{KEY_2}",
+            "IMAGEPROC_MAX_PRIORITY": "alice:9,*:0",
+        }
     )
     assert settings.max_priority == "alice:9,*:0"
     assert load({"IMAGEPROC_MAX_PRIORITY": "*:0"}).max_priority == "*:0"
     with pytest.raises(ConfigurationError, match="IMAGEPROC_MAX_PRIORITY: 'carol' is not an owner"):
-        load({"IMAGEPROC_API_KEYS": "alice:k1", "IMAGEPROC_MAX_PRIORITY": "carol:9"})
+        load({"IMAGEPROC_API_KEYS": f"alice:{KEY_1}", "IMAGEPROC_MAX_PRIORITY": "carol:9"})
     with pytest.raises(ConfigurationError, match="IMAGEPROC_MAX_PRIORITY: priority pair 1"):
         load({"IMAGEPROC_MAX_PRIORITY": "alice:" + foreign_digits("9")})
+
+
+# -- key strength -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"IMAGEPROC_API_KEYS": f"alice:{KEY_1},bob:x"},
+            "IMAGEPROC_API_KEYS: too weak to use: the API key of 'bob' (at least 128 bits",
+        ),
+        (
+            {"IMAGEPROC_SIGNING_KEYS": f"{KEY_1},short-key"},
+            "IMAGEPROC_SIGNING_KEYS: too weak to use: signing key 2 (at least 128 bits",
+        ),
+    ],
+)
+def test_weak_keys_are_refused_naming_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        load(env)
+    assert str(raised.value).startswith(message)
+    assert "IMAGEPROC_ALLOW_WEAK_KEYS=true" in str(raised.value)
+    assert "short-key" not in str(raised.value)
+    # The same keys given as Python values, too.
+    with pytest.raises(ConfigurationError, match="too weak"):
+        Settings(signing_keys=("k",))
+
+
+def test_weak_keys_are_accepted_when_allowed_and_digests_always() -> None:
+    allowed = load(
+        {"IMAGEPROC_API_KEYS": "alice:x", "IMAGEPROC_SIGNING_KEYS": "s"},
+        allow_weak_keys="true",
+    )
+    assert (allowed.allow_weak_keys, allowed.signing_keys) == (True, ("s",))
+    # A digest hides its key, which cannot be judged: accepted.
+    digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    assert load({"IMAGEPROC_API_KEYS": f"alice:{digest}"}).api_keys == f"alice:{digest}"
+    assert load({"IMAGEPROC_ALLOW_WEAK_KEYS": "yes"}).allow_weak_keys is True

@@ -58,7 +58,7 @@ def test_fastapi_example_submits_from_its_own_endpoint(tmp_path: Path) -> None:
         f"sqlite:///{tmp_path / 'tasks.db'}",
         f"file://{tmp_path / 'data'}",
         workers=2,
-        signing_keys=["test-signing-key"],
+        signing_keys=["test-signing-key-0123456789-AbCdEf"],
     )
     processor: Processor = app.state.processor
     assert processor.pool is None
@@ -110,9 +110,10 @@ def test_fastapi_example_submits_from_its_own_endpoint(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_fastapi_example_serves_from_the_command_line(tmp_path: Path) -> None:
     port = free_port()
+    keys = "key-1-0123456789-AbCdEfGhIj,key-0-0123456789-KlMnOpQrSt"
     server = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "fastapi_app.py"), "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=environment(IMAGEPROC_SIGNING_KEYS="k1,k0"),
+        cwd=tmp_path, env=environment(IMAGEPROC_SIGNING_KEYS=keys),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

@@ -41,7 +41,9 @@ pytestmark = pytest.mark.timeout(60)
 
 JPEG = sample_image(320, 240)
 PIPELINE = "thumb=fit:64x64,png;big=fit:160x160,webp"
-ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
+# Keys strong enough for create_app (22+ mixed-case letters and digits: over 128 bits).
+ALICE, BOB = "alice-key-0123456789-AbCdEfGhIj", "bob-key-0123456789-KlMnOpQrSt"
+SIGNING, OLD_SIGNING = "signing-key-0123456789-AbCdEf", "old-signing-key-0123456789-GhIj"
 KEYS = {"alice": ALICE, "bob": "sha256:" + hashlib.sha256(BOB.encode()).hexdigest()}
 
 
@@ -61,7 +63,7 @@ def client(processor: Processor) -> Iterator[TestClient]:
 
 @pytest.fixture
 def secured(processor: Processor) -> Iterator[TestClient]:
-    with client_for(processor, api_keys=KEYS, signing_keys=["s1"]) as test_client:
+    with client_for(processor, api_keys=KEYS, signing_keys=[SIGNING]) as test_client:
         yield test_client
 
 
@@ -263,6 +265,35 @@ def test_maximum_priorities_are_checked_when_the_app_is_made(
         create_app(processor, api_keys=KEYS, max_priority=limits)
 
 
+@pytest.mark.parametrize(
+    ("options", "weak"),
+    [
+        ({"api_keys": {"alice": ALICE, "bob": "bobs-key"}}, "the API key of 'bob'"),
+        ({"signing_keys": [SIGNING, "k"]}, "signing key 2"),
+    ],
+)
+def test_weak_keys_are_refused_unless_allowed_then_loudly(
+    processor: Processor,
+    options: dict[str, Any],
+    weak: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(ValueError, match=f"too weak to use: {weak} \\(at least 128 bits") as raised:
+        create_app(processor, **options)
+    assert "allow_weak_keys=True" in str(raised.value)
+    assert "bobs-key" not in str(raised.value)
+    with caplog.at_level("WARNING", logger="imageproc.http"):
+        create_app(processor, **options, allow_weak_keys=True)
+    assert [r.getMessage() for r in caplog.records if "WEAK KEYS IN USE" in r.getMessage()] == [
+        f"WEAK KEYS IN USE: {weak} can be guessed; weak keys are allowed for tests and development"
+        " only (allow_weak_keys, IMAGEPROC_ALLOW_WEAK_KEYS): never expose this service"
+    ]
+    # A digest cannot be judged: accepted without a word.
+    caplog.clear()
+    create_app(processor, api_keys={"bob": "sha256:" + hashlib.sha256(b"bobs-key").hexdigest()})
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("length", ["1_000", "+1000", foreign_digits("1000"), "1e3"])
 def test_a_content_length_in_anything_but_ascii_digits_is_400(
     processor: Processor, length: str
@@ -361,7 +392,10 @@ def test_a_retry_into_a_full_queue_is_429(processor: Processor) -> None:
 
 def test_one_owner_cannot_fill_the_queue_for_another() -> None:
     processor = memory_processor(queue_limits=QueueLimits(max_queued_per_owner=2))
-    keys = {"greedy": "g" * 32, "polite": "p" * 32}
+    keys = {
+        "greedy": "3f9a1c7e5b2d8046a1b3c5d7e9f02468",
+        "polite": "8e1d5c3b9a7f2046e8d6c4b2a0f13579",
+    }
     with client_for(processor, api_keys=keys) as client:
         greedy = {"Authorization": f"Bearer {keys['greedy']}"}
         polite = {"Authorization": f"Bearer {keys['polite']}"}
@@ -502,6 +536,7 @@ def asgi_request(
     target: bytes,
     headers: Sequence[tuple[bytes, bytes]] = (),
     messages: Sequence[dict[str, Any]] = ({"type": "http.request", "body": b""},),
+    client: tuple[str, int] | None = ("127.0.0.1", 1234),
 ) -> list[dict[str, Any]]:
     """Call ``app`` through the ASGI interface with exactly this raw path and query and these
     headers (an HTTP client would normalise the path and write its own Content-Length),
@@ -514,7 +549,7 @@ def asgi_request(
         "method": method,
         "scheme": "http",
         "server": ("testserver", 80),
-        "client": ("127.0.0.1", 1234),
+        "client": client,
         "root_path": "",
         "path": unquote(raw_path.decode("latin-1")),
         "raw_path": raw_path,
@@ -567,8 +602,8 @@ def test_hostile_keys_through_a_real_client(file_processor: Processor, raw: str)
 
 
 def test_hostile_keys_with_a_valid_signature_are_still_refused(file_processor: Processor) -> None:
-    app = create_app(file_processor, signing_keys=["k"])
-    signature = UrlSigner(["k"]).sign("../secret.txt", int(time.time()) + 60)
+    app = create_app(file_processor, signing_keys=[SIGNING])
+    signature = UrlSigner([SIGNING]).sign("../secret.txt", int(time.time()) + 60)
     raw = f"/image/%2e%2e/secret.txt?expires={int(time.time()) + 60}&signature={signature}"
     status, body = asgi_get(app, raw.encode())
     assert status == 400
@@ -605,7 +640,7 @@ def test_a_file_backed_upload_keeps_no_sidecars_and_serves_its_types(
 
 
 def test_signed_urls_valid_tampered_expired_and_rotated(processor: Processor) -> None:
-    with client_for(processor, api_keys=KEYS, signing_keys=["old"]) as old:
+    with client_for(processor, api_keys=KEYS, signing_keys=[OLD_SIGNING]) as old:
         task = finished(
             old, processor, upload(old, headers=auth(ALICE)).json()["id"], headers=auth(ALICE)
         )
@@ -615,9 +650,9 @@ def test_signed_urls_valid_tampered_expired_and_rotated(processor: Processor) ->
     expires, signature = query["expires"][0], query["signature"][0]
     key = out["key"]
 
-    rotated = client_for(processor, api_keys=KEYS, signing_keys=["new", "old"])
+    rotated = client_for(processor, api_keys=KEYS, signing_keys=[SIGNING, OLD_SIGNING])
     assert rotated.get(url).status_code == 200  # no API key needed
-    retired = client_for(processor, api_keys=KEYS, signing_keys=["new"])
+    retired = client_for(processor, api_keys=KEYS, signing_keys=[SIGNING])
     assert_error(retired.get(url), 403, "invalid_signature")
 
     tampered = signature[:-2] + ("AA" if not signature.endswith("AA") else "BB")
@@ -634,7 +669,7 @@ def test_signed_urls_valid_tampered_expired_and_rotated(processor: Processor) ->
     assert_error(rotated.get(f"/image/{other_key}?expires={expires}&signature={signature}"), 403)
 
     past = int(time.time()) - 1
-    expired = UrlSigner(["old"]).sign(key, past)
+    expired = UrlSigner([OLD_SIGNING]).sign(key, past)
     assert_error(rotated.get(f"/image/{key}?expires={past}&signature={expired}"), 403)
 
 
@@ -686,11 +721,11 @@ def test_a_signed_image_is_cached_no_longer_than_its_signature_lives(processor: 
 
 
 def test_a_signed_image_about_to_expire_is_cached_for_what_is_left(processor: Processor) -> None:
-    with client_for(processor, signing_keys=["k"]) as client:
+    with client_for(processor, signing_keys=[SIGNING]) as client:
         task = finished(client, processor, upload(client).json()["id"])
         key = task["outputs"][0]["key"]
         expires = int(time.time()) + 3
-        signature = UrlSigner(["k"]).sign(key, expires)
+        signature = UrlSigner([SIGNING]).sign(key, expires)
         response = client.get(f"/image/{key}?expires={expires}&signature={signature}")
         assert response.status_code == 200
         assert 0 <= cache_max_age(response) <= 3
@@ -715,7 +750,9 @@ def test_without_signing_keys_each_app_has_its_own(processor: Processor) -> None
 # -- authentication and owners ------------------------------------------------------------------
 
 
-def test_api_keys_are_required(secured: TestClient) -> None:
+def test_api_keys_are_required(processor: Processor) -> None:
+    # More failures than one address may make by default: counted by the next test, not here.
+    secured = client_for(processor, api_keys=KEYS, max_auth_failures=None)
     for response in (
         secured.post("/upload", files={"image": ("a.jpg", JPEG, "image/jpeg")}),
         secured.get("/status/x"),
@@ -735,6 +772,99 @@ def test_api_keys_are_required(secured: TestClient) -> None:
         assert_error(response, 401, "unauthorized")
         assert response.headers["www-authenticate"].startswith("Bearer")
     assert secured.get("/healthz").status_code == 200
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_repeated_401s_from_one_address_are_answered_429_until_the_window_ends(
+    processor: Processor,
+) -> None:
+    app = create_app(
+        processor, api_keys=KEYS, max_auth_failures=3, auth_failure_window=timedelta(seconds=60)
+    )
+    clock = _Clock()
+    app.state.imageproc.auth_failures._clock = clock
+    guesser = TestClient(app, client=("203.0.113.7", 40000))
+    neighbour = TestClient(app, client=("203.0.113.8", 40000))
+    for guess in ("wrong-1", "wrong-2"):
+        assert_error(guesser.get("/status/x", headers=auth(guess)), 401, "unauthorized")
+    clock.now += 30
+    assert_error(guesser.post("/upload", headers=auth("wrong-3")), 401)  # a missing key counts
+    clock.now += 20  # 50 s after the first failure: 10 s of the window left
+    for response in (
+        guesser.get("/status/x", headers=auth("wrong-4")),
+        guesser.get("/status/x"),
+        # A right key is refused too: a blocked address learns nothing from its guesses.
+        guesser.get("/status/x", headers=auth(ALICE)),
+        guesser.post(
+            "/upload", headers={**auth(ALICE), "Content-Type": "image/jpeg"}, content=JPEG
+        ),
+    ):
+        body = assert_error(response, 429, "too_many_auth_failures")
+        assert response.headers["retry-after"] == "10"
+        assert "www-authenticate" not in response.headers
+        assert "API key" in body["message"]
+    # Other addresses are not held back, and what needs no key still works.
+    assert_error(neighbour.get("/status/x", headers=auth(ALICE)), 404, "task_not_found")
+    assert_error(neighbour.get("/status/x", headers=auth("wrong")), 401)
+    assert guesser.get("/healthz").status_code == 200
+    clock.now += 10  # the window is over: the address may try again
+    assert_error(guesser.get("/status/x", headers=auth(ALICE)), 404, "task_not_found")
+    assert_error(guesser.get("/status/x", headers=auth("wrong-5")), 401)
+
+
+def test_an_ipv6_client_counts_by_its_64_and_no_address_is_not_counted(
+    processor: Processor,
+) -> None:
+    app = create_app(processor, api_keys=KEYS, max_auth_failures=1)
+    first = TestClient(app, client=("2001:db8:1:2::1", 40000))
+    same_64 = TestClient(app, client=("2001:db8:1:2:ffff::9", 40000))
+    other_64 = TestClient(app, client=("2001:db8:1:3::1", 40000))
+    assert_error(first.get("/status/x"), 401)
+    assert_error(same_64.get("/status/x"), 429, "too_many_auth_failures")
+    assert_error(other_64.get("/status/x"), 401)
+    mapped = TestClient(app, client=("::ffff:192.0.2.1", 40000))
+    assert_error(mapped.get("/status/x"), 401)
+    assert_error(TestClient(app, client=("192.0.2.1", 40000)).get("/status/x"), 429)
+
+    # A server that gives no address (a Unix socket): nothing to count by, every answer a 401.
+    app_without = create_app(processor, api_keys=KEYS, max_auth_failures=1)
+    for _ in range(3):
+        sent = asgi_request(app_without, "GET", b"/status/x", client=None)
+        assert sent[0]["status"] == 401
+
+
+def test_failed_authentications_are_remembered_for_a_bounded_number_of_addresses() -> None:
+    from imageproc.http import _AuthFailures
+
+    clock = _Clock()
+    failures = _AuthFailures(2, 60.0, max_addresses=3, clock=clock)
+    for address in ("a", "a", "b", "c", "d"):
+        failures.failed(address)
+        clock.now += 1
+    assert len(failures) == 3  # "a", whose last failure is oldest, was forgotten
+    assert failures.blocked_for("a") is None
+    failures.failed("b")
+    assert failures.blocked_for("b") == 60 - 3  # its window began 3 s ago
+    assert failures.blocked_for("c") is None
+    clock.now += 60
+    assert failures.blocked_for("b") is None
+    assert len(failures) == 2  # b's window is over, and it was forgotten
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_auth_failures": 0}, {"auth_failure_window": timedelta(0)}],
+)
+def test_auth_failure_limits_are_checked(processor: Processor, options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="auth_failure"):
+        create_app(processor, api_keys=KEYS, **options)
 
 
 def test_a_key_sees_only_its_owners_tasks(secured: TestClient, processor: Processor) -> None:

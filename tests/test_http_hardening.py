@@ -34,7 +34,7 @@ from imageproc.serving import RedactQuerySecrets, redact_query_secrets
 
 pytestmark = pytest.mark.timeout(120)
 
-KEY, OTHER_KEY = "alice-key-0123456789", "bob-key-0123456789"
+KEY, OTHER_KEY = "alice-key-0123456789-AbCdEfGhIj", "bob-key-0123456789-KlMnOpQrSt"
 STARTUP = 30.0
 
 
@@ -50,7 +50,7 @@ class Serve:
             IMAGEPROC_DATABASE_URL=f"sqlite:///{folder / 'tasks.db'}",
             IMAGEPROC_STORAGE_URL=f"file://{folder / 'store'}",
             IMAGEPROC_PORT=str(self.port),
-            IMAGEPROC_SIGNING_KEYS="test-signing-key",
+            IMAGEPROC_SIGNING_KEYS="test-signing-key-0123456789-AbCdEf",
             TMPDIR=str(self.tmp),  # where uploads past 1 MiB spool
             **{f"IMAGEPROC_{name.upper()}": value for name, value in settings.items()},
         )

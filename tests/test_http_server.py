@@ -34,7 +34,7 @@ from imageproc.testing import sample_image
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "starlette_app.py"
-KEY = "test-key-0123456789"
+KEY = "test-key-0123456789-AbCdEfGhIj"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -65,7 +65,7 @@ class Server:
                 "--api-keys",
                 f"tester:{KEY}",
                 "--signing-key",
-                "test-signing-key",
+                "test-signing-key-0123456789-AbCdEf",
                 *extra,
             ],
             cwd=folder,

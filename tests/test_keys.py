@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from imageproc import InvalidKey
-from imageproc.keys import MAX_KEY_LENGTH, output_key, source_key, validate_key
+from imageproc.keys import (
+    MAX_KEY_LENGTH,
+    OWNER_DIGEST_CHARS,
+    output_key,
+    source_key,
+    validate_key,
+)
 
 segment = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,19}", fullmatch=True)
 
@@ -79,3 +87,16 @@ def test_made_keys_are_valid_and_deterministic() -> None:
     assert source_key(digest, "jpg") == f"originals/ab/{digest}.jpg"
     assert output_key("T1", "thumb", "webp") == "outputs/T1/thumb.webp"
     validate_key(source_key(digest, "jpg"))
+
+
+def test_originals_have_a_namespace_per_owner() -> None:
+    digest = "ab" * 32
+    alice, bob = source_key(digest, "jpg", "alice"), source_key(digest, "jpg", "bob")
+    assert alice != bob
+    assert alice == source_key(digest, "jpg", "alice")
+    namespace = hashlib.sha256(b"alice").hexdigest()[:OWNER_DIGEST_CHARS]
+    assert alice == f"originals/{namespace}/ab/{digest}.jpg"
+    # No owner keeps the shared key, which no owner's key can equal (one segment fewer).
+    assert source_key(digest, "jpg") not in (alice, bob, source_key(digest, "jpg", ""))
+    for owner in ("alice", "", "ünïcode owner", "\ud800"):
+        validate_key(source_key(digest, "jpg", owner))

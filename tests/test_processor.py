@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 from PIL import Image
 
@@ -23,6 +24,7 @@ from imageproc import (
     TaskStatus,
     Upload,
     WaitTimeout,
+    keys,
 )
 from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.clock import utcnow
@@ -298,6 +300,84 @@ class _CountingStorage(MemoryStorage):
     def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
         self.puts.append(key)
         return super().put(key, data, content_type=content_type)
+
+
+class _StorageCalls(MemoryStorage):
+    """Records each call a submit makes: what it does to storage, whatever the answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def exists(self, key: str) -> bool:
+        self.calls.append("exists")
+        return super().exists(key)
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
+        self.calls.append("put")
+        return super().put(key, data, content_type=content_type)
+
+    def work_of(self, submit: Callable[[], Task]) -> tuple[Task, list[str]]:
+        self.calls.clear()
+        task = submit()
+        return task, list(self.calls)
+
+
+def test_another_owners_bytes_cost_a_first_upload() -> None:
+    # Were originals shared, bob's upload of alice's bytes would skip the write, and the time it
+    # saved would tell bob that someone had uploaded them.
+    storage = _StorageCalls()
+    proc, _ = build(storage)
+    image = sample_image()
+    alice, first = storage.work_of(lambda: proc.submit(image, owner="alice"))
+    bob, second = storage.work_of(lambda: proc.submit(image, owner="bob"))
+    assert first == second == ["exists", "put"]
+    assert alice.source_key != bob.source_key
+    assert proc.read(alice.source_key) == proc.read(bob.source_key) == image
+    # The same owner still shares one original.
+    again, repeat = storage.work_of(lambda: proc.submit(image, owner="alice"))
+    assert (again.source_key, repeat) == (alice.source_key, ["exists"])
+    # So does everyone without an owner (a library with no owners).
+    nobody, _ = storage.work_of(lambda: proc.submit(image))
+    assert proc.submit(image).source_key == nobody.source_key
+    batch = proc.submit_many([Upload(image, owner="carol"), Upload(image, owner="alice")])
+    assert [t.source_key for t in batch if isinstance(t, Task)][1:] == [alice.source_key]
+    assert len(set(storage.keys())) == 4
+
+
+def test_purge_keeps_another_owners_copy_of_the_same_bytes() -> None:
+    from datetime import timedelta
+
+    storage = MemoryStorage()
+    proc, _ = build(storage)
+    image = sample_image(300, 200)
+    alice = proc.submit(image, "png", owner="alice")
+    proc.run_until_idle()
+    bob = proc.submit(image, "png", owner="bob")  # still queued
+    assert proc.purge(older_than=timedelta(0)) == 1
+    assert storage.keys() == [bob.source_key]
+    assert proc.read(bob.source_key) == image
+    assert not proc.repository.source_in_use(alice.source_key)
+
+
+def test_a_task_keeps_the_source_key_it_was_recorded_with() -> None:
+    # Tasks recorded before originals had owners' namespaces point at the shared key: they are
+    # processed, and purged, from there.
+    from datetime import timedelta
+
+    storage = MemoryStorage()
+    proc, _ = build(storage)
+    image = sample_image(300, 200)
+    legacy = proc.submit(image, "png", owner="alice")
+    old_key = keys.source_key(legacy.source.sha256, "png")  # the key before namespaces
+    storage.put(old_key, image, content_type="image/png")
+    storage.delete(legacy.source_key)
+    recorded = attrs.evolve(legacy, source_key=old_key)
+    assert proc.repository.update(recorded, expected=legacy)
+    proc.run_until_idle()
+    assert proc.get(legacy.id).status == TaskStatus.SUCCEEDED
+    assert proc.purge(older_than=timedelta(0)) == 1
+    assert storage.keys() == []
 
 
 class _Submitted(Events):

@@ -11,11 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imageproc.signing import (
+    MIN_KEY_BITS,
     ApiKeys,
     UrlSigner,
+    key_bits,
     parse_api_keys,
     parse_expires,
     parse_max_priorities,
+    weak_keys,
 )
 from tests.strategies import foreign_digits
 
@@ -236,3 +239,62 @@ def test_parse_max_priorities() -> None:
 def test_parse_max_priorities_refuses_bad_text_clearly(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_max_priorities(text)
+
+
+# -- key strength -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "x",
+        "k1",
+        "change-me",
+        "test-key-0123456789",  # 19 of 38 characters: 99.7 bits
+        "0123456789abcdef0123456789abcde",  # 31 hex digits: 124 bits
+        "a" * 200,  # long, but one character
+        "abcabcabcabcabcabcabcabcabcabcabcabc",  # long, but five characters
+        "correcthorsebattery",  # 19 lower-case letters: 89 bits
+        b"\x00\x01" * 8,
+    ],
+)
+def test_weak_keys_are_estimated_under_128_bits(key: str | bytes) -> None:
+    assert key_bits(key) < MIN_KEY_BITS
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "0123456789abcdef0123456789abcdef",  # 32 hex digits: 128 bits
+        "0123456789ABCDEF0123456789abcdef",
+        "Abcdefghij0123456789KL",  # 22 mixed-case letters and digits: 131 bits
+        "correct-horse-battery-staple-7",
+    ],
+)
+def test_strong_keys_are_estimated_at_128_bits_or_more(key: str) -> None:
+    assert key_bits(key) >= MIN_KEY_BITS
+
+
+@given(st.binary(min_size=32, max_size=64))
+def test_what_the_documentation_says_to_run_makes_strong_keys(random: bytes) -> None:
+    # openssl rand -hex 32, secrets.token_hex(32) and secrets.token_urlsafe(32), for any bytes
+    # they may give (hypothesis tries the unlucky ones, all zeros included, which no real
+    # generator gives but once in 2**256).
+    import base64
+
+    if len(set(random.hex())) >= 6:
+        assert key_bits(random.hex()) >= MIN_KEY_BITS
+    text = base64.urlsafe_b64encode(random).rstrip(b"=").decode()
+    if len(set(text)) >= 6:
+        assert key_bits(text) >= MIN_KEY_BITS
+
+
+def test_weak_keys_name_each_weak_key_never_showing_it() -> None:
+    strong = "Abcdefghij0123456789KL"
+    digest_of_a_weak_key = "sha256:" + hashlib.sha256(b"k").hexdigest()
+    found = weak_keys(
+        {"alice": "k1secret", "bob": strong, "carol": digest_of_a_weak_key}, ["s", strong, b"b"]
+    )
+    assert found == ["the API key of 'alice'", "signing key 1", "signing key 3"]
+    assert not any("k1secret" in phrase for phrase in found)
+    assert weak_keys() == weak_keys({}, [strong]) == []

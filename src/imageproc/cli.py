@@ -325,6 +325,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                     max_uploads_per_minute=settings.max_uploads_per_minute,
                     url_ttl=timedelta(seconds=settings.url_ttl),
                     metrics_registry=metrics.registry if metrics is not None else None,
+                    # Settings refused weak keys unless they are allowed; create_app warns.
+                    allow_weak_keys=settings.allow_weak_keys,
+                    max_auth_failures=settings.max_auth_failures,
+                    auth_failure_window=timedelta(seconds=settings.auth_failure_window),
                 ),
                 settings,
                 ApiKeys(api_keys) if api_keys else None,

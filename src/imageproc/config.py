@@ -274,6 +274,11 @@ _SPECS: Final[dict[str, _Spec]] = {
     "api_keys": _Spec(_parse_text, _check_api_keys, (str,)),
     "max_priority": _Spec(_parse_text, _check_max_priority, (str,)),
     "signing_keys": _Spec(_parse_list, _no_check, (tuple, list)),
+    "allow_weak_keys": _Spec(_parse_bool, _no_check, (bool,)),
+    "max_auth_failures": _Spec(
+        _optional(parse_whole_number), _check_positive_int, (int, type(None))
+    ),
+    "auth_failure_window": _Spec(_parse_float, _check_positive, (int, float)),
     "workers": _Spec(parse_workers, _check_workers, (tuple, list, int)),
     "max_upload_bytes": _Spec(parse_byte_size, _check_positive_int, (int,)),
     "max_queue_depth": _Spec(_optional(parse_whole_number), _check_positive_int, (int, type(None))),
@@ -330,9 +335,13 @@ def _coerce(name: str, value: Any) -> Any:
     elif name == "presets":
         pairs = value.items() if isinstance(value, Mapping) else value
         value = tuple((preset, text) for preset, text in pairs)
-    elif name in ("lease_seconds", "url_ttl", "header_timeout", "body_timeout") or (
-        name == "render_timeout" and value is not None
-    ):
+    elif name in (
+        "lease_seconds",
+        "url_ttl",
+        "header_timeout",
+        "body_timeout",
+        "auth_failure_window",
+    ) or (name == "render_timeout" and value is not None):
         value = float(value)
     spec.check(value)
     return value
@@ -418,6 +427,17 @@ class Settings:
     max_priority: str = attrs.field(default="", validator=_validated)
     #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
     signing_keys: tuple[str, ...] = attrs.field(default=(), validator=_validated, repr=False)
+    #: Accept API keys and signing keys estimated under 128 bits
+    #: (:func:`imageproc.signing.key_bits`), with a warning at start, instead of refusing to
+    #: start: for tests and development only.
+    allow_weak_keys: bool = attrs.field(default=False, validator=_validated)
+    #: Missing or unknown API keys one client address may present within
+    #: ``auth_failure_window`` before it is answered 429 until the window ends; None: no limit.
+    #: Applies only with ``api_keys``.
+    max_auth_failures: int | None = attrs.field(default=10, validator=_validated)
+    #: Seconds, from an address's first failed authentication, that ``max_auth_failures`` is
+    #: counted over.
+    auth_failure_window: float = attrs.field(default=60.0, validator=_validated)
     #: Worker threads, ``(min, max)``; from ``"4"`` or ``"2:8"``.
     workers: tuple[int, int] = attrs.field(default=(2, 2), validator=_validated)
     #: Largest upload accepted, in bytes (``50MiB``, ``10MB``, ``1048576``).
@@ -484,10 +504,29 @@ class Settings:
     isolation: str = attrs.field(default="process", validator=_validated)
 
     def __attrs_post_init__(self) -> None:
-        from imageproc.signing import ANY_OWNER, parse_api_keys, parse_max_priorities
+        from imageproc.signing import (
+            ANY_OWNER,
+            STRONG_KEY_HINT,
+            parse_api_keys,
+            parse_max_priorities,
+            weak_keys,
+        )
 
-        # An owner misspelt here would keep no limit at all, without a word: name it at startup.
         owners = parse_api_keys(self.api_keys)
+        # A key that can be guessed is no key: refuse it at startup, naming the setting. Those
+        # who allow weak keys are warned by whatever uses them (create_app, at start).
+        if not self.allow_weak_keys:
+            for setting, weak in (
+                ("api_keys", weak_keys(api_keys=owners)),
+                ("signing_keys", weak_keys(signing_keys=self.signing_keys)),
+            ):
+                if weak:
+                    raise ConfigurationError(
+                        f"{ENV_VARS[setting]}: too weak to use: {', '.join(weak)}"
+                        f" ({STRONG_KEY_HINT}); {ENV_VARS['allow_weak_keys']}=true allows weak"
+                        " keys in tests and development"
+                    )
+        # An owner misspelt here would keep no limit at all, without a word: name it at startup.
         for owner in parse_max_priorities(self.max_priority):
             if owner != ANY_OWNER and owner not in owners:
                 raise ConfigurationError(

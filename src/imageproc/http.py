@@ -20,9 +20,13 @@ Access rules:
 * ``/image`` also serves a request carrying a valid, unexpired ``expires`` + ``signature`` pair
   (the ``url`` of each output in ``/status``), with no API key, so it works in an ``<img>`` tag.
   With an API key and no signature, an owner may fetch the recorded outputs of their own tasks;
-  originals (``originals/…``, shared between tasks because they are content-addressed) are
+  originals (``originals/…``, content-addressed and shared by an owner's tasks) are
   served only with a signature (``/status`` gives one as ``source.url``), never by owner.
 * Without ``api_keys`` everything is open and tasks have no owner.
+* After ``max_auth_failures`` missing or unknown keys from one client address within
+  ``auth_failure_window``, that address is answered ``429`` (``too_many_auth_failures``, with
+  ``Retry-After``) on every endpoint that needs a key, a valid key included, until the window
+  ends: guessing keys goes no faster than that.
 
 This module is the only one that imports Starlette; ``import imageproc`` never loads it.
 """
@@ -30,12 +34,15 @@ This module is the only one that imports Starlette; ``import imageproc`` never l
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 import re
 import secrets
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
@@ -72,7 +79,15 @@ from imageproc.pipeline import Pipeline
 from imageproc.processor import Processor, Upload
 from imageproc.protocols import QueueLimits
 from imageproc.ratelimit import WindowLimit
-from imageproc.signing import ANY_OWNER, PRIORITY_RANGE, ApiKeys, UrlSigner, parse_expires
+from imageproc.signing import (
+    ANY_OWNER,
+    PRIORITY_RANGE,
+    STRONG_KEY_HINT,
+    ApiKeys,
+    UrlSigner,
+    parse_expires,
+    weak_keys,
+)
 from imageproc.task import Output, Task
 
 if TYPE_CHECKING:
@@ -96,6 +111,9 @@ QUEUE_DEPTH_TTL: Final = 0.5
 #: How long /readyz waits for the backends before saying "not ready".
 READY_TIMEOUT: Final = 5.0
 IMMUTABLE: Final = "max-age=31536000, immutable"
+#: Client addresses whose failed authentications are remembered at once; past it the address
+#: that failed longest ago is forgotten, so a flood of addresses costs memory only up to this.
+AUTH_FAILURE_ADDRESSES: Final = 10_000
 #: Headers on every response of the app. Error bodies echo what the client sent and originals
 #: are whatever was uploaded: no browser may sniff either into HTML, or run what it finds.
 SECURITY_HEADERS: Final[Mapping[str, str]] = {
@@ -232,6 +250,78 @@ _SERVER_SIDE_CODES: Final = frozenset(
 )
 
 
+class _AuthFailures:
+    """Failed authentications per client address, counted in windows: ``limit`` failures within
+    ``window`` seconds of an address's first one block it until that window ends.
+
+    Memory is bounded: at most ``max_addresses`` addresses are remembered, the one whose last
+    failure is oldest being forgotten first. Thread-safe, though the endpoints call it from the
+    event loop.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        *,
+        max_addresses: int = AUTH_FAILURE_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        # address → [start of its window, failures in it]; oldest last failure first.
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def blocked_for(self, address: str) -> float | None:
+        """Seconds ``address`` stays blocked, or None if it may try."""
+        now = self._clock()
+        with self._lock:
+            entry = self._failures.get(address)
+            if entry is None:
+                return None
+            left = entry[0] + self.window - now
+            if left <= 0:
+                del self._failures[address]  # its window is over: forget it
+                return None
+            return left if entry[1] >= self.limit else None
+
+    def failed(self, address: str) -> None:
+        """Count one failed authentication from ``address``."""
+        now = self._clock()
+        with self._lock:
+            entry = self._failures.get(address)
+            if entry is None or entry[0] + self.window <= now:
+                entry = self._failures[address] = [now, 0]
+            entry[1] += 1
+            self._failures.move_to_end(address)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+
+
+def _client_address(request: Request) -> str | None:
+    """Who failures are counted against: the client's address, IPv6 by its /64 (one host
+    commonly holds a whole /64, so single addresses would not slow it), or None when the server
+    gives no address (a Unix socket)."""
+    if request.client is None or not request.client.host:
+        return None
+    host = request.client.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # not an IP address (a test client's name): counted as it is
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is that IPv4 client
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 class _Service:
     """The state shared by the endpoints of one app."""
 
@@ -246,9 +336,11 @@ class _Service:
         max_priority: Mapping[str, int],
         url_ttl: timedelta,
         metrics_registry: prometheus_client.CollectorRegistry | None,
+        auth_failures: _AuthFailures | None,
         max_uploads_per_minute: int | None = None,
     ) -> None:
         self.processor = processor
+        self.auth_failures = auth_failures
         self.api_keys = api_keys
         self.signer = signer
         # submit() refuses anything over the image limit too (as a 415); refusing it here, while
@@ -270,8 +362,23 @@ class _Service:
         """The owner behind the request's API key; None when the app has no keys (open)."""
         if self.api_keys is None:
             return None
+        failures = self.auth_failures
+        address = _client_address(request) if failures is not None else None
+        if failures is not None and address is not None:
+            # Checked before the key, and whatever the key: were a valid key let through, the
+            # answer would still confirm a right guess.
+            left = failures.blocked_for(address)
+            if left is not None:
+                raise ApiError(
+                    429,
+                    "too_many_auth_failures",
+                    "too many requests without a valid API key from this address; try again later",
+                    {"Retry-After": str(max(1, math.ceil(left)))},
+                )
         owner = self._presented_owner(request)
         if owner is None:
+            if failures is not None and address is not None:
+                failures.failed(address)
             raise ApiError(
                 401,
                 "unauthorized",
@@ -536,6 +643,9 @@ def create_app(
     max_uploads_per_minute: int | None = None,
     url_ttl: timedelta = timedelta(hours=1),
     metrics_registry: prometheus_client.CollectorRegistry | None = None,
+    allow_weak_keys: bool = False,
+    max_auth_failures: int | None = 10,
+    auth_failure_window: timedelta = timedelta(minutes=1),
 ) -> Starlette:
     """A Starlette app serving ``processor`` over HTTP (see the module docstring).
 
@@ -559,6 +669,15 @@ def create_app(
             :func:`imageproc.signing.parse_max_priorities` reads ``IMAGEPROC_MAX_PRIORITY``.
         url_ttl: how long signed URLs stay valid.
         metrics_registry: the Prometheus registry ``/metrics`` serves; 404 when None.
+        allow_weak_keys: accept API keys and signing keys estimated under 128 bits
+            (:func:`imageproc.signing.key_bits`), logging a warning, instead of raising
+            :class:`ValueError`: for tests and development only.
+        max_auth_failures: missing or unknown API keys one client address may present within
+            ``auth_failure_window`` before its requests are answered 429
+            (``too_many_auth_failures``, with ``Retry-After``) until the window ends. None: no
+            limit. Only with ``api_keys``; IPv6 addresses count by their /64.
+        auth_failure_window: the window ``max_auth_failures`` is counted in, from an address's
+            first failure.
 
     The app starts no workers; start them in your lifespan or run worker processes.
     """
@@ -566,6 +685,23 @@ def create_app(
         raise ValueError("max_upload_bytes must be positive")
     if url_ttl <= timedelta(0):
         raise ValueError("url_ttl must be positive")
+    if max_auth_failures is not None and max_auth_failures < 1:
+        raise ValueError("max_auth_failures must be at least 1, or None")
+    if auth_failure_window <= timedelta(0):
+        raise ValueError("auth_failure_window must be positive")
+    weak = weak_keys(api_keys, signing_keys)
+    if weak and not allow_weak_keys:
+        raise ValueError(
+            f"too weak to use: {', '.join(weak)} ({STRONG_KEY_HINT});"
+            " allow_weak_keys=True allows weak keys in tests and development"
+        )
+    if weak:
+        # Loud on purpose: a development setting that reached production must not go unseen.
+        logger.warning(
+            "WEAK KEYS IN USE: %s can be guessed; weak keys are allowed for tests and development"
+            " only (allow_weak_keys, IMAGEPROC_ALLOW_WEAK_KEYS): never expose this service",
+            ", ".join(weak),
+        )
     max_priority = dict(max_priority or {})
     for owner, cap in max_priority.items():
         if isinstance(cap, bool) or not isinstance(cap, int) or cap not in PRIORITY_RANGE:
@@ -586,6 +722,11 @@ def create_app(
         max_priority=max_priority,
         url_ttl=url_ttl,
         metrics_registry=metrics_registry,
+        auth_failures=(
+            _AuthFailures(max_auth_failures, auth_failure_window.total_seconds())
+            if max_auth_failures is not None
+            else None
+        ),
         max_uploads_per_minute=max_uploads_per_minute,
     )
 
@@ -933,7 +1074,10 @@ _TASK_RESPONSE = {
     "description": "the task",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Task"}}},
 }
-_AUTH_ERRORS = {"401": _error("missing or unknown API key (when keys are configured)")}
+_AUTH_ERRORS = {
+    "401": _error("missing or unknown API key (when keys are configured)"),
+    "429": _error("too many missing or unknown API keys from this address (Retry-After)"),
+}
 _UNAVAILABLE = {"503": _error("a backend is temporarily unavailable (Retry-After)")}
 
 #: The OpenAPI 3.1 description of every endpoint, served at ``/openapi.json``.
@@ -1023,7 +1167,10 @@ OPENAPI: Final[dict[str, Any]] = {
                     "413": _error("the upload is over the size limit"),
                     "415": _error("not an image, or a format that is not accepted"),
                     "422": _error("a bad pipeline, preset or priority"),
-                    "429": _error("too many tasks are queued (Retry-After)"),
+                    "429": _error(
+                        "too many tasks are queued, or too many missing or unknown API keys"
+                        " from this address (Retry-After)"
+                    ),
                     **_UNAVAILABLE,
                 },
             }
@@ -1109,6 +1256,7 @@ OPENAPI: Final[dict[str, Any]] = {
                     "401": {"description": "missing or unknown API key"},
                     "403": {"description": "an invalid or expired signature"},
                     "404": {"description": "no such image"},
+                    "429": {"description": "too many missing or unknown API keys from here"},
                 },
             },
         },

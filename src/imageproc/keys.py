@@ -7,12 +7,13 @@ filesystem or an S3 call.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final
 
 from imageproc.errors import InvalidKey
 
-__all__ = ["MAX_KEY_LENGTH", "output_key", "source_key", "validate_key"]
+__all__ = ["MAX_KEY_LENGTH", "OWNER_DIGEST_CHARS", "output_key", "source_key", "validate_key"]
 
 MAX_KEY_LENGTH: Final = 1024
 # An allow-list, not a deny-list: no glob characters (fsspec expands them), no '~', ':', spaces
@@ -44,9 +45,28 @@ def validate_key(key: str) -> str:
     return key
 
 
-def source_key(sha256: str, extension: str) -> str:
-    """The content-addressed key of an original: the same bytes always land on the same key."""
-    return f"originals/{sha256[:2]}/{sha256}.{extension}"
+#: Hex digits of the owner's SHA-256 in an original's key: 128 bits, so two owners' namespaces
+#: never meet by chance.
+OWNER_DIGEST_CHARS: Final = 32
+
+
+def source_key(sha256: str, extension: str, owner: str | None = None) -> str:
+    """The content-addressed key of an original: the same bytes of the same owner always land on
+    the same key, ``originals/<owner digest>/<sha256[:2]>/<sha256>.<extension>``.
+
+    Each owner has a namespace of their own (the first :data:`OWNER_DIGEST_CHARS` hex digits of
+    the SHA-256 of the owner's name), so an upload never finds another owner's original already
+    stored: how long it takes says nothing about what others uploaded. An owner's repeated upload
+    still shares one original. Without an owner (None) the key is
+    ``originals/<sha256[:2]>/<sha256>.<extension>``, shared by every owner-less upload, as
+    before owners had namespaces; the two forms have different numbers of segments, so they
+    never collide.
+    """
+    if owner is None:
+        return f"originals/{sha256[:2]}/{sha256}.{extension}"
+    # surrogatepass: any str an application passes as an owner has a digest, never an error.
+    namespace = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"originals/{namespace[:OWNER_DIGEST_CHARS]}/{sha256[:2]}/{sha256}.{extension}"
 
 
 def output_key(task_id: str, variant: str, extension: str) -> str:

@@ -4,6 +4,8 @@
   :class:`ApiKeys` finds the owner of a presented key in constant time.
 * :func:`parse_max_priorities` reads the ``owner:N`` pairs of ``IMAGEPROC_MAX_PRIORITY``, the
   highest priority each owner's uploads may ask for.
+* :func:`key_bits` estimates how hard a key is to guess, and :func:`weak_keys` names the keys
+  estimated under :data:`MIN_KEY_BITS`, which the configuration and the HTTP adapter refuse.
 * :class:`UrlSigner` signs a storage key with an expiry (HMAC-SHA256) and verifies it, accepting
   every configured signing key so that keys can be rotated without breaking URLs already handed out.
   Only the one spelling :meth:`UrlSigner.sign` writes verifies (:func:`parse_expires` reads the
@@ -18,19 +20,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
+import string
 from collections.abc import Mapping, Sequence
 from typing import Final
 
 __all__ = [
     "ANY_OWNER",
+    "MIN_KEY_BITS",
     "PRIORITY_RANGE",
     "ApiKeys",
     "UrlSigner",
+    "key_bits",
     "parse_api_keys",
     "parse_expires",
     "parse_max_priorities",
+    "weak_keys",
 ]
 
 #: The prefix of a key given by its SHA-256 rather than in clear.
@@ -124,6 +131,79 @@ def parse_max_priorities(text: str) -> dict[str, int]:
             raise ValueError(f"{where}: owner {owner!r} is listed twice")
         result[owner] = int(value)
     return result
+
+
+#: The least a key must be estimated to hold, in bits (:func:`key_bits`): what 16 random bytes
+#: hold, out of reach of guessing however many requests are made.
+MIN_KEY_BITS: Final = 128
+#: A key with fewer different characters than this is weak whatever its length ("aaaa…"): a
+#: random key long enough to pass has more, but for once in billions.
+MIN_DISTINCT_CHARACTERS: Final = 6
+_HEX_DIGITS: Final = frozenset(string.hexdigits)
+# The character classes a key's alphabet is judged by, with their sizes; anything else (other
+# punctuation, and any non-ASCII character) counts as the 30 other visible ASCII punctuation
+# marks, so that an unusual character never makes a short key look strong.
+_CLASSES: Final = (
+    (frozenset(string.digits), 10),
+    (frozenset(string.ascii_lowercase), 26),
+    (frozenset(string.ascii_uppercase), 26),
+    (frozenset("-_"), 2),
+)
+_OTHER_CLASS: Final = 30
+
+
+def key_bits(key: str | bytes) -> float:
+    """A deliberately simple, conservative estimate of how many bits of guessing ``key`` holds:
+    its length times log2 of the size of the alphabet it appears to be drawn from.
+
+    The alphabet is 16 characters if the key is all hex digits; otherwise the sum of the classes
+    it uses (10 digits, 26 lower-case letters, 26 upper-case letters, 2 for ``-`` and ``_``, 30
+    for any other character). A key of fewer than :data:`MIN_DISTINCT_CHARACTERS` different
+    characters counts 0. So 32 hex digits (``openssl rand -hex 16``) make 128 bits, and so do
+    22 characters of letters of both cases and digits (``secrets.token_urlsafe(32)``, 43 such
+    characters, is well over). It cannot see a pattern or a dictionary word: it catches short
+    and narrow keys, not a key chosen to fool it. Bytes are read as Latin-1.
+    """
+    text = key.decode("latin-1") if isinstance(key, bytes) else key
+    distinct = set(text)
+    if len(distinct) < MIN_DISTINCT_CHARACTERS:
+        return 0.0
+    if distinct <= _HEX_DIGITS:
+        alphabet = 16
+    else:
+        alphabet = sum(size for members, size in _CLASSES if distinct & members)
+        if any(not any(c in members for members, _ in _CLASSES) for c in distinct):
+            alphabet += _OTHER_CLASS
+    return len(text) * math.log2(alphabet)
+
+
+def weak_keys(
+    api_keys: Mapping[str, str] | None = None, signing_keys: Sequence[str | bytes] = ()
+) -> list[str]:
+    """What is weak among ``api_keys`` (owner → key) and ``signing_keys``: one phrase each,
+    such as ``"the API key of 'alice'"`` or ``"signing key 2"``, naming the key but never
+    showing it. Empty when every key is estimated (:func:`key_bits`) at :data:`MIN_KEY_BITS` or
+    more. An API key given as ``sha256:<hex>`` always passes: the digest hides the key behind
+    it, which cannot be judged.
+    """
+    weak = [
+        f"the API key of {owner!r}"
+        for owner, key in (api_keys or {}).items()
+        if not key.startswith(HASH_PREFIX) and key_bits(key) < MIN_KEY_BITS
+    ]
+    weak += [
+        f"signing key {number}"
+        for number, key in enumerate(signing_keys, start=1)
+        if key_bits(key) < MIN_KEY_BITS
+    ]
+    return weak
+
+
+#: How to make a key that passes, for the messages that refuse one.
+STRONG_KEY_HINT: Final = (
+    f"at least {MIN_KEY_BITS} bits are needed, such as 32 hex digits or 22 mixed-case letters"
+    " and digits: make one with `openssl rand -hex 32`"
+)
 
 
 def _digest(key: str) -> str:

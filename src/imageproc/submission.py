@@ -201,7 +201,9 @@ class Submission:
         imaging.check_output_sizes(
             resolved, info.width, info.height, self.image_limits, input_format=info.format
         )
-        key = keys.source_key(info.sha256, imaging.extension_for(info.format))
+        # Per owner: finding another owner's bytes already stored would skip the write, and the
+        # time saved would tell this owner that someone else uploaded them.
+        key = keys.source_key(info.sha256, imaging.extension_for(info.format), upload.owner)
         return _Prepared(upload, resolved, data, info, key)
 
     def _new_task(self, upload: _Prepared) -> Task:
@@ -216,7 +218,7 @@ class Submission:
         )
 
     def _store_original(self, upload: _Prepared) -> None:
-        # Content-addressed: the same upload is stored once, however often it is submitted.
+        # Content-addressed: the same owner's upload is stored once, however often submitted.
         if not self.retry.call(self.storage.exists, upload.key):
             content_type = imaging.content_type_for(upload.info.format)
             self.retry.call(
