@@ -45,3 +45,19 @@ def test_memory_is_bounded_by_max_keys() -> None:
     assert len(limit._events) == 100
     assert limit.hit(9_999) is not None  # the most recent are the ones remembered
     assert limit.hit(0) is None
+
+
+def test_keys_are_forgotten_least_recently_counted_first_and_when_their_window_ends() -> None:
+    clock = Clock()
+    failures = WindowLimit(2, 60.0, max_keys=3, clock=clock)
+    for address in ("a", "a", "b", "c", "d"):
+        failures.count(address)
+        clock.now += 1
+    assert len(failures) == 3  # "a", whose last failure is oldest, was forgotten
+    assert failures.blocked_for("a") is None
+    failures.count("b")
+    assert failures.blocked_for("b") == 60 - 3  # its window began 3 s ago
+    assert failures.blocked_for("c") is None
+    clock.now += 60
+    assert failures.blocked_for("b") is None
+    assert len(failures) == 2  # b's window is over, and it was forgotten

@@ -40,9 +40,7 @@ import math
 import re
 import secrets
 import tempfile
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
@@ -250,60 +248,6 @@ _SERVER_SIDE_CODES: Final = frozenset(
 )
 
 
-class _AuthFailures:
-    """Failed authentications per client address, counted in windows: ``limit`` failures within
-    ``window`` seconds of an address's first one block it until that window ends.
-
-    Memory is bounded: at most ``max_addresses`` addresses are remembered, the one whose last
-    failure is oldest being forgotten first. Thread-safe, though the endpoints call it from the
-    event loop.
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        window: float,
-        *,
-        max_addresses: int = AUTH_FAILURE_ADDRESSES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_addresses = max_addresses
-        self._clock = clock
-        # address → [start of its window, failures in it]; oldest last failure first.
-        self._failures: OrderedDict[str, list[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._failures)
-
-    def blocked_for(self, address: str) -> float | None:
-        """Seconds ``address`` stays blocked, or None if it may try."""
-        now = self._clock()
-        with self._lock:
-            entry = self._failures.get(address)
-            if entry is None:
-                return None
-            left = entry[0] + self.window - now
-            if left <= 0:
-                del self._failures[address]  # its window is over: forget it
-                return None
-            return left if entry[1] >= self.limit else None
-
-    def failed(self, address: str) -> None:
-        """Count one failed authentication from ``address``."""
-        now = self._clock()
-        with self._lock:
-            entry = self._failures.get(address)
-            if entry is None or entry[0] + self.window <= now:
-                entry = self._failures[address] = [now, 0]
-            entry[1] += 1
-            self._failures.move_to_end(address)
-            while len(self._failures) > self.max_addresses:
-                self._failures.popitem(last=False)
-
-
 def _client_address(request: Request) -> str | None:
     """Who failures are counted against: the client's address, IPv6 by its /64 (one host
     commonly holds a whole /64, so single addresses would not slow it), or None when the server
@@ -336,7 +280,7 @@ class _Service:
         max_priority: Mapping[str, int],
         url_ttl: timedelta,
         metrics_registry: prometheus_client.CollectorRegistry | None,
-        auth_failures: _AuthFailures | None,
+        auth_failures: WindowLimit | None,
         max_uploads_per_minute: int | None = None,
     ) -> None:
         self.processor = processor
@@ -378,7 +322,7 @@ class _Service:
         owner = self._presented_owner(request)
         if owner is None:
             if failures is not None and address is not None:
-                failures.failed(address)
+                failures.count(address)
             raise ApiError(
                 401,
                 "unauthorized",
@@ -723,7 +667,11 @@ def create_app(
         url_ttl=url_ttl,
         metrics_registry=metrics_registry,
         auth_failures=(
-            _AuthFailures(max_auth_failures, auth_failure_window.total_seconds())
+            WindowLimit(
+                max_auth_failures,
+                auth_failure_window.total_seconds(),
+                max_keys=AUTH_FAILURE_ADDRESSES,
+            )
             if max_auth_failures is not None
             else None
         ),

@@ -1,5 +1,5 @@
 """Counting events per key over a sliding window, in bounded memory: uploads per owner per
-minute, and the like."""
+minute, failed API keys per client address."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ __all__ = ["WindowLimit"]
 class WindowLimit:
     """At most ``limit`` events per ``window`` seconds for each key.
 
-    Remembers at most ``max_keys`` keys, forgetting the least recently seen first, so a client
-    that invents keys cannot make it grow without bound (a forgotten key starts afresh, which
-    errs towards letting a request through). Thread-safe.
+    Remembers at most ``max_keys`` keys, forgetting the least recently counted first, so a
+    client that invents keys cannot make it grow without bound (a forgotten key starts afresh,
+    which errs towards letting a request through). Thread-safe.
     """
 
     def __init__(
@@ -36,18 +36,46 @@ class WindowLimit:
         self._lock = threading.Lock()
         self._events: OrderedDict[Hashable, deque[float]] = OrderedDict()
 
+    def __len__(self) -> int:
+        """How many keys are remembered."""
+        return len(self._events)
+
     def hit(self, key: Hashable) -> float | None:
         """Count one event for ``key`` if the limit allows it: None then, otherwise (counting
         nothing) the seconds until it would be allowed."""
-        now = self.clock()
         with self._lock:
-            events = self._events.pop(key, None) or deque()
-            while events and events[0] <= now - self.window:
-                events.popleft()
-            self._events[key] = events  # now the most recently seen
-            if len(events) >= self.limit:
-                return events[0] + self.window - now
-            events.append(now)
-            while len(self._events) > self.max_keys:
-                self._events.popitem(last=False)
+            wait = self._blocked_for(key, self.clock())
+            if wait is None:
+                self._count(key, self.clock())
+            return wait
+
+    def blocked_for(self, key: Hashable) -> float | None:
+        """Seconds until ``key`` may have another event, or None if it may now; counts
+        nothing."""
+        with self._lock:
+            return self._blocked_for(key, self.clock())
+
+    def count(self, key: Hashable) -> None:
+        """Count one event for ``key``, whatever the limit (a failure that happened)."""
+        with self._lock:
+            self._count(key, self.clock())
+
+    def _blocked_for(self, key: Hashable, now: float) -> float | None:
+        events = self._events.get(key)
+        if events is None:
             return None
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if not events:
+            del self._events[key]  # nothing left in its window: forget it
+            return None
+        return events[0] + self.window - now if len(events) >= self.limit else None
+
+    def _count(self, key: Hashable, now: float) -> None:
+        events = self._events.pop(key, None) or deque()
+        events.append(now)
+        if len(events) > self.limit:  # older ones no longer decide anything
+            events.popleft()
+        self._events[key] = events  # now the most recently counted
+        while len(self._events) > self.max_keys:
+            self._events.popitem(last=False)
