@@ -313,6 +313,7 @@ _SPECS: Final[dict[str, _Spec]] = {
         _optional(_parse_float), _check_optional_positive, (int, float, type(None))
     ),
     "isolation": _Spec(lambda text: text.strip().lower(), _check_isolation, (str,)),
+    "strip_location": _Spec(_parse_bool, _no_check, (bool,)),
 }
 
 #: Setting name → the environment variable it is read from.
@@ -502,6 +503,9 @@ class Settings:
     #: Where a task's image work runs: ``process`` (a render process, which the deadline and
     #: cancelling can stop) or ``thread`` (the worker's thread; trusted images only).
     isolation: str = attrs.field(default="process", validator=_validated)
+    #: Take location data (EXIF GPS, XMP ``exif:GPS…``) out of JPEG, PNG and WebP originals
+    #: before they are stored; the pixels are not touched.
+    strip_location: bool = attrs.field(default=False, validator=_validated)
 
     def __attrs_post_init__(self) -> None:
         from imageproc.signing import (
@@ -608,6 +612,7 @@ class Settings:
         options.setdefault("lease_seconds", self.lease_seconds)
         options.setdefault("render_timeout", self.render_timeout)
         options.setdefault("isolation", self.isolation)
+        options.setdefault("strip_location", self.strip_location)
         options.setdefault(
             "queue_limits",
             QueueLimits(

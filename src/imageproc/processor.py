@@ -66,6 +66,8 @@ class Processor:
         queue_limits: how many tasks may wait, in all and per owner
             (:class:`~imageproc.QueueLimits`), checked atomically as each task is recorded and
             when :meth:`retry` queues one again; beyond them :class:`~imageproc.QueueFull`.
+        strip_location: take location data (EXIF GPS, XMP ``exif:GPS…``) out of each original
+            before it is stored, pixels untouched; JPEG, PNG and WebP (:mod:`imageproc.location`).
         render_timeout: most seconds one task's decode, transforms and encodes may take (wall
             time; None for no limit). Past it the render process is killed and the task fails
             with :class:`~imageproc.RenderTimeout`. Only with ``isolation="process"``.
@@ -95,6 +97,7 @@ class Processor:
         isolation: Literal["process", "thread"] = "process",
         render_timeout: float | None = 60.0,
         queue_limits: QueueLimits | None = None,
+        strip_location: bool = False,
         image_limits: ImageLimits | None = None,
         pipeline_limits: PipelineLimits | None = None,
         poll_interval: float = 0.5,
@@ -146,6 +149,7 @@ class Processor:
             clock=clock,
             events=self._events,
             queue_limits=queue_limits,
+            strip_location=strip_location,
         )
         self._execution = Execution(
             storage,

@@ -9,6 +9,7 @@ original is then stored under a content-addressed key, and only then is its task
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ from typing import IO, Any, Final
 
 import attrs
 
-from imageproc import imaging, keys
+from imageproc import imaging, keys, location
 from imageproc.clock import Clock
 from imageproc.errors import (
     ImageprocError,
@@ -72,9 +73,12 @@ class Submission:
         clock: Clock,
         events: Events | None = None,
         queue_limits: QueueLimits | None = None,
+        strip_location: bool = False,
     ) -> None:
         self.storage = storage
         self.repository = repository
+        #: Take location data out of originals before they are stored (:mod:`imageproc.location`).
+        self.strip_location = strip_location
         #: Checked when each task is recorded (:class:`~imageproc.QueueLimits`).
         self.queue_limits = queue_limits
         self.image_limits = image_limits or ImageLimits()
@@ -198,6 +202,11 @@ class Submission:
         resolved = self.pipeline if spec is None else self._resolve(spec)
         data = _read_source(upload.source, self.image_limits.max_bytes)
         info = imaging.probe(data, self.image_limits)
+        if self.strip_location:
+            stripped = location.strip_location(data, info.format)
+            if stripped is not data:  # the original stored, and addressed, is the stripped one
+                data = stripped
+                info = attrs.evolve(info, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
         imaging.check_output_sizes(
             resolved, info.width, info.height, self.image_limits, input_format=info.format
         )

@@ -1,0 +1,194 @@
+"""Taking location data out of an original, without touching its pixels.
+
+Phones write where a photo was taken into its EXIF (the GPS IFD), and editors copy it into XMP
+(``exif:GPS…`` properties). An original is stored byte for byte, so with the processor's
+``strip_location`` option :func:`strip_location` rewrites only those metadata blocks: the EXIF
+without its GPS IFD (and without the thumbnail IFD, which Pillow does not write back), the XMP
+without its GPS properties. The compressed pixels are copied as they are.
+
+JPEG (APP1 segments), PNG (``eXIf`` and XMP ``iTXt`` chunks; ImageMagick's "Raw profile" text
+chunks are dropped) and WebP (``EXIF`` and ``XMP`` chunks) are rewritten. Other formats (TIFF,
+AVIF, HEIF) keep their metadata inside structures that cannot be rewritten without re-encoding:
+they are stored as they came.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from typing import Final
+
+from PIL import Image
+
+from imageproc.errors import InvalidImage
+
+__all__ = ["REWRITTEN_FORMATS", "strip_location"]
+
+#: Formats whose location data :func:`strip_location` removes.
+REWRITTEN_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP"})
+
+_GPS_IFD: Final = 0x8825
+#: IFDs that Pillow writes back only if they were read: every one but GPS must be kept.
+_KEPT_IFDS: Final = (0x8769, 0xA005)
+_EXIF_HEADER: Final = b"Exif\x00\x00"
+_XMP_HEADER: Final = b"http://ns.adobe.com/xap/1.0/\x00"
+_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+#: GPS properties in XMP, as attributes or as elements (the exif: namespace holds them all).
+_XMP_GPS: Final = (
+    re.compile(rb'\s+exif:GPS[A-Za-z]*="[^"]*"'),
+    re.compile(rb"<exif:(GPS[A-Za-z]*)\b[^>]*?(?:/>|>.*?</exif:\1>)", re.DOTALL),
+)
+
+
+def strip_location(data: bytes, pillow_format: str) -> bytes:
+    """``data`` (an image in ``pillow_format``) without the location in its EXIF and XMP;
+    ``data`` itself if it holds none, or if its format is not one of
+    :data:`REWRITTEN_FORMATS`."""
+    try:
+        if pillow_format == "JPEG":
+            return _jpeg(data)
+        if pillow_format == "PNG":
+            return _png(data)
+        if pillow_format == "WEBP":
+            return _webp(data)
+    except (struct.error, ValueError, SyntaxError, OSError) as error:
+        # The header was read already, so this is metadata too broken to rewrite: refusing
+        # the upload is safer than storing a location the caller asked us to remove.
+        raise InvalidImage(f"metadata that cannot be read: {error}") from error
+    return data
+
+
+def _exif_without_gps(raw: bytes) -> bytes | None:
+    """The EXIF block (with or without ``Exif\\0\\0``, given back the same way) without GPS;
+    None if it has none."""
+    exif = Image.Exif()
+    exif.load(raw)
+    if _GPS_IFD not in exif:
+        return None
+    for ifd in _KEPT_IFDS:
+        exif.get_ifd(ifd)
+    del exif[_GPS_IFD]
+    rewritten = exif.tobytes()
+    return rewritten if raw.startswith(_EXIF_HEADER) else rewritten[len(_EXIF_HEADER) :]
+
+
+def _xmp_without_gps(xmp: bytes) -> bytes | None:
+    stripped = xmp
+    for pattern in _XMP_GPS:
+        stripped = pattern.sub(b"", stripped)
+    return None if stripped == xmp else stripped
+
+
+# -- JPEG ---------------------------------------------------------------------------------------
+
+
+def _jpeg(data: bytes) -> bytes:
+    parts = [data[:2]]
+    position, changed = 2, False
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xDA or 0xD0 <= marker <= 0xD9:  # start of scan: the rest is pixels
+            break
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        body = data[position + 4 : position + 2 + length]
+        rewritten = None
+        if marker == 0xE1 and body.startswith(_EXIF_HEADER):
+            rewritten = _exif_without_gps(body)
+        elif marker == 0xE1 and body.startswith(_XMP_HEADER):
+            xmp = _xmp_without_gps(body[len(_XMP_HEADER) :])
+            rewritten = None if xmp is None else _XMP_HEADER + xmp
+        if rewritten is None:
+            parts.append(data[position : position + 2 + length])
+        else:
+            if len(rewritten) + 2 > 0xFFFF:
+                raise ValueError("rewritten segment too long")
+            parts.append(data[position : position + 2] + struct.pack(">H", len(rewritten) + 2))
+            parts.append(rewritten)
+            changed = True
+        position += 2 + length
+    if not changed:
+        return data
+    parts.append(data[position:])
+    return b"".join(parts)
+
+
+# -- PNG ----------------------------------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(data: bytes) -> bytes:
+    parts = [data[: len(_PNG_SIGNATURE)]]
+    position, changed = len(_PNG_SIGNATURE), False
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 12 + length
+        body = data[position + 8 : position + 8 + length]
+        chunk = data[position:end]
+        if kind == b"eXIf":
+            exif = _exif_without_gps(body)
+            if exif is not None:
+                chunk, changed = _png_chunk(kind, exif), True
+        elif kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\x00"):
+            xmp = _png_itxt_xmp(body)
+            if xmp is not None:
+                chunk, changed = xmp, True
+        elif kind in (b"tEXt", b"zTXt", b"iTXt") and body.lower().startswith(b"raw profile type"):
+            chunk, changed = b"", True  # ImageMagick's hex-encoded EXIF or XMP
+        parts.append(chunk)
+        position = end
+        if kind == b"IEND":
+            break
+    if not changed:
+        return data
+    parts.append(data[position:])
+    return b"".join(parts)
+
+
+def _png_itxt_xmp(body: bytes) -> bytes | None:
+    # keyword \0 compression-flag compression-method language \0 translated \0 text
+    keyword, rest = body.split(b"\x00", 1)
+    flag, method, rest = rest[0], rest[1], rest[2:]
+    language, translated, text = rest.split(b"\x00", 2)
+    xmp = zlib.decompress(text) if flag else text
+    stripped = _xmp_without_gps(xmp)
+    if stripped is None:
+        return None
+    text = zlib.compress(stripped) if flag else stripped
+    head = keyword + b"\x00" + bytes([flag, method]) + language + b"\x00" + translated + b"\x00"
+    return _png_chunk(b"iTXt", head + text)
+
+
+# -- WebP ---------------------------------------------------------------------------------------
+
+
+def _webp(data: bytes) -> bytes:
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return data
+    parts, position, changed = [], 12, False
+    while position + 8 <= len(data):
+        kind, length = (
+            data[position : position + 4],
+            struct.unpack_from("<I", data, position + 4)[0],
+        )
+        end = position + 8 + length + (length & 1)
+        body = data[position + 8 : position + 8 + length]
+        rewritten = None
+        if kind == b"EXIF":
+            rewritten = _exif_without_gps(body)
+        elif kind == b"XMP ":
+            rewritten = _xmp_without_gps(body)
+        if rewritten is None:
+            parts.append(data[position:end])
+        else:
+            pad = b"\x00" if len(rewritten) & 1 else b""
+            parts.append(kind + struct.pack("<I", len(rewritten)) + rewritten + pad)
+            changed = True
+        position = end
+    if not changed:
+        return data
+    body = b"WEBP" + b"".join(parts)
+    return b"RIFF" + struct.pack("<I", len(body)) + body

@@ -1,0 +1,98 @@
+"""Location data leaves an original; its pixels and the rest of its metadata stay."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from imageproc import Processor
+from imageproc.location import strip_location
+from imageproc.testing import memory_processor
+
+XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
+    b'syntax-ns#"><rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude='
+    b'"51,30.0N" exif:GPSLongitude="0,7.5W" exif:DateTimeOriginal="2024-01-01">'
+    b"<exif:GPSAltitude>12/1</exif:GPSAltitude></rdf:Description></rdf:RDF></x:xmpmeta>"
+)
+
+
+def exif_with_gps() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010F] = "Camera maker"
+    exif[0x0112] = 6
+    exif.get_ifd(0x8769)[0x9003] = "2024:01:01 10:00:00"
+    exif.get_ifd(0x8825)[1] = "N"
+    exif.get_ifd(0x8825)[2] = (51.0, 30.0, 0.0)
+    return exif
+
+
+def picture() -> Image.Image:
+    return Image.linear_gradient("L").resize((96, 64)).convert("RGB")
+
+
+def encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    exif = exif_with_gps().tobytes()
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", XMP.decode(), zip=True)
+        picture().save(buffer, "PNG", exif=exif, pnginfo=info)
+    else:
+        picture().save(buffer, fmt, exif=exif, xmp=XMP, quality=90)
+    return buffer.getvalue()
+
+
+def assert_located(data: bytes, located: bool) -> None:
+    with Image.open(io.BytesIO(data)) as image:
+        exif = image.getexif()
+        assert (0x8825 in exif) is located
+        assert exif[0x010F] == "Camera maker"
+        assert exif[0x0112] == 6
+        assert exif.get_ifd(0x8769)[0x9003] == "2024:01:01 10:00:00"
+        xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+        assert xmp is not None
+        xmp = xmp.encode() if isinstance(xmp, str) else xmp
+        assert (b"GPS" in xmp) is located
+        assert b'exif:DateTimeOriginal="2024-01-01"' in xmp
+
+
+def pixels(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_location_is_taken_out_and_nothing_else(fmt: str) -> None:
+    data = encoded(fmt)
+    assert_located(data, True)
+    stripped = strip_location(data, fmt)
+    assert_located(stripped, False)
+    assert pixels(stripped) == pixels(data)
+    if fmt == "JPEG":  # the compressed pixels are copied, not encoded again
+        assert stripped[stripped.index(b"\xff\xda") :] == data[data.index(b"\xff\xda") :]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_an_image_without_location_is_left_as_it_is(fmt: str) -> None:
+    buffer = io.BytesIO()
+    picture().save(buffer, fmt)
+    data = buffer.getvalue()
+    assert strip_location(data, fmt) is data
+
+
+def test_the_processor_stores_originals_without_location_when_asked() -> None:
+    data = encoded("JPEG")
+    keeping: Processor = memory_processor()
+    task = keeping.submit(data)
+    assert keeping.read(task.source_key) == data
+    stripping = memory_processor(strip_location=True)
+    task = stripping.submit(data)
+    stored = stripping.read(task.source_key)
+    assert_located(stored, False)
+    assert task.source is not None
+    assert task.source.bytes == len(stored)
+    assert task.source.sha256 == hashlib.sha256(stored).hexdigest()
