@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from tests.test_cli import environment, free_port
 pytest.importorskip("imageproc.serving", reason="the http extra is not installed")
 
 from imageproc.serving import RedactQuerySecrets, redact_query_secrets
+from tests.processes import end
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,13 +106,7 @@ class Serve:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end(self.process)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from PIL import Image
 
 from imageproc import Processor, TaskStatus
 from imageproc.testing import sample_image
+from tests.processes import end
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -100,13 +101,7 @@ class Server:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end(self.process)
         self.log.close()
 
 
