@@ -27,18 +27,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from enum import Enum
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from imageproc.__version__ import __version__
 from imageproc.config import LOG_LEVELS, Settings, parse_whole_number
 from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline
 from imageproc.task import TaskStatus
+from imageproc.taskjson import task_json
 
 if TYPE_CHECKING:
     from imageproc.backends.sql import SQLBackend
@@ -631,27 +629,10 @@ def _check_database(settings: Settings, command: str) -> None:
 
 
 def task_to_json(task: Task) -> dict[str, Any]:
-    """``task`` as plain JSON values: timestamps in RFC 3339 (UTC), the pipeline in its text form,
-    the error as ``{"code", "message"}`` or null."""
-
-    def value(_: Any, __: Any, item: Any) -> Any:
-        if isinstance(item, datetime):
-            return item.isoformat().replace("+00:00", "Z")
-        if isinstance(item, Enum):
-            return item.value
-        return item
-
-    # The pipeline goes out in its compact text form, not as a tree of operation records.
-    data = attrs.asdict(
-        task,
-        filter=lambda attribute, _: attribute.name != "pipeline",
-        value_serializer=value,
-    )
-    return {
-        "id": data.pop("id"),
-        "status": data.pop("status"),
-        "pipeline": str(task.pipeline),
-    } | data
+    """``task`` as ``status`` and ``tasks`` print it: the document ``GET /status`` returns
+    (:func:`imageproc.taskjson.task_json`), for an operator: without URLs, with the real error
+    messages, the owner and when the task is next due."""
+    return task_json(task, operator=True)
 
 
 def _purge(args: argparse.Namespace, settings: Settings) -> int:

@@ -42,7 +42,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import anyio
@@ -86,7 +86,8 @@ from imageproc.signing import (
     parse_expires,
     weak_keys,
 )
-from imageproc.task import Output, Task
+from imageproc.task import Task
+from imageproc.taskjson import rfc3339, task_json
 
 if TYPE_CHECKING:
     import prometheus_client
@@ -235,19 +236,6 @@ def _guarded(endpoint: _Endpoint) -> _Endpoint:
     return guarded
 
 
-def _rfc3339(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-#: Error codes recorded on tasks whose messages come from the server side (storage, database,
-#: a bug); their text is replaced by a generic one before it leaves the server.
-_SERVER_SIDE_CODES: Final = frozenset(
-    {"storage_error", "backend_unavailable", "internal_error", "configuration_error"}
-)
-
-
 def _client_address(request: Request) -> str | None:
     """Who failures are counted against: the client's address, IPv6 by its /64 (one host
     commonly holds a whole /64, so single addresses would not slow it), or None when the server
@@ -380,48 +368,8 @@ class _Service:
         return f"{base}?expires={expires}&signature={signature}"
 
     def task_json(self, request: Request, task: Task) -> dict[str, Any]:
-        error = None
-        if task.error is not None:
-            message = task.error.message
-            if task.error.code in _SERVER_SIDE_CODES:
-                message = "a server-side error interrupted processing"
-            error = {"code": task.error.code, "message": message}
-        return {
-            "id": task.id,
-            "status": str(task.status),
-            "attempts": task.attempts,
-            "priority": task.priority,
-            "error": error,
-            "created_at": _rfc3339(task.created_at),
-            "updated_at": _rfc3339(task.updated_at),
-            "started_at": _rfc3339(task.started_at),
-            "finished_at": _rfc3339(task.finished_at),
-            "source": {
-                "key": task.source_key,
-                "url": self.signed_url(request, task.source_key),
-                "format": task.source.format.lower(),
-                "width": task.source.width,
-                "height": task.source.height,
-                "bytes": task.source.bytes,
-            },
-            "outputs": [self.output_json(request, output) for output in task.outputs],
-        }
-
-    def output_json(self, request: Request, output: Output) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "name": output.name,
-            "key": output.key,
-            "url": self.signed_url(request, output.key),
-            "format": output.format.lower(),
-            "width": output.width,
-            "height": output.height,
-            "bytes": output.bytes,
-        }
-        if output.blurhash is not None:
-            result["blurhash"] = output.blurhash
-        if output.dominant_color is not None:
-            result["dominant_color"] = output.dominant_color
-        return result
+        """``task`` as ``GET /status`` shows it (:func:`imageproc.taskjson.task_json`)."""
+        return task_json(task, url=lambda key: self.signed_url(request, key))
 
     def check_upload_rate(self, request: Request, owner: str | None) -> None:
         """429 if ``owner`` (without keys: the client's address) is past its uploads a minute."""
@@ -736,7 +684,7 @@ def create_app(
                 "id": task.id,
                 "status": str(task.status),
                 "status_url": status_url,
-                "created_at": _rfc3339(task.created_at),
+                "created_at": rfc3339(task.created_at),
             },
             status_code=202,
             headers={"Location": status_url},
@@ -951,23 +899,29 @@ async def _chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
 
 def _task_schema() -> dict[str, Any]:
     timestamp = {"type": ["string", "null"], "format": "date-time"}
-    image = {
+    image: dict[str, Any] = {
+        "key": {"type": "string"},
+        "url": {"type": "string", "format": "uri"},
+        "format": {"type": "string"},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "bytes": {"type": "integer"},
+    }
+    source = {
         "type": "object",
-        "required": ["key", "url", "format", "width", "height", "bytes"],
+        "required": [*image, "orientation", "display_width", "display_height"],
         "properties": {
-            "key": {"type": "string"},
-            "url": {"type": "string", "format": "uri"},
-            "format": {"type": "string"},
-            "width": {"type": "integer"},
-            "height": {"type": "integer"},
-            "bytes": {"type": "integer"},
+            **image,
+            "orientation": {"type": "integer", "minimum": 1, "maximum": 8},
+            "display_width": {"type": "integer"},
+            "display_height": {"type": "integer"},
         },
     }
     output = {
         "type": "object",
-        "required": ["name", "key", "url", "format", "width", "height", "bytes"],
+        "required": ["name", *image],
         "properties": {
-            **image["properties"],  # type: ignore[dict-item]
+            **image,
             "name": {"type": "string"},
             "blurhash": {"type": "string"},
             "dominant_color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
@@ -978,12 +932,16 @@ def _task_schema() -> dict[str, Any]:
         "required": [
             "id",
             "status",
+            "pipeline",
+            "priority",
             "attempts",
+            "max_attempts",
             "error",
             "created_at",
             "updated_at",
             "started_at",
             "finished_at",
+            "source",
             "outputs",
         ],
         "properties": {
@@ -992,14 +950,16 @@ def _task_schema() -> dict[str, Any]:
                 "type": "string",
                 "enum": ["queued", "processing", "succeeded", "failed", "dead", "cancelled"],
             },
+            "pipeline": {"type": "string"},
             "attempts": {"type": "integer"},
+            "max_attempts": {"type": "integer"},
             "priority": {"type": "integer"},
             "error": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/ErrorBody"}]},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
             "started_at": timestamp,
             "finished_at": timestamp,
-            "source": image,
+            "source": source,
             "outputs": {"type": "array", "items": output},
         },
     }

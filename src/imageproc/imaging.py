@@ -100,6 +100,7 @@ def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
             height=image.height,
             bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
+            orientation=_header_orientation(image),
         )
 
 
@@ -122,6 +123,23 @@ _TURNED: Final = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width an
 
 def _orientation(image: Image.Image) -> int:
     return int(image.getexif().get(0x0112, 1) or 1)
+
+
+def _header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation from what opening ``image`` read, never decoding it (a PNG's
+    ``getexif()`` would, to look for an eXIf chunk after the pixels): 1 if there is none."""
+    if image.format == "TIFF":
+        return 1  # Pillow reads a TIFF's size upright already, and turns its pixels as it loads
+    try:
+        raw = image.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        value = exif.get(0x0112, 1)
+    except Exception:  # unreadable EXIF: decoding will judge the file; the size stays as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _first_scale(variant: Variant, width: int, height: int) -> float | None:

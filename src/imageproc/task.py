@@ -86,10 +86,21 @@ class SourceInfo:
     """What the header of an uploaded image says, and its digest."""
 
     format: str
+    #: The size of the pixels as stored, before the EXIF orientation turns them.
     width: int
     height: int
     bytes: int
     sha256: str
+    #: The EXIF orientation (1-8) the header gives, 1 if none: how a viewer turns the stored
+    #: pixels upright (5-8 swap width and height).
+    orientation: int = 1
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """Width and height as the picture is shown (and as outputs are made): upright."""
+        if self.orientation in (5, 6, 7, 8):
+            return self.height, self.width
+        return self.width, self.height
 
 
 @attrs.frozen

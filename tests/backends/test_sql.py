@@ -3,17 +3,23 @@ Processor runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from importlib.resources import as_file, files
 from pathlib import Path
 
 import attrs
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy.dialects import postgresql
 
@@ -28,7 +34,7 @@ from imageproc import (
 from imageproc.backends.fsspec import FsspecStorage
 from imageproc.backends.memory import MemoryStorage
 from imageproc.backends.sql import _CLAIM, SQLITE_WAIT_POLL, SQLBackend
-from imageproc.backends.sqlschema import VERSION_TABLE, metadata, tasks
+from imageproc.backends.sqlschema import VERSION_TABLE, metadata, task_to_row, tasks
 from imageproc.clock import utcnow
 from imageproc.testing import FAST_OPTIONS, sample_image
 from tests.databases import impatient_sqlite, make_backend, sqlite_write_lock
@@ -47,7 +53,7 @@ def test_migrations_build_exactly_the_declared_schema(sql: SQLBackend) -> None:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         diff = compare_metadata(context, metadata)
     assert [d for d in diff if "alembic_version" not in str(d)] == []
-    assert sql.schema_revision() == "0001"
+    assert sql.schema_revision() == "0002"
 
 
 def test_migrate_again_is_a_no_op_and_leaves_the_hosts_alembic_alone(sql: SQLBackend) -> None:
@@ -60,7 +66,52 @@ def test_migrate_again_is_a_no_op_and_leaves_the_hosts_alembic_alone(sql: SQLBac
         host = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     assert host == "hosts_own_head"
     assert sql.get(task.id) == task
-    assert sql.schema_revision() == "0001"
+    assert sql.schema_revision() == "0002"
+
+
+@pytest.fixture(params=KINDS)
+def empty_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a database with no schema at all."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_url")
+        return
+    server: sa.URL = request.getfixturevalue("postgres_server")
+    name = f"imageproc_empty_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_tasks_recorded_before_orientation_was_upgrade_to_orientation_1(
+    empty_database: str,
+) -> None:
+    engine = sa.create_engine(empty_database, poolclass=sa.pool.NullPool)
+    with as_file(files("imageproc") / "migrations") as location, engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(location))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        old = new_task()
+        row = task_to_row(old)
+        del row["source_orientation"]
+        columns, values = ", ".join(row), ", ".join(f":{column}" for column in row)
+        conn.execute(
+            sa.text(f"INSERT INTO imageproc_tasks ({columns}) VALUES ({values})"),
+            {k: json.dumps(v) if k in ("pipeline", "outputs") else v for k, v in row.items()},
+        )
+    engine.dispose()
+    backend = SQLBackend(empty_database)
+    try:
+        backend.migrate()
+        assert backend.schema_revision() == "0002"
+        assert backend.get(old.id) == old
+        assert backend.get(old.id).source.orientation == 1
+    finally:
+        backend.close()
 
 
 def test_the_status_column_refuses_unknown_statuses(sql: SQLBackend) -> None:
