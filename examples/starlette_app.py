@@ -14,7 +14,9 @@ server (or any other worker on the same database and storage) picks it up. Try i
     curl http://127.0.0.1:8000/api/status/<id>        # outputs[].url fetches each variant
 
 API keys and signing keys also come from ``IMAGEPROC_API_KEYS`` and ``IMAGEPROC_SIGNING_KEYS``
-(comma-separated), as the ``imageproc`` command reads them.
+(comma-separated), as the ``imageproc`` command reads them. It bounds slow clients as
+``imageproc serve`` does, with the pieces in ``imageproc.serving``, and keeps signatures out of
+its access log.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from starlette.routing import Mount, Route
 
 from imageproc import Processor
 from imageproc.http import create_app
+from imageproc.serving import BodyDeadline, RedactQuerySecrets, header_deadline_protocol
 from imageproc.signing import parse_api_keys
 
 PAGE = """<!doctype html><title>imageproc demo</title>
@@ -70,7 +73,10 @@ def build(args: argparse.Namespace) -> Starlette:
         max_upload_bytes=args.max_upload_bytes,
         max_queue_depth=args.max_queue_depth,
     )
-    return Starlette(routes=[Route("/", home), Mount("/api", app=api)], lifespan=lifespan)
+    # What `imageproc serve` does against slow clients: a body that pauses for 20 s, or comes
+    # slower than 8 KiB/s after that, is answered 408 and dropped (see the security guide).
+    guarded = BodyDeadline(api, timeout=20.0, min_rate=8 * 1024)
+    return Starlette(routes=[Route("/", home), Mount("/api", app=guarded)], lifespan=lifespan)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +100,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info", help="info prints where it listens")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
-    uvicorn.run(build(args), host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        app = build(args)
+    except ValueError as error:  # a key too weak, say: a message, not a traceback
+        parser.error(str(error))
+    # Signed URLs work as passwords until they expire: keep their signatures out of the log.
+    logging.getLogger("uvicorn.access").addFilter(RedactQuerySecrets())
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=header_deadline_protocol(10.0),  # request headers complete within 10 s
+        limit_concurrency=257,  # 256 connections; one more is answered 503
+        timeout_keep_alive=5,
+    )
 
 
 if __name__ == "__main__":

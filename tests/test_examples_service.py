@@ -78,3 +78,17 @@ def test_batch_example_processes_a_folder_and_reports_bad_files(tmp_path: Path) 
         with Image.open(path) as image:
             sizes[path.name] = (image.format, image.size)
     assert sizes == {"tall-t.webp": ("WEBP", (50, 100)), "wide-t.webp": ("WEBP", (100, 50))}
+
+
+def test_starlette_example_refuses_a_weak_key_with_a_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "starlette_app.py"), "--api-keys", "alice:short"],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "too weak" in result.stderr or "128 bits" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

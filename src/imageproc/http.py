@@ -1076,9 +1076,12 @@ OPENAPI: Final[dict[str, Any]] = {
                     "415": _error("not an image, or a format that is not accepted"),
                     "422": _error("a bad pipeline, preset or priority"),
                     "429": _error(
-                        "too many tasks are queued, or too many missing or unknown API keys"
-                        " from this address (Retry-After)"
+                        "the queue is full, in all or for this owner (queue_full); more uploads"
+                        " this minute than allowed (rate_limited); too many uploads in progress"
+                        " for this API key (too_many_uploads); or too many missing or unknown"
+                        " API keys from this address (Retry-After)"
                     ),
+                    "408": _error("the body paused or came too slowly (imageproc serve)"),
                     **_UNAVAILABLE,
                 },
             }
@@ -1120,6 +1123,10 @@ OPENAPI: Final[dict[str, Any]] = {
                     **_AUTH_ERRORS,
                     "404": _error("no such task (or not yours)"),
                     "409": _error("the task is not failed or dead"),
+                    "429": _error(
+                        "the queue is full, in all or for this owner (queue_full), or too many"
+                        " missing or unknown API keys from this address (Retry-After)"
+                    ),
                     **_UNAVAILABLE,
                 },
             }
