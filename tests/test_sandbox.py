@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from imageproc import (
     RenderFailed,
     RenderTimeout,
     TaskStatus,
+    sandbox,
 )
 from imageproc.sandbox import InlineRenderer, ProcessRenderer
 from imageproc.testing import memory_processor, sample_image
@@ -43,19 +45,20 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def render_in_thread(
-    renderer: ProcessRenderer, task_id: str
+    renderer: ProcessRenderer, task_id: str, claim: str = ""
 ) -> tuple[threading.Thread, list[Exception]]:
     raised: list[Exception] = []
 
     def run() -> None:
         try:
-            renderer.render(task_id, BOMB, PIPELINE, UNLIMITED)
+            renderer.render(task_id, BOMB, PIPELINE, UNLIMITED, claim=claim)
         except Exception as error:
             raised.append(error)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    eventually(lambda: task_id in renderer._running and renderer._running[task_id].ready)
+    key = (task_id, claim)
+    eventually(lambda: key in renderer._running and renderer._running[key].ready)
     return thread, raised
 
 
@@ -95,10 +98,48 @@ def test_abort_stops_a_render_under_way() -> None:
     assert not renderer.abort("bomb")  # nothing under way any more
 
 
+def test_abort_names_the_claim_it_stops() -> None:
+    renderer = ProcessRenderer(timeout=None)
+    thread, raised = render_in_thread(renderer, "bomb", claim="new lease")
+    assert not renderer.abort("bomb", "old lease")  # a lease lost earlier: not this render
+    assert renderer.abort("bomb", "new lease")
+    thread.join(3)
+    assert isinstance(raised[0], LeaseLost)
+
+
+def test_an_abort_as_the_answer_arrives_still_stops_the_render_and_its_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    renderer = ProcessRenderer()
+    answered = sandbox._Child.ask
+
+    def abort_then_answer(child: sandbox._Child, *args: Any) -> Any:
+        answer = answered(child, *args)
+        renderer.abort("late")  # after the answer came, before the render returns
+        return answer
+
+    monkeypatch.setattr(sandbox._Child, "ask", abort_then_answer)
+    with pytest.raises(LeaseLost):
+        renderer.render("late", sample_image(), PIPELINE, ImageLimits())
+    monkeypatch.undo()
+    assert all(not child.aborted for child in sandbox._children._idle)
+    assert len(renderer.render("next", sample_image(), PIPELINE, ImageLimits())) == 2
+
+
+def test_renders_go_on_when_descriptors_pass_1024() -> None:
+    opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        sandbox._children.close_all()  # the next render starts a process on a high descriptor
+        assert len(ProcessRenderer().render("t", sample_image(), PIPELINE, ImageLimits())) == 2
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
 def test_a_render_process_that_dies_is_a_transient_failure() -> None:
     renderer = ProcessRenderer(timeout=None)
     thread, raised = render_in_thread(renderer, "bomb")
-    os.kill(renderer._running["bomb"].process.pid, signal.SIGKILL)  # an OOM killer, a segfault
+    os.kill(renderer._running["bomb", ""].process.pid, signal.SIGKILL)  # an OOM killer, a segfault
     thread.join(3)
     assert isinstance(raised[0], RenderFailed)
     assert raised[0].transient
@@ -164,9 +205,9 @@ def test_a_render_process_ends_with_its_parent(tmp_path: Path) -> None:
             args=("bomb", data, Pipeline.parse("fit:10x10"), ImageLimits(max_scans=10**6)),
             daemon=True,
         ).start()
-        while "bomb" not in renderer._running:
+        while ("bomb", "") not in renderer._running:
             time.sleep(0.01)
-        print(renderer._running["bomb"].process.pid, flush=True)
+        print(renderer._running["bomb", ""].process.pid, flush=True)
         time.sleep(60)
         """
     )

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from imageproc import ImageTooLarge, structure
+from imageproc import ImageTooLarge, InvalidImage, structure
 from imageproc.codecs import ImageLimits
 from imageproc.imaging import probe, render
 from imageproc.pipeline import Pipeline
@@ -104,3 +104,21 @@ def test_the_walks_take_any_bytes(data: bytes) -> None:
             structure.gif_layout(blob, max_chunks=50)
         except ImageTooLarge:
             pass
+
+
+@pytest.mark.parametrize(
+    "filler",
+    [b"\xff" * 20_000_000, b"\xff\xd0" * 5_000_000, b"\xff\x01" * 5_000_000],
+    ids=["fill-bytes", "restart-markers", "tem-markers"],
+)
+def test_the_jpeg_walk_is_not_slowed_by_markers_without_segments(filler: bytes) -> None:
+    data = sample_image(64, 64)
+    bomb = data[:2] + filler + data[2:]
+    started = time.perf_counter()
+    try:
+        probe(bomb)
+    except ImageTooLarge:
+        pass
+    except InvalidImage:
+        pass  # Pillow may refuse it too; what matters is how long the walk took
+    assert time.perf_counter() - started < 1.5

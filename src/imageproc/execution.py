@@ -197,20 +197,21 @@ class Execution:
         :class:`~imageproc.LeaseLost` if :meth:`abort` stopped it: there is nothing to record."""
         task = lease.task
         try:
-            outputs = self.produce(task)
+            outputs = self.produce(task, claim=lease.token)
         except LeaseLost:
             raise
         except Exception as error:  # every failure of a task is recorded on the task
             return self.after_failure(task, error)
         return task.succeed(outputs, self.clock())
 
-    def produce(self, task: Task) -> tuple[Output, ...]:
-        """Render every variant of ``task`` from its original and store them; their outputs."""
+    def produce(self, task: Task, *, claim: str = "") -> tuple[Output, ...]:
+        """Render every variant of ``task`` from its original and store them; their outputs.
+        ``claim`` (the lease's token) is what :meth:`abort` can name this render by."""
         started = time.perf_counter()
         data = self.retry.call(self.storage.get, task.source_key)
         self._stage("fetch", time.perf_counter() - started)
         rendered_all = self.renderer.render(
-            task.id, data, task.pipeline, self.image_limits, stage=self._stage
+            task.id, data, task.pipeline, self.image_limits, stage=self._stage, claim=claim
         )
         started = time.perf_counter()
         outputs = []
@@ -234,10 +235,11 @@ class Execution:
         self._stage("store", time.perf_counter() - started)
         return tuple(outputs)
 
-    def abort(self, task_id: str) -> bool:
-        """Stop the render of ``task_id`` under way here, if any (its lease is lost: cancelled,
-        or taken over); whether there was one. Its :meth:`run` returns None."""
-        return self.renderer.abort(task_id)
+    def abort(self, task_id: str, claim: str | None = None) -> bool:
+        """Stop the render of ``task_id`` under way here (under that ``claim``, a lease token,
+        only, if given), if any: its lease is lost (cancelled, or taken over). Whether there was
+        one; its :meth:`run` returns None."""
+        return self.renderer.abort(task_id, claim)
 
     def after_failure(self, task: Task, error: Exception) -> Task:
         """What ``task`` becomes when its attempt failed with ``error``: failed (permanent),

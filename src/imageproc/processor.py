@@ -455,7 +455,8 @@ class Processor:
                 lease_seconds=self.lease_seconds,
                 poll_interval=self.poll_interval,
                 clock=self.clock,
-                on_lost=lambda lease: self._execution.abort(lease.task.id),
+                # By its token: the same task claimed again here must not be stopped too.
+                on_lost=lambda lease: self._execution.abort(lease.task.id, lease.token),
             )
             self._pool.start()
 

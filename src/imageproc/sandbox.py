@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import pickle
 import select
@@ -49,6 +50,22 @@ _MAX_IDLE: Final = max(4, 2 * (os.cpu_count() or 1))
 _STARTUP_TIMEOUT: Final = 60.0
 #: What a render process writes once it has started.
 _READY: Final = b"\x01"
+#: The errors a render can end with, by name: a child names one, it never chooses any other
+#: class (a LeaseLost from a child would have the outcome dropped).
+_CHILD_ERRORS: Final[dict[str, type[ImageprocError]]] = {
+    kind.__name__: kind
+    for kind in (
+        errors.InvalidInput,
+        errors.InvalidImage,
+        errors.ImageTooLarge,
+        errors.InvalidPipeline,
+        errors.RenderFailed,
+    )
+}
+_MAX_MESSAGE: Final = 2000
+#: Largest JSON header an answer may have (it lists the variants, at most a few dozen).
+_MAX_HEADER: Final = 1 << 20
+_READ_CHUNK: Final = 1 << 20
 #: How often a render process checks that its parent is still alive.
 _ORPHAN_CHECK: Final = 1.0
 
@@ -66,13 +83,16 @@ class Renderer(Protocol):
         limits: ImageLimits,
         *,
         stage: Stage | None = None,
+        claim: str = "",
     ) -> list[Rendered]:
-        """Render every variant of ``pipeline`` from ``data`` (the task's original)."""
+        """Render every variant of ``pipeline`` from ``data`` (the task's original);
+        ``claim`` tells apart two renders of one task (its lease token)."""
         ...
 
-    def abort(self, task_id: str) -> bool:
-        """Stop rendering ``task_id`` if it is under way here; whether it was. The call to
-        :meth:`render` then raises :class:`~imageproc.LeaseLost`."""
+    def abort(self, task_id: str, claim: str | None = None) -> bool:
+        """Stop rendering ``task_id`` (under that ``claim`` only, if given) if it is under way
+        here; whether it was. The call to :meth:`render` then raises
+        :class:`~imageproc.LeaseLost`."""
         ...
 
 
@@ -89,11 +109,12 @@ class InlineRenderer:
         limits: ImageLimits,
         *,
         stage: Stage | None = None,
+        claim: str = "",
     ) -> list[Rendered]:
         """:func:`imageproc.imaging.render`, here and now."""
         return imaging.render(data, pipeline, limits, stage=stage)
 
-    def abort(self, task_id: str) -> bool:
+    def abort(self, task_id: str, claim: str | None = None) -> bool:
         """A render in a thread cannot be stopped: always False."""
         return False
 
@@ -108,7 +129,7 @@ class ProcessRenderer:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._running: dict[str, _Child] = {}
+        self._running: dict[tuple[str, str], _Child] = {}
 
     def render(
         self,
@@ -118,19 +139,21 @@ class ProcessRenderer:
         limits: ImageLimits,
         *,
         stage: Stage | None = None,
+        claim: str = "",
     ) -> list[Rendered]:
         """Render in a render process; :class:`~imageproc.RenderTimeout` past the deadline,
         :class:`~imageproc.LeaseLost` if :meth:`abort` stopped it, and
         :class:`~imageproc.RenderFailed` if the process died."""
+        key = (task_id, claim)
         request = pickle.dumps((data, pipeline, limits), protocol=pickle.HIGHEST_PROTOCOL)
         try:
             child = _children.take()
         except OSError as error:  # out of processes or file descriptors, for now
             raise RenderFailed(f"could not start a render process: {error}") from error
         with self._lock:
-            self._running[task_id] = child
+            self._running[key] = child
         try:
-            header, payload = child.ask(request, self.timeout)
+            header, payload = child.ask(request, self.timeout, _max_answer(data, limits))
         except RenderTimeout:
             raise RenderTimeout(
                 f"rendering took longer than the limit of {self.timeout:g} seconds"
@@ -144,7 +167,11 @@ class ProcessRenderer:
             raise
         finally:
             with self._lock:
-                self._running.pop(task_id, None)
+                if self._running.get(key) is child:
+                    del self._running[key]
+        if child.aborted:  # after its answer came, before it left _running: not to be reused
+            child.kill()
+            raise LeaseLost(f"task {task_id} was cancelled or taken over")
         _children.give_back(child)
         for name, seconds in header["stages"]:
             if stage is not None:
@@ -153,16 +180,20 @@ class ProcessRenderer:
             raise _error_from(header["error"])
         return list(_rendered_from(header["rendered"], payload))
 
-    def abort(self, task_id: str) -> bool:
-        """Kill the render process working on ``task_id``, if any; whether there was one."""
+    def abort(self, task_id: str, claim: str | None = None) -> bool:
+        """Kill the render processes working on ``task_id`` (under ``claim`` only, if given);
+        whether there was one."""
         with self._lock:
-            child = self._running.get(task_id)
-            if child is None:
-                return False
-            # Under the lock: the render cannot hand this process back (to serve another task)
+            children = [
+                child
+                for (running, held), child in self._running.items()
+                if running == task_id and claim in (None, held)
+            ]
+            # Under the lock: the render cannot hand a process back (to serve another task)
             # before it is signalled. Its own thread sees the pipe close and cleans up.
-            child.signal_abort()
-        return True
+            for child in children:
+                child.signal_abort()
+        return bool(children)
 
 
 class _ChildDied(Exception):
@@ -187,37 +218,46 @@ class _Child:
         self.aborted = False
         self.ready = False
 
-    def ask(self, request: bytes, timeout: float | None) -> tuple[dict[str, Any], bytes]:
-        """Send one request and wait for its answer (a JSON header and the bytes after it)."""
+    def ask(
+        self, request: bytes, timeout: float | None, max_answer: int
+    ) -> tuple[dict[str, Any], bytes]:
+        """Send one request and wait for its answer (a JSON header and the bytes after it), all
+        of it within ``timeout`` seconds, and no longer than ``max_answer`` bytes."""
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None
         assert stdout is not None
         if not self.ready:  # starting Python and importing Pillow is not the render's time
-            ready, _, _ = select.select([stdout], [], [], _STARTUP_TIMEOUT)
-            if not ready:
+            try:
+                started = _read_within(stdout, 1, time.monotonic() + _STARTUP_TIMEOUT)
+            except TimeoutError:
                 self.kill()
-                raise _ChildDied(f"it did not start within {_STARTUP_TIMEOUT:g} seconds")
-            if stdout.read(1) != _READY:
+                raise _ChildDied(f"it did not start within {_STARTUP_TIMEOUT:g} seconds") from None
+            except EOFError:
+                started = b""
+            if started != _READY:
                 ended = self._how_it_ended()
                 self.kill()
                 raise _ChildDied(f"{ended}, before it started")
             self.ready = True
         try:
-            stdin.write(_LENGTH.pack(len(request)))
-            stdin.write(request)
+            _write_all(stdin, _LENGTH.pack(len(request)) + request)
         except OSError as error:  # it died before reading (crashed, or killed by abort)
             self.kill()
             raise _ChildDied(self._how_it_ended()) from error
         deadline = None if timeout is None else time.monotonic() + timeout
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, _, _ = select.select([stdout], [], [], remaining)
-        if not ready:
-            self.kill()
-            raise RenderTimeout("deadline passed")
         try:
-            header = json.loads(_read_exactly(stdout, _read_length(stdout)))
-            payload = _read_exactly(stdout, int(header["payload"]))
-        except (EOFError, OSError, ValueError, KeyError) as error:
+            (length,) = _LENGTH.unpack(_read_within(stdout, _LENGTH.size, deadline))
+            if length > _MAX_HEADER:
+                raise ValueError(f"an answer's header of {length} bytes")
+            header = json.loads(_read_within(stdout, length, deadline))
+            size = int(header["payload"])
+            if not 0 <= size <= max_answer:
+                raise ValueError(f"an answer of {size} bytes")
+            payload = _read_within(stdout, size, deadline)
+        except TimeoutError:
+            self.kill()
+            raise RenderTimeout("deadline passed") from None
+        except (EOFError, OSError, ValueError, KeyError, TypeError) as error:
             self.kill()
             raise _ChildDied(self._how_it_ended()) from error
         return header, payload
@@ -263,7 +303,7 @@ class _Children:
 
     def give_back(self, child: _Child) -> None:
         with self._lock:
-            if child.alive and len(self._idle) < _MAX_IDLE:
+            if child.alive and not child.aborted and len(self._idle) < _MAX_IDLE:
                 self._idle.append(child)
                 return
         child.kill()
@@ -285,6 +325,44 @@ def _read_length(stream: IO[bytes]) -> int:
     return int(length)
 
 
+def _read_within(stream: IO[bytes], size: int, deadline: float | None) -> bytes:
+    """Exactly ``size`` bytes from the pipe ``stream``, all before ``deadline`` (monotonic;
+    None: no deadline): :class:`TimeoutError` past it, :class:`EOFError` if the pipe closes.
+    ``poll``, not ``select``: a busy server's descriptors pass select's limit of 1024."""
+    poller = select.poll()
+    poller.register(stream.fileno(), select.POLLIN)
+    chunks = []
+    while size > 0:
+        if deadline is None:
+            wait = None
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            wait = max(1, math.ceil(left * 1000))
+        if not poller.poll(wait):
+            continue  # the loop measures the time left
+        chunk = os.read(stream.fileno(), min(size, _READ_CHUNK))
+        if not chunk:
+            raise EOFError("the other end closed the pipe")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(stream: IO[bytes], data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = stream.write(view)
+        view = view[written or 0 :]
+
+
+def _max_answer(data: bytes, limits: ImageLimits) -> int:
+    # Outputs are bounded by the pixel limit: four bytes a pixel for each of the most variants
+    # a pipeline may have, with room; anything beyond is not an answer but a child gone wrong.
+    return 16 * limits.max_pixels * 4 + 64 * len(data) + (1 << 20)
+
+
 def _read_exactly(stream: IO[bytes], size: int) -> bytes:
     chunks = []
     while size > 0:
@@ -297,9 +375,9 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 
 
 def _error_from(described: dict[str, Any]) -> Exception:
-    kind = getattr(errors, str(described.get("class")), None)
-    message = str(described.get("message", ""))
-    if isinstance(kind, type) and issubclass(kind, ImageprocError):
+    kind = _CHILD_ERRORS.get(str(described.get("class")))
+    message = str(described.get("message", ""))[:_MAX_MESSAGE]
+    if kind is not None:
         return kind(message, transient=bool(described.get("transient")))
     return RenderFailed(f"{message}; see the worker's log")
 
@@ -338,8 +416,8 @@ def serve() -> None:
             data, pipeline, limits = pickle.loads(_read_exactly(requests, length))
             header, payload = _answer(data, pipeline, limits)
             encoded = json.dumps(header).encode()
-            answers.write(_LENGTH.pack(len(encoded)) + encoded)
-            answers.write(payload)
+            _write_all(answers, _LENGTH.pack(len(encoded)) + encoded)
+            _write_all(answers, payload)
     except BrokenPipeError:
         return  # the parent has stopped listening: it killed us, or it is gone
 

@@ -41,12 +41,15 @@ _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 _NEXT_MARKER: Final = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 #: Markers without a length field.
 _STANDALONE: Final = frozenset({0x01, *range(0xD0, 0xD8)})
+#: A marker: fill bytes (0xFF), then the marker's code.
+_MARKER: Final = re.compile(rb"\xff+[^\xff]")
 _SOS, _EOI = 0xDA, 0xD9
 
 
 @attrs.frozen
 class JpegLayout:
-    """What :func:`jpeg_layout` found: marker segments, and scans (start-of-scan segments)."""
+    """What :func:`jpeg_layout` found: marker segments (fill bytes before markers counted as
+    one each: a reader steps over them one by one), and scans (start-of-scan segments)."""
 
     segments: int
     scans: int
@@ -62,7 +65,7 @@ def check_jpeg(data: bytes, *, max_scans: int, max_chunks: int) -> None:
             f" and real photographs have at most 18 or so"
         )
     if layout.segments > max_chunks:
-        raise ImageTooLarge(f"JPEG of more than {max_chunks} marker segments")
+        raise ImageTooLarge(f"JPEG of more than {max_chunks} marker segments and fill bytes")
 
 
 def jpeg_layout(data: bytes, *, stop_after: int) -> JpegLayout:
@@ -74,17 +77,18 @@ def jpeg_layout(data: bytes, *, stop_after: int) -> JpegLayout:
     """
     segments = scans = 0
     position, end = len(_JPEG_START), len(data)
-    while position + 1 < end and segments <= stop_after and scans <= stop_after:
-        if data[position] != 0xFF:
+    while segments <= stop_after and scans <= stop_after:
+        # A marker, after any number of 0xFF fill bytes: skipped at once, not one by one.
+        found = _MARKER.match(data, position)
+        if found is None:
             break
-        marker = data[position + 1]
-        position += 2
-        if marker == 0xFF:  # fill byte before a marker
-            position -= 1
-            continue
+        marker, position = found[0][-1], found.end()
+        # Pillow reads markers, and each fill byte before one, in Python: a step apiece.
+        segments += len(found[0]) - 2
         if marker == _EOI:
             break
         if marker in _STANDALONE:
+            segments += 1  # no length, but a step all the same: counted, so bounded
             continue
         if position + 2 > end:
             break
