@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import struct
+import time
+import zlib
 
 import pytest
 from PIL import Image, PngImagePlugin
 
-from imageproc import Processor
+from imageproc import InvalidImage, Processor
 from imageproc.location import strip_location
 from imageproc.testing import memory_processor
 
@@ -96,3 +100,89 @@ def test_the_processor_stores_originals_without_location_when_asked() -> None:
     assert task.source is not None
     assert task.source.bytes == len(stored)
     assert task.source.sha256 == hashlib.sha256(stored).hexdigest()
+
+
+def jpeg_with_xmp(xmp: bytes) -> bytes:
+    buffer = io.BytesIO()
+    picture().save(buffer, "JPEG", xmp=xmp)
+    return buffer.getvalue()
+
+
+def xmp_of(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        xmp = image.info.get("xmp", b"")
+    return xmp.encode() if isinstance(xmp, str) else bytes(xmp)
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        b"exif:GPSLatitude='51,30.0N'",
+        b'exif:GPSLatitude = "51,30.0N"',
+        b'e:GPSLatitude="51,30.0N" xmlns:e="http://ns.adobe.com/exif/1.0/"',
+    ],
+    ids=["single-quotes", "spaces", "another-prefix"],
+)
+def test_every_way_of_writing_a_gps_property_is_taken_out(written: bytes) -> None:
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description ' + written + b"/></x:xmpmeta>"
+    stripped = xmp_of(strip_location(jpeg_with_xmp(xmp), "JPEG"))
+    assert b"GPS" not in stripped
+    assert stripped.startswith(b"<x:xmpmeta")
+
+
+@pytest.mark.parametrize(
+    "xmp",
+    [
+        b"<x:xmpmeta " + b" " * 60_000 + b"exif:GPSLatitude='1' " + b" " * 4_000 + b"/>",
+        b"<x:xmpmeta>" + b"<exif:GPSA>" * 5_000 + b"</x:xmpmeta>",
+    ],
+    ids=["long-whitespace", "unclosed-tags"],
+)
+def test_hostile_xmp_costs_linear_time(xmp: bytes) -> None:
+    data = jpeg_with_xmp(xmp)
+    started = time.perf_counter()
+    with contextlib.suppress(InvalidImage):  # what it cannot take out is refused, not stored
+        stripped = strip_location(data, "JPEG")
+        assert b"GPS" not in xmp_of(stripped)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_unclosed_gps_elements_are_refused_not_stored() -> None:
+    data = jpeg_with_xmp(b"<x:xmpmeta><exif:GPSLatitude>51,30.0N</x:xmpmeta>")
+    with pytest.raises(InvalidImage, match="location"):
+        strip_location(data, "JPEG")
+
+
+def test_a_compressed_xmp_that_inflates_to_gigabytes_is_refused_cheaply() -> None:
+    base = io.BytesIO()
+    picture().save(base, "PNG")
+    data = base.getvalue()
+    inflating = zlib.compress(b"exif:GPS" + b" " * 200_000_000, 9)
+    chunk_body = b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + inflating
+    chunk = (
+        struct.pack(">I", len(chunk_body))
+        + b"iTXt"
+        + chunk_body
+        + struct.pack(">I", zlib.crc32(b"iTXt" + chunk_body))
+    )
+    bomb = data[:-12] + chunk + data[-12:]  # after the pixels, before IEND
+    started = time.perf_counter()
+    with pytest.raises(InvalidImage, match="4 MiB"):
+        strip_location(bomb, "PNG")
+    assert time.perf_counter() - started < 1
+
+
+def test_an_mpo_keeps_its_first_picture_only() -> None:
+    exif = exif_with_gps().tobytes()
+    buffer = io.BytesIO()
+    picture().save(buffer, "MPO", save_all=True, append_images=[picture()], exif=exif)
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "MPO"
+        assert getattr(image, "n_frames", 1) == 2
+    stripped = strip_location(data, "JPEG")
+    with Image.open(io.BytesIO(stripped)) as image:
+        assert image.format == "JPEG"  # no MPF index left: one picture
+        assert 0x8825 not in image.getexif()
+        image.load()
+    assert stripped.count(b"\xff\xd8") == 1

@@ -6,8 +6,10 @@ Phones write where a photo was taken into its EXIF (the GPS IFD), and editors co
 without its GPS IFD (and without the thumbnail IFD, which Pillow does not write back), the XMP
 without its GPS properties. The compressed pixels are copied as they are.
 
-JPEG (APP1 segments), PNG (``eXIf`` and XMP ``iTXt`` chunks; ImageMagick's "Raw profile" text
-chunks are dropped) and WebP (``EXIF`` and ``XMP`` chunks) are rewritten. Other formats (TIFF,
+JPEG (APP1 segments; extended XMP is dropped whole, and of an MPO only the first picture is
+kept, the others having EXIF of their own), PNG (``eXIf`` and XMP ``iTXt`` chunks; ImageMagick's
+"Raw profile" text chunks are dropped) and WebP (``EXIF`` and ``XMP`` chunks) are rewritten. XMP
+whose GPS properties cannot be taken out is refused (:class:`~imageproc.InvalidImage`). Other formats (TIFF,
 AVIF, HEIF) keep their metadata inside structures that cannot be rewritten without re-encoding:
 they are stored as they came.
 """
@@ -21,6 +23,7 @@ from typing import Final
 
 from PIL import Image
 
+from imageproc import structure
 from imageproc.errors import InvalidImage
 
 __all__ = ["REWRITTEN_FORMATS", "strip_location"]
@@ -34,11 +37,15 @@ _KEPT_IFDS: Final = (0x8769, 0xA005)
 _EXIF_HEADER: Final = b"Exif\x00\x00"
 _XMP_HEADER: Final = b"http://ns.adobe.com/xap/1.0/\x00"
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
-#: GPS properties in XMP, as attributes or as elements (the exif: namespace holds them all).
-_XMP_GPS: Final = (
-    re.compile(rb'\s+exif:GPS[A-Za-z]*="[^"]*"'),
-    re.compile(rb"<exif:(GPS[A-Za-z]*)\b[^>]*?(?:/>|>.*?</exif:\1>)", re.DOTALL),
+_EXTENDED_XMP: Final = b"http://ns.adobe.com/xmp/extension/\x00"
+_MPF: Final = b"MPF\x00"
+#: XMP's EXIF namespace, which holds the GPS properties, and the prefixes it is bound to.
+_EXIF_NAMESPACE: Final = re.compile(
+    rb"""xmlns:([A-Za-z][\w.-]{0,31})\s{0,8}=\s{0,8}["']http://ns\.adobe\.com/exif/1\.0/["']"""
 )
+#: Largest XMP packet taken apart; a bigger one (with location in it) is refused. Real packets
+#: are a few kilobytes, and Photoshop's history a few hundred.
+_MAX_XMP: Final = 4 * 1024 * 1024
 
 
 def strip_location(data: bytes, pillow_format: str) -> bytes:
@@ -52,7 +59,16 @@ def strip_location(data: bytes, pillow_format: str) -> bytes:
             return _png(data)
         if pillow_format == "WEBP":
             return _webp(data)
-    except (struct.error, ValueError, SyntaxError, OSError) as error:
+    except (
+        struct.error,
+        zlib.error,
+        ValueError,
+        SyntaxError,
+        OSError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as error:
         # The header was read already, so this is metadata too broken to rewrite: refusing
         # the upload is safer than storing a location the caller asked us to remove.
         raise InvalidImage(f"metadata that cannot be read: {error}") from error
@@ -74,9 +90,28 @@ def _exif_without_gps(raw: bytes) -> bytes | None:
 
 
 def _xmp_without_gps(xmp: bytes) -> bytes | None:
+    """The XMP packet without its GPS properties, as attributes or as elements, under every
+    prefix the EXIF namespace is bound to; None if it has none. Every pattern is bounded, so
+    the time is linear in the packet; GPS properties that they cannot take out (malformed, or
+    written in some other way) refuse the upload rather than stay."""
+    if b"GPS" not in xmp:
+        return None
+    if len(xmp) > _MAX_XMP:
+        raise ValueError(f"an XMP packet of {len(xmp)} bytes with location data")
+    prefixes = {b"exif", *(found[1] for found in _EXIF_NAMESPACE.finditer(xmp))}
     stripped = xmp
-    for pattern in _XMP_GPS:
-        stripped = pattern.sub(b"", stripped)
+    for prefix in sorted(prefixes):
+        name = re.escape(prefix) + rb":GPS\w{0,40}"
+        stripped = re.sub(
+            rb"(?<=\s)" + name + rb"""\s{0,8}=\s{0,8}(?:"[^"<]{0,1024}"|'[^'<]{0,1024}')""",
+            b"",
+            stripped,
+        )
+        stripped = re.sub(
+            rb"<(" + name + rb")\b[^<>]{0,1024}?(?:/>|>[^<]{0,1024}</\1\s{0,8}>)", b"", stripped
+        )
+        if re.search(re.escape(prefix) + rb":GPS", stripped):
+            raise ValueError("location data in its XMP that could not be taken out")
     return None if stripped == xmp else stripped
 
 
@@ -85,7 +120,7 @@ def _xmp_without_gps(xmp: bytes) -> bytes | None:
 
 def _jpeg(data: bytes) -> bytes:
     parts = [data[:2]]
-    position, changed = 2, False
+    position, changed, pictures = 2, False, False
     while position + 4 <= len(data) and data[position] == 0xFF:
         marker = data[position + 1]
         if marker == 0xDA or 0xD0 <= marker <= 0xD9:  # start of scan: the rest is pixels
@@ -98,6 +133,15 @@ def _jpeg(data: bytes) -> bytes:
         elif marker == 0xE1 and body.startswith(_XMP_HEADER):
             xmp = _xmp_without_gps(body[len(_XMP_HEADER) :])
             rewritten = None if xmp is None else _XMP_HEADER + xmp
+        elif (marker == 0xE1 and body.startswith(_EXTENDED_XMP)) or (
+            marker == 0xE2 and body.startswith(_MPF)
+        ):
+            # Extended XMP is one packet cut into pieces (a property may be cut in two): it
+            # goes whole. The MPF index points at an MPO's other pictures, which go too.
+            pictures = pictures or marker == 0xE2
+            position += 2 + length
+            changed = True
+            continue
         if rewritten is None:
             parts.append(data[position : position + 2 + length])
         else:
@@ -109,7 +153,8 @@ def _jpeg(data: bytes) -> bytes:
         position += 2 + length
     if not changed:
         return data
-    parts.append(data[position:])
+    # An MPO's other pictures (each with EXIF of its own) follow the first one's end.
+    parts.append(data[position : structure.jpeg_end(data) if pictures else len(data)])
     return b"".join(parts)
 
 
@@ -153,7 +198,12 @@ def _png_itxt_xmp(body: bytes) -> bytes | None:
     keyword, rest = body.split(b"\x00", 1)
     flag, method, rest = rest[0], rest[1], rest[2:]
     language, translated, text = rest.split(b"\x00", 2)
-    xmp = zlib.decompress(text) if flag else text
+    xmp = text
+    if flag:  # compressed: a small chunk could inflate to gigabytes, so only so far
+        inflater = zlib.decompressobj()
+        xmp = inflater.decompress(text, _MAX_XMP + 1)
+        if len(xmp) > _MAX_XMP:
+            raise ValueError("an XMP packet that inflates past 4 MiB")
     stripped = _xmp_without_gps(xmp)
     if stripped is None:
         return None

@@ -31,6 +31,7 @@ __all__ = [
     "is_gif",
     "is_jpeg",
     "is_png",
+    "jpeg_end",
     "jpeg_layout",
 ]
 
@@ -102,6 +103,28 @@ def jpeg_layout(data: bytes, *, stop_after: int) -> JpegLayout:
                 break
             position = found.start()
     return JpegLayout(segments, scans)
+
+
+def jpeg_end(data: bytes) -> int:
+    """Where a JPEG's first picture ends (just past its end-of-image marker); ``len(data)`` if
+    it never does. What follows is another picture (an MPO's) or a trailer."""
+    position = len(_JPEG_START)
+    while True:
+        found = _MARKER.match(data, position) or _NEXT_MARKER.search(data, position)
+        if found is None:
+            return len(data)
+        marker, position = data[found.end() - 1], found.end()
+        if marker == _EOI:
+            return position
+        if marker in _STANDALONE or position + 2 > len(data):
+            continue
+        (length,) = struct.unpack_from(">H", data, position)
+        position += length
+        if marker == _SOS:  # entropy-coded data up to the next marker
+            following = _NEXT_MARKER.search(data, position)
+            if following is None:
+                return len(data)
+            position = following.start()
 
 
 def check_png(data: bytes, *, max_chunks: int) -> None:
