@@ -9,9 +9,9 @@ without its GPS properties. The compressed pixels are copied as they are.
 JPEG (APP1 segments; extended XMP is dropped whole, and of an MPO only the first picture is
 kept, the others having EXIF of their own), PNG (``eXIf`` and XMP ``iTXt`` chunks; ImageMagick's
 "Raw profile" text chunks are dropped) and WebP (``EXIF`` and ``XMP`` chunks) are rewritten. XMP
-whose GPS properties cannot be taken out is refused (:class:`~imageproc.InvalidImage`). Other formats (TIFF,
-AVIF, HEIF) keep their metadata inside structures that cannot be rewritten without re-encoding:
-they are stored as they came.
+whose GPS properties cannot be taken out is refused (:class:`~imageproc.InvalidImage`). Other
+formats (TIFF, AVIF, HEIF) keep their metadata inside structures that cannot be rewritten without
+re-encoding: they are stored as they came.
 """
 
 from __future__ import annotations
