@@ -9,6 +9,7 @@ import attrs
 import pytest
 
 from imageproc import QueueFull, QueueLimits, TaskError, TaskStatus
+from imageproc.backends.sql import SQLBackend
 from imageproc.task import Task
 from tests.backends.conftest import Backend
 from tests.doubles import new_task
@@ -74,3 +75,32 @@ def test_a_retry_counts_as_a_new_task_a_worker_requeue_does_not(backend: Backend
     assert backend.repository.get(failed.id).status == TaskStatus.FAILED
     # Without limits (an operator's own call) it goes through.
     assert backend.repository.update(failed.retry(backend.clock()), expected=failed) is True
+
+
+@pytest.mark.postgres
+def test_the_limit_holds_on_a_server_that_defaults_to_repeatable_read(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = request.getfixturevalue("postgres_url")
+    backend = SQLBackend(
+        url, connect_args={"options": "-c default_transaction_isolation=repeatable\\ read"}
+    )
+    request.addfinalizer(backend.close)
+    with backend.engine.connect() as conn:
+        level = conn.exec_driver_sql("SHOW default_transaction_isolation").scalar()
+    assert level == "repeatable read"
+    limits = QueueLimits(max_queued=5)
+    start = threading.Barrier(16)
+
+    def add(_: int) -> bool:
+        start.wait(10)
+        try:
+            backend.add(new_task(), limits=limits)
+        except QueueFull:
+            return False
+        return True
+
+    with ThreadPoolExecutor(16) as pool:
+        accepted = list(pool.map(add, range(16), timeout=60))
+    assert accepted.count(True) == 5
+    assert backend.queue_stats().queued == 5

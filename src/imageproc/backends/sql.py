@@ -588,6 +588,10 @@ class SQLBackend:
         if not any(task.status == TaskStatus.QUEUED for task in adding):
             return
         if self.dialect == "postgresql":
+            # The counts must see what the lock's last holder committed: a snapshot taken at the
+            # first statement (a server defaulting to REPEATABLE READ) would not. This runs
+            # first in its transaction, where the level can still be set.
+            conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADMISSION_LOCK)))
         queued = 0
         if limits.max_queued is not None:
