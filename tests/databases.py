@@ -65,14 +65,24 @@ def postgres_template(postgres_server: sa.URL) -> Iterator[str]:
 @pytest.fixture
 def postgres_url(postgres_server: sa.URL, postgres_template: str) -> Iterator[str]:
     """The URL of a fresh, migrated PostgreSQL database for this test alone."""
+    with fresh_database(postgres_server, template=postgres_template) as url:
+        yield url
+
+
+@contextmanager
+def fresh_database(server: sa.URL, *, template: str | None = None) -> Iterator[str]:
+    """The URL of a new PostgreSQL database, a copy of ``template`` (or empty), dropped after."""
     name = f"imageproc_test_{uuid.uuid4().hex[:16]}"
-    admin = _admin_engine(postgres_server)
+    admin = _admin_engine(server)
+    copy = f' TEMPLATE "{template}"' if template else ""
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
-    yield postgres_server.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"{copy}'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture

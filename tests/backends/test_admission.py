@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import attrs
 import pytest
 
-from imageproc import QueueFull, QueueLimits, TaskError, TaskStatus
+from imageproc import QueueFull, QueueLimits, Repository, TaskError, TaskStatus
 from imageproc.backends.sql import SQLBackend
 from imageproc.task import Task
 from tests.backends.conftest import Backend
@@ -23,21 +23,24 @@ def queued(backend: Backend) -> int:
     return backend.repository.queue_stats().queued
 
 
-def test_a_burst_of_adds_never_passes_the_limit(backend: Backend) -> None:
-    limits = QueueLimits(max_queued=5)
-    start = threading.Barrier(16)
+def burst(repository: Repository, limits: QueueLimits, threads: int = 16) -> int:
+    """How many of ``threads`` adds, started at one moment, were recorded."""
+    start = threading.Barrier(threads)
 
     def add(_: int) -> bool:
         start.wait(10)
         try:
-            backend.repository.add(new_task(), limits=limits)
+            repository.add(new_task(), limits=limits)
         except QueueFull:
             return False
         return True
 
-    with ThreadPoolExecutor(16) as pool:
-        accepted = list(pool.map(add, range(16), timeout=60))
-    assert accepted.count(True) == 5
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(add, range(threads), timeout=60)).count(True)
+
+
+def test_a_burst_of_adds_never_passes_the_limit(backend: Backend) -> None:
+    assert burst(backend.repository, QueueLimits(max_queued=5)) == 5
     assert queued(backend) == 5
 
 
@@ -89,18 +92,5 @@ def test_the_limit_holds_on_a_server_that_defaults_to_repeatable_read(
     with backend.engine.connect() as conn:
         level = conn.exec_driver_sql("SHOW default_transaction_isolation").scalar()
     assert level == "repeatable read"
-    limits = QueueLimits(max_queued=5)
-    start = threading.Barrier(16)
-
-    def add(_: int) -> bool:
-        start.wait(10)
-        try:
-            backend.add(new_task(), limits=limits)
-        except QueueFull:
-            return False
-        return True
-
-    with ThreadPoolExecutor(16) as pool:
-        accepted = list(pool.map(add, range(16), timeout=60))
-    assert accepted.count(True) == 5
+    assert burst(backend, QueueLimits(max_queued=5)) == 5
     assert backend.queue_stats().queued == 5

@@ -7,7 +7,6 @@ import json
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from importlib.resources import as_file, files
@@ -37,7 +36,7 @@ from imageproc.backends.sql import _CLAIM, SQLITE_WAIT_POLL, SQLBackend
 from imageproc.backends.sqlschema import VERSION_TABLE, metadata, task_to_row, tasks
 from imageproc.clock import utcnow
 from imageproc.testing import FAST_OPTIONS, sample_image
-from tests.databases import impatient_sqlite, make_backend, sqlite_write_lock
+from tests.databases import fresh_database, impatient_sqlite, make_backend, sqlite_write_lock
 from tests.doubles import CountingQueue, new_task, run_to_completion
 
 KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -75,15 +74,8 @@ def empty_database(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_url")
         return
-    server: sa.URL = request.getfixturevalue("postgres_server")
-    name = f"imageproc_empty_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield server.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
 
 
 def test_tasks_recorded_before_orientation_was_upgrade_to_orientation_1(
