@@ -186,3 +186,10 @@ def test_an_mpo_keeps_its_first_picture_only() -> None:
         assert 0x8825 not in image.getexif()
         image.load()
     assert stripped.count(b"\xff\xd8") == 1
+
+
+def test_fill_bytes_before_a_segment_do_not_hide_its_location() -> None:
+    data = encoded("JPEG")
+    padded = data[:2] + b"\xff" * 8 + data[2:]  # legal: any number of fill bytes before a marker
+    assert_located(padded, True)
+    assert_located(strip_location(padded, "JPEG"), False)

@@ -122,3 +122,12 @@ def test_the_jpeg_walk_is_not_slowed_by_markers_without_segments(filler: bytes) 
     except InvalidImage:
         pass  # Pillow may refuse it too; what matters is how long the walk took
     assert time.perf_counter() - started < 1.5
+
+
+def test_bytes_that_are_no_marker_do_not_hide_scans_behind_them() -> None:
+    data = progressive_jpeg((64, 64), extra_scans=20)
+    # A stray byte before every scan: libjpeg skips it ("extraneous bytes") and decodes on.
+    hidden = data.replace(b"\xff\xda", b"\x00\xff\xda")
+    assert structure.jpeg_layout(hidden, stop_after=1000).scans == (
+        structure.jpeg_layout(data, stop_after=1000).scans
+    )

@@ -32,11 +32,11 @@ __all__ = ["REWRITTEN_FORMATS", "strip_location"]
 REWRITTEN_FORMATS: Final = frozenset({"JPEG", "PNG", "WEBP"})
 
 _GPS_IFD: Final = 0x8825
+_SOS: Final = 0xDA
 #: IFDs that Pillow writes back only if they were read: every one but GPS must be kept.
 _KEPT_IFDS: Final = (0x8769, 0xA005)
 _EXIF_HEADER: Final = b"Exif\x00\x00"
 _XMP_HEADER: Final = b"http://ns.adobe.com/xap/1.0/\x00"
-_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 _EXTENDED_XMP: Final = b"http://ns.adobe.com/xmp/extension/\x00"
 _MPF: Final = b"MPF\x00"
 #: XMP's EXIF namespace, which holds the GPS properties, and the prefixes it is bound to.
@@ -119,42 +119,37 @@ def _xmp_without_gps(xmp: bytes) -> bytes | None:
 
 
 def _jpeg(data: bytes) -> bytes:
-    parts = [data[:2]]
-    position, changed, pictures = 2, False, False
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xDA or 0xD0 <= marker <= 0xD9:  # start of scan: the rest is pixels
+    parts, copied, changed, pictures = [], 0, False, False
+    for marker in structure.jpeg_markers(data):
+        if marker.code == _SOS:  # the header is over: the rest is pixels
             break
-        (length,) = struct.unpack_from(">H", data, position + 2)
-        body = data[position + 4 : position + 2 + length]
+        body = data[marker.start + 4 : marker.end]
         rewritten = None
-        if marker == 0xE1 and body.startswith(_EXIF_HEADER):
+        if marker.code == 0xE1 and body.startswith(_EXIF_HEADER):
             rewritten = _exif_without_gps(body)
-        elif marker == 0xE1 and body.startswith(_XMP_HEADER):
+        elif marker.code == 0xE1 and body.startswith(_XMP_HEADER):
             xmp = _xmp_without_gps(body[len(_XMP_HEADER) :])
             rewritten = None if xmp is None else _XMP_HEADER + xmp
-        elif (marker == 0xE1 and body.startswith(_EXTENDED_XMP)) or (
-            marker == 0xE2 and body.startswith(_MPF)
+        elif (marker.code == 0xE1 and body.startswith(_EXTENDED_XMP)) or (
+            marker.code == 0xE2 and body.startswith(_MPF)
         ):
             # Extended XMP is one packet cut into pieces (a property may be cut in two): it
             # goes whole. The MPF index points at an MPO's other pictures, which go too.
-            pictures = pictures or marker == 0xE2
-            position += 2 + length
-            changed = True
-            continue
+            pictures = pictures or marker.code == 0xE2
+            rewritten = b""
         if rewritten is None:
-            parts.append(data[position : position + 2 + length])
-        else:
-            if len(rewritten) + 2 > 0xFFFF:
-                raise ValueError("rewritten segment too long")
-            parts.append(data[position : position + 2] + struct.pack(">H", len(rewritten) + 2))
-            parts.append(rewritten)
-            changed = True
-        position += 2 + length
+            continue
+        if len(rewritten) + 2 > 0xFFFF:
+            raise ValueError("rewritten segment too long")
+        parts.append(data[copied : marker.start])
+        if rewritten:
+            parts.append(data[marker.start : marker.start + 2])
+            parts.append(struct.pack(">H", len(rewritten) + 2) + rewritten)
+        copied, changed = marker.end, True
     if not changed:
         return data
     # An MPO's other pictures (each with EXIF of its own) follow the first one's end.
-    parts.append(data[position : structure.jpeg_end(data) if pictures else len(data)])
+    parts.append(data[copied : structure.jpeg_end(data) if pictures else len(data)])
     return b"".join(parts)
 
 
@@ -166,30 +161,26 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 
 
 def _png(data: bytes) -> bytes:
-    parts = [data[: len(_PNG_SIGNATURE)]]
-    position, changed = len(_PNG_SIGNATURE), False
-    while position + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, position)
-        end = position + 12 + length
-        body = data[position + 8 : position + 8 + length]
-        chunk = data[position:end]
-        if kind == b"eXIf":
+    parts, copied = [], 0
+    for chunk in structure.png_chunks(data):
+        body = data[chunk.start + 8 : chunk.end - 4]
+        rewritten = None
+        if chunk.kind == b"eXIf":
             exif = _exif_without_gps(body)
-            if exif is not None:
-                chunk, changed = _png_chunk(kind, exif), True
-        elif kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\x00"):
-            xmp = _png_itxt_xmp(body)
-            if xmp is not None:
-                chunk, changed = xmp, True
-        elif kind in (b"tEXt", b"zTXt", b"iTXt") and body.lower().startswith(b"raw profile type"):
-            chunk, changed = b"", True  # ImageMagick's hex-encoded EXIF or XMP
-        parts.append(chunk)
-        position = end
-        if kind == b"IEND":
-            break
-    if not changed:
+            rewritten = None if exif is None else _png_chunk(chunk.kind, exif)
+        elif chunk.kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\x00"):
+            rewritten = _png_itxt_xmp(body)
+        elif chunk.kind in (b"tEXt", b"zTXt", b"iTXt") and body.lower().startswith(
+            b"raw profile type"
+        ):
+            rewritten = b""  # ImageMagick's hex-encoded EXIF or XMP
+        if rewritten is not None:
+            parts.append(data[copied : chunk.start])
+            parts.append(rewritten)
+            copied = chunk.end
+    if not parts:
         return data
-    parts.append(data[position:])
+    parts.append(data[copied:])
     return b"".join(parts)
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Final
+from collections.abc import Iterator
+from typing import Final, NamedTuple
 
 import attrs
 
@@ -25,6 +26,8 @@ from imageproc.errors import ImageTooLarge
 __all__ = [
     "GifLayout",
     "JpegLayout",
+    "JpegMarker",
+    "PngChunk",
     "check_jpeg",
     "check_png",
     "gif_layout",
@@ -33,6 +36,8 @@ __all__ = [
     "is_png",
     "jpeg_end",
     "jpeg_layout",
+    "jpeg_markers",
+    "png_chunks",
 ]
 
 _JPEG_START: Final = b"\xff\xd8"
@@ -69,76 +74,99 @@ def check_jpeg(data: bytes, *, max_scans: int, max_chunks: int) -> None:
         raise ImageTooLarge(f"JPEG of more than {max_chunks} marker segments and fill bytes")
 
 
-def jpeg_layout(data: bytes, *, stop_after: int) -> JpegLayout:
-    """Count a JPEG's marker segments and scans, stopping once either passes ``stop_after``.
+class JpegMarker(NamedTuple):
+    """One marker of a JPEG, as :func:`jpeg_markers` meets it."""
 
-    Follows the framing as a decoder does: a length after each marker, and after a start of scan
-    the entropy-coded data up to the next marker. A file that breaks the framing ends the walk
-    (the decoder will refuse it, or stop there too).
+    #: The marker's code (the byte after 0xFF): 0xD8 start of image, 0xDA start of scan, ….
+    code: int
+    #: 0xFF fill bytes right before it (a reader steps over them one by one).
+    fill: int
+    #: Where the marker (its 0xFF) begins, and where its segment ends: after the length and
+    #: what it counts; right after the code for a marker without a length. A scan's entropy-
+    #: coded data is not part of its segment.
+    start: int
+    end: int
+
+
+def jpeg_markers(data: bytes) -> Iterator[JpegMarker]:
+    """The markers of a JPEG's first picture in order, up to its end-of-image marker.
+
+    Follows the framing as a decoder does: a length after each marker, and after a start of
+    scan the entropy-coded data up to the next marker; bytes that are not a marker where one is
+    due are skipped to the next, as libjpeg skips them. Each step is a regular-expression match
+    or search, so the walk's time is linear in the data whatever it holds.
     """
-    segments = scans = 0
-    position, end = len(_JPEG_START), len(data)
-    while segments <= stop_after and scans <= stop_after:
-        # A marker, after any number of 0xFF fill bytes: skipped at once, not one by one.
-        found = _MARKER.match(data, position)
+    position = len(_JPEG_START)
+    while True:
+        found = _MARKER.match(data, position) or _NEXT_MARKER.search(data, position)
         if found is None:
-            break
-        marker, position = found[0][-1], found.end()
-        # Pillow reads markers, and each fill byte before one, in Python: a step apiece.
-        segments += len(found[0]) - 2
-        if marker == _EOI:
-            break
-        if marker in _STANDALONE:
-            segments += 1  # no length, but a step all the same: counted, so bounded
+            return
+        code, after = data[found.end() - 1], found.end()
+        if code == _EOI or code in _STANDALONE or after + 2 > len(data):
+            yield JpegMarker(code, len(found[0]) - 2, found.end() - 2, after)
+            if code == _EOI:
+                return
+            position = after
             continue
-        if position + 2 > end:
+        (length,) = struct.unpack_from(">H", data, after)
+        position = after + length
+        yield JpegMarker(code, len(found[0]) - 2, found.end() - 2, position)
+        if code == _SOS:  # entropy-coded data up to the next marker
+            following = _NEXT_MARKER.search(data, position)
+            if following is None:
+                return
+            position = following.start()
+
+
+def jpeg_layout(data: bytes, *, stop_after: int) -> JpegLayout:
+    """Count a JPEG's marker segments and scans (:func:`jpeg_markers`), stopping once either
+    passes ``stop_after``."""
+    segments = scans = 0
+    for marker in jpeg_markers(data):
+        # Pillow reads markers, and each fill byte before one, in Python: a step apiece.
+        segments += marker.fill + (marker.code != _EOI)
+        scans += marker.code == _SOS
+        if segments > stop_after or scans > stop_after:
             break
-        (length,) = struct.unpack_from(">H", data, position)
-        position += length
-        segments += 1
-        if marker == _SOS:
-            scans += 1
-            found = _NEXT_MARKER.search(data, position)
-            if found is None:
-                break
-            position = found.start()
     return JpegLayout(segments, scans)
 
 
 def jpeg_end(data: bytes) -> int:
     """Where a JPEG's first picture ends (just past its end-of-image marker); ``len(data)`` if
     it never does. What follows is another picture (an MPO's) or a trailer."""
-    position = len(_JPEG_START)
-    while True:
-        found = _MARKER.match(data, position) or _NEXT_MARKER.search(data, position)
-        if found is None:
-            return len(data)
-        marker, position = data[found.end() - 1], found.end()
-        if marker == _EOI:
-            return position
-        if marker in _STANDALONE or position + 2 > len(data):
-            continue
-        (length,) = struct.unpack_from(">H", data, position)
-        position += length
-        if marker == _SOS:  # entropy-coded data up to the next marker
-            following = _NEXT_MARKER.search(data, position)
-            if following is None:
-                return len(data)
-            position = following.start()
+    for marker in jpeg_markers(data):
+        if marker.code == _EOI:
+            return marker.end
+    return len(data)
+
+
+class PngChunk(NamedTuple):
+    """One chunk of a PNG, as :func:`png_chunks` meets it."""
+
+    kind: bytes
+    #: Where the chunk (its length field) begins and where it ends (after its CRC); its data
+    #: lies between ``start + 8`` and ``end - 4``.
+    start: int
+    end: int
+
+
+def png_chunks(data: bytes) -> Iterator[PngChunk]:
+    """The chunks of a PNG in order, up to ``IEND`` (or the end of the data)."""
+    position, end = len(_PNG_SIGNATURE), len(data)
+    while position + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", data, position)
+        chunk = PngChunk(kind, position, position + 12 + length)
+        yield chunk
+        if kind == b"IEND":
+            return
+        position = chunk.end
 
 
 def check_png(data: bytes, *, max_chunks: int) -> None:
     """Refuse with :class:`~imageproc.ImageTooLarge` a PNG of more than ``max_chunks`` chunks."""
-    chunks = 0
-    position, end = len(_PNG_SIGNATURE), len(data)
-    while position + 8 <= end:
-        length, kind = struct.unpack_from(">I4s", data, position)
-        chunks += 1
-        if chunks > max_chunks:
+    for count, _ in enumerate(png_chunks(data), start=1):
+        if count > max_chunks:
             raise ImageTooLarge(f"PNG of more than {max_chunks} chunks")
-        if kind == b"IEND":
-            break
-        position += 12 + length  # length, type, data, CRC
 
 
 def is_jpeg(data: bytes) -> bool:
