@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
+import attrs
+
 from imageproc import allocator, errors, imaging
 from imageproc.codecs import ImageLimits
 from imageproc.errors import ImageprocError, LeaseLost, RenderFailed, RenderTimeout
@@ -153,8 +155,8 @@ class ProcessRenderer:
         with self._lock:
             self._running[key] = child
         try:
-            header, payload = child.ask(request, self.timeout, _max_answer(data, limits))
-        except RenderTimeout:
+            header, payload = child.ask(request, self.timeout, _max_answer(data, pipeline, limits))
+        except TimeoutError:
             raise RenderTimeout(
                 f"rendering took longer than the limit of {self.timeout:g} seconds"
             ) from None
@@ -173,8 +175,8 @@ class ProcessRenderer:
             child.kill()
             raise LeaseLost(f"task {task_id} was cancelled or taken over")
         _children.give_back(child)
-        for name, seconds in header["stages"]:
-            if stage is not None:
+        if stage is not None:
+            for name, seconds in header["stages"]:
                 stage(name, seconds)
         if "error" in header:
             raise _error_from(header["error"])
@@ -256,7 +258,7 @@ class _Child:
             payload = _read_within(stdout, size, deadline)
         except TimeoutError:
             self.kill()
-            raise RenderTimeout("deadline passed") from None
+            raise
         except (EOFError, OSError, ValueError, KeyError, TypeError) as error:
             self.kill()
             raise _ChildDied(self._how_it_ended()) from error
@@ -320,11 +322,6 @@ _children = _Children()
 atexit.register(_children.close_all)
 
 
-def _read_length(stream: IO[bytes]) -> int:
-    (length,) = _LENGTH.unpack(_read_exactly(stream, _LENGTH.size))
-    return int(length)
-
-
 def _read_within(stream: IO[bytes], size: int, deadline: float | None) -> bytes:
     """Exactly ``size`` bytes from the pipe ``stream``, all before ``deadline`` (monotonic;
     None: no deadline): :class:`TimeoutError` past it, :class:`EOFError` if the pipe closes.
@@ -357,21 +354,10 @@ def _write_all(stream: IO[bytes], data: bytes) -> None:
         view = view[written or 0 :]
 
 
-def _max_answer(data: bytes, limits: ImageLimits) -> int:
-    # Outputs are bounded by the pixel limit: four bytes a pixel for each of the most variants
-    # a pipeline may have, with room; anything beyond is not an answer but a child gone wrong.
-    return 16 * limits.max_pixels * 4 + 64 * len(data) + (1 << 20)
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = stream.read(size)
-        if not chunk:
-            raise EOFError("the other end closed the pipe")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+def _max_answer(data: bytes, pipeline: Pipeline, limits: ImageLimits) -> int:
+    # Each variant is bounded by the pixel limit: at most four bytes a pixel encoded, twice
+    # that for room; anything beyond is not an answer but a child gone wrong.
+    return len(pipeline.variants) * limits.max_pixels * 8 + 64 * len(data) + (1 << 20)
 
 
 def _error_from(described: dict[str, Any]) -> Exception:
@@ -410,10 +396,10 @@ def serve() -> None:
         answers.write(_READY)
         while True:
             try:
-                length = _read_length(requests)
+                (length,) = _LENGTH.unpack(_read_within(requests, _LENGTH.size, None))
             except EOFError:
                 return
-            data, pipeline, limits = pickle.loads(_read_exactly(requests, length))
+            data, pipeline, limits = pickle.loads(_read_within(requests, length, None))
             header, payload = _answer(data, pipeline, limits)
             encoded = json.dumps(header).encode()
             _write_all(answers, _LENGTH.pack(len(encoded)) + encoded)
@@ -439,18 +425,9 @@ def _answer(data: bytes, pipeline: Pipeline, limits: ImageLimits) -> tuple[dict[
         logger.exception("render failed")
         described = {"class": None, "message": f"unexpected {type(error).__name__}"}
         return {"error": described, "stages": stages, "payload": 0}, b""
+    # Every field but the bytes, which follow the header in order.
     header = [
-        {
-            "name": r.name,
-            "format": r.format,
-            "content_type": r.content_type,
-            "extension": r.extension,
-            "width": r.width,
-            "height": r.height,
-            "blurhash": r.blurhash,
-            "dominant_color": r.dominant_color,
-            "size": len(r.data),
-        }
+        {**attrs.asdict(r, filter=lambda field, _: field.name != "data"), "size": len(r.data)}
         for r in rendered
     ]
     payload = b"".join(r.data for r in rendered)
