@@ -75,7 +75,7 @@ from imageproc.errors import (
 )
 from imageproc.pipeline import Pipeline
 from imageproc.processor import Processor, Upload
-from imageproc.protocols import QueueLimits
+from imageproc.protocols import QueueLimits, queue_full
 from imageproc.ratelimit import WindowLimit
 from imageproc.signing import (
     ANY_OWNER,
@@ -236,6 +236,11 @@ def _guarded(endpoint: _Endpoint) -> _Endpoint:
     return guarded
 
 
+def _retry_after(seconds: float) -> dict[str, str]:
+    """The ``Retry-After`` header for a wait of ``seconds``: whole seconds, at least one."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
 def _client_address(request: Request) -> str | None:
     """Who failures are counted against: the client's address, IPv6 by its /64 (one host
     commonly holds a whole /64, so single addresses would not slow it), or None when the server
@@ -264,7 +269,6 @@ class _Service:
         api_keys: ApiKeys | None,
         signer: UrlSigner,
         max_upload_bytes: int,
-        max_queue_depth: int | None,
         max_priority: Mapping[str, int],
         url_ttl: timedelta,
         metrics_registry: prometheus_client.CollectorRegistry | None,
@@ -278,7 +282,6 @@ class _Service:
         # submit() refuses anything over the image limit too (as a 415); refusing it here, while
         # the body streams in, makes it a 413 and keeps the bytes off the server.
         self.max_upload_bytes = min(max_upload_bytes, processor.image_limits.max_bytes)
-        self.max_queue_depth = max_queue_depth
         self.url_ttl = url_ttl
         self.max_priority = dict(max_priority)
         self.metrics_registry = metrics_registry
@@ -305,7 +308,7 @@ class _Service:
                     429,
                     "too_many_auth_failures",
                     "too many requests without a valid API key from this address; try again later",
-                    {"Retry-After": str(max(1, math.ceil(left)))},
+                    _retry_after(left),
                 )
         owner = self._presented_owner(request)
         if owner is None:
@@ -375,33 +378,29 @@ class _Service:
         """429 if ``owner`` (without keys: the client's address) is past its uploads a minute."""
         if self.upload_rate is None:
             return
-        who = owner if owner is not None else (request.client.host if request.client else "")
+        who = owner if owner is not None else (_client_address(request) or "")
         wait = self.upload_rate.hit(who)
         if wait is not None:
             raise ApiError(
                 429,
                 "rate_limited",
                 f"more than {self.upload_rate.limit} uploads in a minute; try again later",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
+                _retry_after(wait),
             )
 
     async def check_queue_depth(self) -> None:
         """A cheap early refusal while the queue is clearly full, before the body is read (the
         reading may be half a second old: the check that counts is made as the task is
         recorded, :class:`~imageproc.QueueLimits`)."""
-        if self.max_queue_depth is None:
+        limits = self.processor.queue_limits
+        if limits is None or limits.max_queued is None:
             return
         now = time.monotonic()
         if self._depth is None or now - self._depth[0] > QUEUE_DEPTH_TTL:
             stats = await run_in_threadpool(self.processor.repository.queue_stats)
             self._depth = (now, stats.queued)
-        if self._depth[1] >= self.max_queue_depth:
-            raise ApiError(
-                429,
-                "queue_full",
-                "too many tasks are waiting; try again later",
-                {"Retry-After": str(RETRY_AFTER)},
-            )
+        if self._depth[1] >= limits.max_queued:
+            raise queue_full(limits.max_queued)
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -610,7 +609,6 @@ def create_app(
         api_keys=ApiKeys(api_keys) if api_keys else None,
         signer=UrlSigner(signing_keys),
         max_upload_bytes=max_upload_bytes,
-        max_queue_depth=max_queue_depth,
         max_priority=max_priority,
         url_ttl=url_ttl,
         metrics_registry=metrics_registry,

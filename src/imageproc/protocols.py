@@ -36,6 +36,7 @@ __all__ = [
     "Storage",
     "check_admission",
     "lease_lost",
+    "queue_full",
     "record_all",
     "renew_all",
     "renew_each",
@@ -93,6 +94,12 @@ class QueueLimits:
         return self.max_queued is not None or self.max_queued_per_owner is not None
 
 
+def queue_full(max_queued: int) -> QueueFull:
+    """The refusal of a task that the whole queue has no room for."""
+    # Not the count: how busy the service is is not every client's business.
+    return QueueFull(f"the queue is full (a limit of {max_queued}); try again later")
+
+
 def check_admission(
     queued: int, owner_queued: Mapping[str, int], adding: Sequence[Task], limits: QueueLimits
 ) -> None:
@@ -101,8 +108,7 @@ def check_admission(
     with counts read in the transaction that records ``adding``."""
     new = [task for task in adding if task.status == TaskStatus.QUEUED]
     if limits.max_queued is not None and queued + len(new) > limits.max_queued:
-        # Not the count: how busy the service is is not every client's business.
-        raise QueueFull(f"the queue is full (a limit of {limits.max_queued}); try again later")
+        raise queue_full(limits.max_queued)
     if limits.max_queued_per_owner is not None:
         for owner in sorted({task.owner for task in new if task.owner is not None}):
             mine = sum(1 for task in new if task.owner == owner)
