@@ -336,13 +336,7 @@ def _coerce(name: str, value: Any) -> Any:
     elif name == "presets":
         pairs = value.items() if isinstance(value, Mapping) else value
         value = tuple((preset, text) for preset, text in pairs)
-    elif name in (
-        "lease_seconds",
-        "url_ttl",
-        "header_timeout",
-        "body_timeout",
-        "auth_failure_window",
-    ) or (name == "render_timeout" and value is not None):
+    elif float in spec.types and isinstance(value, int):  # seconds given as a whole number
         value = float(value)
     spec.check(value)
     return value
@@ -432,12 +426,11 @@ class Settings:
     #: (:func:`imageproc.signing.key_bits`), with a warning at start, instead of refusing to
     #: start: for tests and development only.
     allow_weak_keys: bool = attrs.field(default=False, validator=_validated)
-    #: Missing or unknown API keys one client address may present within
-    #: ``auth_failure_window`` before it is answered 429 until the window ends; None: no limit.
-    #: Applies only with ``api_keys``.
+    #: Missing or unknown API keys one client address may present within any
+    #: ``auth_failure_window``; past that it is answered 429 until the oldest of them is that
+    #: old. None: no limit. Applies only with ``api_keys``.
     max_auth_failures: int | None = attrs.field(default=10, validator=_validated)
-    #: Seconds, from an address's first failed authentication, that ``max_auth_failures`` is
-    #: counted over.
+    #: Seconds (a sliding window) that ``max_auth_failures`` is counted over.
     auth_failure_window: float = attrs.field(default=60.0, validator=_validated)
     #: Worker threads, ``(min, max)``; from ``"4"`` or ``"2:8"``.
     workers: tuple[int, int] = attrs.field(default=(2, 2), validator=_validated)

@@ -23,10 +23,10 @@ Access rules:
   originals (``originals/…``, content-addressed and shared by an owner's tasks) are
   served only with a signature (``/status`` gives one as ``source.url``), never by owner.
 * Without ``api_keys`` everything is open and tasks have no owner.
-* After ``max_auth_failures`` missing or unknown keys from one client address within
+* After ``max_auth_failures`` missing or unknown keys from one client address within any
   ``auth_failure_window``, that address is answered ``429`` (``too_many_auth_failures``, with
-  ``Retry-After``) on every endpoint that needs a key, a valid key included, until the window
-  ends: guessing keys goes no faster than that.
+  ``Retry-After``) on every endpoint that needs a key, a valid key included, until the oldest of
+  those failures is that old: guessing keys goes no faster than that.
 
 This module is the only one that imports Starlette; ``import imageproc`` never loads it.
 """
@@ -564,11 +564,11 @@ def create_app(
             (:func:`imageproc.signing.key_bits`), logging a warning, instead of raising
             :class:`ValueError`: for tests and development only.
         max_auth_failures: missing or unknown API keys one client address may present within
-            ``auth_failure_window`` before its requests are answered 429
-            (``too_many_auth_failures``, with ``Retry-After``) until the window ends. None: no
-            limit. Only with ``api_keys``; IPv6 addresses count by their /64.
-        auth_failure_window: the window ``max_auth_failures`` is counted in, from an address's
-            first failure.
+            any ``auth_failure_window``; past that its requests are answered 429
+            (``too_many_auth_failures``, with ``Retry-After``) until the oldest of those
+            failures is that old. None: no limit. Only with ``api_keys``; IPv6 addresses count
+            by their /64.
+        auth_failure_window: the sliding window ``max_auth_failures`` is counted in.
 
     The app starts no workers; start them in your lifespan or run worker processes.
     """
