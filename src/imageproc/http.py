@@ -324,10 +324,7 @@ class _Service:
 
     def _presented_owner(self, request: Request) -> str | None:
         assert self.api_keys is not None
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return self.api_keys.owner_of(token.strip())
+        return self.api_keys.owner_of_authorization(request.headers.get("authorization", ""))
 
     def priority_cap(self, owner: str | None) -> int:
         """The highest priority ``owner`` (None: a client of an app without keys) may ask for."""

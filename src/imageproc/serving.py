@@ -306,11 +306,8 @@ class UploadLimit:
 
     def _owner(self, scope: Scope) -> str | None:
         for name, value in scope.get("headers", []):
-            if bytes(name).lower() == b"authorization":
-                scheme, _, token = bytes(value).decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and token.strip():
-                    return self.api_keys.owner_of(token.strip())
-                return None
+            if bytes(name).lower() == b"authorization":  # the first, as Starlette reads it
+                return self.api_keys.owner_of_authorization(bytes(value).decode("latin-1"))
         return None
 
     def _is_upload(self, scope: Scope) -> bool:

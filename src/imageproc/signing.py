@@ -238,6 +238,14 @@ class ApiKeys:
     def __bool__(self) -> bool:
         return bool(self._digests)
 
+    def owner_of_authorization(self, header: str) -> str | None:
+        """The owner of the key in an ``Authorization`` header's value (``Bearer <key>``), or
+        None if it holds no configured key."""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return self.owner_of(token.strip())
+
     def owner_of(self, presented: str) -> str | None:
         """The owner of ``presented``, or None if it is no configured key."""
         digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest().encode()
