@@ -39,6 +39,8 @@ from imageproc.task import TaskStatus
 from imageproc.taskjson import task_json
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from imageproc.backends.sql import SQLBackend
     from imageproc.imaging import ImageLimits, Rendered
     from imageproc.metrics import Metrics
@@ -277,7 +279,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError(
             f"serve needs the http extra (pip install 'imageproc[http]'): {error}"
         ) from None
-    from imageproc.signing import ApiKeys, parse_api_keys, parse_max_priorities
+    from imageproc.signing import parse_api_keys, parse_max_priorities
 
     metrics = _metrics_or_none()
     if metrics is None:
@@ -311,11 +313,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         with settings.processor(events=metrics, migrate=not args.no_migrate) as processor:
             if metrics is not None:
                 metrics.watch(processor)
-            api_keys = parse_api_keys(settings.api_keys) if settings.api_keys else None
             app = _guarded_app(
                 create_app(
                     processor,
-                    api_keys=api_keys,
+                    api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
                     signing_keys=settings.signing_keys,
                     max_upload_bytes=settings.max_upload_bytes,
                     max_queue_depth=settings.max_queue_depth,
@@ -329,7 +330,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                     auth_failure_window=timedelta(seconds=settings.auth_failure_window),
                 ),
                 settings,
-                ApiKeys(api_keys) if api_keys else None,
             )
             if not args.no_workers:
                 processor.start(settings.workers)
@@ -381,14 +381,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _guarded_app(app: Any, settings: Settings, api_keys: ApiKeys | None) -> Any:
-    """``app`` inside the bounds on slow bodies and on uploads per API key."""
+def _guarded_app(app: Starlette, settings: Settings) -> Any:
+    """``app`` (``create_app``'s) inside the bounds on slow bodies and on uploads per API key,
+    counted by the app's own keys."""
     from imageproc import serving
 
+    api_keys: ApiKeys | None = app.state.imageproc.api_keys
+    guarded: Any = app
     if api_keys is not None and settings.max_uploads_per_key is not None:
-        app = serving.UploadLimit(app, api_keys=api_keys, max_uploads=settings.max_uploads_per_key)
+        guarded = serving.UploadLimit(
+            guarded, api_keys=api_keys, max_uploads=settings.max_uploads_per_key
+        )
     # Outermost, so that a 429 sent before the body is read also closes the connection.
-    return serving.BodyDeadline(app, timeout=settings.body_timeout, min_rate=settings.body_min_rate)
+    return serving.BodyDeadline(
+        guarded, timeout=settings.body_timeout, min_rate=settings.body_min_rate
+    )
 
 
 def _metrics_or_none() -> Metrics | None:
