@@ -12,8 +12,8 @@ JPEG and a 12 MP PNG. For each, two jobs:
 Each job is run by each engine in a fresh process, so that its peak RSS is its own (``VmHWM``
 on Linux: a child's ``ru_maxrss`` there starts from its parent's peak):
 
-* ``imageproc``: ``imageproc.imaging.render`` with the pipeline, all variants in one call, with
-  glibc's malloc set as imageproc's worker pool sets it (``imageproc.allocator``: freed image
+* ``imageproc``: ``imageproc.engine.render`` with the pipeline, all variants in one call, with
+  glibc's malloc set as imageproc's worker pool sets it (``engine._allocator``: freed image
   memory kept for the next image rather than unmapped; the other engines keep glibc's defaults,
   which suit pyvips slightly better);
 * ``one by one`` (three variants only): one ``render`` call per variant, decoding each time;
@@ -123,18 +123,18 @@ def pipeline_text(variants: list[Variant]) -> str:
 def work(engine: str, variants: list[Variant], data: bytes) -> Callable[[], int]:
     """The job as a function returning the bytes it produced."""
     if engine in ("imageproc", "one by one"):
-        from imageproc import allocator
+        from imageproc.engine import _allocator as allocator
 
         allocator.reuse_image_memory()  # as WorkerPool.start does
     if engine == "imageproc":
         from imageproc import Pipeline
-        from imageproc.imaging import render
+        from imageproc.engine._imaging import render
 
         pipeline = Pipeline.parse(pipeline_text(variants))
         return lambda: sum(len(r.data) for r in render(data, pipeline))
     if engine == "one by one":
         from imageproc import Pipeline
-        from imageproc.imaging import render
+        from imageproc.engine._imaging import render
 
         pipelines = [Pipeline.parse(pipeline_text([variant])) for variant in variants]
         return lambda: sum(len(r.data) for p in pipelines for r in render(data, p))

@@ -73,11 +73,11 @@ from PIL import Image
 from psycopg import sql
 
 from imageproc import Lease, Processor, SourceInfo, Task, TaskStatus, Upload
-from imageproc.backends.sql import SQLBackend
-from imageproc.clock import utcnow
-from imageproc.execution import Recorder
-from imageproc.pipeline import DEFAULT_PIPELINE
-from imageproc.worker import WorkerPool
+from imageproc._clock import utcnow
+from imageproc._execution import Recorder
+from imageproc._worker import WorkerPool
+from imageproc.backends.sql._backend import SQLBackend
+from imageproc.pipeline._model import DEFAULT_PIPELINE
 
 WORKERS = 4
 DB_PREFIX = "queue_bench_"

@@ -7,8 +7,7 @@ production hands over one on PostgreSQL and S3 while the tests hand over one in 
 
 from __future__ import annotations
 
-from imageproc import InvalidImage, Processor, TaskStatus
-from imageproc.processor import Source
+from imageproc import InvalidImage, Processor, Source, TaskStatus
 
 #: The one pipeline the application uses, by name (``Processor(presets=PRESETS)``).
 PRESETS = {"avatar": "small=fill:64x64:smart,webp;large=fill:256x256:smart,webp"}

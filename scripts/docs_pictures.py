@@ -1,6 +1,6 @@
 """Before/after pictures of every operation and output format of the pipeline language.
 
-Every picture is made by the real engine (:func:`imageproc.imaging.render`) from a source image
+Every picture is made by the real engine (:func:`imageproc.engine.render`) from a source image
 drawn here, deterministically: a small landscape (sky on top, sun top left, a house on the left,
 a busy patch of detail on the right) with transparent rounded corners and a translucent bubble.
 A picture is one image: the source (before) and each variant's output (after), side by side at
@@ -26,8 +26,9 @@ from typing import Final, NamedTuple
 
 from PIL import Image, ImageDraw
 
-from imageproc import imaging
-from imageproc.pipeline import FORMATS, OPERATIONS, Pipeline
+from imageproc._formats import OUTPUT_FORMATS
+from imageproc.engine import render
+from imageproc.pipeline import OPERATIONS, Pipeline
 
 __all__ = ["PICTURES", "Picture", "coverage", "main", "pictures", "source_image"]
 
@@ -115,7 +116,7 @@ def coverage(selection: Sequence[Picture] | None = None) -> tuple[set[str], set[
 def missing() -> tuple[set[str], set[str]]:
     """Operations and formats of the pipeline language that no picture shows."""
     operations, formats = coverage()
-    return set(OPERATIONS) - operations, ({*FORMATS, "original"} - formats)
+    return set(OPERATIONS) - operations, ({*OUTPUT_FORMATS, "original"} - formats)
 
 
 def source_image() -> Image.Image:
@@ -233,7 +234,7 @@ def _compose(panels: Sequence[Image.Image]) -> Image.Image:
 def render_picture(picture: Picture, source: Image.Image) -> bytes:
     """One picture as PNG bytes: the source, then every variant's output, all made by the engine."""
     data, stored = _source_bytes(picture, source)
-    outputs = imaging.render(data, Pipeline.parse(picture.pipeline))
+    outputs = render(data, Pipeline.parse(picture.pipeline))
     afters = []
     for output in outputs:
         with Image.open(io.BytesIO(output.data)) as decoded:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from imageproc.backends.sql import SQLBackend
-from imageproc.clock import Clock, utcnow
+from imageproc._clock import Clock, utcnow
+from imageproc.backends.sql._backend import SQLBackend
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

@@ -12,8 +12,8 @@ from typing import BinaryIO
 import attrs
 
 from imageproc import Lease, ObjectInfo, Processor, Queue, SourceInfo, Storage, Task, TaskStatus
-from imageproc.clock import utcnow
-from imageproc.pipeline import DEFAULT_PIPELINE
+from imageproc._clock import utcnow
+from imageproc.pipeline._model import DEFAULT_PIPELINE
 from imageproc.testing import sample_image
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from imageproc.pipeline import (
+from imageproc._formats import OUTPUT_FORMATS
+from imageproc._retrying import RetryPolicy
+from imageproc.pipeline._model import (
     DEFAULT_QUALITY,
-    FORMATS,
     GRAVITIES,
     Blur,
     Colour,
@@ -23,7 +24,6 @@ from imageproc.pipeline import (
     Sharpen,
     Variant,
 )
-from imageproc.retrying import RetryPolicy
 
 sides = st.integers(min_value=1, max_value=8192)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}", fullmatch=True)
@@ -56,7 +56,7 @@ operations = st.one_of(
 
 @st.composite
 def encodings(draw: st.DrawFn) -> Encoding:
-    fmt = draw(st.sampled_from([*sorted(FORMATS), "original"]))
+    fmt = draw(st.sampled_from([*sorted(OUTPUT_FORMATS), "original"]))
     lossless = fmt == "webp" and draw(st.booleans())
     quality = None
     if fmt in DEFAULT_QUALITY and not lossless:

@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from imageproc import Processor, allocator
+from imageproc import Processor
+from imageproc.engine import _allocator as allocator
 
 glibc_only = pytest.mark.skipif(
     not sys.platform.startswith("linux") or allocator._glibc() is False, reason="glibc only"
@@ -19,8 +20,9 @@ _SECOND_RENDER_FAULTS = textwrap.dedent(
     """
     import io, resource, sys, threading
     from PIL import Image
-    from imageproc import Pipeline, allocator
-    from imageproc.imaging import render
+    from imageproc import Pipeline
+    from imageproc.engine import _allocator as allocator
+    from imageproc.engine._imaging import render
 
     print(allocator.reuse_image_memory() if sys.argv[1] == "reuse" else False)
     picture = Image.linear_gradient("L").resize((3000, 2000)).convert("RGB")

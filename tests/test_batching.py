@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from imageproc import Processor, Task, TaskStatus, Upload
-from imageproc.batching import SubmitBatcher
+from imageproc.http._batching import SubmitBatcher
 from imageproc.testing import memory_processor, sample_image
 
 TIMEOUT = 10

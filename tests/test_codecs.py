@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import ExifTags, Image, ImageCms, ImageDraw
 
 from imageproc import InvalidImage, InvalidPipeline
-from imageproc.codecs import (
+from imageproc.engine._codecs import (
     DEFAULT_FORMATS,
     HEIF_AVAILABLE,
     Decoded,
@@ -26,7 +26,7 @@ from imageproc.codecs import (
     open_checked,
     source_format,
 )
-from imageproc.pipeline import WHITE, Colour, Encoding
+from imageproc.pipeline._model import WHITE, Colour, Encoding
 from imageproc.testing import sample_image
 from tests.images import INVERSE
 
@@ -291,8 +291,8 @@ RSS_PROBE = textwrap.dedent(
     """
     import resource, sys, warnings
     warnings.simplefilter("ignore")
-    from imageproc.codecs import ImageLimits, decode
-    from imageproc.errors import InvalidImage
+    from imageproc.engine._codecs import ImageLimits, decode
+    from imageproc._errors import InvalidImage
     from imageproc.testing import sample_image
 
     def peak_kb():
@@ -495,7 +495,7 @@ def test_a_non_srgb_profile_is_converted() -> None:
     again = decode(data, LIMITS).metadata.icc_profile
     assert again == decoded.metadata.icc_profile
     code = (
-        "import sys; from imageproc.codecs import decode, ImageLimits;"
+        "import sys; from imageproc.engine._codecs import decode, ImageLimits;"
         " decoded = decode(sys.stdin.buffer.read(), ImageLimits());"
         " sys.stdout.write(decoded.metadata.icc_profile.hex())"
     )
@@ -885,7 +885,7 @@ def test_heif_is_allowed_exactly_when_pillow_heif_is_installed() -> None:
 
 
 def test_importing_imageproc_does_not_import_pillow_heif() -> None:
-    code = "import sys, imageproc, imageproc.codecs; print('pillow_heif' in sys.modules)"
+    code = "import sys, imageproc, imageproc.engine._codecs; print('pillow_heif' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )

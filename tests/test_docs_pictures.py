@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from imageproc import InvalidPipeline, Pipeline, PipelineLimits
-from imageproc.pipeline import FORMATS, OPERATIONS
+from imageproc._formats import OUTPUT_FORMATS
+from imageproc.pipeline import OPERATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "docs_pictures.py"
@@ -70,7 +71,7 @@ def _section(title: str) -> str:
 def test_every_operation_and_format_has_a_picture(script: ModuleType) -> None:
     operations, formats = script.coverage()
     assert set(OPERATIONS) <= operations
-    assert {*FORMATS, "original"} <= formats
+    assert {*OUTPUT_FORMATS, "original"} <= formats
     assert script.missing() == (set(), set())
 
 

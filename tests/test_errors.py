@@ -5,7 +5,7 @@ import inspect
 import pytest
 
 import imageproc
-from imageproc import errors
+from imageproc import _errors as errors
 
 ERRORS = [
     obj

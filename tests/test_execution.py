@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import pytest
 
 from imageproc import BackendUnavailable, Lease, LeaseLost, Task, TaskStatus
-from imageproc.backends.memory import MemoryQueue, MemoryRepository
-from imageproc.clock import utcnow
-from imageproc.execution import Recorder
-from imageproc.retrying import RetryPolicy
+from imageproc._clock import utcnow
+from imageproc._execution import Recorder
+from imageproc._retrying import RetryPolicy
+from imageproc.backends._memory import MemoryQueue, MemoryRepository
 from tests.doubles import new_task
 
 TIMEOUT = 10.0

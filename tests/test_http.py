@@ -30,10 +30,10 @@ from imageproc import (
     StorageError,
     TaskError,
 )
-from imageproc.backends.fsspec import FsspecStorage
-from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
-from imageproc.http import create_app
-from imageproc.signing import UrlSigner
+from imageproc._signing import UrlSigner
+from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.backends.fsspec._storage import FsspecStorage
+from imageproc.http._app import create_app
 from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
 from tests.strategies import foreign_digits
 
@@ -1054,7 +1054,7 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
 
 
 def test_importing_imageproc_does_not_import_starlette() -> None:
-    code = "import sys, imageproc, imageproc.signing; print('starlette' in sys.modules)"
+    code = "import sys, imageproc, imageproc._signing; print('starlette' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )

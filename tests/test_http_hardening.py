@@ -27,9 +27,9 @@ from PIL import Image
 
 from tests.test_cli import environment, free_port
 
-pytest.importorskip("imageproc.serving", reason="the http extra is not installed")
+pytest.importorskip("imageproc.http", reason="the http extra is not installed")
 
-from imageproc.serving import RedactQuerySecrets, redact_query_secrets
+from imageproc.http._serving import RedactQuerySecrets, redact_query_secrets
 from tests.processes import end
 
 pytestmark = pytest.mark.timeout(120)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imageproc import ImageLimits, InvalidImage, InvalidPipeline, Pipeline
-from imageproc.imaging import check_output_sizes, probe, render
+from imageproc.engine._imaging import check_output_sizes, probe, render
 from imageproc.testing import sample_image
 from tests.images import INVERSE
 
@@ -194,7 +194,7 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
 
 
 def test_draft_scale_allows_what_every_variant_can_afford() -> None:
-    from imageproc.imaging import draft_scale
+    from imageproc.engine._imaging import draft_scale
 
     def scale(text: str, width: int = 4000, height: int = 3000) -> int:
         return draft_scale(Pipeline.parse(text), width, height)
@@ -215,7 +215,7 @@ def test_draft_scale_allows_what_every_variant_can_afford() -> None:
 
 def decoded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """Sizes of the images ``render`` decodes from now on, in order."""
-    from imageproc import imaging
+    from imageproc.engine import _imaging as imaging
 
     sizes: list[tuple[int, int]] = []
     real = imaging.decode
@@ -231,7 +231,7 @@ def decoded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 def resamplings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """(from, to) sizes of every scaling ``render`` does from now on, in order."""
-    from imageproc import transforms
+    from imageproc.engine import _transforms as transforms
 
     calls: list[tuple[tuple[int, int], tuple[int, int]]] = []
     real = transforms._resize

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imageproc import InvalidKey
-from imageproc.keys import (
+from imageproc._keys import (
     MAX_KEY_LENGTH,
     OWNER_DIGEST_CHARS,
     output_key,

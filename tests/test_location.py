@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from imageproc import InvalidImage, Processor
-from imageproc.location import strip_location
+from imageproc.engine._location import strip_location
 from imageproc.testing import memory_processor
 
 XMP = (

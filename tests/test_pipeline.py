@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imageproc import Encoding, Fit, InvalidPipeline, Pipeline, PipelineLimits, Resize, Variant
-from imageproc.pipeline import (
+from imageproc.pipeline._model import (
     DEFAULT_PIPELINE,
     MAX_JSON_DEPTH,
     Blur,

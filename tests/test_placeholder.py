@@ -8,7 +8,7 @@ import blurhash  # type: ignore[import-untyped]
 import pytest
 from PIL import Image, ImageDraw
 
-from imageproc.placeholder import placeholder
+from imageproc.engine._placeholder import placeholder
 
 
 def picture(size: tuple[int, int] = (640, 480)) -> Image.Image:
@@ -75,7 +75,7 @@ def test_fast_on_a_large_image() -> None:
 
 
 def test_blurhash_is_imported_only_when_used() -> None:
-    code = "import sys, imageproc.placeholder; print('blurhash' in sys.modules)"
+    code = "import sys, imageproc.engine._placeholder; print('blurhash' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )

@@ -24,12 +24,12 @@ from imageproc import (
     TaskStatus,
     Upload,
     WaitTimeout,
-    keys,
 )
-from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
-from imageproc.clock import utcnow
-from imageproc.events import Events
-from imageproc.protocols import ObjectInfo
+from imageproc import _keys as keys
+from imageproc._clock import utcnow
+from imageproc._events import Events
+from imageproc._protocols import ObjectInfo
+from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.testing import (
     FAST_OPTIONS,
     FastForwardClock,

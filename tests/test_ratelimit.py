@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from imageproc.ratelimit import WindowLimit
+from imageproc.http._ratelimit import WindowLimit
 
 
 class Clock:

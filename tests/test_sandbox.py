@@ -24,9 +24,9 @@ from imageproc import (
     RenderFailed,
     RenderTimeout,
     TaskStatus,
-    sandbox,
 )
-from imageproc.sandbox import InlineRenderer, ProcessRenderer
+from imageproc import _sandbox as sandbox
+from imageproc._sandbox import InlineRenderer, ProcessRenderer
 from imageproc.testing import memory_processor, sample_image
 from tests.images import progressive_jpeg
 
@@ -197,7 +197,7 @@ def test_a_render_process_ends_with_its_parent(tmp_path: Path) -> None:
         f"""
         import threading, time
         from imageproc import ImageLimits, Pipeline
-        from imageproc.sandbox import ProcessRenderer
+        from imageproc._sandbox import ProcessRenderer
         renderer = ProcessRenderer(timeout=None)
         data = open({str(bomb)!r}, "rb").read()
         threading.Thread(

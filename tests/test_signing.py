@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imageproc.signing import (
+from imageproc._signing import (
     MIN_KEY_BITS,
     ApiKeys,
     UrlSigner,

@@ -12,10 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from imageproc import ImageTooLarge, InvalidImage, structure
-from imageproc.codecs import ImageLimits
-from imageproc.imaging import probe, render
-from imageproc.pipeline import Pipeline
+from imageproc import ImageTooLarge, InvalidImage
+from imageproc.engine import _structure as structure
+from imageproc.engine._codecs import ImageLimits
+from imageproc.engine._imaging import probe, render
+from imageproc.pipeline._model import Pipeline
 from imageproc.testing import sample_image
 from tests.images import progressive_jpeg
 

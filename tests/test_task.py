@@ -8,8 +8,8 @@ import attrs
 import pytest
 
 from imageproc import IllegalTransition, Output, SourceInfo, Task, TaskError, TaskStatus
-from imageproc.pipeline import DEFAULT_PIPELINE
-from imageproc.task import TRANSITIONS, new_task_id
+from imageproc._task import TRANSITIONS, new_task_id
+from imageproc.pipeline._model import DEFAULT_PIPELINE
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=5)

@@ -6,10 +6,10 @@ import attrs
 import pytest
 from starlette.testclient import TestClient
 
-from imageproc.http import create_app
-from imageproc.imaging import probe
-from imageproc.task import TaskError, TaskStatus
-from imageproc.taskjson import task_json
+from imageproc._task import TaskError, TaskStatus
+from imageproc._taskjson import task_json
+from imageproc.engine._imaging import probe
+from imageproc.http._app import create_app
 from imageproc.testing import memory_processor, sample_image
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from imageproc import StorageError, TaskStatus
-from imageproc.backends.memory import MemoryStorage
+from imageproc.backends._memory import MemoryStorage
 from imageproc.testing import FlakyStorage, memory_processor, sample_image
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from imageproc.errors import InvalidPipeline
-from imageproc.pipeline import (
+from imageproc._errors import InvalidPipeline
+from imageproc.engine._transforms import apply, fill_box
+from imageproc.pipeline._model import (
     Blur,
     Colour,
     Crop,
@@ -17,7 +18,6 @@ from imageproc.pipeline import (
     Rotate,
     Sharpen,
 )
-from imageproc.transforms import apply, fill_box
 
 
 def quadrants(width: int = 80, height: int = 40) -> Image.Image:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from imageproc import BackendUnavailable, BatchQueue, Lease, Processor, Queue, TaskStatus
-from imageproc.backends.memory import MemoryQueue, MemoryRepository, MemoryStorage
-from imageproc.clock import utcnow
-from imageproc.execution import Recorder
+from imageproc._clock import utcnow
+from imageproc._execution import Recorder
+from imageproc._worker import WorkerPool
+from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.testing import FAST_OPTIONS, FastForwardClock, sample_image
-from imageproc.worker import WorkerPool
 from tests.doubles import CountingQueue, SlowStorage, new_task, run_to_completion, wait_until
 
 TINY = sample_image(64, 48)

@@ -12,7 +12,7 @@ once, make every variant, store them and record the result::
 """
 
 from imageproc.__version__ import __version__
-from imageproc.errors import (
+from imageproc._errors import (
     BackendUnavailable,
     ConfigurationError,
     IllegalTransition,
@@ -31,27 +31,9 @@ from imageproc.errors import (
     TaskNotFound,
     WaitTimeout,
 )
-from imageproc.events import Events
-from imageproc.imaging import ImageLimits
-from imageproc.pipeline import (
-    Blur,
-    Colour,
-    Crop,
-    Encoding,
-    Fill,
-    Fit,
-    Flip,
-    Grayscale,
-    Pad,
-    Pipeline,
-    PipelineLimits,
-    Resize,
-    Rotate,
-    Sharpen,
-    Variant,
-)
-from imageproc.processor import Processor, Upload
-from imageproc.protocols import (
+from imageproc._events import Events
+from imageproc._processor import Processor, Source, Upload
+from imageproc._protocols import (
     BatchQueue,
     Lease,
     ObjectInfo,
@@ -61,8 +43,28 @@ from imageproc.protocols import (
     Repository,
     Storage,
 )
-from imageproc.retrying import RetryPolicy
-from imageproc.task import Output, SourceInfo, Task, TaskError, TaskStatus
+from imageproc._retrying import RetryPolicy
+from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
+from imageproc._taskjson import task_json
+from imageproc.engine._imaging import ImageLimits
+from imageproc.pipeline._model import (
+    Blur,
+    Colour,
+    Crop,
+    Encoding,
+    Fill,
+    Fit,
+    Flip,
+    Grayscale,
+    Operation,
+    Pad,
+    Pipeline,
+    PipelineLimits,
+    Resize,
+    Rotate,
+    Sharpen,
+    Variant,
+)
 
 __all__ = [
     "BackendUnavailable",
@@ -89,6 +91,7 @@ __all__ = [
     "LeaseLost",
     "ObjectInfo",
     "ObjectNotFound",
+    "Operation",
     "Output",
     "Pad",
     "Pipeline",
@@ -105,6 +108,7 @@ __all__ = [
     "RetryPolicy",
     "Rotate",
     "Sharpen",
+    "Source",
     "SourceInfo",
     "Storage",
     "StorageError",
@@ -116,4 +120,14 @@ __all__ = [
     "Variant",
     "WaitTimeout",
     "__version__",
+    "task_json",
 ]
+
+# As httpx does: the public names say they come from ``imageproc`` (in tracebacks, reprs and
+# pickles), not from the private module that defines them.
+# Type aliases (``Source``) have no module of their own to rename.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) or callable(_value):
+        _value.__module__ = "imageproc"
+del _name, _value

@@ -33,20 +33,20 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from imageproc.__version__ import __version__
+from imageproc._errors import ConfigurationError, ImageprocError, InvalidPipeline
+from imageproc._task import TaskStatus
+from imageproc._taskjson import task_json
 from imageproc.config import LOG_LEVELS, Settings, parse_whole_number
-from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline
-from imageproc.task import TaskStatus
-from imageproc.taskjson import task_json
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from imageproc.backends.sql import SQLBackend
-    from imageproc.imaging import ImageLimits, Rendered
+    from imageproc._signing import ApiKeys
+    from imageproc._task import Task
+    from imageproc.backends.sql._backend import SQLBackend
+    from imageproc.engine._imaging import ImageLimits, Rendered
     from imageproc.metrics import Metrics
-    from imageproc.pipeline import Pipeline
-    from imageproc.signing import ApiKeys
-    from imageproc.task import Task
+    from imageproc.pipeline._model import Pipeline
 
 __all__ = ["main", "task_to_json"]
 
@@ -273,13 +273,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         import uvicorn
 
-        from imageproc import serving
-        from imageproc.http import create_app
+        from imageproc.http import _serving as serving
+        from imageproc.http._app import create_app
     except ImportError as error:
         raise ConfigurationError(
             f"serve needs the http extra (pip install 'imageproc[http]'): {error}"
         ) from None
-    from imageproc.signing import parse_api_keys, parse_max_priorities
+    from imageproc._signing import parse_api_keys, parse_max_priorities
 
     metrics = _metrics_or_none()
     if metrics is None:
@@ -384,7 +384,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _guarded_app(app: Starlette, settings: Settings) -> Any:
     """``app`` (``create_app``'s) inside the bounds on slow bodies and on uploads per API key,
     counted by the app's own keys."""
-    from imageproc import serving
+    from imageproc.http import _serving as serving
 
     api_keys: ApiKeys | None = app.state.imageproc.api_keys
     guarded: Any = app
@@ -451,8 +451,8 @@ def _safe_url(url: str) -> str:
 
 
 def _process(args: argparse.Namespace, settings: Settings) -> int:
-    from imageproc.imaging import ImageLimits
-    from imageproc.pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
+    from imageproc.engine._imaging import ImageLimits
+    from imageproc.pipeline._model import DEFAULT_PIPELINE, Pipeline, PipelineLimits
 
     if args.jobs < 1:
         raise _UsageError(f"--jobs must be at least 1, got {args.jobs}")
@@ -518,7 +518,7 @@ def _refuse_shared_names(files: list[Path]) -> None:
 
 def _process_one(path: Path, pipeline: Pipeline, limits: ImageLimits, out: Path) -> str | None:
     """Render every variant of one file into ``out``; the problem as text, or None."""
-    from imageproc import imaging
+    from imageproc.engine import _imaging as imaging
 
     try:
         with path.open("rb") as file:
@@ -608,7 +608,7 @@ def _records(settings: Settings, command: str) -> Iterator[SQLBackend]:
 
 
 def _sql_backend(settings: Settings, command: str) -> SQLBackend:
-    from imageproc.backends.sql import SQLBackend
+    from imageproc.backends.sql._backend import SQLBackend
 
     _check_database(settings, command)
     return SQLBackend(settings.database_url)
@@ -637,7 +637,7 @@ def _check_database(settings: Settings, command: str) -> None:
 
 def task_to_json(task: Task) -> dict[str, Any]:
     """``task`` as ``status`` and ``tasks`` print it: the document ``GET /status`` returns
-    (:func:`imageproc.taskjson.task_json`), for an operator: without URLs, with the real error
+    (:func:`imageproc._taskjson.task_json`), for an operator: without URLs, with the real error
     messages, the owner and when the task is next due."""
     return task_json(task, operator=True)
 

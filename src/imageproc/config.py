@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from imageproc.errors import ConfigurationError
+from imageproc._errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from imageproc.processor import Processor
+    from imageproc._processor import Processor
 
 __all__ = [
     "ENV_PREFIX",
@@ -198,20 +198,20 @@ def _check_nonempty(value: str) -> None:
 def _check_api_keys(value: str) -> None:
     # The HTTP adapter's own parser, so a bad pair is refused at startup with the same message the
     # adapter would give. It never echoes a key.
-    from imageproc.signing import parse_api_keys
+    from imageproc._signing import parse_api_keys
 
     parse_api_keys(value)
 
 
 def _check_max_priority(value: str) -> None:
-    from imageproc.signing import parse_max_priorities
+    from imageproc._signing import parse_max_priorities
 
     parse_max_priorities(value)
 
 
 def _check_presets(value: tuple[tuple[str, str], ...]) -> None:
-    from imageproc.errors import InvalidPipeline
-    from imageproc.pipeline import Pipeline
+    from imageproc._errors import InvalidPipeline
+    from imageproc.pipeline._model import Pipeline
 
     for name, pipeline in value:
         if not isinstance(name, str) or not name or not isinstance(pipeline, str):
@@ -414,16 +414,16 @@ class Settings:
     #: Where originals and outputs are stored: ``file://path``, ``s3://bucket/prefix``, ….
     storage_url: str = attrs.field(default="file://imageproc-data", validator=_validated)
     #: ``owner:key`` pairs separated by commas (a key may be ``sha256:<hex>``); empty: no auth.
-    #: Parse with :func:`imageproc.signing.parse_api_keys`.
+    #: Parse with :func:`imageproc.http.parse_api_keys`.
     api_keys: str = attrs.field(default="", validator=_validated, repr=False)
     #: ``owner:N`` pairs separated by commas: the highest priority each owner's uploads may ask
     #: for over HTTP (higher is refused with 403); ``*:N`` for everyone else. Empty: -1000 to
-    #: 1000 for all. Parse with :func:`imageproc.signing.parse_max_priorities`.
+    #: 1000 for all. Parse with :func:`imageproc._signing.parse_max_priorities`.
     max_priority: str = attrs.field(default="", validator=_validated)
     #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
     signing_keys: tuple[str, ...] = attrs.field(default=(), validator=_validated, repr=False)
     #: Accept API keys and signing keys estimated under 128 bits
-    #: (:func:`imageproc.signing.key_bits`), with a warning at start, instead of refusing to
+    #: (:func:`imageproc._signing.key_bits`), with a warning at start, instead of refusing to
     #: start: for tests and development only.
     allow_weak_keys: bool = attrs.field(default=False, validator=_validated)
     #: Missing or unknown API keys one client address may present within any
@@ -501,7 +501,7 @@ class Settings:
     strip_location: bool = attrs.field(default=False, validator=_validated)
 
     def __attrs_post_init__(self) -> None:
-        from imageproc.signing import (
+        from imageproc._signing import (
             ANY_OWNER,
             STRONG_KEY_HINT,
             parse_api_keys,
@@ -533,8 +533,8 @@ class Settings:
         # A default pipeline that names no preset must be a pipeline: say so at startup, naming
         # the setting, rather than when the processor is built.
         if self.pipeline is not None and self.pipeline not in dict(self.presets):
-            from imageproc.errors import InvalidPipeline
-            from imageproc.pipeline import Pipeline
+            from imageproc._errors import InvalidPipeline
+            from imageproc.pipeline._model import Pipeline
 
             try:
                 Pipeline.parse(self.pipeline)
@@ -597,10 +597,10 @@ class Settings:
         policy, ``presets``, ``presets_only``, and ``max_upload_bytes`` and ``max_pixels`` as
         the image limits).
         """
-        from imageproc.imaging import ImageLimits
-        from imageproc.processor import Processor
-        from imageproc.protocols import QueueLimits
-        from imageproc.retrying import RetryPolicy
+        from imageproc._processor import Processor
+        from imageproc._protocols import QueueLimits
+        from imageproc._retrying import RetryPolicy
+        from imageproc.engine._imaging import ImageLimits
 
         options.setdefault("lease_seconds", self.lease_seconds)
         options.setdefault("render_timeout", self.render_timeout)

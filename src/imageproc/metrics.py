@@ -32,13 +32,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from imageproc.events import STAGES, Events
-from imageproc.task import Task, TaskStatus
+from imageproc._events import STAGES, Events
+from imageproc._task import Task, TaskStatus
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from imageproc.processor import Processor
+    from imageproc._processor import Processor
 
 __all__ = ["Metrics"]
 
@@ -50,7 +50,7 @@ _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 
 
 class Metrics(Events):
-    """Prometheus collectors fed by the Processor's :class:`~imageproc.events.Events` hooks.
+    """Prometheus collectors fed by the Processor's :class:`~imageproc.Events` hooks.
 
     ``registry`` defaults to a new :class:`~prometheus_client.CollectorRegistry` (exposed as
     :attr:`registry`), so several Processors or tests never collide in the global one.

@@ -19,11 +19,11 @@ from typing import Any, BinaryIO
 
 from PIL import Image, ImageDraw
 
-from imageproc.clock import utcnow
-from imageproc.errors import ImageprocError, StorageError
-from imageproc.processor import Processor
-from imageproc.protocols import ObjectInfo, Storage
-from imageproc.retrying import RetryPolicy
+from imageproc._clock import utcnow
+from imageproc._errors import ImageprocError, StorageError
+from imageproc._processor import Processor
+from imageproc._protocols import ObjectInfo, Storage
+from imageproc._retrying import RetryPolicy
 
 __all__ = ["FastForwardClock", "FlakyStorage", "memory_processor", "sample_image"]
 
@@ -80,7 +80,7 @@ def sample_image(
 
 
 class FlakyStorage:
-    """Wrap a :class:`~imageproc.protocols.Storage` so its first ``failures`` calls (of the
+    """Wrap a :class:`~imageproc.Storage` so its first ``failures`` calls (of the
     ``methods`` named) raise ``error`` instead. ``failures=None`` fails every call."""
 
     def __init__(

@@ -4,7 +4,7 @@ import attrs
 import pytest
 
 from imageproc import Queue, Repository
-from imageproc.backends.memory import MemoryQueue, MemoryRepository
+from imageproc.backends._memory import MemoryQueue, MemoryRepository
 from imageproc.testing import FastForwardClock
 from tests.databases import make_backend
 

@@ -9,8 +9,8 @@ import attrs
 import pytest
 
 from imageproc import QueueFull, QueueLimits, Repository, TaskError, TaskStatus
-from imageproc.backends.sql import SQLBackend
-from imageproc.task import Task
+from imageproc._task import Task
+from imageproc.backends.sql._backend import SQLBackend
 from tests.backends.conftest import Backend
 from tests.doubles import new_task
 

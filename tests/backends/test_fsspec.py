@@ -33,9 +33,9 @@ from imageproc import (
     StorageError,
     TaskStatus,
 )
-from imageproc.backends import fsspec as fsspec_backend
-from imageproc.backends.fsspec import S3_ENDPOINT_ENV, FsspecStorage
-from imageproc.backends.memory import MemoryQueue, MemoryRepository
+from imageproc.backends._memory import MemoryQueue, MemoryRepository
+from imageproc.backends.fsspec import _storage as fsspec_backend
+from imageproc.backends.fsspec._storage import S3_ENDPOINT_ENV, FsspecStorage
 from imageproc.testing import FAST_OPTIONS, sample_image
 from tests.s3server import S3Server
 
@@ -361,7 +361,7 @@ def test_importing_needs_no_s3fs(tmp_path: Any) -> None:
     code = """
 import sys
 import imageproc
-import imageproc.backends.fsspec
+import imageproc.backends.fsspec._storage
 S3 = {"s3fs", "botocore", "aiobotocore", "boto3", "aiohttp"}
 assert not S3 & {name.split(".")[0] for name in sys.modules}, "an S3 package was imported"
 
@@ -372,7 +372,7 @@ class NoS3:
 
 sys.meta_path.insert(0, NoS3())
 from imageproc import ConfigurationError
-from imageproc.backends.fsspec import FsspecStorage
+from imageproc.backends.fsspec._storage import FsspecStorage
 storage = FsspecStorage("memory://no-s3fs")
 storage.put("k", b"x", content_type="image/png")
 assert storage.get("k") == b"x"

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from imageproc import BackendUnavailable, TaskStatus
-from imageproc.backends import groupcommit
-from imageproc.backends.groupcommit import GroupCommit
-from imageproc.backends.sql import SQLBackend
+from imageproc.backends.sql import _groupcommit as groupcommit
+from imageproc.backends.sql._backend import SQLBackend
+from imageproc.backends.sql._groupcommit import GroupCommit
 from tests.databases import impatient_sqlite, make_backend, sqlite_write_lock
 from tests.doubles import new_task
 

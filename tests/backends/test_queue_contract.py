@@ -12,8 +12,8 @@ import attrs
 import pytest
 
 from imageproc import LeaseLost, Output, TaskError, TaskNotFound, TaskStatus
-from imageproc.clock import utcnow
-from imageproc.pipeline import Pipeline
+from imageproc._clock import utcnow
+from imageproc.pipeline._model import Pipeline
 from tests.backends.conftest import Backend
 from tests.doubles import new_task
 

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imageproc import InvalidKey, ObjectInfo, ObjectNotFound, Storage, StorageError
-from imageproc.backends.fsspec import FsspecStorage
-from imageproc.backends.memory import MemoryStorage
-from imageproc.keys import MAX_KEY_LENGTH, validate_key
+from imageproc._keys import MAX_KEY_LENGTH, validate_key
+from imageproc.backends._memory import MemoryStorage
+from imageproc.backends.fsspec._storage import FsspecStorage
 
 #: In-place retries that keep a failing test quick.
 FAST_RETRIES: dict[str, Any] = {"retry_attempts": 3, "retry_wait": 0.001, "retry_max_wait": 0.01}

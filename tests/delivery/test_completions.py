@@ -11,11 +11,11 @@ from contextlib import contextmanager
 import pytest
 
 from imageproc import Processor, TaskStatus, WaitTimeout
-from imageproc.clock import utcnow
-from imageproc.delivery import waiting
-from imageproc.delivery.completions import Completions
-from imageproc.delivery.waiting import wait_for_end
-from imageproc.task import Task, TaskError
+from imageproc._clock import utcnow
+from imageproc._task import Task, TaskError
+from imageproc.delivery import _waiting as waiting
+from imageproc.delivery._completions import Completions
+from imageproc.delivery._waiting import wait_for_end
 from imageproc.testing import sample_image
 from tests.doubles import new_task, wait_until
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from imageproc.backends.sqlschema import VERSION_TABLE, metadata
+from imageproc.backends.sql._schema import VERSION_TABLE, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from imageproc.backends.sqlschema import UTCDateTime
+from imageproc.backends.sql._schema import UTCDateTime
 
 revision = "0001"
 down_revision = None

@@ -1,0 +1,536 @@
+"""The :class:`Processor`: the public entry point, a thin composition of the parts.
+
+* :mod:`imageproc._submission` checks uploads, stores originals and records their tasks;
+* :mod:`imageproc._execution` carries out one lease and records its outcome;
+* :mod:`imageproc._worker` runs leases on a pool of threads;
+* :mod:`imageproc.backends._urls` builds backends from URLs;
+* :mod:`imageproc.delivery._completions` tells ``wait`` when a task has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Self
+
+import attrs
+
+from imageproc._clock import Clock, utcnow
+from imageproc._errors import ConfigurationError, ImageprocError
+from imageproc._events import Events
+from imageproc._execution import Execution, Recorder
+from imageproc._protocols import Lease, Queue, QueueLimits, Repository, Storage
+from imageproc._retrying import RetryPolicy
+from imageproc._sandbox import InlineRenderer, ProcessRenderer, Renderer
+from imageproc._submission import PipelineSpec, Source, Submission, Upload
+from imageproc._task import Task, TaskStatus
+from imageproc._worker import WorkerPool
+from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.backends._urls import backends_from_urls
+from imageproc.delivery._waiting import wait_for_end
+from imageproc.engine._imaging import ImageLimits
+from imageproc.pipeline._model import Pipeline, PipelineLimits
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+__all__ = ["Processor", "Source", "Upload"]
+
+logger = logging.getLogger("imageproc")
+
+_CHANGE_TRIES = 5
+
+
+class Processor:
+    """Submit images, let workers make their variants, and read the results.
+
+    The three backends can be anything that implements :mod:`imageproc._protocols`; the class
+    methods :meth:`in_memory` and :meth:`from_urls` build common combinations.
+
+    Args:
+        pipeline: what a task gets when ``submit`` names none (default: one 800 px wide JPEG).
+        presets: named pipelines that ``submit`` accepts by name.
+        presets_only: accept nothing but preset names (for pipelines that come from remote clients).
+        retry: how failing tasks and calls are tried again (:class:`~imageproc.RetryPolicy`:
+            attempts per task, requeue backoff and jitter, in-place tries).
+        lease_seconds: how long a worker's claim lasts between heartbeats.
+        isolation: where the image work of a task runs: ``"process"`` (the default) in a render
+            process, where ``render_timeout`` holds even inside a decoder and a cancelled task's
+            work is stopped (:mod:`imageproc._sandbox`); ``"thread"`` in the worker's thread,
+            with neither, for trusted images only.
+        queue_limits: how many tasks may wait, in all and per owner
+            (:class:`~imageproc.QueueLimits`), checked atomically as each task is recorded and
+            when :meth:`retry` queues one again; beyond them :class:`~imageproc.QueueFull`.
+        strip_location: take location data (EXIF GPS, XMP ``exif:GPS…``) out of each original
+            before it is stored, pixels untouched; JPEG, PNG and WebP
+            (:func:`imageproc.engine.strip_location`).
+        render_timeout: most seconds one task's decode, transforms and encodes may take (wall
+            time; None for no limit). Past it the render process is killed and the task fails
+            with :class:`~imageproc.RenderTimeout`. Only with ``isolation="process"``.
+        image_limits: what an upload may be (bytes, pixels, formats).
+        pipeline_limits: what a pipeline may ask for (largest side, variants, operations).
+        poll_interval: longest an idle worker sleeps before it looks for work again.
+        clock: where timestamps come from (timezone-aware UTC).
+        events: hooks called as tasks move (:class:`imageproc.Events`; metrics use it).
+        max_attempts: shortcut for ``retry=RetryPolicy(max_attempts=…)``, kept for a release.
+        backoff_base: shortcut for the policy's ``backoff_base``, kept for a release.
+        backoff_max: shortcut for the policy's ``backoff_max``, kept for a release.
+        in_place_tries: shortcut for the policy's ``in_place_tries``, kept for a release.
+        in_place_wait: shortcut for the policy's ``in_place_wait``, kept for a release.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        queue: Queue,
+        repository: Repository,
+        *,
+        pipeline: PipelineSpec = None,
+        presets: Mapping[str, Pipeline | str] | None = None,
+        presets_only: bool = False,
+        retry: RetryPolicy | None = None,
+        lease_seconds: float = 30.0,
+        isolation: Literal["process", "thread"] = "process",
+        render_timeout: float | None = 60.0,
+        queue_limits: QueueLimits | None = None,
+        strip_location: bool = False,
+        image_limits: ImageLimits | None = None,
+        pipeline_limits: PipelineLimits | None = None,
+        poll_interval: float = 0.5,
+        clock: Clock = utcnow,
+        events: Events | None = None,
+        max_attempts: int | None = None,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        in_place_tries: int | None = None,
+        in_place_wait: float | None = None,
+    ) -> None:
+        if lease_seconds <= 0:
+            raise ConfigurationError("lease_seconds must be positive")
+        renderer: Renderer
+        if isolation == "process":
+            try:
+                renderer = ProcessRenderer(timeout=render_timeout)
+            except ValueError as error:
+                raise ConfigurationError(f"render_timeout: {error}") from None
+        elif isolation == "thread":
+            renderer = InlineRenderer()
+        else:
+            raise ConfigurationError(f"isolation must be 'process' or 'thread', not {isolation!r}")
+        try:
+            self._retry = (retry or RetryPolicy()).replacing(
+                max_attempts=max_attempts,
+                backoff_base=backoff_base,
+                backoff_max=backoff_max,
+                in_place_tries=in_place_tries,
+                in_place_wait=in_place_wait,
+            )
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self._clock = clock
+        self._events = events or Events()
+        self._storage, self._queue, self._repository = storage, queue, repository
+        self._recorder = Recorder(queue, retry=self._retry)
+        self._submission = Submission(
+            storage,
+            repository,
+            pipeline=pipeline,
+            presets=presets,
+            presets_only=presets_only,
+            image_limits=image_limits,
+            pipeline_limits=pipeline_limits,
+            retry=self._storage_retry,
+            clock=clock,
+            events=self._events,
+            queue_limits=queue_limits,
+            strip_location=strip_location,
+        )
+        self._execution = Execution(
+            storage,
+            self._recorder,
+            image_limits=self._submission.image_limits,
+            retry=self._storage_retry,
+            clock=clock,
+            events=self._events,
+            renderer=renderer,
+        )
+        self._pool: WorkerPool | None = None
+        self._pool_lock = threading.Lock()
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def in_memory(cls, **options: Any) -> Processor:
+        """A Processor whose storage, repository and queue all live in memory (tests, scripts)."""
+        repository = MemoryRepository(clock=options.get("clock", utcnow))
+        return cls(MemoryStorage(), MemoryQueue(repository), repository, **options)
+
+    @classmethod
+    def from_urls(
+        cls,
+        database_url: str,
+        storage_url: str,
+        *,
+        migrate: bool = True,
+        engine_options: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Processor:
+        """Build a Processor from a database URL and a storage URL.
+
+        Databases: ``sqlite:///path.db`` (the embedded default), ``postgresql+psycopg://…``
+        (``postgresql://`` means the same), or ``memory://``. The SQL schema is created or
+        upgraded unless ``migrate=False``; ``engine_options`` go to SQLAlchemy.
+
+        Storage: ``file://path``, ``s3://bucket/prefix``, ``memory://`` or any other fsspec
+        protocol installed; ``storage_options`` go to the filesystem (e.g. ``endpoint_url`` for
+        an S3-compatible server). Other keyword arguments are Processor options.
+        """
+        backends = backends_from_urls(
+            database_url,
+            storage_url,
+            migrate=migrate,
+            clock=options.get("clock", utcnow),
+            engine_options=engine_options,
+            storage_options=storage_options,
+        )
+        return cls(backends.storage, backends.queue, backends.repository, **options)
+
+    def close(self) -> None:
+        """Stop the workers and release the backends' connections (those that hold any)."""
+        self.stop()
+        self._submission.close()
+        closed: set[int] = set()
+        for backend in (self.queue, self.repository, self.storage):
+            close = getattr(backend, "close", None)
+            if callable(close) and id(backend) not in closed:
+                closed.add(id(backend))
+                close()
+
+    # -- the parts, and their settings ------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        """Where originals and outputs are kept (replaceable: tests wrap it)."""
+        return self._storage
+
+    @storage.setter
+    def storage(self, storage: Storage) -> None:
+        self._storage = self._submission.storage = self._execution.storage = storage
+        self._submission.retry = self._execution.retry = self._storage_retry
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """How failing tasks and calls are tried again (replaceable)."""
+        return self._retry
+
+    @retry_policy.setter
+    def retry_policy(self, policy: RetryPolicy) -> None:
+        self._retry = self._recorder.retry = policy
+        self._submission.retry = self._execution.retry = self._storage_retry
+
+    @property
+    def clock(self) -> Clock:
+        """Where timestamps come from (replaceable)."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self._clock = self._submission.clock = self._execution.clock = clock
+
+    @property
+    def events(self) -> Events:
+        """The hooks called as tasks move (replaceable)."""
+        return self._events
+
+    @events.setter
+    def events(self, events: Events) -> None:
+        self._events = self._submission.events = self._execution.events = events
+
+    @property
+    def queue(self) -> Queue:
+        """Where workers lease tasks (replaceable before :meth:`start`: tests wrap it)."""
+        return self._queue
+
+    @queue.setter
+    def queue(self, queue: Queue) -> None:
+        self._queue = self._recorder.queue = queue
+
+    @property
+    def repository(self) -> Repository:
+        """Where tasks are recorded."""
+        return self._repository
+
+    @property
+    def _storage_retry(self) -> RetryPolicy:
+        # A storage that retries transient errors itself is not retried around again: that would
+        # multiply the attempts (and the waits) for nothing.
+        if getattr(self._storage, "retries_transient_errors", False):
+            return attrs.evolve(self._retry, in_place_tries=1)
+        return self._retry
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts per task before it is ``dead`` (from :attr:`retry_policy`)."""
+        return self.retry_policy.max_attempts
+
+    @property
+    def backoff_base(self) -> float:
+        """Seconds before the first requeued try (from :attr:`retry_policy`)."""
+        return self._retry.backoff_base
+
+    @property
+    def backoff_max(self) -> float:
+        """Longest requeue delay (from :attr:`retry_policy`)."""
+        return self._retry.backoff_max
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """What an upload may be."""
+        return self._submission.image_limits
+
+    @property
+    def pipeline_limits(self) -> PipelineLimits:
+        """What a pipeline may ask for."""
+        return self._submission.pipeline_limits
+
+    @property
+    def presets(self) -> dict[str, Pipeline]:
+        """The named pipelines ``submit`` accepts by name."""
+        return self._submission.presets
+
+    @property
+    def presets_only(self) -> bool:
+        """Whether only preset names are accepted."""
+        return self._submission.presets_only
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline of a task whose submit names none."""
+        return self._submission.pipeline
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before the next try after ``attempt`` failed (:meth:`RetryPolicy.backoff`)."""
+        return self.retry_policy.backoff(attempt)
+
+    # -- the task API -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        source: Source,
+        pipeline: PipelineSpec = None,
+        *,
+        priority: int = 0,
+        owner: str | None = None,
+    ) -> Task:
+        """Store an image and queue a task to make the variants of ``pipeline`` from it.
+
+        ``pipeline`` is a :class:`Pipeline`, its text form, a preset name, or None for the
+        Processor's default. The pipeline and the image header are checked before anything is
+        stored: a bad one raises :class:`~imageproc.InvalidPipeline` or
+        :class:`~imageproc.InvalidImage` and leaves nothing behind.
+        """
+        return self._submission.submit(Upload(source, pipeline, priority=priority, owner=owner))
+
+    def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
+        """Submit several uploads at once: for each, in order, its task or the exception that
+        refused it (what :meth:`submit` would raise for it alone).
+
+        Each upload is checked and its original stored on its own, so a bad one does not stop
+        the others; the originals are written concurrently, and the accepted tasks are recorded
+        in one transaction (one commit, and on a local disk one sync, for all of them). A task is
+        recorded only once its original is stored.
+        """
+        return self._submission.submit_many(uploads)
+
+    def get(self, task_id: str) -> Task:
+        """The task with this id; :class:`~imageproc.TaskNotFound` if there is none."""
+        return self.repository.get(task_id)
+
+    def wait(self, task_id: str, timeout: float) -> Task:
+        """Block until the task is in a final status and return it.
+
+        Woken by the completion itself: at once when this process recorded it, through
+        ``LISTEN``/``NOTIFY`` when another process did on PostgreSQL, and within a short poll
+        (0.1 s) when another process did on SQLite. Raises :class:`~imageproc.WaitTimeout` (a
+        :class:`TimeoutError`) after ``timeout`` seconds.
+        """
+        completions = getattr(self.repository, "completions", None)
+        return wait_for_end(self.get, task_id, timeout=timeout, completions=completions)
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel a queued or processing task; a worker still processing it will not record a
+        result. :class:`~imageproc.IllegalTransition` if the task has already ended.
+
+        With ``isolation="process"`` its render is stopped: at once if it runs in this
+        process, otherwise when that worker's heartbeat finds the lease gone (within a third of
+        ``lease_seconds``)."""
+        cancelled = self._change(task_id, lambda task: task.cancel(self.clock()))
+        self._execution.abort(task_id)
+        return cancelled
+
+    def retry(self, task_id: str) -> Task:
+        """Queue a failed or dead task again, with a fresh allowance of attempts; it counts
+        against :attr:`queue_limits` as a new task does (:class:`~imageproc.QueueFull`)."""
+        return self._change(
+            task_id, lambda task: task.retry(self.clock()), **self._submission.limits()
+        )
+
+    @property
+    def queue_limits(self) -> QueueLimits | None:
+        """How many tasks may wait (:class:`~imageproc.QueueLimits`); may be replaced."""
+        return self._submission.queue_limits
+
+    @queue_limits.setter
+    def queue_limits(self, limits: QueueLimits | None) -> None:
+        self._submission.queue_limits = limits
+
+    def tasks(
+        self, status: TaskStatus, *, owner: str | None = None, limit: int = 100
+    ) -> list[Task]:
+        """Up to ``limit`` tasks in ``status`` (of ``owner`` only, if given), the most recently
+        changed first. ``tasks(TaskStatus.DEAD)`` is the dead-letter set: look at each task's
+        ``error``, fix the cause, then :meth:`retry` it."""
+        return self.repository.find(status, owner=owner, limit=limit)
+
+    def read(self, key: str) -> bytes:
+        """The stored object under ``key`` (an original's or an output's key)."""
+        return self._storage_retry.call(self.storage.get, key)
+
+    def open(self, key: str) -> BinaryIO:
+        """A binary stream over the stored object under ``key``; close it when done."""
+        return self._storage_retry.call(self.storage.open, key)
+
+    def purge(self, older_than: timedelta, *, batch: int = 500) -> int:
+        """Delete tasks that finished more than ``older_than`` ago, with their outputs, and each
+        original no remaining task uses. Returns how many tasks were deleted.
+
+        Records go first and files after, so a crash in between leaves unreferenced files
+        (wasted space), never a task whose files are gone.
+        """
+        cutoff = self.clock() - older_than
+        deleted = 0
+        while purged := self.repository.purge(cutoff, limit=batch):
+            deleted += len(purged)
+            for task in purged:
+                for output in task.outputs:
+                    self._storage_retry.call(self.storage.delete, output.key)
+            for source_key in {task.source_key for task in purged}:
+                if not self.repository.source_in_use(source_key):
+                    self._storage_retry.call(self.storage.delete, source_key)
+            if len(purged) < batch:
+                break
+        return deleted
+
+    # -- workers ----------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> WorkerPool | None:
+        """The running worker pool, if :meth:`start` was called and :meth:`stop` was not."""
+        return self._pool
+
+    def start(self, workers: int | tuple[int, int] = 4, *, idle_timeout: float = 30.0) -> None:
+        """Start background worker threads in this process and return at once.
+
+        ``workers`` is a count, or ``(min, max)`` to grow the pool while tasks wait and shrink it
+        back after workers have been idle for ``idle_timeout`` seconds. Stop them with
+        :meth:`stop` (or by leaving the ``with`` block).
+        """
+        with self._pool_lock:
+            if self._pool is not None and self._pool.running:
+                raise RuntimeError("workers are already running; stop() them first")
+            low, high = (workers, workers) if isinstance(workers, int) else workers
+            self._pool = WorkerPool(
+                self.queue,
+                self._execution.start,
+                min_workers=low,
+                max_workers=high,
+                idle_timeout=idle_timeout,
+                lease_seconds=self.lease_seconds,
+                poll_interval=self.poll_interval,
+                clock=self.clock,
+                # By its token: the same task claimed again here must not be stopped too.
+                on_lost=lambda lease: self._execution.abort(lease.task.id, lease.token),
+            )
+            self._pool.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let tasks in flight finish for up to ``timeout`` seconds, then release
+        the leases of any still running so another worker takes them at once."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop(timeout)
+
+    def run(self, workers: int | tuple[int, int] = 4, *, stop_timeout: float = 30.0) -> None:
+        """Run workers in the foreground until SIGINT or SIGTERM, then stop them gracefully.
+
+        For a dedicated worker process; call it from the main thread.
+        """
+        stop = threading.Event()
+
+        def _handle(signum: int, frame: FrameType | None) -> None:
+            logger.info("received %s, stopping", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start(workers)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop(stop_timeout)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def run_until_idle(self, *, worker: str = "inline") -> int:
+        """Process every task that is due, one by one in this thread; return how many were run.
+
+        Tasks put back with a backoff delay are not due, so this always returns.
+        """
+        count = 0
+        while leases := self.queue.claim(worker, lease_seconds=self.lease_seconds):
+            for lease in leases:
+                self.process(lease)
+                count += 1
+        return count
+
+    def process(self, lease: Lease) -> Task | None:
+        """Carry out one leased task and record its outcome (:meth:`Execution.run
+        <imageproc._execution.Execution.run>`).
+
+        Returns the task as recorded, or None if the lease was lost meanwhile (the task was
+        cancelled, or its lease expired and another worker owns it now). Never raises for a
+        problem with the task itself: a permanent error fails the task, a transient one puts it
+        back with a backoff delay or, out of attempts, makes it dead.
+        """
+        return self._execution.run(lease)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _change(self, task_id: str, change: Callable[[Task], Task], **limits: QueueLimits) -> Task:
+        # Compare-and-set, so a worker finishing at the same moment is never overwritten.
+        for _ in range(_CHANGE_TRIES):
+            current = self.get(task_id)
+            changed = change(current)
+            if self.repository.update(changed, expected=current, **limits):
+                return changed
+        raise ImageprocError(f"task {task_id} kept changing; try again", transient=True)

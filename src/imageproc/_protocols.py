@@ -1,0 +1,316 @@
+"""The three interfaces between imageproc and the outside world, and the values they pass.
+
+* :class:`Storage` keeps bytes under keys (originals and outputs).
+* :class:`Repository` keeps task records.
+* :class:`Queue` hands queued tasks to workers, under leases.
+
+A backend may implement Repository and Queue on one table (the SQL backend does), so that
+recording a status and moving the task in the queue happen together. The queue is
+*at-least-once*: a claimed task is invisible to other claimers until its lease expires; the holder
+renews the lease while it works (a heartbeat), then completes the task or releases it with a delay;
+a lease that expires makes the task claimable again, so a crashed worker loses nothing. Every
+operation that records a result checks the lease token, so a worker whose lease was taken over
+cannot overwrite the new holder's result. Claim order: higher ``priority`` first, then the earliest
+``available_at``, then the oldest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import BinaryIO, Protocol, runtime_checkable
+
+import attrs
+
+from imageproc._errors import LeaseLost, QueueFull
+from imageproc._task import Task, TaskStatus
+
+__all__ = [
+    "BatchQueue",
+    "Lease",
+    "ObjectInfo",
+    "Queue",
+    "QueueLimits",
+    "QueueStats",
+    "Repository",
+    "Storage",
+    "check_admission",
+    "lease_lost",
+    "queue_full",
+    "record_all",
+    "renew_all",
+    "renew_each",
+]
+
+
+@attrs.frozen
+class Lease:
+    """A worker's claim on one task, valid until ``expires_at`` unless renewed."""
+
+    #: The task as claimed: status ``processing``, this attempt already counted.
+    task: Task
+    #: Unique to this claim; completing, renewing or releasing checks it.
+    token: str
+    #: Who holds the lease (for logs and inspection).
+    worker: str
+    expires_at: datetime
+
+
+@attrs.frozen
+class QueueStats:
+    """How the queue stands, for metrics and back-pressure."""
+
+    #: Tasks waiting to be claimed (due now or later).
+    queued: int
+    #: Tasks a worker holds.
+    processing: int
+    #: When the longest-waiting task that is due became due, or None if none is due.
+    oldest_due_at: datetime | None
+
+
+@attrs.frozen
+class QueueLimits:
+    """How many tasks may wait to be claimed: checked in the transaction that records a task
+    (or queues one again by an explicit retry), and its place reserved there, so a burst of
+    uploads cannot pass the limit however many arrive at once. Beyond it:
+    :class:`~imageproc.QueueFull`. A task a worker gives back (a transient failure) is already
+    counted and never refused."""
+
+    #: Most tasks queued at once, all owners together; None: no limit.
+    max_queued: int | None = None
+    #: Most tasks one owner may have queued at once, so one owner filling the queue does not
+    #: lock every other owner out; None: no limit. Tasks without an owner are not counted here.
+    max_queued_per_owner: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_queued", "max_queued_per_owner"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def any(self) -> bool:
+        """Whether any limit is set."""
+        return self.max_queued is not None or self.max_queued_per_owner is not None
+
+
+def queue_full(max_queued: int) -> QueueFull:
+    """The refusal of a task that the whole queue has no room for."""
+    # Not the count: how busy the service is is not every client's business.
+    return QueueFull(f"the queue is full (a limit of {max_queued}); try again later")
+
+
+def check_admission(
+    queued: int, owner_queued: Mapping[str, int], adding: Sequence[Task], limits: QueueLimits
+) -> None:
+    """Raise :class:`~imageproc.QueueFull` if adding the queued ones of ``adding`` to
+    ``queued`` tasks in all (``owner_queued`` by owner) would pass ``limits``. Backends call it
+    with counts read in the transaction that records ``adding``."""
+    new = [task for task in adding if task.status == TaskStatus.QUEUED]
+    if limits.max_queued is not None and queued + len(new) > limits.max_queued:
+        raise queue_full(limits.max_queued)
+    if limits.max_queued_per_owner is not None:
+        for owner in sorted({task.owner for task in new if task.owner is not None}):
+            mine = sum(1 for task in new if task.owner == owner)
+            if owner_queued.get(owner, 0) + mine > limits.max_queued_per_owner:
+                raise QueueFull(
+                    f"{owner_queued.get(owner, 0)} of this owner's tasks are waiting, the limit"
+                    f" is {limits.max_queued_per_owner}; try again later"
+                )
+
+
+@attrs.frozen
+class ObjectInfo:
+    """What storage knows about one object."""
+
+    key: str
+    size: int
+    content_type: str
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Bytes under validated keys.
+
+    Implementations map their own errors to :class:`~imageproc.StorageError` (transient or not)
+    and :class:`~imageproc.ObjectNotFound`, and refuse unsafe keys with
+    :class:`~imageproc.InvalidKey` (see :func:`imageproc._keys.validate_key`).
+    """
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
+        """Store ``data`` under ``key``, replacing any object there; never leave half an object."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The whole object under ``key``."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object under ``key``; the caller closes it."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and content type of the object under ``key``."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``; a missing object is not an error."""
+        ...
+
+    def url(self, key: str, *, expires: timedelta) -> str | None:
+        """A URL that fetches the object directly until ``expires`` passes, or None if the
+        backend cannot give one."""
+        ...
+
+
+@runtime_checkable
+class Repository(Protocol):
+    """Task records. Every method may raise :class:`~imageproc.BackendUnavailable`."""
+
+    def add(self, task: Task, *, limits: QueueLimits | None = None) -> None:
+        """Record a new task. A ``queued`` task becomes claimable from the queue at once.
+        With ``limits``, :class:`~imageproc.QueueFull` (and nothing recorded) if it would pass
+        them, checked atomically with the insert."""
+        ...
+
+    def add_many(self, tasks: Sequence[Task], *, limits: QueueLimits | None = None) -> None:
+        """Record several new tasks at once, all or none (one transaction where there are
+        transactions): a ``ValueError`` if any id is already recorded or given twice, and then
+        nothing is recorded. The ``queued`` ones become claimable at once, as with :meth:`add`.
+        With ``limits``, :class:`~imageproc.QueueFull` if they would not all fit.
+        """
+        ...
+
+    def get(self, task_id: str) -> Task:
+        """The task with this id, or :class:`~imageproc.TaskNotFound`."""
+        ...
+
+    def update(self, task: Task, *, expected: Task, limits: QueueLimits | None = None) -> bool:
+        """Replace the record of ``task.id`` if it is still as ``expected`` says (the same status
+        and ``updated_at``): a compare-and-set. With ``limits``, a change to ``queued`` that
+        would pass them is refused with :class:`~imageproc.QueueFull`.
+
+        Returns False (and changes nothing) if the task has moved on meanwhile. Any lease on the
+        task is dropped, so its holder can no longer record a result. Used for changes made outside
+        a lease: cancel and retry. Raises :class:`~imageproc.TaskNotFound`.
+        """
+        ...
+
+    def purge(self, before: datetime, *, limit: int = 500) -> list[Task]:
+        """Delete up to ``limit`` tasks in a final status that finished before ``before``, oldest
+        first, and return them (so their stored files can be deleted too)."""
+        ...
+
+    def source_in_use(self, source_key: str) -> bool:
+        """Whether any task still refers to the original stored under ``source_key``."""
+        ...
+
+    def find(self, status: TaskStatus, *, owner: str | None = None, limit: int = 100) -> list[Task]:
+        """Up to ``limit`` tasks in ``status`` (of ``owner`` only, if given), the most recently
+        changed first: the dead-letter set is ``find(TaskStatus.DEAD)``."""
+        ...
+
+    def queue_stats(self) -> QueueStats:
+        """How many tasks are queued and processing, and how long the oldest due one waits."""
+        ...
+
+
+@runtime_checkable
+class Queue(Protocol):
+    """Claimable tasks under leases; any method may raise :class:`~imageproc.BackendUnavailable`."""
+
+    def claim(self, worker: str, *, lease_seconds: float, limit: int = 1) -> list[Lease]:
+        """Lease up to ``limit`` claimable tasks, in claim order, and mark them ``processing``.
+
+        Claimable: ``queued`` and due, or ``processing`` under a lease that has expired.
+        """
+        ...
+
+    def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
+        """Extend ``lease`` by ``lease_seconds`` from now; :class:`~imageproc.LeaseLost` if it is
+        no longer held."""
+        ...
+
+    def complete(self, lease: Lease, task: Task) -> None:
+        """Record ``task`` (in a final status) and end the lease; :class:`~imageproc.LeaseLost` if
+        it is no longer held, in which case nothing is recorded."""
+        ...
+
+    def release(self, lease: Lease, task: Task) -> None:
+        """Record ``task`` (``queued``, due at its ``available_at``) and end the lease;
+        :class:`~imageproc.LeaseLost` if it is no longer held."""
+        ...
+
+    def wait(self, timeout: float) -> None:
+        """Block until a task may have become claimable, or ``timeout`` seconds pass."""
+        ...
+
+
+@runtime_checkable
+class BatchQueue(Queue, Protocol):
+    """A :class:`Queue` that also renews and records many leases in one call. Optional: the
+    worker pool uses these when a queue has them (the memory and SQL backends do), and
+    :meth:`Queue.renew`, :meth:`Queue.complete` and :meth:`Queue.release` one by one when not.
+    """
+
+    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+        """Renew several leases at once (one statement where there are statements): for each,
+        in order, the renewed lease, or None if it is no longer held. A worker pool's
+        heartbeat renews every lease it holds with one call."""
+        ...
+
+    def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
+        """Record several outcomes at once, each ``(lease, task)`` as :meth:`complete` (a final
+        ``task``) or :meth:`release` (``task`` queued again) would, in one transaction where
+        there are transactions; each is written only while *its* lease (the task and the
+        lease's token) is held. Returns, for each, whether it was recorded. Workers record the
+        outcomes that are ready together with one call."""
+        ...
+
+
+def lease_lost(lease: Lease) -> LeaseLost:
+    """The error for ``lease`` no longer being held (its task was taken over or ended)."""
+    return LeaseLost(f"lease on task {lease.task.id} is no longer held by {lease.worker}")
+
+
+def renew_all(queue: Queue, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
+    """Renew ``leases`` through ``queue``: in one call if it is a :class:`BatchQueue`, else one
+    by one. For each lease, the renewed one or None if it is no longer held."""
+    if isinstance(queue, BatchQueue):
+        return queue.renew_many(leases, lease_seconds=lease_seconds)
+    return renew_each(queue, leases, lease_seconds=lease_seconds)
+
+
+def renew_each(
+    queue: Queue, leases: Sequence[Lease], *, lease_seconds: float
+) -> list[Lease | None]:
+    """Renew ``leases`` one :meth:`Queue.renew` at a time: for each, the renewed lease or None
+    if it is no longer held (a queue with nothing better to do in ``renew_many`` uses this)."""
+    renewed: list[Lease | None] = []
+    for lease in leases:
+        try:
+            renewed.append(queue.renew(lease, lease_seconds=lease_seconds))
+        except LeaseLost:
+            renewed.append(None)
+    return renewed
+
+
+def record_all(queue: Queue, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
+    """Record ``results`` through ``queue``: in one call if it is a :class:`BatchQueue`, else
+    with :meth:`Queue.complete` or :meth:`Queue.release` each. For each, whether it was
+    recorded (False: its lease was no longer held)."""
+    if isinstance(queue, BatchQueue):
+        return queue.record_many(results)
+    recorded: list[bool] = []
+    for lease, task in results:
+        try:
+            (queue.complete if task.status.is_final else queue.release)(lease, task)
+        except LeaseLost:
+            recorded.append(False)
+        else:
+            recorded.append(True)
+    return recorded

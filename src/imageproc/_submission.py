@@ -1,0 +1,398 @@
+"""Submission: checking uploads, storing their originals, and recording their tasks.
+
+An upload is checked whole before anything is stored (its priority, its pipeline against the
+limits and presets, its bytes and image header, the sizes of the outputs it asks for); its
+original is then stored under a content-addressed key, and only then is its task recorded as
+``queued``. A refused upload leaves nothing behind, and a recorded task always has its original.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, Final
+
+import attrs
+
+from imageproc import _keys as keys
+from imageproc._clock import Clock
+from imageproc._errors import (
+    ImageprocError,
+    InvalidImage,
+    InvalidInput,
+    InvalidPipeline,
+    QueueFull,
+    copies_for,
+    copy_of,
+)
+from imageproc._events import Events, emit
+from imageproc._formats import content_type_for, extension_for
+from imageproc._protocols import QueueLimits, Repository, Storage
+from imageproc._retrying import RetryPolicy
+from imageproc._task import SourceInfo, Task
+from imageproc.engine import _imaging as imaging
+from imageproc.engine import _location as location
+from imageproc.engine._imaging import ImageLimits
+from imageproc.pipeline._model import DEFAULT_PIPELINE, Pipeline, PipelineLimits
+
+__all__ = ["PipelineSpec", "Source", "Submission", "Upload"]
+
+logger = logging.getLogger("imageproc")
+
+#: What ``submit`` accepts as an image: its bytes, a binary file object, or a path.
+Source = bytes | bytearray | memoryview | IO[bytes] | str | os.PathLike[str]
+#: A :class:`Pipeline`, its text form, a preset name, or None for the default.
+PipelineSpec = Pipeline | str | None
+
+#: Threads that store the originals of one submit_many concurrently (they wait on disk or
+#: network, not on the CPU).
+_IO_THREADS: Final = 8
+
+
+class Submission:
+    """Checks uploads, stores their originals and records their tasks; :class:`Processor`'s
+    ``submit`` and ``submit_many`` are this class's.
+
+    ``storage`` and ``repository`` may be replaced on a live instance (tests wrap them).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        repository: Repository,
+        *,
+        pipeline: PipelineSpec = None,
+        presets: Mapping[str, Pipeline | str] | None = None,
+        presets_only: bool = False,
+        image_limits: ImageLimits | None = None,
+        pipeline_limits: PipelineLimits | None = None,
+        retry: RetryPolicy | None = None,
+        clock: Clock,
+        events: Events | None = None,
+        queue_limits: QueueLimits | None = None,
+        strip_location: bool = False,
+    ) -> None:
+        self.storage = storage
+        self.repository = repository
+        #: Take location data out of originals before they are stored
+        #: (:func:`imageproc.engine.strip_location`).
+        self.strip_location = strip_location
+        #: Checked when each task is recorded (:class:`~imageproc.QueueLimits`).
+        self.queue_limits = queue_limits
+        self.image_limits = image_limits or ImageLimits()
+        self.pipeline_limits = pipeline_limits or PipelineLimits()
+        self.retry = retry or RetryPolicy()
+        self.clock = clock
+        self.events = events or Events()
+        self.presets_only = presets_only
+        self.presets: dict[str, Pipeline] = {}
+        for name, spec in (presets or {}).items():
+            preset = spec if isinstance(spec, Pipeline) else Pipeline.parse(spec)
+            self.pipeline_limits.check(preset)
+            self.presets[name] = preset
+        self.pipeline = DEFAULT_PIPELINE
+        if pipeline is not None:
+            self.pipeline = self._resolve(pipeline, allow_any=True)
+        self._lock = threading.Lock()
+        self._io: ThreadPoolExecutor | None = None
+        self._io_closed = False
+
+    def close(self) -> None:
+        """Stop the I/O threads; a later ``submit_many`` is refused upload by upload."""
+        with self._lock:
+            # A submit_many after close() is refused, upload by upload, instead of starting
+            # threads nobody would stop.
+            io, self._io, self._io_closed = self._io, None, True
+        if io is not None:
+            io.shutdown()
+
+    def submit(self, upload: Upload) -> Task:
+        """Check ``upload``, store its original, record its task; raise what refused it."""
+        prepared = self._prepare(upload)
+        self._store_original(prepared)
+        task = self._new_task(prepared)
+        self.repository.add(task, **self.limits())
+        self._submitted(task)
+        return task
+
+    def limits(self) -> dict[str, QueueLimits]:
+        """The keyword that gives a repository the queue limits, if there are any: a
+        repository written before limits existed takes none, and is given none without them."""
+        limits = self.queue_limits
+        return {"limits": limits} if limits is not None and limits.any else {}
+
+    def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
+        """Several uploads at once, as :meth:`Processor.submit_many
+        <imageproc._processor.Processor.submit_many>` describes: for each, its task or the
+        exception that refused it."""
+        results: list[Task | Exception | _Prepared] = []
+        # Each original is stored (on the I/O threads) as soon as its upload has been checked,
+        # while the next is checked; the same bytes twice are stored once.
+        storing: dict[str, Future[None]] = {}
+        for upload in uploads:
+            try:
+                item = self._prepare(upload)
+            except Exception as error:  # this upload's alone (a closed file, say)
+                results.append(error)
+                continue
+            results.append(item)
+            if item.key not in storing:
+                storing[item.key] = self._store_soon(item, alone=len(uploads) == 1)
+        stored = {key: _stored(future) for key, future in storing.items()}
+        prepared = [item for item in results if isinstance(item, _Prepared)]
+        accepted = [item for item in prepared if stored[item.key] is None]
+        tasks = {id(item): self._new_task(item) for item in accepted}
+        unrecorded = self._record_new(accepted, tasks)
+        final: list[Task | Exception] = []
+        given: set[int] = set()  # errors already handed out (same bytes twice in one batch)
+        for result in results:
+            if not isinstance(result, _Prepared):
+                final.append(result)
+            elif (refused := stored[result.key] or unrecorded.get(id(result))) is not None:
+                final.append(copy_of(refused) if id(refused) in given else refused)
+                given.add(id(refused))
+            else:
+                task = tasks[id(result)]
+                self._submitted(task)
+                final.append(task)
+        return final
+
+    def _record_new(
+        self, accepted: list[_Prepared], tasks: dict[int, Task]
+    ) -> dict[int, Exception]:
+        """Record the tasks in one transaction; for each that was not, the error (by the id of
+        its upload)."""
+        if not tasks:
+            return {}
+        try:
+            self.repository.add_many(list(tasks.values()), **self.limits())
+        except QueueFull as error:
+            if len(tasks) == 1:
+                return {id(accepted[0]): error}
+            # Not all of them fit: each alone, so the ones that do are recorded.
+        except ImageprocError as error:  # the database is unavailable: every task is refused
+            copies = copies_for(error, len(accepted))
+            return {id(item): copy for item, copy in zip(accepted, copies, strict=True)}
+        except Exception as error:
+            if len(tasks) == 1:
+                return {id(accepted[0]): error}
+        else:
+            return {}
+        # One task's fault (a value the database cannot hold, say) must not refuse the others:
+        # each alone, so only its own upload gets the error.
+        refused: dict[int, Exception] = {}
+        for item in accepted:
+            try:
+                self.repository.add(tasks[id(item)], **self.limits())
+            except Exception as error:
+                refused[id(item)] = error
+        return refused
+
+    def _prepare(self, upload: Upload) -> _Prepared:
+        """Check an upload (priority, pipeline, bytes, header, output sizes) before storing it."""
+        priority = upload.priority
+        if not _PRIORITIES[0] <= priority <= _PRIORITIES[1]:
+            raise InvalidInput(
+                f"priority must be a whole number from {_PRIORITIES[0]} to {_PRIORITIES[1]},"
+                f" got {priority}"
+            )
+        spec = upload.pipeline
+        resolved = self.pipeline if spec is None else self._resolve(spec)
+        data = _read_source(upload.source, self.image_limits.max_bytes)
+        info = imaging.probe(data, self.image_limits)
+        if self.strip_location:
+            stripped = location.strip_location(data, info.format)
+            if stripped is not data:  # the original stored, and addressed, is the stripped one
+                data = stripped
+                info = attrs.evolve(info, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        imaging.check_output_sizes(
+            resolved, info.width, info.height, self.image_limits, input_format=info.format
+        )
+        # Per owner: finding another owner's bytes already stored would skip the write, and the
+        # time saved would tell this owner that someone else uploaded them.
+        key = keys.source_key(info.sha256, extension_for(info.format), upload.owner)
+        return _Prepared(upload, resolved, data, info, key)
+
+    def _new_task(self, upload: _Prepared) -> Task:
+        return Task.new(
+            pipeline=upload.pipeline,
+            source_key=upload.key,
+            source=upload.info,
+            now=self.clock(),
+            max_attempts=self.retry.max_attempts,
+            priority=upload.upload.priority,
+            owner=upload.upload.owner,
+        )
+
+    def _store_original(self, upload: _Prepared) -> None:
+        # Content-addressed: the same owner's upload is stored once, however often submitted.
+        if not self.retry.call(self.storage.exists, upload.key):
+            content_type = content_type_for(upload.info.format)
+            self.retry.call(
+                lambda: self.storage.put(upload.key, upload.data, content_type=content_type)
+            )
+
+    def _store_soon(self, upload: _Prepared, *, alone: bool) -> Future[None]:
+        """Store the original on an I/O thread (at once on this one if ``alone``); any
+        exception is the upload's own, in the future."""
+        if alone:
+            return _settled(self._store_original, upload)
+        try:
+            executor = self._io_executor()
+        except RuntimeError as error:  # the Processor is closed
+            return _settled(_raise, error)
+        return executor.submit(self._store_original, upload)
+
+    def _io_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._io_closed:
+                raise RuntimeError("the Processor is closed")
+            if self._io is None:
+                self._io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="imageproc-io")
+            return self._io
+
+    def _submitted(self, task: Task) -> None:
+        logger.debug("submitted task %s (%s)", task.id, task.pipeline)
+        emit(self.events, "submitted", task)
+
+    def _resolve(self, spec: Pipeline | str, *, allow_any: bool = False) -> Pipeline:
+        if isinstance(spec, str) and spec in self.presets:
+            return self.presets[spec]
+        if self.presets_only and not allow_any:
+            # Only the work the presets describe, in whichever form it comes: a Pipeline value
+            # (or JSON) or text equal to a preset is that preset; anything else is refused.
+            try:
+                pipeline = spec if isinstance(spec, Pipeline) else Pipeline.parse(spec)
+            except InvalidPipeline:
+                pipeline = None
+            if pipeline is not None and pipeline in self.presets.values():
+                return pipeline
+            names = ", ".join(sorted(self.presets)) or "none are configured"
+            raise InvalidPipeline(f"only presets are accepted here ({names}), got {str(spec)!r}")
+        if isinstance(spec, Pipeline):
+            self.pipeline_limits.check(spec)
+            return spec
+        try:
+            if len(spec) > _CACHED_TEXT_CHARS:
+                return _parse_checked.__wrapped__(spec, self.pipeline_limits)
+            return _parse_checked(spec, self.pipeline_limits)
+        except InvalidPipeline:
+            if self.presets and _looks_like_a_name(spec):
+                names = ", ".join(sorted(self.presets))
+                raise InvalidPipeline(
+                    f"{spec!r} is neither a preset ({names}) nor a pipeline"
+                ) from None
+            raise
+
+
+#: What the priority column holds (a 32-bit integer in SQL).
+_PRIORITIES: Final = (-(2**31), 2**31 - 1)
+
+
+#: Pipeline texts up to this long are parsed once and remembered (clients send the same few).
+_CACHED_TEXT_CHARS: Final = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_checked(text: str, limits: PipelineLimits) -> Pipeline:
+    # Pipelines and limits are frozen, so a parse can be shared; a refusal is not cached.
+    pipeline = Pipeline.parse(text)
+    limits.check(pipeline)
+    return pipeline
+
+
+def _looks_like_a_name(text: str) -> bool:
+    """Whether ``text`` is a bare word (a misspelt preset), not an attempt at a pipeline."""
+    return bool(text) and not any(mark in text for mark in ":,;= ")
+
+
+@attrs.frozen(eq=False)
+class Upload:
+    """One image for :meth:`Processor.submit_many`, with what :meth:`Processor.submit` takes
+    besides it."""
+
+    #: The image: its bytes, a binary file object, or a path.
+    source: Source
+    #: A :class:`Pipeline`, its text, a preset name, or None for the Processor's default.
+    pipeline: PipelineSpec = None
+    #: Higher goes first.
+    priority: int = 0
+    #: Who the task belongs to (the HTTP adapter's API key owner), or None.
+    owner: str | None = None
+
+
+@attrs.frozen(eq=False)
+class _Prepared:
+    """An upload that passed the checks: what storing it and recording its task need."""
+
+    upload: Upload
+    pipeline: Pipeline
+    data: bytes
+    info: SourceInfo
+    key: str
+
+
+def _settled(fn: Callable[..., None], *args: Any) -> Future[None]:
+    """A future already holding what ``fn(*args)`` came to, run on this thread."""
+    future: Future[None] = Future()
+    try:
+        fn(*args)
+    except Exception as error:
+        future.set_exception(error)
+    else:
+        future.set_result(None)
+    return future
+
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
+def _stored(future: Future[None]) -> Exception | None:
+    """What storing an original came to: None, or the upload's own error (an interrupt, not an
+    Exception, is raised on)."""
+    error = future.exception()
+    if error is None or isinstance(error, Exception):
+        return error
+    raise error
+
+
+def _read_source(source: Source, limit: int) -> bytes:
+    """The bytes of ``source``, reading at most one byte past ``limit`` so an oversize upload is
+    refused without holding all of it."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    elif isinstance(source, str | os.PathLike):
+        try:
+            with Path(source).open("rb") as file:
+                data = file.read(limit + 1)
+        except OSError as error:
+            raise InvalidImage(f"cannot read {os.fspath(source)!r}: {error.strerror}") from error
+    elif hasattr(source, "read"):
+        # One read() may return less than asked (raw files, sockets): read to the end or limit.
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = source.read(limit + 1 - size)
+            if chunk is None:
+                raise InvalidImage("the file object has no data ready (non-blocking?)")
+            if not isinstance(chunk, bytes):
+                raise InvalidImage("the file object must be opened in binary mode")
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    else:
+        # A wrong argument, not a bad image: Python's convention is a TypeError.
+        raise TypeError(
+            f"an image is bytes, a binary file object or a path, not {type(source).__name__}"
+        )
+    if len(data) > limit:
+        raise InvalidImage(f"upload is over the limit of {limit} bytes")
+    return data

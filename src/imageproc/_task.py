@@ -1,0 +1,266 @@
+"""The task record and its lifecycle.
+
+A :class:`Task` is an immutable snapshot; every change makes a new one through a method here, and
+those methods are the only place the legal status transitions are written down::
+
+    queued ──claim──▶ processing ──▶ succeeded | failed | dead
+      ▲                  │
+      └──── requeue ─────┘          (a retry after backoff, or an expired lease)
+    queued | processing ──▶ cancelled
+    failed | dead ──retry──▶ queued
+
+Anything else raises :class:`~imageproc.IllegalTransition`.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import attrs
+
+from imageproc._errors import IllegalTransition
+from imageproc.pipeline._model import Pipeline
+
+__all__ = [
+    "Output",
+    "SourceInfo",
+    "Task",
+    "TaskError",
+    "TaskStatus",
+    "new_task_id",
+]
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its lifecycle."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    #: A permanent error: trying again cannot help.
+    FAILED = "failed"
+    #: Attempts exhausted on transient errors: the dead-letter set, re-drivable with ``retry``.
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether no worker will touch a task in this status again (unless it is retried)."""
+        return self in _FINAL
+
+
+_FINAL: Final = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED}
+)
+
+TRANSITIONS: Final[Mapping[TaskStatus, frozenset[TaskStatus]]] = {
+    TaskStatus.QUEUED: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
+    TaskStatus.PROCESSING: frozenset(
+        {
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+            TaskStatus.DEAD,
+            TaskStatus.QUEUED,
+            TaskStatus.CANCELLED,
+        }
+    ),
+    TaskStatus.SUCCEEDED: frozenset(),
+    TaskStatus.FAILED: frozenset({TaskStatus.QUEUED}),
+    TaskStatus.DEAD: frozenset({TaskStatus.QUEUED}),
+    TaskStatus.CANCELLED: frozenset(),
+}
+"""Every legal move: status → the statuses it may become."""
+
+
+def new_task_id() -> str:
+    """A random, unguessable task id (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+@attrs.frozen
+class SourceInfo:
+    """What the header of an uploaded image says, and its digest."""
+
+    format: str
+    #: The size of the pixels as stored, before the EXIF orientation turns them.
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    #: The EXIF orientation (1-8) the header gives, 1 if none: how a viewer turns the stored
+    #: pixels upright (5-8 swap width and height).
+    orientation: int = 1
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """Width and height as the picture is shown (and as outputs are made): upright."""
+        if self.orientation in (5, 6, 7, 8):
+            return self.height, self.width
+        return self.width, self.height
+
+
+@attrs.frozen
+class Output:
+    """One stored variant of a finished task."""
+
+    name: str
+    key: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+    #: A BlurHash of the picture, when the variant asked for a ``placeholder``.
+    blurhash: str | None = None
+    #: The picture's dominant colour as ``#rrggbb``, with the placeholder.
+    dominant_color: str | None = None
+
+
+@attrs.frozen
+class TaskError:
+    """Why a task failed or was retried: an error code and a human-readable message."""
+
+    code: str
+    message: str
+
+
+#: Recorded on a task whose worker's lease ran out (the worker died or hung) mid-attempt.
+LEASE_EXPIRED: Final = TaskError("lease_expired", "the worker's lease expired before it finished")
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """One submitted image and the work asked of it. Immutable: transitions return a new Task."""
+
+    id: str
+    status: TaskStatus
+    pipeline: Pipeline
+    source_key: str
+    source: SourceInfo
+    outputs: tuple[Output, ...] = ()
+    attempts: int = 0
+    max_attempts: int = 5
+    priority: int = 0
+    owner: str | None = None
+    error: TaskError | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: When the task may next be claimed (later than ``created_at`` while backing off).
+    available_at: datetime
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        pipeline: Pipeline,
+        source_key: str,
+        source: SourceInfo,
+        now: datetime,
+        max_attempts: int = 5,
+        priority: int = 0,
+        owner: str | None = None,
+    ) -> Task:
+        """A freshly queued task with a new random id."""
+        return cls(
+            id=new_task_id(),
+            status=TaskStatus.QUEUED,
+            pipeline=pipeline,
+            source_key=source_key,
+            source=source,
+            max_attempts=max_attempts,
+            priority=priority,
+            owner=owner,
+            created_at=now,
+            updated_at=now,
+            available_at=now,
+        )
+
+    def _move(
+        self,
+        status: TaskStatus,
+        now: datetime,
+        *,
+        only_from: frozenset[TaskStatus] | None = None,
+        **changes: Any,
+    ) -> Task:
+        # only_from narrows an edge to the one move that means it: requeue and retry both lead to
+        # queued, but from processing and from failed/dead respectively.
+        if status not in TRANSITIONS[self.status] or (only_from and self.status not in only_from):
+            raise IllegalTransition(f"task {self.id} cannot go from {self.status} to {status}")
+        return attrs.evolve(self, status=status, updated_at=now, **changes)
+
+    def claim(self, now: datetime) -> Task:
+        """queued → processing: a worker took it; this counts as one attempt."""
+        return self._move(TaskStatus.PROCESSING, now, attempts=self.attempts + 1, started_at=now)
+
+    def unclaim(self, now: datetime) -> Task:
+        """processing → queued at once, undoing a claim whose work never started."""
+        return self._move(
+            TaskStatus.QUEUED,
+            now,
+            only_from=frozenset({TaskStatus.PROCESSING}),
+            attempts=max(0, self.attempts - 1),
+            available_at=now,
+        )
+
+    def succeed(self, outputs: tuple[Output, ...], now: datetime) -> Task:
+        """processing → succeeded, with the stored outputs."""
+        return self._move(
+            TaskStatus.SUCCEEDED, now, outputs=tuple(outputs), error=None, finished_at=now
+        )
+
+    def fail(self, error: TaskError, now: datetime) -> Task:
+        """processing → failed: a permanent error."""
+        return self._move(TaskStatus.FAILED, now, error=error, finished_at=now)
+
+    def die(self, error: TaskError, now: datetime) -> Task:
+        """processing → dead: transient errors used up every attempt."""
+        return self._move(TaskStatus.DEAD, now, error=error, finished_at=now)
+
+    def requeue(self, now: datetime, *, delay: timedelta, error: TaskError | None = None) -> Task:
+        """processing → queued: try again after ``delay`` (a backoff, or an expired lease)."""
+        return self._move(
+            TaskStatus.QUEUED,
+            now,
+            only_from=frozenset({TaskStatus.PROCESSING}),
+            available_at=now + delay,
+            error=error or self.error,
+        )
+
+    def cancel(self, now: datetime) -> Task:
+        """queued | processing → cancelled."""
+        return self._move(TaskStatus.CANCELLED, now, finished_at=now)
+
+    def retry(self, now: datetime) -> Task:
+        """failed | dead → queued, with a fresh allowance of attempts."""
+        return self._move(
+            TaskStatus.QUEUED,
+            now,
+            only_from=frozenset({TaskStatus.FAILED, TaskStatus.DEAD}),
+            attempts=0,
+            available_at=now,
+            error=None,
+            outputs=(),
+            started_at=None,
+            finished_at=None,
+        )
+
+    def after_failure(self, error: TaskError, now: datetime, *, delay: timedelta) -> Task:
+        """processing → queued after ``delay``, or → dead once every attempt is used up.
+
+        The one rule for an attempt that ended without a result, whatever ended it: a transient
+        error, an expired lease (the worker died), or a worker stopping mid-task.
+        """
+        if self.attempts_left == 0:
+            return self.die(error, now)
+        return self.requeue(now, delay=delay, error=error)
+
+    @property
+    def attempts_left(self) -> int:
+        """How many more times a worker may try this task."""
+        return max(0, self.max_attempts - self.attempts)

@@ -1,0 +1,218 @@
+"""The tasks table, as SQLAlchemy Core sees it, and the mapping between its rows and :class:`Task`.
+
+The table is created and upgraded by the Alembic migrations in ``imageproc/migrations``; this
+description must match what they build (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
+from imageproc.pipeline._model import Pipeline
+
+__all__ = [
+    "OUTCOME_COLUMNS",
+    "PIPELINE_TEXT",
+    "TABLE_NAME",
+    "VERSION_TABLE",
+    "metadata",
+    "task_from_row",
+    "task_to_row",
+    "tasks",
+]
+
+TABLE_NAME: Final = "imageproc_tasks"
+#: Alembic's version table for imageproc alone, so a host application's own history is untouched.
+VERSION_TABLE: Final = "imageproc_alembic_version"
+STATUSES: Final = tuple(status.value for status in TaskStatus)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware timestamp on every database: stored as UTC, returned as aware UTC.
+
+    SQLite has no timestamp type and hands back naive values; PostgreSQL's ``timestamptz`` keeps
+    the zone. Both come back aware in UTC from here, and naive values are refused on the way in.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a timezone-aware column")
+        value = value.astimezone(UTC)
+        # SQLite compares the stored text, so store one fixed form: naive UTC.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+
+tasks = sa.Table(
+    TABLE_NAME,
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("pipeline", JSONType, nullable=False),
+    sa.Column("source_key", sa.String(1024), nullable=False),
+    sa.Column("source_format", sa.String(16), nullable=False),
+    sa.Column("source_width", sa.Integer, nullable=False),
+    sa.Column("source_height", sa.Integer, nullable=False),
+    sa.Column("source_bytes", sa.BigInteger, nullable=False),
+    sa.Column("source_sha256", sa.String(64), nullable=False),
+    sa.Column("source_orientation", sa.SmallInteger, nullable=False, server_default="1"),
+    sa.Column("outputs", JSONType, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("available_at", UTCDateTime, nullable=False),
+    # The lease: who holds the task while it is processing, and until when.
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("lease_owner", sa.String(255), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint(
+        "status IN (" + ", ".join(f"'{s}'" for s in STATUSES) + ")",
+        name="imageproc_tasks_status_check",
+    ),
+)
+
+# Claims walk this index in claim order and stop after a batch; it holds queued tasks only, so
+# finished tasks, the bulk of a busy table, never slow a claim down.
+sa.Index(
+    "imageproc_tasks_claim_idx",
+    tasks.c.priority.desc(),
+    tasks.c.available_at,
+    tasks.c.created_at,
+    tasks.c.id,
+    postgresql_where=tasks.c.status == "queued",
+    sqlite_where=tasks.c.status == "queued",
+)
+# Claims rescue tasks whose worker's lease ran out through this one.
+sa.Index(
+    "imageproc_tasks_lease_idx",
+    tasks.c.lease_expires_at,
+    postgresql_where=tasks.c.status == "processing",
+    sqlite_where=tasks.c.status == "processing",
+)
+# Retention deletes finished tasks by age.
+sa.Index(
+    "imageproc_tasks_finished_idx",
+    tasks.c.finished_at,
+    postgresql_where=tasks.c.finished_at.isnot(None),
+    sqlite_where=tasks.c.finished_at.isnot(None),
+)
+# Purging an original asks whether any other task still uses it.
+sa.Index("imageproc_tasks_source_key_idx", tasks.c.source_key)
+
+
+def task_to_row(task: Task, *, only: Collection[str] | None = None) -> dict[str, Any]:
+    """The column values that record ``task`` (lease columns excluded), or just the ``only``
+    ones (which must be among :data:`OUTCOME_COLUMNS`)."""
+    outcome = {
+        name: value(task) for name, value in _OUTCOME.items() if only is None or name in only
+    }
+    if only is not None:
+        return outcome
+    return {
+        "id": task.id,
+        "priority": task.priority,
+        "pipeline": task.pipeline.to_json(),
+        "source_key": task.source_key,
+        "source_format": task.source.format,
+        "source_width": task.source.width,
+        "source_height": task.source.height,
+        "source_bytes": task.source.bytes,
+        "source_sha256": task.source.sha256,
+        "source_orientation": task.source.orientation,
+        "max_attempts": task.max_attempts,
+        "owner": task.owner,
+        "created_at": task.created_at,
+        **outcome,
+    }
+
+
+# The columns a task's outcome can change (everything else is fixed when the task is created),
+# and how each is read off a Task.
+_OUTCOME: Final[Mapping[str, Callable[[Task], Any]]] = {
+    "status": lambda task: task.status.value,
+    "outputs": lambda task: [attrs.asdict(output) for output in task.outputs],
+    "attempts": lambda task: task.attempts,
+    "error_code": lambda task: task.error.code if task.error else None,
+    "error_message": lambda task: task.error.message if task.error else None,
+    "updated_at": lambda task: task.updated_at,
+    "started_at": lambda task: task.started_at,
+    "finished_at": lambda task: task.finished_at,
+    "available_at": lambda task: task.available_at,
+}
+OUTCOME_COLUMNS: Final = tuple(_OUTCOME)
+
+
+def task_from_row(row: Mapping[Any, Any]) -> Task:
+    """The :class:`Task` a row records. Its ``pipeline`` may be the JSON already read, or the
+    JSON text (see :data:`PIPELINE_TEXT`), which is read once per distinct pipeline."""
+    pipeline = row["pipeline"]
+    return Task(
+        id=row["id"],
+        status=TaskStatus(row["status"]),
+        pipeline=_pipeline_from_text(pipeline)
+        if isinstance(pipeline, str)
+        else Pipeline.from_stored(pipeline),
+        source_key=row["source_key"],
+        source=SourceInfo(
+            format=row["source_format"],
+            width=row["source_width"],
+            height=row["source_height"],
+            bytes=row["source_bytes"],
+            sha256=row["source_sha256"],
+            orientation=row["source_orientation"],
+        ),
+        outputs=tuple(Output(**o) for o in row["outputs"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        priority=row["priority"],
+        owner=row["owner"],
+        error=TaskError(row["error_code"], row["error_message"] or "")
+        if row["error_code"]
+        else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        available_at=row["available_at"],
+    )
+
+
+#: The pipeline column as JSON text, for queries whose rows :func:`task_from_row` reads: a busy
+#: queue's tasks share a few pipelines, and a pipeline's text (PostgreSQL writes JSONB out in one
+#: canonical form) maps to the same immutable :class:`Pipeline` every time.
+PIPELINE_TEXT: Final = sa.cast(tasks.c.pipeline, sa.Text).label("pipeline")
+
+
+@functools.lru_cache(maxsize=256)
+def _pipeline_from_text(text: str) -> Pipeline:
+    return Pipeline.from_stored(json.loads(text))
