@@ -3,3 +3,5 @@
 
 Internal: nothing here is public yet. It imports the model and the protocols, never the processor.
 """
+
+__all__: list[str] = []
