@@ -34,14 +34,13 @@ This module is the only one that imports Starlette; ``import imageproc`` never l
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import math
 import re
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
@@ -49,30 +48,23 @@ import anyio
 import attrs
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, MutableHeaders, UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imageproc import _keys as keyrules
 from imageproc._errors import (
-    IllegalTransition,
-    ImageprocError,
-    ImageTooLarge,
-    InvalidImage,
-    InvalidInput,
     InvalidKey,
     InvalidPipeline,
     ObjectNotFound,
-    QueueFull,
     TaskNotFound,
 )
 from imageproc._processor import Processor, Upload
-from imageproc._protocols import QueueLimits, queue_full
+from imageproc._protocols import QueueLimits
 from imageproc._signing import (
     ANY_OWNER,
     PRIORITY_RANGE,
@@ -82,11 +74,12 @@ from imageproc._signing import (
     parse_expires,
     weak_keys,
 )
-from imageproc._task import Task
-from imageproc._taskjson import rfc3339, task_json
+from imageproc._taskjson import rfc3339
 from imageproc.config import parse_whole_number
-from imageproc.http._batching import SubmitBatcher
+from imageproc.http._errors import RETRY_AFTER, ApiError, SecurityHeaders, guard, http_error
+from imageproc.http._openapi import OPENAPI
 from imageproc.http._ratelimit import WindowLimit
+from imageproc.http._service import AUTH_FAILURE_ADDRESSES, Service
 from imageproc.pipeline._model import Pipeline
 
 if TYPE_CHECKING:
@@ -103,301 +96,15 @@ FORM_OVERHEAD: Final = 64 * 1024
 SPOOL_BYTES: Final = 1024 * 1024
 #: Bytes per read when streaming a stored object out.
 CHUNK_BYTES: Final = 256 * 1024
-#: Seconds a client is told to wait after a 429 or a 503.
-RETRY_AFTER: Final = 5
-#: How long a queue depth reading is reused, so back-pressure costs no query per upload.
-QUEUE_DEPTH_TTL: Final = 0.5
 #: How long /readyz waits for the backends before saying "not ready".
 READY_TIMEOUT: Final = 5.0
 IMMUTABLE: Final = "max-age=31536000, immutable"
-#: Client addresses whose failed authentications are remembered at once; past it the address
-#: that failed longest ago is forgotten, so a flood of addresses costs memory only up to this.
-AUTH_FAILURE_ADDRESSES: Final = 10_000
-#: Headers on every response of the app. Error bodies echo what the client sent and originals
-#: are whatever was uploaded: no browser may sniff either into HTML, or run what it finds.
-SECURITY_HEADERS: Final[Mapping[str, str]] = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; sandbox",
-}
 
-_Endpoint = Callable[[Request], Awaitable[Response]]
 _DIGITS: Final = re.compile(r"[0-9]{1,19}")
-
-
-class ApiError(Exception):
-    """An error answer: status, stable code, a message safe to show, and extra headers."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 class _TooLarge(Exception):
     """The request body passed its limit while streaming in."""
-
-
-class _SecurityHeaders:
-    """ASGI middleware adding :data:`SECURITY_HEADERS` to every response, Starlette's own 404s
-    and 405s included; a header the endpoint set itself is left as it is."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    if name not in headers:
-                        headers.append(name, value)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _error_response(status: int, code: str, message: str, headers: Mapping[str, str]) -> Response:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=dict(headers)
-    )
-
-
-def _map_error(error: ImageprocError) -> ApiError:
-    """The HTTP answer for one of imageproc's errors; 5xx answers never carry its text."""
-    if isinstance(error, TaskNotFound):
-        return ApiError(404, error.code, "no task with this id")
-    if isinstance(error, ObjectNotFound):
-        return ApiError(404, "not_found", "no image under this key")
-    if isinstance(error, InvalidKey):
-        return ApiError(400, error.code, error.message)
-    if isinstance(error, ImageTooLarge):
-        # An image, readable, of a size the limits refuse: not "unsupported media" (415), and
-        # not the body's bytes (413, which the upload limit answers).
-        return ApiError(422, error.code, error.message)
-    if isinstance(error, InvalidImage):
-        return ApiError(415, error.code, error.message)
-    if isinstance(error, InvalidPipeline | InvalidInput):
-        return ApiError(422, error.code, error.message)
-    if isinstance(error, IllegalTransition):
-        return ApiError(409, error.code, error.message)
-    if isinstance(error, QueueFull):
-        return ApiError(429, error.code, error.message, {"Retry-After": str(RETRY_AFTER)})
-    if error.transient:
-        # Driver messages may name hosts, files or SQL: say what is wrong, not how.
-        return ApiError(
-            503,
-            error.code,
-            "a backend is temporarily unavailable; try again shortly",
-            {"Retry-After": str(RETRY_AFTER)},
-        )
-    logger.error("request failed: %s: %s", error.code, error.message)
-    return ApiError(500, "internal_error", "the server could not complete the request")
-
-
-def _guarded(endpoint: _Endpoint) -> _Endpoint:
-    """Turn every exception of ``endpoint`` into a JSON error answer, never a traceback."""
-
-    async def guarded(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ApiError as error:
-            return _error_response(error.status, error.code, error.message, error.headers)
-        except ImageprocError as error:
-            api = _map_error(error)
-            return _error_response(api.status, api.code, api.message, api.headers)
-        except ClientDisconnect:
-            # The client went away while its body was being read (an upload cut short, or dropped
-            # for sending it too slowly): nothing is wrong here and nobody is left to answer. The
-            # response only feeds the access log.
-            logger.debug("client disconnected during %s %s", request.method, request.url.path)
-            return _error_response(
-                400, "client_disconnected", "the client closed the connection mid-request", {}
-            )
-        except Exception:
-            logger.exception("unhandled error in %s %s", request.method, request.url.path)
-            return _error_response(
-                500, "internal_error", "the server could not complete the request", {}
-            )
-
-    guarded.__name__ = endpoint.__name__
-    guarded.__doc__ = endpoint.__doc__
-    return guarded
-
-
-def _retry_after(seconds: float) -> dict[str, str]:
-    """The ``Retry-After`` header for a wait of ``seconds``: whole seconds, at least one."""
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}
-
-
-def _client_address(request: Request) -> str | None:
-    """Who failures are counted against: the client's address, IPv6 by its /64 (one host
-    commonly holds a whole /64, so single addresses would not slow it), or None when the server
-    gives no address (a Unix socket)."""
-    if request.client is None or not request.client.host:
-        return None
-    host = request.client.host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:  # not an IP address (a test client's name): counted as it is
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is that IPv4 client
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
-class _Service:
-    """The state shared by the endpoints of one app."""
-
-    def __init__(
-        self,
-        processor: Processor,
-        *,
-        api_keys: ApiKeys | None,
-        signer: UrlSigner,
-        max_upload_bytes: int,
-        max_priority: Mapping[str, int],
-        url_ttl: timedelta,
-        metrics_registry: prometheus_client.CollectorRegistry | None,
-        auth_failures: WindowLimit | None,
-        max_uploads_per_minute: int | None = None,
-    ) -> None:
-        self.processor = processor
-        self.auth_failures = auth_failures
-        self.api_keys = api_keys
-        self.signer = signer
-        # submit() refuses anything over the image limit too (as a 415); refusing it here, while
-        # the body streams in, makes it a 413 and keeps the bytes off the server.
-        self.max_upload_bytes = min(max_upload_bytes, processor.image_limits.max_bytes)
-        self.url_ttl = url_ttl
-        self.max_priority = dict(max_priority)
-        self.metrics_registry = metrics_registry
-        self._depth: tuple[float, int] | None = None
-        self.batcher = SubmitBatcher(processor)
-        self.upload_rate = (
-            None if max_uploads_per_minute is None else WindowLimit(max_uploads_per_minute, 60.0)
-        )
-
-    # -- access ---------------------------------------------------------------------------
-
-    def authenticate(self, request: Request) -> str | None:
-        """The owner behind the request's API key; None when the app has no keys (open)."""
-        if self.api_keys is None:
-            return None
-        failures = self.auth_failures
-        address = _client_address(request) if failures is not None else None
-        if failures is not None and address is not None:
-            # Checked before the key, and whatever the key: were a valid key let through, the
-            # answer would still confirm a right guess.
-            left = failures.blocked_for(address)
-            if left is not None:
-                raise ApiError(
-                    429,
-                    "too_many_auth_failures",
-                    "too many requests without a valid API key from this address; try again later",
-                    _retry_after(left),
-                )
-        owner = self._presented_owner(request)
-        if owner is None:
-            if failures is not None and address is not None:
-                failures.count(address)
-            raise ApiError(
-                401,
-                "unauthorized",
-                "a valid API key is required: Authorization: Bearer <key>",
-                {"WWW-Authenticate": 'Bearer realm="imageproc"'},
-            )
-        return owner
-
-    def _presented_owner(self, request: Request) -> str | None:
-        assert self.api_keys is not None
-        return self.api_keys.owner_of_authorization(request.headers.get("authorization", ""))
-
-    def priority_cap(self, owner: str | None) -> int:
-        """The highest priority ``owner`` (None: a client of an app without keys) may ask for."""
-        default = self.max_priority.get(ANY_OWNER, PRIORITY_RANGE.stop - 1)
-        return default if owner is None else self.max_priority.get(owner, default)
-
-    def visible(self, task: Task, owner: str | None) -> bool:
-        return self.api_keys is None or task.owner == owner
-
-    async def task_for(self, task_id: str, owner: str | None) -> Task:
-        if not task_id or len(task_id) > 64:
-            raise TaskNotFound("no task with this id")
-        task = await run_in_threadpool(self.processor.get, task_id)
-        if not self.visible(task, owner):
-            # Someone else's task: indistinguishable from a missing one.
-            raise TaskNotFound("no task with this id")
-        return task
-
-    # -- presentation -------------------------------------------------------------------------
-
-    def url_for(self, request: Request, name: str, **params: str) -> str:
-        """The absolute URL of one of this app's own routes.
-
-        From this app's router (``request.app`` is the innermost application), not
-        ``request.url_for``: that searches the router of the outermost application, where a
-        named ``Mount`` renames these routes (``images:status``) and an application route of the
-        same name would win. ``root_path`` holds the prefix this app is mounted (or proxied)
-        under.
-        """
-        app: Starlette = request.app
-        path = app.router.url_path_for(name, **params)
-        prefix = str(request.scope.get("root_path", "")).rstrip("/")
-        return str(request.url.replace(path=prefix + path, query=""))
-
-    def signed_url(self, request: Request, key: str) -> str:
-        # Round the expiry up to a whole minute, so URLs minted close together are identical
-        # and caches in front of the app see fewer distinct URLs.
-        expires = math.ceil((time.time() + self.url_ttl.total_seconds()) / 60) * 60
-        signature = self.signer.sign(key, expires)
-        base = self.url_for(request, "image", image_key=key)
-        return f"{base}?expires={expires}&signature={signature}"
-
-    def task_json(self, request: Request, task: Task) -> dict[str, Any]:
-        """``task`` as ``GET /status`` shows it (:func:`imageproc._taskjson.task_json`)."""
-        return task_json(task, url=lambda key: self.signed_url(request, key))
-
-    def check_upload_rate(self, request: Request, owner: str | None) -> None:
-        """429 if ``owner`` (without keys: the client's address) is past its uploads a minute."""
-        if self.upload_rate is None:
-            return
-        who = owner if owner is not None else (_client_address(request) or "")
-        wait = self.upload_rate.hit(who)
-        if wait is not None:
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"more than {self.upload_rate.limit} uploads in a minute; try again later",
-                _retry_after(wait),
-            )
-
-    async def check_queue_depth(self) -> None:
-        """A cheap early refusal while the queue is clearly full, before the body is read (the
-        reading may be half a second old: the check that counts is made as the task is
-        recorded, :class:`~imageproc.QueueLimits`)."""
-        limits = self.processor.queue_limits
-        if limits is None or limits.max_queued is None:
-            return
-        now = time.monotonic()
-        if self._depth is None or now - self._depth[0] > QUEUE_DEPTH_TTL:
-            stats = await run_in_threadpool(self.processor.repository.queue_stats)
-            self._depth = (now, stats.queued)
-        if self._depth[1] >= limits.max_queued:
-            raise queue_full(limits.max_queued)
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -435,7 +142,7 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-async def _read_form(request: Request, service: _Service) -> FormData:
+async def _read_form(request: Request, service: Service) -> FormData:
     parser = MultiPartParser(
         request.headers,
         _limited(request, service.max_upload_bytes + FORM_OVERHEAD),
@@ -601,7 +308,7 @@ def create_app(
         processor.queue_limits = attrs.evolve(
             processor.queue_limits or QueueLimits(), max_queued=max_queue_depth
         )
-    service = _Service(
+    service = Service(
         processor,
         api_keys=ApiKeys(api_keys) if api_keys else None,
         signer=UrlSigner(signing_keys),
@@ -779,27 +486,21 @@ def create_app(
         return JSONResponse(OPENAPI)
 
     routes = [
-        Route("/upload", _guarded(upload), methods=["POST"], name="upload"),
-        Route("/status/{task_id}", _guarded(status), methods=["GET"], name="status"),
-        Route("/image/{image_key:path}", _guarded(image), methods=["GET", "HEAD"], name="image"),
-        Route("/tasks/{task_id}", _guarded(cancel), methods=["DELETE"], name="cancel"),
-        Route("/tasks/{task_id}/retry", _guarded(retry), methods=["POST"], name="retry"),
-        Route("/healthz", _guarded(healthz), methods=["GET"], name="healthz"),
-        Route("/readyz", _guarded(readyz), methods=["GET"], name="readyz"),
-        Route("/metrics", _guarded(metrics), methods=["GET"], name="metrics"),
-        Route("/openapi.json", _guarded(openapi), methods=["GET"], name="openapi"),
+        Route("/upload", guard(upload), methods=["POST"], name="upload"),
+        Route("/status/{task_id}", guard(status), methods=["GET"], name="status"),
+        Route("/image/{image_key:path}", guard(image), methods=["GET", "HEAD"], name="image"),
+        Route("/tasks/{task_id}", guard(cancel), methods=["DELETE"], name="cancel"),
+        Route("/tasks/{task_id}/retry", guard(retry), methods=["POST"], name="retry"),
+        Route("/healthz", guard(healthz), methods=["GET"], name="healthz"),
+        Route("/readyz", guard(readyz), methods=["GET"], name="readyz"),
+        Route("/metrics", guard(metrics), methods=["GET"], name="metrics"),
+        Route("/openapi.json", guard(openapi), methods=["GET"], name="openapi"),
     ]
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        # Unknown routes and wrong methods come from Starlette itself: answer them in JSON too.
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=[Middleware(SecurityHeaders)],
     )
     app.state.imageproc = service
     return app
@@ -822,7 +523,7 @@ def _check_raw_path(request: Request, key: str) -> None:
 def _signed_expiry(request: Request, signer: UrlSigner, key: str, now: float) -> int:
     """The expiry of the request's valid signature for ``key``; else a 403.
 
-    Only the URL exactly as :meth:`_Service.signed_url` writes it passes: each query parameter
+    Only the URL exactly as :meth:`Service.signed_url` writes it passes: each query parameter
     once (with a repeat, which one counts would depend on the parser), ``expires`` and
     ``signature`` in their canonical text and not percent-encoded. Any other spelling of a valid
     signature would be another URL for the same image: another cache key, and a way around a
@@ -848,7 +549,7 @@ def _signed_expiry(request: Request, signer: UrlSigner, key: str, now: float) ->
     return expires
 
 
-async def _owned_output(service: _Service, key: str, owner: str | None) -> None:
+async def _owned_output(service: Service, key: str, owner: str | None) -> None:
     """Pass if ``key`` is a recorded output of a task ``owner`` may see; else 404."""
     parts = key.split("/")
     if len(parts) != 3:
@@ -890,325 +591,3 @@ async def _chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         await run_in_threadpool(stream.close)
-
-
-def _task_schema() -> dict[str, Any]:
-    timestamp = {"type": ["string", "null"], "format": "date-time"}
-    image: dict[str, Any] = {
-        "key": {"type": "string"},
-        "url": {"type": "string", "format": "uri"},
-        "format": {"type": "string"},
-        "width": {"type": "integer"},
-        "height": {"type": "integer"},
-        "bytes": {"type": "integer"},
-    }
-    source = {
-        "type": "object",
-        "required": [*image, "orientation", "display_width", "display_height"],
-        "properties": {
-            **image,
-            "orientation": {"type": "integer", "minimum": 1, "maximum": 8},
-            "display_width": {"type": "integer"},
-            "display_height": {"type": "integer"},
-        },
-    }
-    output = {
-        "type": "object",
-        "required": ["name", *image],
-        "properties": {
-            **image,
-            "name": {"type": "string"},
-            "blurhash": {"type": "string"},
-            "dominant_color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
-        },
-    }
-    return {
-        "type": "object",
-        "required": [
-            "id",
-            "status",
-            "pipeline",
-            "priority",
-            "attempts",
-            "max_attempts",
-            "error",
-            "created_at",
-            "updated_at",
-            "started_at",
-            "finished_at",
-            "source",
-            "outputs",
-        ],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {
-                "type": "string",
-                "enum": ["queued", "processing", "succeeded", "failed", "dead", "cancelled"],
-            },
-            "pipeline": {"type": "string"},
-            "attempts": {"type": "integer"},
-            "max_attempts": {"type": "integer"},
-            "priority": {"type": "integer"},
-            "error": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/ErrorBody"}]},
-            "created_at": {"type": "string", "format": "date-time"},
-            "updated_at": {"type": "string", "format": "date-time"},
-            "started_at": timestamp,
-            "finished_at": timestamp,
-            "source": source,
-            "outputs": {"type": "array", "items": output},
-        },
-    }
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-_TASK_ID = {
-    "name": "task_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "maxLength": 64},
-}
-_TASK_RESPONSE = {
-    "description": "the task",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Task"}}},
-}
-_AUTH_ERRORS = {
-    "401": _error("missing or unknown API key (when keys are configured)"),
-    "429": _error("too many missing or unknown API keys from this address (Retry-After)"),
-}
-_UNAVAILABLE = {"503": _error("a backend is temporarily unavailable (Retry-After)")}
-
-#: The OpenAPI 3.1 description of every endpoint, served at ``/openapi.json``.
-OPENAPI: Final[dict[str, Any]] = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "imageproc",
-        "version": "1",
-        "description": "Upload images, follow their processing, fetch the variants.",
-    },
-    "components": {
-        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "ErrorBody": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            },
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"$ref": "#/components/schemas/ErrorBody"}},
-            },
-            "Task": _task_schema(),
-            "Accepted": {
-                "type": "object",
-                "required": ["id", "status", "status_url", "created_at"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "status": {"type": "string"},
-                    "status_url": {"type": "string", "format": "uri"},
-                    "created_at": {"type": "string", "format": "date-time"},
-                },
-            },
-        },
-    },
-    "security": [{"apiKey": []}],
-    "paths": {
-        "/upload": {
-            "post": {
-                "operationId": "upload",
-                "summary": "Store an image and queue a task to make its variants",
-                "parameters": [
-                    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                    for n in ("pipeline", "preset", "priority")
-                ],
-                "requestBody": {
-                    "required": True,
-                    "description": "a form with the file in 'image', or the image as the body "
-                    "(then pipeline, preset and priority go in the query)",
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["image"],
-                                "properties": {
-                                    "image": {"type": "string", "contentMediaType": "image/*"},
-                                    "pipeline": {
-                                        "type": "string",
-                                        "description": "compact text or JSON form",
-                                    },
-                                    "preset": {"type": "string"},
-                                    "priority": {
-                                        "type": "integer",
-                                        "minimum": -1000,
-                                        "maximum": 1000,
-                                    },
-                                },
-                            }
-                        },
-                        "image/*": {"schema": {"type": "string", "contentMediaType": "image/*"}},
-                    },
-                },
-                "responses": {
-                    "202": {
-                        "description": "accepted; follow status_url (also in Location)",
-                        "headers": {"Location": {"schema": {"type": "string"}}},
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/Accepted"}
-                            }
-                        },
-                    },
-                    "400": _error("malformed request"),
-                    **_AUTH_ERRORS,
-                    "403": _error("a priority above the most this API key may ask for"),
-                    "413": _error("the upload is over the size limit"),
-                    "415": _error("not an image, or a format that is not accepted"),
-                    "422": _error("a bad pipeline, preset or priority"),
-                    "429": _error(
-                        "the queue is full, in all or for this owner (queue_full); more uploads"
-                        " this minute than allowed (rate_limited); too many uploads in progress"
-                        " for this API key (too_many_uploads); or too many missing or unknown"
-                        " API keys from this address (Retry-After)"
-                    ),
-                    "408": _error("the body paused or came too slowly (imageproc serve)"),
-                    **_UNAVAILABLE,
-                },
-            }
-        },
-        "/status/{task_id}": {
-            "get": {
-                "operationId": "status",
-                "summary": "A task, with signed URLs of its outputs",
-                "parameters": [_TASK_ID],
-                "responses": {
-                    "200": _TASK_RESPONSE,
-                    **_AUTH_ERRORS,
-                    "404": _error("no such task (or not yours)"),
-                    **_UNAVAILABLE,
-                },
-            }
-        },
-        "/tasks/{task_id}": {
-            "delete": {
-                "operationId": "cancel",
-                "summary": "Cancel a queued or processing task",
-                "parameters": [_TASK_ID],
-                "responses": {
-                    "200": _TASK_RESPONSE,
-                    **_AUTH_ERRORS,
-                    "404": _error("no such task (or not yours)"),
-                    "409": _error("the task has already ended"),
-                    **_UNAVAILABLE,
-                },
-            }
-        },
-        "/tasks/{task_id}/retry": {
-            "post": {
-                "operationId": "retry",
-                "summary": "Queue a failed or dead task again",
-                "parameters": [_TASK_ID],
-                "responses": {
-                    "200": _TASK_RESPONSE,
-                    **_AUTH_ERRORS,
-                    "404": _error("no such task (or not yours)"),
-                    "409": _error("the task is not failed or dead"),
-                    "429": _error(
-                        "the queue is full, in all or for this owner (queue_full), or too many"
-                        " missing or unknown API keys from this address (Retry-After)"
-                    ),
-                    **_UNAVAILABLE,
-                },
-            }
-        },
-        "/image/{image_key}": {
-            "parameters": [
-                {
-                    "name": "image_key",
-                    "in": "path",
-                    "required": True,
-                    "description": "outputs/<task id>/<name>.<ext> or originals/…",
-                    "schema": {"type": "string"},
-                },
-                {"name": "expires", "in": "query", "schema": {"type": "integer"}},
-                {"name": "signature", "in": "query", "schema": {"type": "string"}},
-            ],
-            "get": {
-                "operationId": "image",
-                "summary": "A stored image (signed URL, or the owner's API key)",
-                "security": [{}, {"apiKey": []}],
-                "responses": {
-                    "200": {
-                        "description": "the image",
-                        "content": {"image/*": {"schema": {"type": "string"}}},
-                    },
-                    "304": {"description": "not modified (If-None-Match)"},
-                    "400": _error("an invalid key"),
-                    **_AUTH_ERRORS,
-                    "403": _error("an invalid or expired signature"),
-                    "404": _error("no such image (or not yours)"),
-                    **_UNAVAILABLE,
-                },
-            },
-            "head": {
-                "operationId": "imageHead",
-                "summary": "The headers of a stored image",
-                "security": [{}, {"apiKey": []}],
-                "responses": {
-                    "200": {"description": "the image's headers"},
-                    "304": {"description": "not modified"},
-                    "400": {"description": "an invalid key"},
-                    "401": {"description": "missing or unknown API key"},
-                    "403": {"description": "an invalid or expired signature"},
-                    "404": {"description": "no such image"},
-                    "429": {"description": "too many missing or unknown API keys from here"},
-                },
-            },
-        },
-        "/healthz": {
-            "get": {
-                "operationId": "healthz",
-                "summary": "The process is up",
-                "security": [{}],
-                "responses": {"200": {"description": "alive"}},
-            }
-        },
-        "/readyz": {
-            "get": {
-                "operationId": "readyz",
-                "summary": "The task database and storage are reachable",
-                "responses": {
-                    "200": {"description": "ready"},
-                    **_AUTH_ERRORS,
-                    "503": _error("not ready"),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics",
-                "responses": {
-                    "200": {
-                        "description": "the text exposition format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **_AUTH_ERRORS,
-                    "404": _error("metrics are not enabled"),
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "operationId": "openapi",
-                "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.1"}, **_AUTH_ERRORS},
-            }
-        },
-    },
-}
