@@ -1,6 +1,6 @@
 """The HTTP adapter: :func:`create_app` wraps a :class:`~imageproc.Processor` in a Starlette app.
 
-Endpoints (see :data:`OPENAPI` for the full description)::
+Endpoints (see :data:`imageproc.http.OPENAPI` for the full description)::
 
     POST   /upload                 store an image and queue a task          202
     GET    /status/{task_id}       the task, with signed URLs of its outputs 200
@@ -28,42 +28,24 @@ Access rules:
   ``Retry-After``) on every endpoint that needs a key, a valid key included, until the oldest of
   those failures is that old: guessing keys goes no faster than that.
 
-This module is the only one that imports Starlette; ``import imageproc`` never loads it.
+This module composes the app (routes, middleware, state); the endpoints live in the modules
+named for what they serve. ``import imageproc`` never loads Starlette.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-import re
-import secrets
-import tempfile
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING
 
-import anyio
 import attrs
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from imageproc import _keys as keyrules
-from imageproc._errors import (
-    InvalidKey,
-    InvalidPipeline,
-    ObjectNotFound,
-    TaskNotFound,
-)
-from imageproc._processor import Processor, Upload
+from imageproc._processor import Processor
 from imageproc._protocols import QueueLimits
 from imageproc._signing import (
     ANY_OWNER,
@@ -71,160 +53,23 @@ from imageproc._signing import (
     STRONG_KEY_HINT,
     ApiKeys,
     UrlSigner,
-    parse_expires,
     weak_keys,
 )
-from imageproc._taskjson import rfc3339
-from imageproc.config import parse_whole_number
-from imageproc.http._errors import RETRY_AFTER, ApiError, SecurityHeaders, guard, http_error
-from imageproc.http._openapi import OPENAPI
+from imageproc.http._errors import SecurityHeaders, guard, http_error
+from imageproc.http._health import healthz, metrics, readyz
+from imageproc.http._images import image
+from imageproc.http._openapi import openapi
 from imageproc.http._ratelimit import WindowLimit
 from imageproc.http._service import AUTH_FAILURE_ADDRESSES, Service
-from imageproc.pipeline._model import Pipeline
+from imageproc.http._tasks import cancel, retry, status
+from imageproc.http._uploads import upload
 
 if TYPE_CHECKING:
     import prometheus_client
 
-__all__ = ["OPENAPI", "create_app"]
+__all__ = ["create_app"]
 
 logger = logging.getLogger("imageproc.http")
-
-#: Room for the multipart envelope (boundaries, part headers, the small fields) on top of the
-#: image itself, so an image of exactly ``max_upload_bytes`` still fits in a form.
-FORM_OVERHEAD: Final = 64 * 1024
-#: Bytes kept in memory before an upload spools to a temporary file.
-SPOOL_BYTES: Final = 1024 * 1024
-#: Bytes per read when streaming a stored object out.
-CHUNK_BYTES: Final = 256 * 1024
-#: How long /readyz waits for the backends before saying "not ready".
-READY_TIMEOUT: Final = 5.0
-IMMUTABLE: Final = "max-age=31536000, immutable"
-
-_DIGITS: Final = re.compile(r"[0-9]{1,19}")
-
-
-class _TooLarge(Exception):
-    """The request body passed its limit while streaming in."""
-
-
-# -- request bodies ---------------------------------------------------------------------------
-
-
-async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-    """The request body, raising :class:`_TooLarge` as soon as more than ``limit`` bytes came."""
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise _TooLarge
-        yield chunk
-
-
-def _check_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is None:
-        return
-    # RFC 9110: 1*DIGIT, ASCII. int() would also take "+5", "1_0" and other scripts' digits.
-    if not _DIGITS.fullmatch(declared.strip()):
-        raise ApiError(400, "bad_request", "Content-Length is not a number")
-    if int(declared) > limit:
-        raise _TooLarge
-
-
-def _too_large(limit: int) -> ApiError:
-    # "Connection: close" makes the server drop the connection after answering instead of
-    # reading (and discarding) the rest of the body to keep the connection alive.
-    return ApiError(
-        413,
-        "too_large",
-        f"the upload is larger than the limit of {limit} bytes",
-        {"Connection": "close"},
-    )
-
-
-async def _read_form(request: Request, service: Service) -> FormData:
-    parser = MultiPartParser(
-        request.headers,
-        _limited(request, service.max_upload_bytes + FORM_OVERHEAD),
-        max_files=1,
-        max_fields=8,
-        max_part_size=64 * 1024,
-    )
-    try:
-        return await parser.parse()
-    except MultiPartException as error:
-        raise ApiError(400, "bad_request", f"malformed multipart body: {error.message}") from None
-
-
-async def _spool_body(request: Request, limit: int) -> UploadFile:
-    spool: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
-    upload = UploadFile(spool, size=0)  # counted as it is written
-    try:
-        # UploadFile.write moves to a thread once the spool has rolled over to disk.
-        async for chunk in _limited(request, limit):
-            await upload.write(chunk)
-        await upload.seek(0)
-    except BaseException:
-        await upload.close()
-        raise
-    return upload
-
-
-def _pipeline_spec(
-    processor: Processor, pipeline: str | None, preset: str | None
-) -> Pipeline | str | None:
-    if pipeline is not None and preset is not None:
-        raise InvalidPipeline("give either a pipeline or a preset, not both")
-    if preset is not None:
-        if preset not in processor.presets:
-            names = ", ".join(sorted(processor.presets)) or "none are configured"
-            raise InvalidPipeline(f"unknown preset {preset!r} (presets: {names})")
-        return preset
-    if pipeline is None or not pipeline.strip():
-        return None
-    text = pipeline.strip()
-    if text.startswith("{"):
-        return Pipeline.from_json_text(text)
-    return text
-
-
-def _priority(value: str | None, cap: int) -> int:
-    """The priority asked for, within :data:`PRIORITY_RANGE` and at most ``cap``; none asked
-    for is 0, or ``cap`` if that is lower, so a key held below 0 can upload without asking."""
-    if value is None or not value.strip():
-        return min(0, cap)
-    try:
-        priority = parse_whole_number(value)
-    except ValueError:
-        raise ApiError(
-            422, "invalid_priority", "priority must be a whole number in ASCII digits"
-        ) from None
-    if priority not in PRIORITY_RANGE:
-        raise ApiError(
-            422,
-            "invalid_priority",
-            f"priority must be between {PRIORITY_RANGE.start} and {PRIORITY_RANGE.stop - 1}",
-        )
-    if priority > cap:
-        # Well-formed, but more than this credential is allowed: a permission, hence 403.
-        raise ApiError(
-            403,
-            "priority_not_allowed",
-            f"priority {priority} is above the most this client may ask for ({cap})",
-        )
-    return priority
-
-
-def _text_field(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_field", f"the {name!r} field must be text, not a file")
-    return value
-
-
-# -- the app ------------------------------------------------------------------------------------
 
 
 def create_app(
@@ -328,163 +173,6 @@ def create_app(
         max_uploads_per_minute=max_uploads_per_minute,
     )
 
-    async def upload(request: Request) -> Response:
-        owner = service.authenticate(request)
-        service.check_upload_rate(request, owner)
-        await service.check_queue_depth()
-        limit = service.max_upload_bytes
-        content_type = request.headers.get("content-type", "").lower()
-        image: UploadFile | None = None
-        form: FormData | None = None
-        try:
-            try:
-                if content_type.startswith("multipart/form-data"):
-                    _check_length(request, limit + FORM_OVERHEAD)
-                    form = await _read_form(request, service)
-                    field = form.get("image")
-                    if not isinstance(field, UploadFile):
-                        raise ApiError(
-                            422,
-                            "missing_image",
-                            "the form needs the image as a file in field 'image'",
-                        )
-                    image = field
-                    if image.size is not None and image.size > limit:
-                        raise _TooLarge
-                    pipeline = _text_field(form, "pipeline")
-                    preset = _text_field(form, "preset")
-                    priority_text = _text_field(form, "priority")
-                elif content_type.startswith("image/"):
-                    _check_length(request, limit)
-                    image = await _spool_body(request, limit)
-                    pipeline = request.query_params.get("pipeline")
-                    preset = request.query_params.get("preset")
-                    priority_text = request.query_params.get("priority")
-                else:
-                    raise ApiError(
-                        415,
-                        "unsupported_media_type",
-                        "send multipart/form-data with the image in field 'image',"
-                        " or an image/* body",
-                    )
-            except _TooLarge:
-                raise _too_large(limit) from None
-            spec = _pipeline_spec(processor, pipeline, preset)
-            priority = _priority(priority_text, service.priority_cap(owner))
-            task = await service.batcher.submit(
-                Upload(image.file, spec, priority=priority, owner=owner), size=image.size or 0
-            )
-        finally:
-            # Closing deletes the spooled temporary files (the form's, or the raw body's).
-            if form is not None:
-                await form.close()
-            elif image is not None:
-                await image.close()
-        status_url = service.url_for(request, "status", task_id=task.id)
-        return JSONResponse(
-            {
-                "id": task.id,
-                "status": str(task.status),
-                "status_url": status_url,
-                "created_at": rfc3339(task.created_at),
-            },
-            status_code=202,
-            headers={"Location": status_url},
-        )
-
-    async def status(request: Request) -> Response:
-        owner = service.authenticate(request)
-        task = await service.task_for(request.path_params["task_id"], owner)
-        return JSONResponse(service.task_json(request, task), headers={"Cache-Control": "no-store"})
-
-    async def cancel(request: Request) -> Response:
-        owner = service.authenticate(request)
-        task = await service.task_for(request.path_params["task_id"], owner)
-        changed = await run_in_threadpool(processor.cancel, task.id)
-        return JSONResponse(service.task_json(request, changed))
-
-    async def retry(request: Request) -> Response:
-        owner = service.authenticate(request)
-        task = await service.task_for(request.path_params["task_id"], owner)
-        changed = await run_in_threadpool(processor.retry, task.id)
-        return JSONResponse(service.task_json(request, changed))
-
-    async def image(request: Request) -> Response:
-        key = request.path_params["image_key"]
-        _check_raw_path(request, key)
-        keyrules.validate_key(key)
-        kind = key.split("/", 1)[0]
-        if kind not in ("outputs", "originals"):
-            raise ObjectNotFound("not an image key")
-        cache = f"public, {IMMUTABLE}"
-        if "signature" in request.query_params or "expires" in request.query_params:
-            now = time.time()
-            expires = _signed_expiry(request, service.signer, key, now)
-            # A cache must stop serving the image when the URL stops working, not a year on:
-            # the signature's expiry is the most it may keep it (a rotated-out key ends it
-            # earlier, which no header can say).
-            cache = f"public, max-age={max(0, math.floor(expires - now))}, immutable"
-        elif service.api_keys is not None:
-            owner = service.authenticate(request)
-            if kind != "outputs":
-                raise ObjectNotFound("no image under this key")
-            # Fetched with a credential: no shared cache may keep it.
-            cache = f"private, {IMMUTABLE}"
-            await _owned_output(service, key, owner)
-
-        info = await run_in_threadpool(processor.storage.stat, key)
-        etag = _etag(key, info.size)
-        headers = {"ETag": etag, "Cache-Control": cache, "Content-Length": str(info.size)}
-        if kind == "originals":
-            # An original is whatever was uploaded, checked only as far as its header: a browser
-            # that opens its URL saves it rather than renders it (an <img> shows it all the same).
-            headers["Content-Disposition"] = "attachment"
-        if _etag_matches(request.headers.get("if-none-match"), etag):
-            del headers["Content-Length"]
-            return Response(status_code=304, headers=headers)
-        if request.method == "HEAD":
-            return Response(status_code=200, headers=headers, media_type=info.content_type)
-        stream = await run_in_threadpool(processor.open, key)
-        return StreamingResponse(_chunks(stream), headers=headers, media_type=info.content_type)
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
-
-    async def readyz(request: Request) -> Response:
-        service.authenticate(request)
-
-        def probe() -> None:
-            processor.repository.queue_stats()
-            processor.storage.exists("healthz-probe")
-
-        try:
-            with anyio.fail_after(READY_TIMEOUT):
-                await anyio.to_thread.run_sync(probe, abandon_on_cancel=True)
-        except Exception as error:
-            logger.warning("not ready: %s", type(error).__name__)
-            raise ApiError(
-                503,
-                "not_ready",
-                "the task database or storage is unreachable",
-                {"Retry-After": str(RETRY_AFTER)},
-            ) from None
-        return JSONResponse({"status": "ready"}, headers={"Cache-Control": "no-store"})
-
-    async def metrics(request: Request) -> Response:
-        service.authenticate(request)
-        registry = service.metrics_registry
-        if registry is None:
-            raise ApiError(404, "not_found", "metrics are not enabled")
-        import prometheus_client
-
-        # Collectors may query the database (queue depth): off the event loop.
-        body = await run_in_threadpool(prometheus_client.generate_latest, registry)
-        return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
-
-    async def openapi(request: Request) -> Response:
-        service.authenticate(request)
-        return JSONResponse(OPENAPI)
-
     routes = [
         Route("/upload", guard(upload), methods=["POST"], name="upload"),
         Route("/status/{task_id}", guard(status), methods=["GET"], name="status"),
@@ -504,90 +192,3 @@ def create_app(
     )
     app.state.imageproc = service
     return app
-
-
-def _check_raw_path(request: Request, key: str) -> None:
-    """Refuse a key that reached us percent-encoded (``%2e%2e``, ``%2f``, ``%00``…).
-
-    Starlette matches routes on the decoded path; valid keys never need encoding, so the raw
-    path must end with the key exactly as decoded, or someone is smuggling characters in.
-    """
-    raw = request.scope.get("raw_path")
-    if raw is None:
-        return
-    raw_path = bytes(raw).split(b"?", 1)[0]
-    if not raw_path.endswith(b"/image/" + key.encode("utf-8", "surrogateescape")):
-        raise InvalidKey("image keys must not be percent-encoded")
-
-
-def _signed_expiry(request: Request, signer: UrlSigner, key: str, now: float) -> int:
-    """The expiry of the request's valid signature for ``key``; else a 403.
-
-    Only the URL exactly as :meth:`Service.signed_url` writes it passes: each query parameter
-    once (with a repeat, which one counts would depend on the parser), ``expires`` and
-    ``signature`` in their canonical text and not percent-encoded. Any other spelling of a valid
-    signature would be another URL for the same image: another cache key, and a way around a
-    filter on the exact URL.
-    """
-    params = request.query_params.multi_items()
-    if len({name for name, _ in params}) != len(params):
-        raise ApiError(
-            403, "invalid_signature", "a signed URL carries each query parameter only once"
-        )
-    expires_text = request.query_params.get("expires", "")
-    signature = request.query_params.get("signature", "")
-    expires = parse_expires(expires_text)
-    raw = bytes(request.scope.get("query_string", b"")).split(b"&")
-    # verify() first: past it, both values are known to be ASCII.
-    if (
-        expires is None
-        or not signer.verify(key, expires, signature, now=now)
-        or f"expires={expires_text}".encode() not in raw
-        or f"signature={signature}".encode() not in raw
-    ):
-        raise ApiError(403, "invalid_signature", "the URL's signature is invalid or has expired")
-    return expires
-
-
-async def _owned_output(service: Service, key: str, owner: str | None) -> None:
-    """Pass if ``key`` is a recorded output of a task ``owner`` may see; else 404."""
-    parts = key.split("/")
-    if len(parts) != 3:
-        raise ObjectNotFound("no image under this key")
-    try:
-        task = await service.task_for(parts[1], owner)
-    except TaskNotFound:
-        raise ObjectNotFound("no image under this key") from None
-    if key not in {output.key for output in task.outputs}:
-        raise ObjectNotFound("no image under this key")
-
-
-def _etag(key: str, size: int) -> str:
-    """A strong validator from the key and the size, without reading the content.
-
-    Sound because stored objects do not change under a key: originals are content-addressed (the
-    key holds their SHA-256), and an output is written only by attempts of its own task, all
-    rendering the same pipeline from the same original, and once the task has succeeded it can
-    never run again (succeeded is final). The size is mixed in as a cheap guard against the one
-    rewrite still possible, a late attempt whose lease was lost, with a different encoder build.
-    """
-    digest = hashlib.sha256(f"{key}\0{size}".encode()).hexdigest()
-    return f'"{digest[:32]}"'
-
-
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    if header.strip() == "*":
-        return True
-    # If-None-Match uses the weak comparison: W/"x" matches "x".
-    candidates = (tag.strip().removeprefix("W/") for tag in header.split(","))
-    return any(secrets.compare_digest(tag, etag) for tag in candidates if tag.isascii())
-
-
-async def _chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
-    try:
-        while chunk := await run_in_threadpool(stream.read, CHUNK_BYTES):
-            yield chunk
-    finally:
-        await run_in_threadpool(stream.close)

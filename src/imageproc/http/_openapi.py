@@ -1,10 +1,22 @@
 """The OpenAPI 3.1 description of the service, :data:`OPENAPI` (declarative data, hence the
-length), with the schema helpers that build it.
+length), with the schema helpers that build it and ``GET /openapi.json``, which serves it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from imageproc.http._service import service_of
+
+
+async def openapi(request: Request) -> Response:
+    """GET /openapi.json: :data:`OPENAPI`."""
+    service = service_of(request)
+    service.authenticate(request)
+    return JSONResponse(OPENAPI)
 
 
 def _task_schema() -> dict[str, Any]:
