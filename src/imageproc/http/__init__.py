@@ -6,7 +6,8 @@ The service layer: it may import anything of ours; nothing below it imports Star
 """
 
 from imageproc._signing import parse_api_keys
-from imageproc.http._app import OPENAPI, create_app
+from imageproc.http._app import create_app
+from imageproc.http._openapi import OPENAPI
 from imageproc.http._serving import (
     BodyDeadline,
     RedactQuerySecrets,

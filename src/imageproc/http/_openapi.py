@@ -1,0 +1,341 @@
+"""The OpenAPI 3.1 description of the service, :data:`OPENAPI` (declarative data, hence the
+length), with the schema helpers that build it and ``GET /openapi.json``, which serves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from imageproc.http._service import service_of
+
+
+async def openapi(request: Request) -> Response:
+    """GET /openapi.json: :data:`OPENAPI`."""
+    service = service_of(request)
+    service.authenticate(request)
+    return JSONResponse(OPENAPI)
+
+
+def _task_schema() -> dict[str, Any]:
+    timestamp = {"type": ["string", "null"], "format": "date-time"}
+    image: dict[str, Any] = {
+        "key": {"type": "string"},
+        "url": {"type": "string", "format": "uri"},
+        "format": {"type": "string"},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "bytes": {"type": "integer"},
+    }
+    source = {
+        "type": "object",
+        "required": [*image, "orientation", "display_width", "display_height"],
+        "properties": {
+            **image,
+            "orientation": {"type": "integer", "minimum": 1, "maximum": 8},
+            "display_width": {"type": "integer"},
+            "display_height": {"type": "integer"},
+        },
+    }
+    output = {
+        "type": "object",
+        "required": ["name", *image],
+        "properties": {
+            **image,
+            "name": {"type": "string"},
+            "blurhash": {"type": "string"},
+            "dominant_color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
+        },
+    }
+    return {
+        "type": "object",
+        "required": [
+            "id",
+            "status",
+            "pipeline",
+            "priority",
+            "attempts",
+            "max_attempts",
+            "error",
+            "created_at",
+            "updated_at",
+            "started_at",
+            "finished_at",
+            "source",
+            "outputs",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["queued", "processing", "succeeded", "failed", "dead", "cancelled"],
+            },
+            "pipeline": {"type": "string"},
+            "attempts": {"type": "integer"},
+            "max_attempts": {"type": "integer"},
+            "priority": {"type": "integer"},
+            "error": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/ErrorBody"}]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "started_at": timestamp,
+            "finished_at": timestamp,
+            "source": source,
+            "outputs": {"type": "array", "items": output},
+        },
+    }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_TASK_ID = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 64},
+}
+_TASK_RESPONSE = {
+    "description": "the task",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Task"}}},
+}
+_AUTH_ERRORS = {
+    "401": _error("missing or unknown API key (when keys are configured)"),
+    "429": _error("too many missing or unknown API keys from this address (Retry-After)"),
+}
+_UNAVAILABLE = {"503": _error("a backend is temporarily unavailable (Retry-After)")}
+
+#: The OpenAPI 3.1 description of every endpoint, served at ``/openapi.json``.
+OPENAPI: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "imageproc",
+        "version": "1",
+        "description": "Upload images, follow their processing, fetch the variants.",
+    },
+    "components": {
+        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "ErrorBody": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"$ref": "#/components/schemas/ErrorBody"}},
+            },
+            "Task": _task_schema(),
+            "Accepted": {
+                "type": "object",
+                "required": ["id", "status", "status_url", "created_at"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "status": {"type": "string"},
+                    "status_url": {"type": "string", "format": "uri"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+    },
+    "security": [{"apiKey": []}],
+    "paths": {
+        "/upload": {
+            "post": {
+                "operationId": "upload",
+                "summary": "Store an image and queue a task to make its variants",
+                "parameters": [
+                    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for n in ("pipeline", "preset", "priority")
+                ],
+                "requestBody": {
+                    "required": True,
+                    "description": "a form with the file in 'image', or the image as the body "
+                    "(then pipeline, preset and priority go in the query)",
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["image"],
+                                "properties": {
+                                    "image": {"type": "string", "contentMediaType": "image/*"},
+                                    "pipeline": {
+                                        "type": "string",
+                                        "description": "compact text or JSON form",
+                                    },
+                                    "preset": {"type": "string"},
+                                    "priority": {
+                                        "type": "integer",
+                                        "minimum": -1000,
+                                        "maximum": 1000,
+                                    },
+                                },
+                            }
+                        },
+                        "image/*": {"schema": {"type": "string", "contentMediaType": "image/*"}},
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "accepted; follow status_url (also in Location)",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/Accepted"}
+                            }
+                        },
+                    },
+                    "400": _error("malformed request"),
+                    **_AUTH_ERRORS,
+                    "403": _error("a priority above the most this API key may ask for"),
+                    "413": _error("the upload is over the size limit"),
+                    "415": _error("not an image, or a format that is not accepted"),
+                    "422": _error("a bad pipeline, preset or priority"),
+                    "429": _error(
+                        "the queue is full, in all or for this owner (queue_full); more uploads"
+                        " this minute than allowed (rate_limited); too many uploads in progress"
+                        " for this API key (too_many_uploads); or too many missing or unknown"
+                        " API keys from this address (Retry-After)"
+                    ),
+                    "408": _error("the body paused or came too slowly (imageproc serve)"),
+                    **_UNAVAILABLE,
+                },
+            }
+        },
+        "/status/{task_id}": {
+            "get": {
+                "operationId": "status",
+                "summary": "A task, with signed URLs of its outputs",
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _TASK_RESPONSE,
+                    **_AUTH_ERRORS,
+                    "404": _error("no such task (or not yours)"),
+                    **_UNAVAILABLE,
+                },
+            }
+        },
+        "/tasks/{task_id}": {
+            "delete": {
+                "operationId": "cancel",
+                "summary": "Cancel a queued or processing task",
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _TASK_RESPONSE,
+                    **_AUTH_ERRORS,
+                    "404": _error("no such task (or not yours)"),
+                    "409": _error("the task has already ended"),
+                    **_UNAVAILABLE,
+                },
+            }
+        },
+        "/tasks/{task_id}/retry": {
+            "post": {
+                "operationId": "retry",
+                "summary": "Queue a failed or dead task again",
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": _TASK_RESPONSE,
+                    **_AUTH_ERRORS,
+                    "404": _error("no such task (or not yours)"),
+                    "409": _error("the task is not failed or dead"),
+                    "429": _error(
+                        "the queue is full, in all or for this owner (queue_full), or too many"
+                        " missing or unknown API keys from this address (Retry-After)"
+                    ),
+                    **_UNAVAILABLE,
+                },
+            }
+        },
+        "/image/{image_key}": {
+            "parameters": [
+                {
+                    "name": "image_key",
+                    "in": "path",
+                    "required": True,
+                    "description": "outputs/<task id>/<name>.<ext> or originals/…",
+                    "schema": {"type": "string"},
+                },
+                {"name": "expires", "in": "query", "schema": {"type": "integer"}},
+                {"name": "signature", "in": "query", "schema": {"type": "string"}},
+            ],
+            "get": {
+                "operationId": "image",
+                "summary": "A stored image (signed URL, or the owner's API key)",
+                "security": [{}, {"apiKey": []}],
+                "responses": {
+                    "200": {
+                        "description": "the image",
+                        "content": {"image/*": {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "not modified (If-None-Match)"},
+                    "400": _error("an invalid key"),
+                    **_AUTH_ERRORS,
+                    "403": _error("an invalid or expired signature"),
+                    "404": _error("no such image (or not yours)"),
+                    **_UNAVAILABLE,
+                },
+            },
+            "head": {
+                "operationId": "imageHead",
+                "summary": "The headers of a stored image",
+                "security": [{}, {"apiKey": []}],
+                "responses": {
+                    "200": {"description": "the image's headers"},
+                    "304": {"description": "not modified"},
+                    "400": {"description": "an invalid key"},
+                    "401": {"description": "missing or unknown API key"},
+                    "403": {"description": "an invalid or expired signature"},
+                    "404": {"description": "no such image"},
+                    "429": {"description": "too many missing or unknown API keys from here"},
+                },
+            },
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is up",
+                "security": [{}],
+                "responses": {"200": {"description": "alive"}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "The task database and storage are reachable",
+                "responses": {
+                    "200": {"description": "ready"},
+                    **_AUTH_ERRORS,
+                    "503": _error("not ready"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "the text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_AUTH_ERRORS,
+                    "404": _error("metrics are not enabled"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1"}, **_AUTH_ERRORS},
+            }
+        },
+    },
+}

@@ -1,0 +1,218 @@
+"""``POST /upload``: the endpoint, and the reading of its request: the body's size limit (kept
+while it streams in), the multipart form or the raw image spooled to a temporary file, the text
+fields, the pipeline or preset, and the priority asked for.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import AsyncGenerator
+from typing import Any, Final
+
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from imageproc._errors import InvalidPipeline
+from imageproc._processor import Processor, Upload
+from imageproc._signing import PRIORITY_RANGE
+from imageproc._taskjson import rfc3339
+from imageproc.config import parse_whole_number
+from imageproc.http._errors import ApiError
+from imageproc.http._service import Service, service_of
+from imageproc.pipeline._model import Pipeline
+
+#: Room for the multipart envelope (boundaries, part headers, the small fields) on top of the
+#: image itself, so an image of exactly ``max_upload_bytes`` still fits in a form.
+FORM_OVERHEAD: Final = 64 * 1024
+#: Bytes kept in memory before an upload spools to a temporary file.
+SPOOL_BYTES: Final = 1024 * 1024
+
+_DIGITS: Final = re.compile(r"[0-9]{1,19}")
+
+
+async def upload(request: Request) -> Response:
+    """POST /upload: store the image (a form's ``image`` field, or the raw body) and queue its
+    task; 202."""
+    service = service_of(request)
+    owner = service.authenticate(request)
+    service.check_upload_rate(request, owner)
+    await service.check_queue_depth()
+    limit = service.max_upload_bytes
+    content_type = request.headers.get("content-type", "").lower()
+    image: UploadFile | None = None
+    form: FormData | None = None
+    try:
+        try:
+            if content_type.startswith("multipart/form-data"):
+                _check_length(request, limit + FORM_OVERHEAD)
+                form = await _read_form(request, service)
+                field = form.get("image")
+                if not isinstance(field, UploadFile):
+                    raise ApiError(
+                        422,
+                        "missing_image",
+                        "the form needs the image as a file in field 'image'",
+                    )
+                image = field
+                if image.size is not None and image.size > limit:
+                    raise _TooLarge
+                pipeline = _text_field(form, "pipeline")
+                preset = _text_field(form, "preset")
+                priority_text = _text_field(form, "priority")
+            elif content_type.startswith("image/"):
+                _check_length(request, limit)
+                image = await _spool_body(request, limit)
+                pipeline = request.query_params.get("pipeline")
+                preset = request.query_params.get("preset")
+                priority_text = request.query_params.get("priority")
+            else:
+                raise ApiError(
+                    415,
+                    "unsupported_media_type",
+                    "send multipart/form-data with the image in field 'image', or an image/* body",
+                )
+        except _TooLarge:
+            raise _too_large(limit) from None
+        spec = _pipeline_spec(service.processor, pipeline, preset)
+        priority = _priority(priority_text, service.priority_cap(owner))
+        task = await service.batcher.submit(
+            Upload(image.file, spec, priority=priority, owner=owner), size=image.size or 0
+        )
+    finally:
+        # Closing deletes the spooled temporary files (the form's, or the raw body's).
+        if form is not None:
+            await form.close()
+        elif image is not None:
+            await image.close()
+    status_url = service.url_for(request, "status", task_id=task.id)
+    return JSONResponse(
+        {
+            "id": task.id,
+            "status": str(task.status),
+            "status_url": status_url,
+            "created_at": rfc3339(task.created_at),
+        },
+        status_code=202,
+        headers={"Location": status_url},
+    )
+
+
+class _TooLarge(Exception):
+    """The request body passed its limit while streaming in."""
+
+
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The request body, raising :class:`_TooLarge` as soon as more than ``limit`` bytes came."""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _TooLarge
+        yield chunk
+
+
+def _check_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    # RFC 9110: 1*DIGIT, ASCII. int() would also take "+5", "1_0" and other scripts' digits.
+    if not _DIGITS.fullmatch(declared.strip()):
+        raise ApiError(400, "bad_request", "Content-Length is not a number")
+    if int(declared) > limit:
+        raise _TooLarge
+
+
+def _too_large(limit: int) -> ApiError:
+    # "Connection: close" makes the server drop the connection after answering instead of
+    # reading (and discarding) the rest of the body to keep the connection alive.
+    return ApiError(
+        413,
+        "too_large",
+        f"the upload is larger than the limit of {limit} bytes",
+        {"Connection": "close"},
+    )
+
+
+async def _read_form(request: Request, service: Service) -> FormData:
+    parser = MultiPartParser(
+        request.headers,
+        _limited(request, service.max_upload_bytes + FORM_OVERHEAD),
+        max_files=1,
+        max_fields=8,
+        max_part_size=64 * 1024,
+    )
+    try:
+        return await parser.parse()
+    except MultiPartException as error:
+        raise ApiError(400, "bad_request", f"malformed multipart body: {error.message}") from None
+
+
+async def _spool_body(request: Request, limit: int) -> UploadFile:
+    spool: Any = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+    upload = UploadFile(spool, size=0)  # counted as it is written
+    try:
+        # UploadFile.write moves to a thread once the spool has rolled over to disk.
+        async for chunk in _limited(request, limit):
+            await upload.write(chunk)
+        await upload.seek(0)
+    except BaseException:
+        await upload.close()
+        raise
+    return upload
+
+
+def _pipeline_spec(
+    processor: Processor, pipeline: str | None, preset: str | None
+) -> Pipeline | str | None:
+    if pipeline is not None and preset is not None:
+        raise InvalidPipeline("give either a pipeline or a preset, not both")
+    if preset is not None:
+        if preset not in processor.presets:
+            names = ", ".join(sorted(processor.presets)) or "none are configured"
+            raise InvalidPipeline(f"unknown preset {preset!r} (presets: {names})")
+        return preset
+    if pipeline is None or not pipeline.strip():
+        return None
+    text = pipeline.strip()
+    if text.startswith("{"):
+        return Pipeline.from_json_text(text)
+    return text
+
+
+def _priority(value: str | None, cap: int) -> int:
+    """The priority asked for, within :data:`PRIORITY_RANGE` and at most ``cap``; none asked
+    for is 0, or ``cap`` if that is lower, so a key held below 0 can upload without asking."""
+    if value is None or not value.strip():
+        return min(0, cap)
+    try:
+        priority = parse_whole_number(value)
+    except ValueError:
+        raise ApiError(
+            422, "invalid_priority", "priority must be a whole number in ASCII digits"
+        ) from None
+    if priority not in PRIORITY_RANGE:
+        raise ApiError(
+            422,
+            "invalid_priority",
+            f"priority must be between {PRIORITY_RANGE.start} and {PRIORITY_RANGE.stop - 1}",
+        )
+    if priority > cap:
+        # Well-formed, but more than this credential is allowed: a permission, hence 403.
+        raise ApiError(
+            403,
+            "priority_not_allowed",
+            f"priority {priority} is above the most this client may ask for ({cap})",
+        )
+    return priority
+
+
+def _text_field(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_field", f"the {name!r} field must be text, not a file")
+    return value
