@@ -26,7 +26,8 @@ from imageproc.engine._codecs import (
     open_checked,
     source_format,
 )
-from imageproc.pipeline._model import WHITE, Colour, Encoding
+from imageproc.pipeline._colour import WHITE, Colour
+from imageproc.pipeline._encoding import Encoding
 from imageproc.testing import sample_image
 from tests.images import INVERSE
 

@@ -34,7 +34,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from imageproc._errors import ConfigurationError, ImageTooLarge, InvalidImage, InvalidPipeline
 from imageproc.engine import _structure as structure
-from imageproc.pipeline._model import WHITE, Colour, Encoding
+from imageproc.pipeline._colour import WHITE, Colour
+from imageproc.pipeline._encoding import Encoding
 
 __all__ = [
     "DEFAULT_FORMATS",

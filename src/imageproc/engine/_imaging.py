@@ -34,17 +34,9 @@ from imageproc.engine._codecs import (
 )
 from imageproc.engine._placeholder import placeholder
 from imageproc.engine._transforms import crop_outside
-from imageproc.pipeline._model import (
-    Crop,
-    Encoding,
-    Fill,
-    Fit,
-    Operation,
-    Pad,
-    Pipeline,
-    Resize,
-    Variant,
-)
+from imageproc.pipeline._encoding import Encoding
+from imageproc.pipeline._operations import Crop, Fill, Fit, Operation, Pad, Resize
+from imageproc.pipeline._pipeline import Pipeline, Variant
 
 __all__ = ["DEFAULT_FORMATS", "ImageLimits", "Rendered", "draft_scale", "probe", "render"]
 

@@ -13,9 +13,9 @@ from typing import Final
 from PIL import Image, ImageFilter, ImageOps
 
 from imageproc._errors import InvalidPipeline
-from imageproc.pipeline._model import (
+from imageproc.pipeline._colour import Colour
+from imageproc.pipeline._operations import (
     Blur,
-    Colour,
     Crop,
     Fill,
     Fit,

@@ -87,7 +87,7 @@ from imageproc._taskjson import rfc3339, task_json
 from imageproc.config import parse_whole_number
 from imageproc.http._batching import SubmitBatcher
 from imageproc.http._ratelimit import WindowLimit
-from imageproc.pipeline._model import Pipeline
+from imageproc.pipeline._pipeline import Pipeline
 
 if TYPE_CHECKING:
     import prometheus_client
