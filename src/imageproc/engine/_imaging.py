@@ -21,13 +21,11 @@ from PIL import Image
 from imageproc._errors import InvalidPipeline
 from imageproc._task import SourceInfo
 from imageproc.engine import _transforms as transforms
-from imageproc.engine._codecs import (
+from imageproc.engine._decode import Decoded, decode
+from imageproc.engine._encode import check_side, encode
+from imageproc.engine._open import (
     DEFAULT_FORMATS,
-    Decoded,
     ImageLimits,
-    check_side,
-    decode,
-    encode,
     mapped_errors,
     open_checked,
     source_format,
