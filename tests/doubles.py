@@ -13,7 +13,7 @@ import attrs
 
 from imageproc import Lease, ObjectInfo, Processor, Queue, SourceInfo, Storage, Task, TaskStatus
 from imageproc._clock import utcnow
-from imageproc.pipeline._model import DEFAULT_PIPELINE
+from imageproc.pipeline._pipeline import DEFAULT_PIPELINE
 from imageproc.testing import sample_image
 
 

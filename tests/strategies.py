@@ -6,24 +6,22 @@ from hypothesis import strategies as st
 
 from imageproc._formats import OUTPUT_FORMATS
 from imageproc._retrying import RetryPolicy
-from imageproc.pipeline._model import (
-    DEFAULT_QUALITY,
+from imageproc.pipeline._colour import Colour
+from imageproc.pipeline._encoding import DEFAULT_QUALITY, Encoding
+from imageproc.pipeline._operations import (
     GRAVITIES,
     Blur,
-    Colour,
     Crop,
-    Encoding,
     Fill,
     Fit,
     Flip,
     Grayscale,
     Pad,
-    Pipeline,
     Resize,
     Rotate,
     Sharpen,
-    Variant,
 )
+from imageproc.pipeline._pipeline import Pipeline, Variant
 
 sides = st.integers(min_value=1, max_value=8192)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}", fullmatch=True)

@@ -15,18 +15,18 @@ from hypothesis import strategies as st
 from PIL import ExifTags, Image, ImageCms, ImageDraw
 
 from imageproc import InvalidImage, InvalidPipeline
-from imageproc.engine._codecs import (
+from imageproc.engine._decode import Decoded, decode
+from imageproc.engine._encode import encode
+from imageproc.engine._metadata import Metadata
+from imageproc.engine._open import (
     DEFAULT_FORMATS,
     HEIF_AVAILABLE,
-    Decoded,
     ImageLimits,
-    Metadata,
-    decode,
-    encode,
     open_checked,
     source_format,
 )
-from imageproc.pipeline._model import WHITE, Colour, Encoding
+from imageproc.pipeline._colour import WHITE, Colour
+from imageproc.pipeline._encoding import Encoding
 from imageproc.testing import sample_image
 from tests.images import INVERSE
 
@@ -291,7 +291,8 @@ RSS_PROBE = textwrap.dedent(
     """
     import resource, sys, warnings
     warnings.simplefilter("ignore")
-    from imageproc.engine._codecs import ImageLimits, decode
+    from imageproc.engine._decode import decode
+    from imageproc.engine._open import ImageLimits
     from imageproc._errors import InvalidImage
     from imageproc.testing import sample_image
 
@@ -495,7 +496,8 @@ def test_a_non_srgb_profile_is_converted() -> None:
     again = decode(data, LIMITS).metadata.icc_profile
     assert again == decoded.metadata.icc_profile
     code = (
-        "import sys; from imageproc.engine._codecs import decode, ImageLimits;"
+        "import sys; from imageproc.engine._decode import decode;"
+        " from imageproc.engine._open import ImageLimits;"
         " decoded = decode(sys.stdin.buffer.read(), ImageLimits());"
         " sys.stdout.write(decoded.metadata.icc_profile.hex())"
     )
@@ -885,7 +887,10 @@ def test_heif_is_allowed_exactly_when_pillow_heif_is_installed() -> None:
 
 
 def test_importing_imageproc_does_not_import_pillow_heif() -> None:
-    code = "import sys, imageproc, imageproc.engine._codecs; print('pillow_heif' in sys.modules)"
+    code = (
+        "import sys, imageproc, imageproc.engine._decode, imageproc.engine._encode;"
+        " print('pillow_heif' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )

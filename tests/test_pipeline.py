@@ -7,19 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imageproc import Encoding, Fit, InvalidPipeline, Pipeline, PipelineLimits, Resize, Variant
-from imageproc.pipeline._model import (
-    DEFAULT_PIPELINE,
-    MAX_JSON_DEPTH,
-    Blur,
-    Colour,
-    Crop,
-    Fill,
-    Flip,
-    Grayscale,
-    Pad,
-    Rotate,
-    Sharpen,
-)
+from imageproc.pipeline._colour import Colour
+from imageproc.pipeline._json import MAX_JSON_DEPTH
+from imageproc.pipeline._operations import Blur, Crop, Fill, Flip, Grayscale, Pad, Rotate, Sharpen
+from imageproc.pipeline._pipeline import DEFAULT_PIPELINE
 from tests.strategies import FOREIGN_ZEROS, foreign_digits, foreign_numbers, pipelines
 
 

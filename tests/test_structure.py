@@ -14,9 +14,9 @@ from PIL import Image
 
 from imageproc import ImageTooLarge, InvalidImage
 from imageproc.engine import _structure as structure
-from imageproc.engine._codecs import ImageLimits
 from imageproc.engine._imaging import probe, render
-from imageproc.pipeline._model import Pipeline
+from imageproc.engine._open import ImageLimits
+from imageproc.pipeline._pipeline import Pipeline
 from imageproc.testing import sample_image
 from tests.images import progressive_jpeg
 

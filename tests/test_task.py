@@ -9,7 +9,7 @@ import pytest
 
 from imageproc import IllegalTransition, Output, SourceInfo, Task, TaskError, TaskStatus
 from imageproc._task import TRANSITIONS, new_task_id
-from imageproc.pipeline._model import DEFAULT_PIPELINE
+from imageproc.pipeline._pipeline import DEFAULT_PIPELINE
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=5)

@@ -5,9 +5,9 @@ from PIL import Image, ImageChops, ImageDraw
 
 from imageproc._errors import InvalidPipeline
 from imageproc.engine._transforms import apply, fill_box
-from imageproc.pipeline._model import (
+from imageproc.pipeline._colour import Colour
+from imageproc.pipeline._operations import (
     Blur,
-    Colour,
     Crop,
     Fill,
     Fit,

@@ -47,24 +47,22 @@ from imageproc._retrying import RetryPolicy
 from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
 from imageproc._taskjson import task_json
 from imageproc.engine._imaging import ImageLimits
-from imageproc.pipeline._model import (
+from imageproc.pipeline._colour import Colour
+from imageproc.pipeline._encoding import Encoding
+from imageproc.pipeline._operations import (
     Blur,
-    Colour,
     Crop,
-    Encoding,
     Fill,
     Fit,
     Flip,
     Grayscale,
     Operation,
     Pad,
-    Pipeline,
-    PipelineLimits,
     Resize,
     Rotate,
     Sharpen,
-    Variant,
 )
+from imageproc.pipeline._pipeline import Pipeline, PipelineLimits, Variant
 
 __all__ = [
     "BackendUnavailable",

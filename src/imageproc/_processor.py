@@ -33,7 +33,7 @@ from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStor
 from imageproc.backends._urls import backends_from_urls
 from imageproc.delivery._waiting import wait_for_end
 from imageproc.engine._imaging import ImageLimits
-from imageproc.pipeline._model import Pipeline, PipelineLimits
+from imageproc.pipeline._pipeline import Pipeline, PipelineLimits
 
 if TYPE_CHECKING:
     from collections.abc import Callable

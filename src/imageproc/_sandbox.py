@@ -39,9 +39,9 @@ from imageproc import _errors as errors
 from imageproc._errors import ImageprocError, LeaseLost, RenderFailed, RenderTimeout
 from imageproc.engine import _allocator as allocator
 from imageproc.engine import _imaging as imaging
-from imageproc.engine._codecs import ImageLimits
 from imageproc.engine._imaging import Rendered
-from imageproc.pipeline._model import Pipeline
+from imageproc.engine._open import ImageLimits
+from imageproc.pipeline._pipeline import Pipeline
 
 __all__ = ["InlineRenderer", "ProcessRenderer", "Renderer", "serve"]
 

@@ -39,7 +39,7 @@ from imageproc._task import SourceInfo, Task
 from imageproc.engine import _imaging as imaging
 from imageproc.engine import _location as location
 from imageproc.engine._imaging import ImageLimits
-from imageproc.pipeline._model import DEFAULT_PIPELINE, Pipeline, PipelineLimits
+from imageproc.pipeline._pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
 
 __all__ = ["PipelineSpec", "Source", "Submission", "Upload"]
 

@@ -23,7 +23,7 @@ from typing import Any, Final
 import attrs
 
 from imageproc._errors import IllegalTransition
-from imageproc.pipeline._model import Pipeline
+from imageproc.pipeline._pipeline import Pipeline
 
 __all__ = [
     "Output",

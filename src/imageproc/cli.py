@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from imageproc.backends.sql._backend import SQLBackend
     from imageproc.engine._imaging import ImageLimits, Rendered
     from imageproc.metrics import Metrics
-    from imageproc.pipeline._model import Pipeline
+    from imageproc.pipeline._pipeline import Pipeline
 
 __all__ = ["main", "task_to_json"]
 
@@ -452,7 +452,7 @@ def _safe_url(url: str) -> str:
 
 def _process(args: argparse.Namespace, settings: Settings) -> int:
     from imageproc.engine._imaging import ImageLimits
-    from imageproc.pipeline._model import DEFAULT_PIPELINE, Pipeline, PipelineLimits
+    from imageproc.pipeline._pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
 
     if args.jobs < 1:
         raise _UsageError(f"--jobs must be at least 1, got {args.jobs}")

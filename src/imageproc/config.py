@@ -211,7 +211,7 @@ def _check_max_priority(value: str) -> None:
 
 def _check_presets(value: tuple[tuple[str, str], ...]) -> None:
     from imageproc._errors import InvalidPipeline
-    from imageproc.pipeline._model import Pipeline
+    from imageproc.pipeline._pipeline import Pipeline
 
     for name, pipeline in value:
         if not isinstance(name, str) or not name or not isinstance(pipeline, str):
@@ -534,7 +534,7 @@ class Settings:
         # the setting, rather than when the processor is built.
         if self.pipeline is not None and self.pipeline not in dict(self.presets):
             from imageproc._errors import InvalidPipeline
-            from imageproc.pipeline._model import Pipeline
+            from imageproc.pipeline._pipeline import Pipeline
 
             try:
                 Pipeline.parse(self.pipeline)

@@ -13,7 +13,7 @@ import pytest
 
 from imageproc import LeaseLost, Output, TaskError, TaskNotFound, TaskStatus
 from imageproc._clock import utcnow
-from imageproc.pipeline._model import Pipeline
+from imageproc.pipeline._pipeline import Pipeline
 from tests.backends.conftest import Backend
 from tests.doubles import new_task
 

@@ -21,30 +21,20 @@ from PIL import Image
 from imageproc._errors import InvalidPipeline
 from imageproc._task import SourceInfo
 from imageproc.engine import _transforms as transforms
-from imageproc.engine._codecs import (
+from imageproc.engine._decode import Decoded, decode
+from imageproc.engine._encode import check_side, encode
+from imageproc.engine._open import (
     DEFAULT_FORMATS,
-    Decoded,
     ImageLimits,
-    check_side,
-    decode,
-    encode,
     mapped_errors,
     open_checked,
     source_format,
 )
 from imageproc.engine._placeholder import placeholder
 from imageproc.engine._transforms import crop_outside
-from imageproc.pipeline._model import (
-    Crop,
-    Encoding,
-    Fill,
-    Fit,
-    Operation,
-    Pad,
-    Pipeline,
-    Resize,
-    Variant,
-)
+from imageproc.pipeline._encoding import Encoding
+from imageproc.pipeline._operations import Crop, Fill, Fit, Operation, Pad, Resize
+from imageproc.pipeline._pipeline import Pipeline, Variant
 
 __all__ = ["DEFAULT_FORMATS", "ImageLimits", "Rendered", "draft_scale", "probe", "render"]
 

@@ -3,7 +3,7 @@
 Pure functions on images, no I/O. Every operation goes through Pillow's C code (resampling,
 filters, transposes): nothing here loops over pixels in Python, so worker threads keep running in
 parallel while Pillow has released the GIL. Inputs are in mode ``RGB``, ``RGBA``, ``L`` or ``LA``
-(what :mod:`imageproc.engine._codecs` decodes to).
+(what ``_decode`` decodes to).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Final
 from PIL import Image, ImageFilter, ImageOps
 
 from imageproc._errors import InvalidPipeline
-from imageproc.pipeline._model import (
+from imageproc.pipeline._colour import Colour
+from imageproc.pipeline._operations import (
     Blur,
-    Colour,
     Crop,
     Fill,
     Fit,

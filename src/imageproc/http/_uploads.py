@@ -22,7 +22,7 @@ from imageproc._taskjson import rfc3339
 from imageproc.config import parse_whole_number
 from imageproc.http._errors import ApiError
 from imageproc.http._service import Service, service_of
-from imageproc.pipeline._model import Pipeline
+from imageproc.pipeline._pipeline import Pipeline
 
 #: Room for the multipart envelope (boundaries, part headers, the small fields) on top of the
 #: image itself, so an image of exactly ``max_upload_bytes`` still fits in a form.

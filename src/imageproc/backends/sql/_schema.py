@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
 from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
-from imageproc.pipeline._model import Pipeline
+from imageproc.pipeline._pipeline import Pipeline
 
 __all__ = [
     "OUTCOME_COLUMNS",
