@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from imageproc.__version__ import __version__
 from imageproc._errors import ConfigurationError, ImageprocError, InvalidPipeline
+from imageproc._signals import on_stop_signals
 from imageproc._task import TaskStatus
 from imageproc._taskjson import task_json
 from imageproc.config import LOG_LEVELS, Settings, parse_whole_number
@@ -290,13 +289,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         logger.warning("IMAGEPROC_SIGNING_KEYS is not set: signed URLs die with this process")
     servers: list[uvicorn.Server] = []  # the one server, once built; read by the handler
 
-    def _stop(signum: int, frame: FrameType | None) -> None:
+    def _stop(name: str) -> None:
         # Also called after uvicorn has already stopped serving on this signal (it hands the
         # signal on once done), so say what is left to do rather than only that it came.
-        logger.info(
-            "received %s: letting tasks in flight finish, then stopping",
-            signal.Signals(signum).name,
-        )
+        logger.info("received %s: letting tasks in flight finish, then stopping", name)
         stopping.set()
         for server in servers:
             server.should_exit = True
@@ -308,76 +304,74 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # the server as soon as it starts instead of killing the process half-way. uvicorn swaps in
     # its own handlers while it serves, then restores these and re-raises the signal it caught:
     # with the default SIGTERM handler that would kill the process before the workers stop.
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with settings.processor(events=metrics, migrate=not args.no_migrate) as processor:
-            if metrics is not None:
-                metrics.watch(processor)
-            app = _guarded_app(
-                create_app(
-                    processor,
-                    api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
-                    signing_keys=settings.signing_keys,
-                    max_upload_bytes=settings.max_upload_bytes,
-                    max_queue_depth=settings.max_queue_depth,
-                    max_priority=parse_max_priorities(settings.max_priority),
-                    max_uploads_per_minute=settings.max_uploads_per_minute,
-                    url_ttl=timedelta(seconds=settings.url_ttl),
-                    metrics_registry=metrics.registry if metrics is not None else None,
-                    # Settings refused weak keys unless they are allowed; create_app warns.
-                    allow_weak_keys=settings.allow_weak_keys,
-                    max_auth_failures=settings.max_auth_failures,
-                    auth_failure_window=timedelta(seconds=settings.auth_failure_window),
-                ),
-                settings,
-            )
-            if not args.no_workers:
-                processor.start(settings.workers)
-            low, high = settings.workers
-            logger.info(
-                "serving on http://%s:%d with %s, tasks in %s, files in %s",
-                settings.host,
-                settings.port,
-                "no workers" if args.no_workers else f"{low}-{high} worker threads",
-                _safe_url(settings.database_url),
-                _safe_url(settings.storage_url),
-            )
-            limit = settings.max_connections
-            config = uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                log_level=settings.log_level,
-                lifespan="on",
-                root_path=settings.root_path,
-                # uvicorn has no deadline for request headers: its h11 protocol with one (always
-                # h11, even where httptools is installed, which has none either).
-                http=serving.header_deadline_protocol(settings.header_timeout),
-                # uvicorn answers 503 once this many connections are open, the one asking
-                # included: one more, so that max_connections connections are all served.
-                limit_concurrency=None if limit is None else limit + 1,
-                timeout_keep_alive=settings.keep_alive_timeout,
-            )
-            # After Config, which (re)configures uvicorn's loggers.
-            access_log.addFilter(redactor)
-            servers.append(uvicorn.Server(config))
-            if not stopping.is_set():
-                try:
-                    servers[0].run()
-                except SystemExit as exit:
-                    # uvicorn exits when it cannot start (the port is taken); it has logged why.
-                    if exit.code:
-                        return _fail(
-                            f"the HTTP server could not start on {settings.host}:{settings.port}"
-                            " (see the log above)",
-                            EXIT_FAILED,
-                        )
-            # Leaving the block: HTTP has stopped taking uploads; tasks in flight finish, then
-            # the backends close.
-    finally:
-        access_log.removeFilter(redactor)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with on_stop_signals(_stop):
+        try:
+            with settings.processor(events=metrics, migrate=not args.no_migrate) as processor:
+                if metrics is not None:
+                    metrics.watch(processor)
+                app = _guarded_app(
+                    create_app(
+                        processor,
+                        api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
+                        signing_keys=settings.signing_keys,
+                        max_upload_bytes=settings.max_upload_bytes,
+                        max_queue_depth=settings.max_queue_depth,
+                        max_priority=parse_max_priorities(settings.max_priority),
+                        max_uploads_per_minute=settings.max_uploads_per_minute,
+                        url_ttl=timedelta(seconds=settings.url_ttl),
+                        metrics_registry=metrics.registry if metrics is not None else None,
+                        # Settings refused weak keys unless they are allowed; create_app warns.
+                        allow_weak_keys=settings.allow_weak_keys,
+                        max_auth_failures=settings.max_auth_failures,
+                        auth_failure_window=timedelta(seconds=settings.auth_failure_window),
+                    ),
+                    settings,
+                )
+                if not args.no_workers:
+                    processor.start(settings.workers)
+                low, high = settings.workers
+                logger.info(
+                    "serving on http://%s:%d with %s, tasks in %s, files in %s",
+                    settings.host,
+                    settings.port,
+                    "no workers" if args.no_workers else f"{low}-{high} worker threads",
+                    _safe_url(settings.database_url),
+                    _safe_url(settings.storage_url),
+                )
+                limit = settings.max_connections
+                config = uvicorn.Config(
+                    app,
+                    host=settings.host,
+                    port=settings.port,
+                    log_level=settings.log_level,
+                    lifespan="on",
+                    root_path=settings.root_path,
+                    # uvicorn has no deadline for request headers: its h11 protocol with one (always
+                    # h11, even where httptools is installed, which has none either).
+                    http=serving.header_deadline_protocol(settings.header_timeout),
+                    # uvicorn answers 503 once this many connections are open, the one asking
+                    # included: one more, so that max_connections connections are all served.
+                    limit_concurrency=None if limit is None else limit + 1,
+                    timeout_keep_alive=settings.keep_alive_timeout,
+                )
+                # After Config, which (re)configures uvicorn's loggers.
+                access_log.addFilter(redactor)
+                servers.append(uvicorn.Server(config))
+                if not stopping.is_set():
+                    try:
+                        servers[0].run()
+                    except SystemExit as exit:
+                        # uvicorn exits when it cannot start (the port is taken); it has logged why.
+                        if exit.code:
+                            where = f"{settings.host}:{settings.port}"
+                            return _fail(
+                                f"the HTTP server could not start on {where} (see the log above)",
+                                EXIT_FAILED,
+                            )
+                # Leaving the block: HTTP has stopped taking uploads; tasks in flight finish, then
+                # the backends close.
+        finally:
+            access_log.removeFilter(redactor)
     return EXIT_OK
 
 
