@@ -614,17 +614,19 @@ def _check_database(settings: Settings, command: str) -> None:
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
 
-    scheme = settings.database_url.partition("://")[0].split("+")[0]
-    if scheme not in ("sqlite", "postgresql"):
+    from imageproc.backends._urls import SQL_DIALECTS, database_scheme
+
+    _, dialect = database_scheme(settings.database_url)
+    if dialect not in SQL_DIALECTS:
         raise ConfigurationError(
-            f"{command} needs a SQLite or PostgreSQL database URL, got a {scheme!r} one"
+            f"{command} needs a SQLite or PostgreSQL database URL, got a {dialect!r} one"
         )
     try:
         database = make_url(settings.database_url).database
     except ArgumentError:
         raise ConfigurationError(f"{command}: malformed database URL") from None
     # SQLite would create an empty file, and then report missing tables.
-    is_file = scheme == "sqlite" and database not in (None, "", ":memory:")
+    is_file = dialect == "sqlite" and database not in (None, "", ":memory:")
     if command != "migrate" and is_file and not Path(str(database)).is_file():
         raise ConfigurationError(f"no database at {database}: run `imageproc migrate` first")
 
