@@ -19,7 +19,7 @@ import attrs
 from PIL import Image
 
 from imageproc._errors import InvalidPipeline
-from imageproc._task import SourceInfo
+from imageproc._task import Output, SourceInfo
 from imageproc.engine import _transforms as transforms
 from imageproc.engine._codecs import (
     DEFAULT_FORMATS,
@@ -50,19 +50,22 @@ __all__ = ["DEFAULT_FORMATS", "ImageLimits", "Rendered", "draft_scale", "probe",
 
 
 @attrs.frozen
-class Rendered:
-    """One encoded variant, ready to store."""
+class Rendered(Output):
+    """One encoded variant, ready to store: the :class:`~imageproc.Output` it becomes (its
+    fields are declared there, once) with its bytes and how to store them.
 
-    name: str
-    format: str
-    content_type: str
-    extension: str
-    width: int
-    height: int
-    data: bytes
-    #: With the variant's ``placeholder`` option: a BlurHash and the dominant colour.
-    blurhash: str | None = None
-    dominant_color: str | None = None
+    Its ``key`` is the variant's file name, ``<name>.<extension>``: the engine knows no task, so
+    where it is stored is decided by whoever stores it (:meth:`stored_at`).
+    """
+
+    data: bytes = attrs.field(kw_only=True)
+    content_type: str = attrs.field(kw_only=True)
+    extension: str = attrs.field(kw_only=True)
+
+    def stored_at(self, key: str) -> Output:
+        """The :class:`~imageproc.Output` a task records once these bytes are stored at ``key``."""
+        fields = {field.name: getattr(self, field.name) for field in attrs.fields(Output)}
+        return Output(**{**fields, "key": key})
 
 
 def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
@@ -285,14 +288,16 @@ def _encode(
     blurhash, colour = placeholder(frames[0]) if variant.placeholder else (None, None)
     return Rendered(
         name=variant.name,
+        key=f"{variant.name}.{encoding.extension}",
         format=encoding.format,
-        content_type=encoding.content_type,
-        extension=encoding.extension,
         width=frames[0].width,
         height=frames[0].height,
-        data=data,
+        bytes=len(data),
         blurhash=blurhash,
         dominant_color=colour,
+        data=data,
+        content_type=encoding.content_type,
+        extension=encoding.extension,
     )
 
 
