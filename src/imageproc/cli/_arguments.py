@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from imageproc.__version__ import __version__
+from imageproc._parsing import parse_whole_number
 from imageproc._task import TaskStatus
 from imageproc.cli import _process, _records, _serve, _worker
 from imageproc.cli._durations import parse_duration
-from imageproc.config import LOG_LEVELS, parse_whole_number
+from imageproc.config import LOG_LEVELS
 
 __all__ = ["SETTING_FLAGS", "build_parser", "configure_logging"]
 
