@@ -220,18 +220,7 @@ class Execution:
             self.retry.call(
                 lambda k=key, r=rendered: self.storage.put(k, r.data, content_type=r.content_type)
             )
-            outputs.append(
-                Output(
-                    name=rendered.name,
-                    key=key,
-                    format=rendered.format,
-                    width=rendered.width,
-                    height=rendered.height,
-                    bytes=len(rendered.data),
-                    blurhash=rendered.blurhash,
-                    dominant_color=rendered.dominant_color,
-                )
-            )
+            outputs.append(rendered.stored_at(key))
         self._stage("store", time.perf_counter() - started)
         return tuple(outputs)
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -26,6 +25,7 @@ from imageproc._execution import Execution, Recorder
 from imageproc._protocols import Lease, Queue, QueueLimits, Repository, Storage
 from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import InlineRenderer, ProcessRenderer, Renderer
+from imageproc._signals import on_stop_signals
 from imageproc._submission import PipelineSpec, Source, Submission, Upload
 from imageproc._task import Task, TaskStatus
 from imageproc._worker import WorkerPool
@@ -37,7 +37,6 @@ from imageproc.pipeline._pipeline import Pipeline, PipelineLimits
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import FrameType
 
 __all__ = ["Processor", "Source", "Upload"]
 
@@ -476,19 +475,17 @@ class Processor:
         """
         stop = threading.Event()
 
-        def _handle(signum: int, frame: FrameType | None) -> None:
-            logger.info("received %s, stopping", signal.Signals(signum).name)
+        def _handle(name: str) -> None:
+            logger.info("received %s, stopping", name)
             stop.set()
 
-        previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self.start(workers)
-            while not stop.wait(0.5):
-                pass
-        finally:
-            self.stop(stop_timeout)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with on_stop_signals(_handle):
+            try:
+                self.start(workers)
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                self.stop(stop_timeout)
 
     def run_until_idle(self, *, worker: str = "inline") -> int:
         """Process every task that is due, one by one in this thread; return how many were run.

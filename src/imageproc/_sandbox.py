@@ -374,7 +374,9 @@ def _rendered_from(described: list[dict[str, Any]], payload: bytes) -> Iterator[
     position = 0
     for fields in described:
         size = int(fields.pop("size"))
-        yield Rendered(**fields, data=payload[position : position + size])
+        data = payload[position : position + size]
+        # Its size as counted here, whatever the render process said.
+        yield Rendered(**{**fields, "bytes": len(data)}, data=data)
         position += size
 
 

@@ -19,13 +19,38 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+from types import NoneType
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from imageproc._errors import ConfigurationError
+from imageproc._parsing import (
+    COUNT,
+    FLAG,
+    LIMIT,
+    OPTIONAL_TEXT,
+    SECONDS,
+    TEXT,
+    ValueSpec,
+    check_optional_positive,
+    check_port,
+    check_positive_int,
+    check_workers,
+    no_check,
+    optional,
+    parse_byte_size,
+    parse_list,
+    parse_real,
+    parse_text,
+    parse_whole_number,
+    parse_word,
+    parse_workers,
+    texts,
+    worker_range,
+)
 
 if TYPE_CHECKING:
     from imageproc._processor import Processor
@@ -56,120 +81,7 @@ _READ_ELSEWHERE: Final = ("IMAGEPROC_S3_", "IMAGEPROC_TEST_", "IMAGEPROC_INSTALL
 _DEFAULT_ENV_FILE: Final = ".env"
 
 
-# -- parsers ----------------------------------------------------------------------------------
-
-
-# ASCII digits only: int() and float() also read other scripts' digits (Arabic-Indic, fullwidth…)
-# and underscores ("1_000"), which no configuration or request needs and a filter would miss.
-_WHOLE: Final = re.compile(r"[-+]?[0-9]{1,18}")
-_REAL: Final = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
-
-
-def parse_whole_number(text: str) -> int:
-    """A whole number written in ASCII digits, with an optional sign and surrounding spaces:
-    ``"8000"``, ``" -5 "``. Unlike :func:`int`, refuses other scripts' digits and ``_``.
-
-    Raises :class:`ValueError` with a message fit for the user.
-    """
-    if not _WHOLE.fullmatch(text.strip()):
-        raise ValueError(f"expected a whole number, got {text!r}{_ascii_hint(text)}")
-    return int(text.strip())
-
-
-def _ascii_hint(text: str) -> str:
-    # Fullwidth digits look like ASCII ones: "expected a whole number" alone would puzzle.
-    if any(not c.isascii() and c.isdigit() for c in text) or "_" in text:
-        return " (only the ASCII digits 0-9, without '_')"
-    return ""
-
-
-def parse_workers(text: str) -> tuple[int, int]:
-    """``"4"`` → ``(4, 4)``; ``"2:8"`` → ``(2, 8)`` (at least one worker, min ≤ max).
-
-    Raises :class:`ValueError` with a message fit for the user.
-    """
-    low_text, sep, high_text = text.strip().partition(":")
-    try:
-        low = parse_whole_number(low_text)
-        high = parse_whole_number(high_text) if sep else low
-    except ValueError:
-        raise ValueError(f"expected a count N or MIN:MAX, got {text!r}") from None
-    _check_workers((low, high))
-    return low, high
-
-
-def _check_workers(value: tuple[int, int]) -> None:
-    low, high = value
-    if not 1 <= low <= high:
-        raise ValueError(f"need 1 <= MIN <= MAX, got {low}:{high}")
-
-
-# Bare K/M/G are binary, as in nginx's client_max_body_size; kB/MB/GB are decimal, KiB/MiB/GiB
-# binary, so every common spelling means what its reader expects.
-_SIZE_UNITS: Final = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1024**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1024**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-_SIZE: Final = re.compile(r"\s*([0-9]+)\s*([A-Za-z]*)\s*")
-
-
-def parse_byte_size(text: str) -> int:
-    """A byte count: ``"1048576"``, ``"512K"``, ``"50MiB"``, ``"10MB"`` (decimal), ``"1G"``.
-
-    Bare ``K``, ``M``, ``G`` and ``KiB``, ``MiB``, ``GiB`` are powers of 1024; ``kB``, ``MB``,
-    ``GB`` powers of 1000; case does not matter. Raises :class:`ValueError`.
-    """
-    match = _SIZE.fullmatch(text)
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _SIZE_UNITS:
-        raise ValueError(f"expected a byte size such as 1048576, 512K or 50MiB, got {text!r}")
-    return int(match.group(1)) * _SIZE_UNITS[unit]
-
-
-def _parse_float(text: str) -> float:
-    if not _REAL.fullmatch(text.strip()):
-        raise ValueError(f"expected a finite number, got {text!r}{_ascii_hint(text)}")
-    value = float(text.strip())
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    # An empty value (IMAGEPROC_METRICS_PORT=) or "none" switches an optional setting off, so a
-    # .env default can be cleared from the environment.
-    def parser(text: str) -> Any:
-        return None if text.strip().lower() in ("", "none", "off") else parse(text)
-
-    return parser
-
-
-def _parse_list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def _parse_text(text: str) -> str:
-    return text.strip()
-
-
-_TRUE: Final = ("1", "true", "yes", "on")
-_FALSE: Final = ("0", "false", "no", "off", "")
-
-
-def _parse_bool(text: str) -> bool:
-    word = text.strip().lower()
-    if word not in _TRUE + _FALSE:
-        raise ValueError(f"expected true or false, got {text!r}")
-    return word in _TRUE
+# -- what only one setting reads or checks (the common kinds: imageproc._parsing) -------------
 
 
 def _parse_presets(text: str) -> tuple[tuple[str, str], ...]:
@@ -187,12 +99,9 @@ def _parse_presets(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(value.items())
 
 
-# -- checks (also run on values given as Python objects) --------------------------------------
-
-
-def _check_nonempty(value: str) -> None:
-    if not value:
-        raise ValueError("must not be empty")
+def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    pairs = value.items() if isinstance(value, Mapping) else value
+    return tuple((preset, text) for preset, text in pairs)
 
 
 def _check_api_keys(value: str) -> None:
@@ -227,26 +136,6 @@ def _check_root_path(value: str) -> None:
         raise ValueError(f"must start with / and not end with one, such as /images; got {value!r}")
 
 
-def _check_positive_int(value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-
-
-def _check_port(value: int | None) -> None:
-    if value is not None and not 1 <= value <= 65535:
-        raise ValueError(f"must be a port number from 1 to 65535, got {value}")
-
-
-def _check_positive(value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be positive, got {value}")
-
-
-def _check_optional_positive(value: float | None) -> None:
-    if value is not None:
-        _check_positive(value)
-
-
 def _check_isolation(value: str) -> None:
     if value not in ISOLATIONS:
         raise ValueError(f"must be one of {', '.join(ISOLATIONS)}, got {value!r}")
@@ -257,94 +146,21 @@ def _check_log_level(value: str) -> None:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
 
 
-def _no_check(value: Any) -> None:
-    pass
+# -- declaring a setting ----------------------------------------------------------------------
 
 
-@attrs.frozen
-class _Spec:
-    parse: Callable[[str], Any]
-    check: Callable[[Any], None]
-    types: tuple[type, ...]
+#: Where a field keeps its :class:`ValueSpec` (attrs metadata).
+_SPEC_KEY: Final = "imageproc.setting"
 
 
-_SPECS: Final[dict[str, _Spec]] = {
-    "database_url": _Spec(_parse_text, _check_nonempty, (str,)),
-    "storage_url": _Spec(_parse_text, _check_nonempty, (str,)),
-    "api_keys": _Spec(_parse_text, _check_api_keys, (str,)),
-    "max_priority": _Spec(_parse_text, _check_max_priority, (str,)),
-    "signing_keys": _Spec(_parse_list, _no_check, (tuple, list)),
-    "allow_weak_keys": _Spec(_parse_bool, _no_check, (bool,)),
-    "max_auth_failures": _Spec(
-        _optional(parse_whole_number), _check_positive_int, (int, type(None))
-    ),
-    "auth_failure_window": _Spec(_parse_float, _check_positive, (int, float)),
-    "workers": _Spec(parse_workers, _check_workers, (tuple, list, int)),
-    "max_upload_bytes": _Spec(parse_byte_size, _check_positive_int, (int,)),
-    "max_queue_depth": _Spec(_optional(parse_whole_number), _check_positive_int, (int, type(None))),
-    "max_queued_per_owner": _Spec(
-        _optional(parse_whole_number), _check_positive_int, (int, type(None))
-    ),
-    "max_uploads_per_minute": _Spec(
-        _optional(parse_whole_number), _check_positive_int, (int, type(None))
-    ),
-    "host": _Spec(_parse_text, _check_nonempty, (str,)),
-    "port": _Spec(parse_whole_number, _check_port, (int,)),
-    "lease_seconds": _Spec(_parse_float, _check_positive, (int, float)),
-    "max_attempts": _Spec(parse_whole_number, _check_positive_int, (int,)),
-    "metrics_port": _Spec(_optional(parse_whole_number), _check_port, (int, type(None))),
-    "url_ttl": _Spec(_parse_float, _check_positive, (int, float)),
-    "s3_endpoint_url": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
-    "presets": _Spec(_parse_presets, _check_presets, (tuple, list, dict)),
-    "presets_only": _Spec(_parse_bool, _no_check, (bool,)),
-    "max_pixels": _Spec(parse_whole_number, _check_positive_int, (int,)),
-    "pipeline": _Spec(_optional(_parse_text), _no_check, (str, type(None))),
-    "root_path": _Spec(_parse_text, _check_root_path, (str,)),
-    "max_connections": _Spec(_optional(parse_whole_number), _check_positive_int, (int, type(None))),
-    "keep_alive_timeout": _Spec(parse_whole_number, _check_positive_int, (int,)),
-    "header_timeout": _Spec(_parse_float, _check_positive, (int, float)),
-    "body_timeout": _Spec(_parse_float, _check_positive, (int, float)),
-    "body_min_rate": _Spec(_optional(parse_byte_size), _check_positive_int, (int, type(None))),
-    "max_uploads_per_key": _Spec(
-        _optional(parse_whole_number), _check_positive_int, (int, type(None))
-    ),
-    "log_level": _Spec(lambda text: text.strip().lower(), _check_log_level, (str,)),
-    "render_timeout": _Spec(
-        _optional(_parse_float), _check_optional_positive, (int, float, type(None))
-    ),
-    "isolation": _Spec(lambda text: text.strip().lower(), _check_isolation, (str,)),
-    "strip_location": _Spec(_parse_bool, _no_check, (bool,)),
-}
-
-#: Setting name → the environment variable it is read from.
-ENV_VARS: Final[dict[str, str]] = {name: ENV_PREFIX + name.upper() for name in _SPECS}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """``value`` (text, or already a Python value) as the setting ``name`` holds it."""
-    spec = _SPECS[name]
-    if isinstance(value, str):
-        value = spec.parse(value)
-    elif (isinstance(value, bool) and bool not in spec.types) or not isinstance(value, spec.types):
-        raise ValueError(f"expected text or {spec.types[0].__name__}, got {type(value).__name__}")
-    if name == "workers":
-        value = (value, value) if isinstance(value, int) else tuple(value)
-        if len(value) != 2 or not all(isinstance(v, int) for v in value):
-            raise ValueError(f"expected (MIN, MAX), got {value!r}")
-    elif name == "signing_keys":
-        value = tuple(str(key) for key in value)
-    elif name == "presets":
-        pairs = value.items() if isinstance(value, Mapping) else value
-        value = tuple((preset, text) for preset, text in pairs)
-    elif float in spec.types and isinstance(value, int):  # seconds given as a whole number
-        value = float(value)
-    spec.check(value)
-    return value
+def _setting(default: Any, spec: ValueSpec, **options: Any) -> Any:
+    """A field of :class:`Settings`: its default, and how it is read and checked."""
+    return attrs.field(default=default, validator=_validated, metadata={_SPEC_KEY: spec}, **options)
 
 
 def _validated(instance: Settings, attribute: attrs.Attribute[Any], value: Any) -> None:
     try:
-        coerced = _coerce(attribute.name, value)
+        coerced = attribute.metadata[_SPEC_KEY].coerce(value)
     except ValueError as error:
         raise ConfigurationError(f"{attribute.name}: {error}") from None
     if coerced != value:
@@ -398,9 +214,6 @@ def _warn_about_unknown(variables: Mapping[str, str], where: str) -> None:
             logger.warning("%s in %s is not an imageproc setting%s", variable, where, hint)
 
 
-# -- settings ---------------------------------------------------------------------------------
-
-
 @attrs.frozen(kw_only=True)
 class Settings:
     """Configuration of an imageproc service: backends, HTTP, workers, metrics, logging.
@@ -410,95 +223,109 @@ class Settings:
     """
 
     #: Where tasks are recorded: ``sqlite:///path.db``, ``postgresql+psycopg://…``, ``memory://``.
-    database_url: str = attrs.field(default="sqlite:///imageproc.db", validator=_validated)
+    database_url: str = _setting("sqlite:///imageproc.db", TEXT)
     #: Where originals and outputs are stored: ``file://path``, ``s3://bucket/prefix``, ….
-    storage_url: str = attrs.field(default="file://imageproc-data", validator=_validated)
+    storage_url: str = _setting("file://imageproc-data", TEXT)
     #: ``owner:key`` pairs separated by commas (a key may be ``sha256:<hex>``); empty: no auth.
     #: Parse with :func:`imageproc.http.parse_api_keys`.
-    api_keys: str = attrs.field(default="", validator=_validated, repr=False)
+    api_keys: str = _setting("", ValueSpec(parse_text, _check_api_keys, (str,)), repr=False)
     #: ``owner:N`` pairs separated by commas: the highest priority each owner's uploads may ask
     #: for over HTTP (higher is refused with 403); ``*:N`` for everyone else. Empty: -1000 to
     #: 1000 for all. Parse with :func:`imageproc._signing.parse_max_priorities`.
-    max_priority: str = attrs.field(default="", validator=_validated)
+    max_priority: str = _setting("", ValueSpec(parse_text, _check_max_priority, (str,)))
     #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
-    signing_keys: tuple[str, ...] = attrs.field(default=(), validator=_validated, repr=False)
+    signing_keys: tuple[str, ...] = _setting(
+        (), ValueSpec(parse_list, no_check, (tuple, list), convert=texts), repr=False
+    )
     #: Accept API keys and signing keys estimated under 128 bits
     #: (:func:`imageproc._signing.key_bits`), with a warning at start, instead of refusing to
     #: start: for tests and development only.
-    allow_weak_keys: bool = attrs.field(default=False, validator=_validated)
+    allow_weak_keys: bool = _setting(False, FLAG)
     #: Missing or unknown API keys one client address may present within any
     #: ``auth_failure_window``; past that it is answered 429 until the oldest of them is that
     #: old. None: no limit. Applies only with ``api_keys``.
-    max_auth_failures: int | None = attrs.field(default=10, validator=_validated)
+    max_auth_failures: int | None = _setting(10, LIMIT)
     #: Seconds (a sliding window) that ``max_auth_failures`` is counted over.
-    auth_failure_window: float = attrs.field(default=60.0, validator=_validated)
+    auth_failure_window: float = _setting(60.0, SECONDS)
     #: Worker threads, ``(min, max)``; from ``"4"`` or ``"2:8"``.
-    workers: tuple[int, int] = attrs.field(default=(2, 2), validator=_validated)
+    workers: tuple[int, int] = _setting(
+        (2, 2), ValueSpec(parse_workers, check_workers, (tuple, list, int), convert=worker_range)
+    )
     #: Largest upload accepted, in bytes (``50MiB``, ``10MB``, ``1048576``).
-    max_upload_bytes: int = attrs.field(default=50 * _MiB, validator=_validated)
+    max_upload_bytes: int = _setting(
+        50 * _MiB, ValueSpec(parse_byte_size, check_positive_int, (int,))
+    )
     #: Most tasks queued at once, all owners together, checked as each task is recorded
     #: (uploads and retries beyond it: HTTP 429); None: no bound.
-    max_queue_depth: int | None = attrs.field(default=None, validator=_validated)
+    max_queue_depth: int | None = _setting(None, LIMIT)
     #: Most tasks one owner may have queued at once (HTTP 429 beyond it), so one owner cannot
     #: lock the others out; None: no bound.
-    max_queued_per_owner: int | None = attrs.field(default=None, validator=_validated)
+    max_queued_per_owner: int | None = _setting(None, LIMIT)
     #: Most uploads one owner (without API keys: one client address) may make in a minute
     #: (HTTP 429 beyond it); None: no bound. Counted in each ``serve`` process.
-    max_uploads_per_minute: int | None = attrs.field(default=None, validator=_validated)
+    max_uploads_per_minute: int | None = _setting(None, LIMIT)
     #: Address and port ``imageproc serve`` listens on.
-    host: str = attrs.field(default="127.0.0.1", validator=_validated)
-    port: int = attrs.field(default=8000, validator=_validated)
+    host: str = _setting("127.0.0.1", TEXT)
+    port: int = _setting(8000, ValueSpec(parse_whole_number, check_port, (int,)))
     #: How long a worker's claim on a task lasts between heartbeats.
-    lease_seconds: float = attrs.field(default=30.0, validator=_validated)
+    lease_seconds: float = _setting(30.0, SECONDS)
     #: Tries per task before one that keeps failing transiently is dead.
-    max_attempts: int = attrs.field(default=5, validator=_validated)
+    max_attempts: int = _setting(5, COUNT)
     #: Port on which ``imageproc worker`` serves Prometheus metrics; None: not served.
-    metrics_port: int | None = attrs.field(default=None, validator=_validated)
+    metrics_port: int | None = _setting(
+        None, ValueSpec(optional(parse_whole_number), check_port, (int, NoneType))
+    )
     #: Seconds a signed output URL stays valid.
-    url_ttl: float = attrs.field(default=3600.0, validator=_validated)
+    url_ttl: float = _setting(3600.0, SECONDS)
     #: An S3-compatible server (MinIO…) for ``s3://`` storage; None: AWS or AWS_ENDPOINT_URL_S3.
-    s3_endpoint_url: str | None = attrs.field(default=None, validator=_validated)
+    s3_endpoint_url: str | None = _setting(None, OPTIONAL_TEXT)
     #: Named pipelines (name → pipeline text) that uploads may ask for with ``preset``; from a
     #: JSON object such as ``{"avatar": "fill:96x96,webp"}``.
-    presets: tuple[tuple[str, str], ...] = attrs.field(default=(), validator=_validated)
+    presets: tuple[tuple[str, str], ...] = _setting(
+        (), ValueSpec(_parse_presets, _check_presets, (tuple, list, dict), convert=_pairs)
+    )
     #: Accept only the presets' work, so remote clients cannot ask for arbitrary pipelines.
-    presets_only: bool = attrs.field(default=False, validator=_validated)
+    presets_only: bool = _setting(False, FLAG)
     #: Most pixels in one upload (all frames of an animation together), checked from the header.
-    max_pixels: int = attrs.field(default=50_000_000, validator=_validated)
+    max_pixels: int = _setting(50_000_000, COUNT)
     #: What an upload that names no pipeline gets: a pipeline's text or a preset's name; None:
     #: one JPEG 800 pixels wide.
-    pipeline: str | None = attrs.field(default=None, validator=_validated)
+    pipeline: str | None = _setting(None, OPTIONAL_TEXT)
     #: The path prefix a reverse proxy serves ``imageproc serve`` under (``/images``), so the
     #: URLs the service writes (status, signed images) carry it; empty: served at the root.
-    root_path: str = attrs.field(default="", validator=_validated)
+    root_path: str = _setting("", ValueSpec(parse_text, _check_root_path, (str,)))
     #: Connections ``imageproc serve`` serves at once; a request on one more is answered 503.
     #: None: no bound.
-    max_connections: int | None = attrs.field(default=256, validator=_validated)
+    max_connections: int | None = _setting(256, LIMIT)
     #: Seconds ``imageproc serve`` keeps an idle connection open between two requests.
-    keep_alive_timeout: int = attrs.field(default=5, validator=_validated)
+    keep_alive_timeout: int = _setting(5, COUNT)
     #: Seconds a client has to send a request's line and headers, from connecting (or from the
     #: first byte of a further request on the connection); then the connection is closed.
-    header_timeout: float = attrs.field(default=10.0, validator=_validated)
+    header_timeout: float = _setting(10.0, SECONDS)
     #: Seconds a request body may pause, and the grace period before ``body_min_rate`` applies;
     #: a body slower than that is answered 408 and dropped.
-    body_timeout: float = attrs.field(default=20.0, validator=_validated)
+    body_timeout: float = _setting(20.0, SECONDS)
     #: Bytes per second a request body must average once ``body_timeout`` is spent; None: only
     #: pauses are bounded.
-    body_min_rate: int | None = attrs.field(default=8 * 1024, validator=_validated)
+    body_min_rate: int | None = _setting(
+        8 * 1024, ValueSpec(optional(parse_byte_size), check_positive_int, (int, NoneType))
+    )
     #: Uploads one API key may have in progress at once; one more is answered 429. None: no
     #: bound. Applies only with ``api_keys``.
-    max_uploads_per_key: int | None = attrs.field(default=4, validator=_validated)
+    max_uploads_per_key: int | None = _setting(4, LIMIT)
     #: One of :data:`LOG_LEVELS`.
-    log_level: str = attrs.field(default="info", validator=_validated)
+    log_level: str = _setting("info", ValueSpec(parse_word, _check_log_level, (str,)))
     #: Most seconds one task's decode, transforms and encodes may take; past it the task fails
     #: with ``render_timeout``. None (``none``): no limit. Holds only with ``isolation=process``.
-    render_timeout: float | None = attrs.field(default=60.0, validator=_validated)
+    render_timeout: float | None = _setting(
+        60.0, ValueSpec(optional(parse_real), check_optional_positive, (int, float, NoneType))
+    )
     #: Where a task's image work runs: ``process`` (a render process, which the deadline and
     #: cancelling can stop) or ``thread`` (the worker's thread; trusted images only).
-    isolation: str = attrs.field(default="process", validator=_validated)
+    isolation: str = _setting("process", ValueSpec(parse_word, _check_isolation, (str,)))
     #: Take location data (EXIF GPS, XMP ``exif:GPS…``) out of JPEG, PNG and WebP originals
     #: before they are stored; the pixels are not touched.
-    strip_location: bool = attrs.field(default=False, validator=_validated)
+    strip_location: bool = _setting(False, FLAG)
 
     def __attrs_post_init__(self) -> None:
         from imageproc._signing import (
@@ -583,7 +410,7 @@ class Settings:
             else:
                 continue
             try:
-                values[name] = _coerce(name, raw)
+                values[name] = _SPECS[name].coerce(raw)
             except ValueError as error:
                 raise ConfigurationError(f"{label}: {error}") from None
         return cls(**values)
@@ -600,7 +427,7 @@ class Settings:
         from imageproc._processor import Processor
         from imageproc._protocols import QueueLimits
         from imageproc._retrying import RetryPolicy
-        from imageproc.engine._imaging import ImageLimits
+        from imageproc.engine._open import ImageLimits
 
         options.setdefault("lease_seconds", self.lease_seconds)
         options.setdefault("render_timeout", self.render_timeout)
@@ -630,3 +457,11 @@ class Settings:
         if self.s3_endpoint_url and self.storage_url.startswith(("s3://", "s3a://")):
             return {"endpoint_url": self.s3_endpoint_url}
         return {}
+
+
+#: Each setting's :class:`ValueSpec`, by name, as its field declares it.
+_SPECS: Final[dict[str, ValueSpec]] = {
+    field.name: field.metadata[_SPEC_KEY] for field in attrs.fields(Settings)
+}
+#: Setting name → the environment variable it is read from.
+ENV_VARS: Final[dict[str, str]] = {name: ENV_PREFIX + name.upper() for name in _SPECS}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -12,7 +12,17 @@ from imageproc._errors import ConfigurationError
 from imageproc._protocols import Queue, Repository, Storage
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 
-__all__ = ["Backends", "backends_from_urls"]
+__all__ = ["SQL_DIALECTS", "Backends", "backends_from_urls", "database_scheme"]
+
+#: The SQL databases a database URL may name, by dialect (``postgresql+psycopg`` is PostgreSQL).
+SQL_DIALECTS: Final = ("sqlite", "postgresql")
+
+
+def database_scheme(url: str) -> tuple[str, str]:
+    """A database URL's scheme as written, and its dialect without the driver:
+    ``postgresql+psycopg://db/x`` → ``("postgresql+psycopg", "postgresql")``."""
+    scheme = url.partition("://")[0]
+    return scheme, scheme.split("+")[0]
 
 
 @attrs.frozen
@@ -40,13 +50,13 @@ def backends_from_urls(
     Storage: ``file://path``, ``s3://bucket/prefix``, ``memory://`` or any other fsspec protocol
     installed. Raises :class:`~imageproc.ConfigurationError` for a URL it cannot serve.
     """
-    scheme = database_url.partition("://")[0]
+    scheme, dialect = database_scheme(database_url)
     repository: Repository
     queue: Queue
     if scheme == "memory":
         memory = MemoryRepository(clock=clock)
         repository, queue = memory, MemoryQueue(memory)
-    elif scheme.split("+")[0] in ("sqlite", "postgresql"):
+    elif dialect in SQL_DIALECTS:
         from imageproc.backends.sql._backend import SQLBackend
 
         sql = SQLBackend(database_url, clock=clock, **dict(engine_options or {}))

@@ -6,8 +6,9 @@ Pure: the engine does no I/O and knows no queue, backend or processor. It import
 (the pipeline, the task's value types and the errors).
 """
 
-from imageproc.engine._imaging import DEFAULT_FORMATS, ImageLimits, Rendered, probe, render
+from imageproc.engine._imaging import Rendered, probe, render
 from imageproc.engine._location import REWRITTEN_FORMATS, strip_location
+from imageproc.engine._open import DEFAULT_FORMATS, ImageLimits
 
 __all__ = [
     "DEFAULT_FORMATS",

@@ -1,8 +1,9 @@
 """The Pillow engine: read an image header safely, then make every variant from one decode.
 
-Pure functions, bytes in and bytes out, no I/O. ``_codecs`` reads (with the limits
-checked against the header before any pixel is decoded) and writes the formats;
-``_transforms`` carries out the operations; this module plans the work: how far a
+Pure functions, bytes in and bytes out, no I/O. ``_open`` opens a file with the limits
+checked against its header before any pixel is decoded, ``_decode`` and ``_colour`` read it,
+``_encode`` writes the formats; ``_transforms`` carries out the operations; this module plans
+the work: how far a
 JPEG may shrink on load, which variant starts from which, and which get every animation frame.
 Every failure Pillow can report for a bad file becomes :class:`~imageproc.InvalidImage`.
 """
@@ -19,7 +20,7 @@ import attrs
 from PIL import Image
 
 from imageproc._errors import InvalidPipeline
-from imageproc._task import SourceInfo
+from imageproc._task import Output, SourceInfo
 from imageproc.engine import _transforms as transforms
 from imageproc.engine._decode import Decoded, decode
 from imageproc.engine._encode import check_side, encode
@@ -40,19 +41,22 @@ __all__ = ["DEFAULT_FORMATS", "ImageLimits", "Rendered", "draft_scale", "probe",
 
 
 @attrs.frozen
-class Rendered:
-    """One encoded variant, ready to store."""
+class Rendered(Output):
+    """One encoded variant, ready to store: the :class:`~imageproc.Output` it becomes (its
+    fields are declared there, once) with its bytes and how to store them.
 
-    name: str
-    format: str
-    content_type: str
-    extension: str
-    width: int
-    height: int
-    data: bytes
-    #: With the variant's ``placeholder`` option: a BlurHash and the dominant colour.
-    blurhash: str | None = None
-    dominant_color: str | None = None
+    Its ``key`` is the variant's file name, ``<name>.<extension>``: the engine knows no task, so
+    where it is stored is decided by whoever stores it (:meth:`stored_at`).
+    """
+
+    data: bytes = attrs.field(kw_only=True)
+    content_type: str = attrs.field(kw_only=True)
+    extension: str = attrs.field(kw_only=True)
+
+    def stored_at(self, key: str) -> Output:
+        """The :class:`~imageproc.Output` a task records once these bytes are stored at ``key``."""
+        fields = {field.name: getattr(self, field.name) for field in attrs.fields(Output)}
+        return Output(**{**fields, "key": key})
 
 
 def probe(data: bytes, limits: ImageLimits | None = None) -> SourceInfo:
@@ -275,14 +279,16 @@ def _encode(
     blurhash, colour = placeholder(frames[0]) if variant.placeholder else (None, None)
     return Rendered(
         name=variant.name,
+        key=f"{variant.name}.{encoding.extension}",
         format=encoding.format,
-        content_type=encoding.content_type,
-        extension=encoding.extension,
         width=frames[0].width,
         height=frames[0].height,
-        data=data,
+        bytes=len(data),
         blurhash=blurhash,
         dominant_color=colour,
+        data=data,
+        content_type=encoding.content_type,
+        extension=encoding.extension,
     )
 
 
