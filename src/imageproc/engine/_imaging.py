@@ -49,7 +49,7 @@ class Rendered(Output):
     where it is stored is decided by whoever stores it (:meth:`stored_at`).
     """
 
-    data: bytes = attrs.field(kw_only=True)
+    data: bytes = attrs.field(kw_only=True, repr=False)
     content_type: str = attrs.field(kw_only=True)
     extension: str = attrs.field(kw_only=True)
 
