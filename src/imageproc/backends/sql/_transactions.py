@@ -43,6 +43,7 @@ class Transactions:
         self._transaction = threading.local()
 
     def notify(self, conn: Connection) -> None:
+        """In ``conn``'s transaction, which queued work: wake idle workers once it commits."""
         if self._dialect == "postgresql":
             conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
         # Workers of this process wake at once, whatever the database, once the begin this
