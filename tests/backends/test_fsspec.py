@@ -34,8 +34,9 @@ from imageproc import (
     TaskStatus,
 )
 from imageproc.backends._memory import MemoryQueue, MemoryRepository
-from imageproc.backends.fsspec import _storage as fsspec_backend
-from imageproc.backends.fsspec._storage import S3_ENDPOINT_ENV, FsspecStorage
+from imageproc.backends.fsspec import _local as fsspec_backend
+from imageproc.backends.fsspec._s3 import S3_ENDPOINT_ENV
+from imageproc.backends.fsspec._storage import FsspecStorage
 from imageproc.testing import FAST_OPTIONS, sample_image
 from tests.s3server import S3Server
 

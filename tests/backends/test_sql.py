@@ -33,8 +33,10 @@ from imageproc import (
 from imageproc._clock import utcnow
 from imageproc.backends._memory import MemoryStorage
 from imageproc.backends.fsspec._storage import FsspecStorage
-from imageproc.backends.sql._backend import _CLAIM, SQLITE_WAIT_POLL, SQLBackend
+from imageproc.backends.sql._backend import SQLBackend
+from imageproc.backends.sql._listener import SQLITE_WAIT_POLL
 from imageproc.backends.sql._schema import VERSION_TABLE, metadata, task_to_row, tasks
+from imageproc.backends.sql._statements import CLAIM as _CLAIM
 from imageproc.testing import FAST_OPTIONS, sample_image
 from tests.databases import fresh_database, impatient_sqlite, make_backend, sqlite_write_lock
 from tests.doubles import CountingQueue, new_task, run_to_completion

@@ -4,6 +4,7 @@
 A backend imports the model and the protocols, never the processor, worker or HTTP layer.
 """
 
-from imageproc.backends.fsspec._storage import S3_ENDPOINT_ENV, FsspecStorage
+from imageproc.backends.fsspec._s3 import S3_ENDPOINT_ENV
+from imageproc.backends.fsspec._storage import FsspecStorage
 
 __all__ = ["S3_ENDPOINT_ENV", "FsspecStorage"]

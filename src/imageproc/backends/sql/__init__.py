@@ -1,7 +1,7 @@
 """The SQL backend (SQLAlchemy Core): queue and repository in one table, on SQLite or PostgreSQL.
 
-Here: the backend, its schema (``_schema``, with the Alembic migrations beside the package), the
-driver-error mapping and hot statements (``_driver``), and group commit (``_groupcommit``).
+Here: the backend (``_backend``), its schema (``_schema``, with the Alembic migrations beside the
+package), and the parts the backend is composed of (listed in ``_backend``'s docstring).
 A backend imports the model and the protocols, never the processor, worker or HTTP layer.
 """
 

@@ -1,0 +1,269 @@
+"""The SQLAlchemy Core statements the backend runs most, built once with bound parameters (not
+per call: building and keying a statement cost more CPU than running it).
+
+A claim is one statement: a CTE picks the claimable rows in claim order with
+``FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite serialises writers with ``BEGIN IMMEDIATE``), and
+an ``UPDATE … RETURNING`` leases them. *Claimable* is "queued and due, or processing under a lease
+that has expired", so a crashed worker's task is rescued by the next claim with no sweeper to
+forget. Recording and renewing match the lease token, so a worker whose lease was taken over
+cannot overwrite the new holder's result. On PostgreSQL a whole batch of outcomes is one
+``UPDATE … FROM jsonb_to_recordset(…)``, matched by id and lease token, that also notifies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+
+from imageproc._protocols import Lease
+from imageproc._task import LEASE_EXPIRED, Task, TaskStatus
+from imageproc.backends.sql._driver import HotStatement
+from imageproc.backends.sql._listener import CHANNEL, DONE_CHANNEL
+from imageproc.backends.sql._schema import (
+    OUTCOME_COLUMNS,
+    PIPELINE_TEXT,
+    UTCDateTime,
+    task_to_row,
+    tasks,
+)
+
+__all__ = [
+    "CLAIM",
+    "CLAIM_ORDER",
+    "FINAL",
+    "GET",
+    "NO_LEASE",
+    "PROCESSING",
+    "QUEUED",
+    "RECORD",
+    "RECORD_BATCH",
+    "RENEW",
+    "HotStatements",
+    "batch_parameters",
+    "exists",
+    "outcome",
+    "record_held",
+    "status_is",
+]
+
+FINAL = [s.value for s in TaskStatus if s.is_final]
+QUEUED, PROCESSING = TaskStatus.QUEUED.value, TaskStatus.PROCESSING.value
+
+
+def status_is(status: str) -> sa.ColumnElement[bool]:
+    """``status = '<status>'`` with the status written into the SQL rather than bound, so that a
+    plan made once for every execution of a prepared statement (a generic plan) can still use
+    the partial indexes on status."""
+    return tasks.c.status == sa.literal_column(f"'{TaskStatus(status).value}'")
+
+
+CLAIM_ORDER = (tasks.c.priority.desc(), tasks.c.available_at, tasks.c.created_at, tasks.c.id)
+
+
+NO_LEASE: dict[str, Any] = {"lease_token": None, "lease_owner": None, "lease_expires_at": None}
+
+
+def _claim_statement() -> sa.Update:
+    """The claim, built once with bound parameters ``now``, ``expires``, ``token``, ``worker``
+    and ``n`` (the batch size)."""
+    now = sa.bindparam("now", type_=UTCDateTime)
+    expires = sa.bindparam("expires", type_=UTCDateTime)
+    limit = sa.bindparam("n", type_=sa.Integer)
+    expired = status_is(PROCESSING)
+    exhausted = sa.and_(expired, tasks.c.attempts >= tasks.c.max_attempts)
+
+    # Two small index walks, each stopping after `n` rows: queued tasks that are due (in claim
+    # order, on the queued-only index), and tasks whose lease expired (on the processing-only
+    # index). One OR over both makes PostgreSQL's planner fall back to sorting every live row
+    # whenever its estimates of the hot table go stale.
+    def candidates(where: sa.ColumnElement[bool], *order: Any) -> sa.CTE:
+        return (
+            sa.select(tasks.c.id, tasks.c.priority, tasks.c.available_at, tasks.c.created_at)
+            .where(where)
+            .order_by(*order)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte()
+        )
+
+    due = candidates(sa.and_(status_is(QUEUED), tasks.c.available_at <= now), *CLAIM_ORDER)
+    lapsed = candidates(sa.and_(expired, tasks.c.lease_expires_at <= now), tasks.c.lease_expires_at)
+    both = sa.union_all(sa.select(due), sa.select(lapsed)).subquery()
+    picked = (
+        sa.select(both.c.id)
+        .order_by(both.c.priority.desc(), both.c.available_at, both.c.created_at, both.c.id)
+        .limit(limit)
+    )
+
+    def unless_exhausted(leased: Any, dead: Any) -> sa.ColumnElement[Any]:
+        return sa.case((exhausted, dead), else_=leased)
+
+    return (
+        tasks.update()
+        .where(tasks.c.id.in_(picked.scalar_subquery()))
+        .values(
+            # queued → processing, or processing (lease expired) → processing / dead: the same
+            # moves as Task.claim and Task.after_failure, done in the database.
+            status=unless_exhausted(PROCESSING, TaskStatus.DEAD.value),
+            attempts=unless_exhausted(tasks.c.attempts + 1, tasks.c.attempts),
+            started_at=unless_exhausted(now, tasks.c.started_at),
+            finished_at=unless_exhausted(tasks.c.finished_at, now),
+            updated_at=now,
+            # A rescued task says why its last attempt ended.
+            error_code=sa.case((expired, LEASE_EXPIRED.code), else_=tasks.c.error_code),
+            error_message=sa.case((expired, LEASE_EXPIRED.message), else_=tasks.c.error_message),
+            lease_token=unless_exhausted(sa.bindparam("token", type_=sa.String) + tasks.c.id, None),
+            lease_owner=unless_exhausted(sa.bindparam("worker", type_=sa.String), None),
+            lease_expires_at=unless_exhausted(expires, None),
+        )
+        .returning(*(PIPELINE_TEXT if c.name == "pipeline" else c for c in tasks.c))
+    )
+
+
+CLAIM: Final = _claim_statement()
+# Built once (not per call: building and keying a statement cost more CPU than running it); the
+# pipeline comes as JSON text, which is parsed once per distinct pipeline.
+GET: Final = sa.select(*(PIPELINE_TEXT if c.name == "pipeline" else c for c in tasks.c)).where(
+    tasks.c.id == sa.bindparam("task_id")
+)
+
+
+# Recording and renewing match the lease: the row's id, its token, and that it is processing.
+_HELD: Final = (
+    tasks.c.id == sa.bindparam("held_id"),
+    tasks.c.lease_token == sa.bindparam("held_token"),
+    tasks.c.status == PROCESSING,
+)
+# Recording writes only what an outcome can change: no pipeline JSON to encode, less to write.
+RECORD: Final = (
+    tasks.update()
+    .where(*_HELD)
+    .values(
+        {
+            **{name: sa.bindparam(name, type_=tasks.c[name].type) for name in OUTCOME_COLUMNS},
+            **NO_LEASE,
+        }
+    )
+)
+RENEW: Final = (
+    tasks.update().where(*_HELD).values(lease_expires_at=sa.bindparam("expires", type_=UTCDateTime))
+)
+
+
+def _record_batch_statement() -> sa.Select[Any]:
+    """PostgreSQL: record a whole batch in one statement, whatever its size.
+
+    The parameter ``batch`` is a JSON array with one object per task (``held_id`` and
+    ``held_token`` name the lease, the others are :data:`OUTCOME_COLUMNS`), which
+    ``jsonb_to_recordset`` turns into rows; each task is written only while its lease is held, and
+    the id and lease token of each written are returned. The same statement notifies:
+    ``imageproc_done`` with the id of each task that ended (waiters in any process),
+    ``imageproc_tasks`` if a task put back is due at ``now`` (idle workers). The statement's
+    text never changes, so it is compiled once and prepared once per connection."""
+    columns: dict[str, Any] = {
+        "held_id": sa.Text(),
+        "held_token": sa.Text(),
+        **{name: tasks.c[name].type for name in OUTCOME_COLUMNS},
+        "outputs": postgresql.JSONB(),
+    }
+    rows = (
+        sa.func.jsonb_to_recordset(sa.cast(sa.bindparam("batch", type_=sa.Text), postgresql.JSONB))
+        .table_valued(*(sa.column(name, kind) for name, kind in columns.items()))
+        .render_derived(name="batch", with_types=True)
+    )
+    recorded = (
+        tasks.update()
+        .where(
+            tasks.c.id == rows.c.held_id,
+            tasks.c.lease_token == rows.c.held_token,
+            tasks.c.status == PROCESSING,
+        )
+        .values(
+            {
+                **{name: rows.c[name] for name in OUTCOME_COLUMNS},
+                **{name: sa.null() for name in NO_LEASE},
+            }
+        )
+        .returning(tasks.c.id, rows.c.held_token, tasks.c.status, tasks.c.available_at)
+        .cte("recorded")
+    )
+    now = sa.bindparam("now", type_=UTCDateTime)
+    ended = recorded.c.status.in_([sa.literal_column(f"'{value}'") for value in FINAL])
+    due = sa.and_(
+        recorded.c.status == sa.literal_column(f"'{QUEUED}'"), recorded.c.available_at <= now
+    )
+    return sa.select(
+        recorded.c.id,
+        recorded.c.held_token,
+        sa.case((ended, sa.func.pg_notify(DONE_CHANNEL, recorded.c.id)), else_=None),
+        sa.case((due, sa.func.pg_notify(CHANNEL, "")), else_=None),
+    )
+
+
+RECORD_BATCH: Final = _record_batch_statement()
+
+
+def batch_parameters(results: Sequence[tuple[Lease, Task]]) -> dict[str, str]:
+    """The parameter of :data:`RECORD_BATCH`, its rows in the order of the tasks' ids (so
+    concurrent batches lock the rows they share in one order)."""
+    rows = sorted((outcome(lease, task) for lease, task in results), key=lambda r: r["held_id"])
+    return {"batch": json.dumps(rows, default=_utc_text)}
+
+
+def _utc_text(value: object) -> str:
+    """A timestamp in the batch's JSON: ISO 8601 in UTC, to the microsecond (as
+    :class:`UTCDateTime` would bind it, naive ones refused alike)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{type(value).__name__} in a recorded task")
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a timezone-aware column")
+    return value.astimezone(UTC).isoformat()
+
+
+def outcome(lease: Lease, task: Task) -> dict[str, Any]:
+    row = task_to_row(task, only=OUTCOME_COLUMNS)
+    return {**row, "held_id": lease.task.id, "held_token": lease.token}
+
+
+def record_held(
+    conn: Connection,
+    results: Sequence[tuple[Lease, Task]],
+    parameters: list[dict[str, Any]],
+) -> list[bool]:
+    """Record each of ``results`` (``parameters``: their :func:`outcome` rows) whose lease is
+    still held; for each, whether it was."""
+    # SQLite, where every writer holds the database lock: find the rows these leases still
+    # hold, then write them in one executemany; rowcount alone could not say which.
+    held_query = sa.select(tasks.c.id, tasks.c.lease_token).where(
+        sa.tuple_(tasks.c.id, tasks.c.lease_token).in_(
+            [(lease.task.id, lease.token) for lease, _ in results]
+        ),
+        tasks.c.status == PROCESSING,
+    )
+    held = {(row[0], row[1]) for row in conn.execute(held_query)}
+    recorded = [(lease.task.id, lease.token) in held for lease, _ in results]
+    mine = [p for p, ok in zip(parameters, recorded, strict=True) if ok]
+    if mine:
+        conn.execute(RECORD, mine)
+    return recorded
+
+
+def exists(conn: Connection, task_id: str) -> bool:
+    """Whether a task with this id is recorded (its row is not read)."""
+    return conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task_id)).first() is not None
+
+
+class HotStatements:
+    """The statements a worker pool runs most, compiled once for this backend's dialect and run
+    on the driver's cursor (:mod:`imageproc.backends.sql._driver`)."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.claim = HotStatement(CLAIM, dialect)
+        self.record = HotStatement(RECORD_BATCH, dialect)
+        self.get = HotStatement(GET, dialect)
