@@ -77,7 +77,7 @@ from imageproc._clock import utcnow
 from imageproc._execution import Recorder
 from imageproc._worker import WorkerPool
 from imageproc.backends.sql._backend import SQLBackend
-from imageproc.pipeline._model import DEFAULT_PIPELINE
+from imageproc.pipeline import DEFAULT_PIPELINE
 
 WORKERS = 4
 DB_PREFIX = "queue_bench_"
