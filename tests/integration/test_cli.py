@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,14 +20,15 @@ from PIL import Image
 
 from imageproc import Processor, TaskNotFound, TaskStatus, __version__
 from imageproc.testing import sample_image
-
-TIMEOUT = 60
-
-
-def environment(**extra: str) -> dict[str, str]:
-    # The developer's own IMAGEPROC_* settings must not leak into the commands under test.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEPROC_")}
-    return env | extra
+from tests.support.processes import (
+    TIMEOUT,
+    environment,
+    eventually,
+    fetch,
+    free_port,
+    start,
+    stop,
+)
 
 
 def imageproc(
@@ -42,51 +42,6 @@ def imageproc(
         text=True,
         timeout=TIMEOUT,
     )
-
-
-def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "imageproc", *args],
-        cwd=cwd,
-        env=env or environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def stop(process: subprocess.Popen[str], *, timeout: float = TIMEOUT) -> tuple[int, str, str]:
-    """SIGTERM, then the exit status, stdout and stderr (killing it if it will not stop within
-    ``timeout`` seconds, and failing the test)."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"{process.args[1:3]} did not stop on SIGTERM:\n{stderr}")
-    return process.returncode, stdout, stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def eventually(check: Any, *, timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-        except (OSError, urllib.error.URLError):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -347,12 +302,6 @@ def test_worker_processes_tasks_submitted_through_the_library(
     assert (task.outputs[0].width, task.outputs[0].height) == (40, 30)
 
 
-def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, response.read()
-
-
 @pytest.mark.slow
 def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
     pytest.importorskip("imageproc.http", reason="the HTTP adapter (imageproc.http) is not built")
@@ -360,7 +309,7 @@ def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
     server = start("serve", "--port", str(port), "--workers", "1:2", cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        status, body = eventually(lambda: _request(f"{base}/healthz"), what="/healthz")
+        status, body = eventually(lambda: fetch(f"{base}/healthz"), what="/healthz")
         assert status == 200
         upload = BytesIO()
         Image.new("RGB", (640, 480), "teal").save(upload, "PNG")
@@ -376,23 +325,23 @@ def test_serve_answers_uploads_and_stops_on_sigterm(tmp_path: Path) -> None:
             + upload.getvalue()
             + f"\r\n--{boundary}--\r\n".encode()
         )
-        status, body = _request(
+        status, body = fetch(
             f"{base}/upload", form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         )
         assert status == 202, body
         task_id = json.loads(body)["id"]
 
         def succeeded() -> dict[str, Any] | None:
-            task: dict[str, Any] = json.loads(_request(f"{base}/status/{task_id}")[1])
+            task: dict[str, Any] = json.loads(fetch(f"{base}/status/{task_id}")[1])
             return task if task["status"] == "succeeded" else None
 
         task = eventually(succeeded, what="the upload to be processed")
         output = task["outputs"][0]
         assert (output["width"], output["height"]) == (64, 48)
-        status, image = _request(output["url"] if "://" in output["url"] else base + output["url"])
+        status, image = fetch(output["url"] if "://" in output["url"] else base + output["url"])
         with Image.open(BytesIO(image)) as picture:
             assert picture.size == (64, 48)
-        status, metrics = _request(f"{base}/metrics")
+        status, metrics = fetch(f"{base}/metrics")
         assert b"imageproc_tasks_succeeded_total 1.0" in metrics
     finally:
         code, _, stderr = stop(server)
@@ -421,20 +370,20 @@ def test_serve_without_workers_behind_a_path_prefix(tmp_path: Path) -> None:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        eventually(lambda: _request(f"{base}/healthz")[0] == 200, what="/healthz")
+        eventually(lambda: fetch(f"{base}/healthz")[0] == 200, what="/healthz")
         upload = BytesIO()
         Image.new("RGB", (64, 48), "teal").save(upload, "PNG")
-        status, body = _request(f"{base}/upload", upload.getvalue(), {"Content-Type": "image/png"})
+        status, body = fetch(f"{base}/upload", upload.getvalue(), {"Content-Type": "image/png"})
         assert status == 202, body
         accepted = json.loads(body)
         with pytest.raises(urllib.error.HTTPError) as urgent:
-            _request(f"{base}/upload?priority=1", upload.getvalue(), {"Content-Type": "image/png"})
+            fetch(f"{base}/upload?priority=1", upload.getvalue(), {"Content-Type": "image/png"})
         urgent.value.close()  # it holds the connection
         assert urgent.value.code == 403  # IMAGEPROC_MAX_PRIORITY reached the app
         # The proxy in front adds /images: the URLs the service writes must carry it.
         assert accepted["status_url"] == f"{base}/images/status/{accepted['id']}"
         time.sleep(1)  # long enough for an embedded worker to have taken it, were there one
-        assert json.loads(_request(f"{base}/status/{accepted['id']}")[1])["status"] == "queued"
+        assert json.loads(fetch(f"{base}/status/{accepted['id']}")[1])["status"] == "queued"
     finally:
         code, _, stderr = stop(server)
     assert code == 0, stderr

@@ -1,20 +1,11 @@
 from __future__ import annotations
 
-import attrs
 import pytest
 
-from imageproc import Queue, Repository
 from imageproc.backends._memory import MemoryQueue, MemoryRepository
 from imageproc.testing import FastForwardClock
-from tests.databases import make_backend
-
-
-@attrs.frozen
-class Backend:
-    repository: Repository
-    queue: Queue
-    #: The backend's clock: advance it instead of sleeping until a lease or a delay runs out.
-    clock: FastForwardClock
+from tests.support.backends import Backend
+from tests.support.databases import make_backend
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
