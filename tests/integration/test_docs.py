@@ -16,7 +16,7 @@ import pytest
 
 from imageproc.testing import sample_image
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def python_blocks(page: str) -> list[str]:

@@ -25,7 +25,7 @@ from imageproc import InvalidPipeline, Pipeline, PipelineLimits
 from imageproc._formats import OUTPUT_FORMATS
 from imageproc.pipeline import OPERATIONS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "docs_pictures.py"
 PAGE = ROOT / "docs" / "reference" / "pipeline.md"
 #: ``![alt](pictures/name)``, then optionally ``{ attributes }`` and a figure caption.

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from imageproc.testing import sample_image
-from tests.test_cli import _request, environment, eventually, free_port
+from tests.support.processes import environment, eventually, fetch, free_port
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "getting-started.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "getting-started.md"
 
 pytestmark = [
     pytest.mark.slow,
@@ -69,7 +69,7 @@ def stop(server: subprocess.Popen[str]) -> str:
 def upload_status(base: str, headers: dict[str, str]) -> int:
     try:
         url = f"{base}/upload?pipeline=t=fit:8x8,png"
-        return int(_request(url, TINY, {"Content-Type": "image/png", **headers})[0])
+        return int(fetch(url, TINY, {"Content-Type": "image/png", **headers})[0])
     except urllib.error.HTTPError as error:
         return error.code
 
@@ -91,7 +91,7 @@ def test_the_getting_started_shell_commands_work_as_written(tmp_path: Path) -> N
 
     server = bash(serve, tmp_path, env)
     try:
-        eventually(lambda: _request(f"{base}/healthz")[0] == 200, what="imageproc serve")
+        eventually(lambda: fetch(f"{base}/healthz")[0] == 200, what="imageproc serve")
         used = run(use.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), tmp_path, env)
         assert used.returncode == 0, used.stderr
     finally:
@@ -101,7 +101,7 @@ def test_the_getting_started_shell_commands_work_as_written(tmp_path: Path) -> N
 
     secured = bash(secure, tmp_path, env)
     try:
-        eventually(lambda: _request(f"{base}/healthz")[0] == 200, what="the secured serve")
+        eventually(lambda: fetch(f"{base}/healthz")[0] == 200, what="the secured serve")
         assert upload_status(base, {}) == 401
         printed = eventually(lambda: secured.stdout and secured.stdout.readline(), what="the key")
         key = re.fullmatch(r"alice's API key: ([0-9a-f]{32})\n", printed)

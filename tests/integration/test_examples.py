@@ -10,7 +10,7 @@ from PIL import Image
 
 from imageproc.testing import sample_image
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -81,15 +81,15 @@ def test_the_testing_example_passes_its_own_tests(tmp_path: Path) -> None:
 def test_every_example_is_exercised() -> None:
     # A new example must get a test; this map says where each one's is.
     tested = {
-        "quickstart.py": "tests/test_examples.py",
-        "worker.py": "tests/test_examples_service.py",
-        "batch.py": "tests/test_examples_service.py",
-        "starlette_app.py": "tests/test_http_server.py",
-        "fastapi_app.py": "tests/test_examples_frameworks.py",
-        "flask_app.py": "tests/test_examples_frameworks.py",
-        "postgres_s3.py": "tests/test_examples_scaling.py",
-        "avatars.py": "tests/test_examples.py",  # through test_avatars.py
-        "test_avatars.py": "tests/test_examples.py",
+        "quickstart.py": "tests/integration/test_examples.py",
+        "worker.py": "tests/integration/test_examples_service.py",
+        "batch.py": "tests/integration/test_examples_service.py",
+        "starlette_app.py": "tests/integration/test_http_server.py",
+        "fastapi_app.py": "tests/integration/test_examples_frameworks.py",
+        "flask_app.py": "tests/integration/test_examples_frameworks.py",
+        "postgres_s3.py": "tests/integration/test_examples_scaling.py",
+        "avatars.py": "tests/integration/test_examples.py",  # through test_avatars.py
+        "test_avatars.py": "tests/integration/test_examples.py",
     }
     assert {path.name for path in EXAMPLES.glob("*.py")} == set(tested)
     for example, module in tested.items():

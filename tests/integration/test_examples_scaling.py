@@ -13,11 +13,10 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from tests.s3server import S3Server
+from tests.support.processes import environment, stop
+from tests.support.s3server import S3Server
 
-from .test_cli import environment, stop
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "postgres_s3.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "postgres_s3.py"
 TIMEOUT = 90
 
 

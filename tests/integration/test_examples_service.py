@@ -14,10 +14,9 @@ from PIL import Image
 
 from imageproc import Processor, TaskStatus
 from imageproc.testing import sample_image
+from tests.support.processes import environment, eventually, free_port, stop
 
-from .test_cli import environment, eventually, free_port, stop
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 60
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_cli import environment, free_port
+from tests.support.processes import environment, free_port
 
 pytest.importorskip("imageproc.http", reason="the http extra is not installed")
 
 from imageproc.http._serving import RedactQuerySecrets, redact_query_secrets
-from tests.processes import end
+from tests.support.processes import end
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -30,11 +30,11 @@ from PIL import Image
 
 from imageproc import Processor, TaskStatus
 from imageproc.testing import sample_image
-from tests.processes import end
+from tests.support.processes import end
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-APP = Path(__file__).resolve().parents[1] / "examples" / "starlette_app.py"
+APP = Path(__file__).resolve().parents[2] / "examples" / "starlette_app.py"
 KEY = "test-key-0123456789-AbCdEfGhIj"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

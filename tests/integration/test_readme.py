@@ -13,9 +13,9 @@ from PIL import Image
 
 from imageproc.config import Settings
 from imageproc.testing import sample_image
-from tests.test_cli import _request, eventually, free_port, start, stop
+from tests.support.processes import eventually, fetch, free_port, start, stop
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def service_quick_start() -> str:
@@ -30,7 +30,7 @@ def test_the_curl_quick_start_works_as_written(tmp_path: Path) -> None:
     (tmp_path / "cat.jpg").write_bytes(sample_image(1200, 800))
     server = start("serve", "--port", str(port), cwd=tmp_path)
     try:
-        eventually(lambda: _request(f"http://127.0.0.1:{port}/healthz")[0] == 200, what="serve")
+        eventually(lambda: fetch(f"http://127.0.0.1:{port}/healthz")[0] == 200, what="serve")
         script = service_quick_start().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],

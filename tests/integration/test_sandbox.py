@@ -28,7 +28,7 @@ from imageproc import (
 from imageproc import _sandbox as sandbox
 from imageproc._sandbox import InlineRenderer, ProcessRenderer
 from imageproc.testing import memory_processor, sample_image
-from tests.images import progressive_jpeg
+from tests.support.images import progressive_jpeg
 
 #: Seconds of decoding in a small file (about 4 ms a scan at 4 MP): past every deadline here.
 BOMB = progressive_jpeg((2000, 2000), extra_scans=3000)

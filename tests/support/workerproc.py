@@ -1,4 +1,5 @@
-"""A worker process for the multi-process tests: ``python -m tests.workerproc DB STORAGE LOG``.
+"""A worker process for the multi-process tests:
+``python -m tests.support.workerproc DB STORAGE LOG``.
 
 Runs ``Processor.run`` until SIGTERM, appending the id of every task whose success it actually
 recorded to LOG (one line each), so the tests can count completions across processes.
@@ -11,7 +12,7 @@ import logging
 import os
 
 from imageproc import Processor, Task, TaskStatus
-from tests.doubles import CountingQueue, SlowStorage
+from tests.support.doubles import CountingQueue, SlowStorage
 
 
 class LoggingQueue(CountingQueue):

@@ -28,7 +28,7 @@ from imageproc.engine._codecs import (
 )
 from imageproc.pipeline._model import WHITE, Colour, Encoding
 from imageproc.testing import sample_image
-from tests.images import INVERSE
+from tests.support.images import INVERSE
 
 LIMITS = ImageLimits()
 ORIENTATION = ExifTags.Base.Orientation

@@ -20,9 +20,9 @@ from imageproc.config import (
     read_env_file,
 )
 from imageproc.testing import sample_image
-from tests.strategies import foreign_digits, foreign_numbers
+from tests.support.strategies import foreign_digits, foreign_numbers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY_HASH = "sha256:" + "ab" * 32
 # Strong enough to be accepted (22+ mixed-case letters and digits: over 128 bits).
 KEY_1, KEY_2 = "key-1-0123456789-AbCdEfGhIj", "key-2-0123456789-KlMnOpQrSt"

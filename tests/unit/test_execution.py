@@ -12,7 +12,7 @@ from imageproc._clock import utcnow
 from imageproc._execution import Recorder
 from imageproc._retrying import RetryPolicy
 from imageproc.backends._memory import MemoryQueue, MemoryRepository
-from tests.doubles import new_task
+from tests.support.doubles import new_task
 
 TIMEOUT = 10.0
 

@@ -35,7 +35,7 @@ from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStor
 from imageproc.backends.fsspec._storage import FsspecStorage
 from imageproc.http._app import create_app
 from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
-from tests.strategies import foreign_digits
+from tests.support.strategies import foreign_digits
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,7 @@ from PIL import Image
 from imageproc import ImageLimits, InvalidImage, InvalidPipeline, Pipeline
 from imageproc.engine._imaging import check_output_sizes, probe, render
 from imageproc.testing import sample_image
-from tests.images import INVERSE
+from tests.support.images import INVERSE
 
 
 def png_declaring(width: int, height: int) -> bytes:

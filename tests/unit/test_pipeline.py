@@ -20,7 +20,7 @@ from imageproc.pipeline._model import (
     Rotate,
     Sharpen,
 )
-from tests.strategies import FOREIGN_ZEROS, foreign_digits, foreign_numbers, pipelines
+from tests.support.strategies import FOREIGN_ZEROS, foreign_digits, foreign_numbers, pipelines
 
 
 def test_parse_the_documented_example() -> None:

@@ -37,7 +37,7 @@ from imageproc.testing import (
     memory_processor,
     sample_image,
 )
-from tests.doubles import CountingQueue
+from tests.support.doubles import CountingQueue
 
 PIPELINE = "thumb=fit:256x256,webp:q80;large=resize:1000x,jpeg:q85"
 

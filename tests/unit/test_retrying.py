@@ -17,7 +17,7 @@ from imageproc._retrying import call_with_retries, is_transient_imageproc_error
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.backends.fsspec._storage import FsspecStorage
 from imageproc.testing import sample_image
-from tests.strategies import backoff_policies
+from tests.support.strategies import backoff_policies
 
 # In-place waits of zero: the retries happen, the test never sleeps.
 NO_WAIT = {"in_place_wait": 0.0, "in_place_max_wait": 0.0}

@@ -20,7 +20,7 @@ from imageproc._signing import (
     parse_max_priorities,
     weak_keys,
 )
-from tests.strategies import foreign_digits
+from tests.support.strategies import foreign_digits
 
 owners = st.from_regex(r"[A-Za-z0-9._@+-]{1,20}", fullmatch=True)
 clear_keys = st.from_regex(r"[\x21-\x2b\x2d-\x7e]{1,40}", fullmatch=True).filter(

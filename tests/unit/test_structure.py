@@ -18,7 +18,7 @@ from imageproc.engine._codecs import ImageLimits
 from imageproc.engine._imaging import probe, render
 from imageproc.pipeline._model import Pipeline
 from imageproc.testing import sample_image
-from tests.images import progressive_jpeg
+from tests.support.images import progressive_jpeg
 
 LIMITS = ImageLimits()
 

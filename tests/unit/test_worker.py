@@ -19,7 +19,13 @@ from imageproc._execution import Recorder
 from imageproc._worker import WorkerPool
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.testing import FAST_OPTIONS, FastForwardClock, sample_image
-from tests.doubles import CountingQueue, SlowStorage, new_task, run_to_completion, wait_until
+from tests.support.doubles import (
+    CountingQueue,
+    SlowStorage,
+    new_task,
+    run_to_completion,
+    wait_until,
+)
 
 TINY = sample_image(64, 48)
 
@@ -165,7 +171,7 @@ def test_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
             import sys
             from imageproc import TaskStatus
             from imageproc.testing import memory_processor, sample_image
-            from tests.doubles import SlowStorage
+            from tests.support.doubles import SlowStorage
 
             proc = memory_processor()
             proc.storage = SlowStorage(proc.storage, 0.2)
@@ -182,7 +188,7 @@ def test_run_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
             """
         )
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     child = subprocess.Popen(
         [sys.executable, str(script)],
         cwd=root,

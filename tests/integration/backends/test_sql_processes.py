@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from imageproc import Processor
 from imageproc.testing import sample_image
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
 
 
@@ -41,7 +41,7 @@ class Cluster:
                 [
                     sys.executable,
                     "-m",
-                    "tests.workerproc",
+                    "tests.support.workerproc",
                     self.database,
                     self.storage,
                     str(self.log),

@@ -11,8 +11,8 @@ import pytest
 from imageproc import QueueFull, QueueLimits, Repository, TaskError, TaskStatus
 from imageproc._task import Task
 from imageproc.backends.sql._backend import SQLBackend
-from tests.backends.conftest import Backend
-from tests.doubles import new_task
+from tests.support.backends import Backend
+from tests.support.doubles import new_task
 
 
 def owned(owner: str | None) -> Task:

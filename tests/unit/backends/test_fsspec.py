@@ -37,7 +37,7 @@ from imageproc.backends._memory import MemoryQueue, MemoryRepository
 from imageproc.backends.fsspec import _storage as fsspec_backend
 from imageproc.backends.fsspec._storage import S3_ENDPOINT_ENV, FsspecStorage
 from imageproc.testing import FAST_OPTIONS, sample_image
-from tests.s3server import S3Server
+from tests.support.s3server import S3Server
 
 FLAKY = "imageproc-flaky"
 

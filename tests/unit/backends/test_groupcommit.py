@@ -15,8 +15,8 @@ from imageproc import BackendUnavailable, TaskStatus
 from imageproc.backends.sql import _groupcommit as groupcommit
 from imageproc.backends.sql._backend import SQLBackend
 from imageproc.backends.sql._groupcommit import GroupCommit
-from tests.databases import impatient_sqlite, make_backend, sqlite_write_lock
-from tests.doubles import new_task
+from tests.support.databases import impatient_sqlite, make_backend, sqlite_write_lock
+from tests.support.doubles import new_task
 
 
 class Recorder:

@@ -14,8 +14,8 @@ import pytest
 from imageproc import LeaseLost, Output, TaskError, TaskNotFound, TaskStatus
 from imageproc._clock import utcnow
 from imageproc.pipeline._model import Pipeline
-from tests.backends.conftest import Backend
-from tests.doubles import new_task
+from tests.support.backends import Backend
+from tests.support.doubles import new_task
 
 LEASE = 30.0
 SHORT = 0.15

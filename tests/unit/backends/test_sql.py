@@ -36,8 +36,13 @@ from imageproc.backends.fsspec._storage import FsspecStorage
 from imageproc.backends.sql._backend import _CLAIM, SQLITE_WAIT_POLL, SQLBackend
 from imageproc.backends.sql._schema import VERSION_TABLE, metadata, task_to_row, tasks
 from imageproc.testing import FAST_OPTIONS, sample_image
-from tests.databases import fresh_database, impatient_sqlite, make_backend, sqlite_write_lock
-from tests.doubles import CountingQueue, new_task, run_to_completion
+from tests.support.databases import (
+    fresh_database,
+    impatient_sqlite,
+    make_backend,
+    sqlite_write_lock,
+)
+from tests.support.doubles import CountingQueue, new_task, run_to_completion
 
 KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

@@ -1,7 +1,7 @@
 """The Storage contract, run against every implementation.
 
 ``storage`` is each of: the in-memory dict, fsspec's memory filesystem, a local folder, and S3
-through s3fs against moto's server on loopback (see ``tests/s3server.py``).
+through s3fs against moto's server on loopback (see ``tests/support/s3server.py``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from imageproc.delivery import _waiting as waiting
 from imageproc.delivery._completions import Completions
 from imageproc.delivery._waiting import wait_for_end
 from imageproc.testing import sample_image
-from tests.doubles import new_task, wait_until
+from tests.support.doubles import new_task, wait_until
 
 # Every background thread a test starts is joined within this many seconds.
 JOIN = 5.0
