@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from imageproc import Processor
 from imageproc.testing import memory_processor
 
-pytest_plugins = ["tests.databases", "tests.s3server"]
+pytest_plugins = ["tests.support.databases", "tests.support.s3server"]
 
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile(
