@@ -1,2 +1,3 @@
-"""Tests that start processes or servers: the commands, the served app, render processes, worker
-processes, S3 over HTTP, and the examples, the docs and the README run as written."""
+"""Tests of real components as themselves: the commands, the served app, render and worker
+processes, the SQL backend and the backend contracts on PostgreSQL (marked ``postgres``), S3 over
+HTTP (moto's server), and the examples, the docs and the README run as written."""
