@@ -231,15 +231,14 @@ class Settings:
     api_keys: str = _setting("", ValueSpec(parse_text, _check_api_keys, (str,)), repr=False)
     #: ``owner:N`` pairs separated by commas: the highest priority each owner's uploads may ask
     #: for over HTTP (higher is refused with 403); ``*:N`` for everyone else. Empty: -1000 to
-    #: 1000 for all. Parse with :func:`imageproc._signing.parse_max_priorities`.
+    #: 1000 for all. Parse with :func:`imageproc.http.parse_max_priorities`.
     max_priority: str = _setting("", ValueSpec(parse_text, _check_max_priority, (str,)))
     #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
     signing_keys: tuple[str, ...] = _setting(
         (), ValueSpec(parse_list, no_check, (tuple, list), convert=texts), repr=False
     )
-    #: Accept API keys and signing keys estimated under 128 bits
-    #: (:func:`imageproc._signing.key_bits`), with a warning at start, instead of refusing to
-    #: start: for tests and development only.
+    #: Accept API keys and signing keys estimated under 128 bits of entropy, with a warning at
+    #: start, instead of refusing to start: for tests and development only.
     allow_weak_keys: bool = _setting(False, FLAG)
     #: Missing or unknown API keys one client address may present within any
     #: ``auth_failure_window``; past that it is answered 429 until the oldest of them is that

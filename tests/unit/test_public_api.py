@@ -87,6 +87,7 @@ PUBLIC_SURFACE = {
         "create_app",
         "header_deadline_protocol",
         "parse_api_keys",
+        "parse_max_priorities",
     ],
     "imageproc.metrics": ["Metrics"],
     "imageproc.pipeline": [

@@ -5,7 +5,7 @@ and oversized clients.
 The service layer: it may import anything of ours; nothing below it imports Starlette.
 """
 
-from imageproc._signing import parse_api_keys
+from imageproc._signing import parse_api_keys, parse_max_priorities
 from imageproc.http._app import create_app
 from imageproc.http._openapi import OPENAPI
 from imageproc.http._serving import (
@@ -23,4 +23,5 @@ __all__ = [
     "create_app",
     "header_deadline_protocol",
     "parse_api_keys",
+    "parse_max_priorities",
 ]

@@ -106,11 +106,11 @@ def create_app(
         max_priority: owner → the highest priority their uploads may ask for (above it: 403
             ``priority_not_allowed``); ``"*"`` for every owner not named, and for every client
             when there are no API keys. None: anyone may ask for all of :data:`PRIORITY_RANGE`.
-            :func:`imageproc._signing.parse_max_priorities` reads ``IMAGEPROC_MAX_PRIORITY``.
+            :func:`imageproc.http.parse_max_priorities` reads ``IMAGEPROC_MAX_PRIORITY``.
         url_ttl: how long signed URLs stay valid.
         metrics_registry: the Prometheus registry ``/metrics`` serves; 404 when None.
         allow_weak_keys: accept API keys and signing keys estimated under 128 bits
-            (:func:`imageproc._signing.key_bits`), logging a warning, instead of raising
+            of entropy, logging a warning, instead of raising
             :class:`ValueError`: for tests and development only.
         max_auth_failures: missing or unknown API keys one client address may present within
             any ``auth_failure_window``; past that its requests are answered 429
