@@ -15,7 +15,7 @@ server (or any other worker on the same database and storage) picks it up. Try i
 
 API keys and signing keys also come from ``IMAGEPROC_API_KEYS`` and ``IMAGEPROC_SIGNING_KEYS``
 (comma-separated), as the ``imageproc`` command reads them. It bounds slow clients as
-``imageproc serve`` does, with the pieces in ``imageproc.http``, and keeps signatures out of
+``imageproc serve`` does, with the pieces in ``imageproc.http.serving``, and keeps signatures out of
 its access log.
 """
 
@@ -35,13 +35,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 
 from imageproc import Processor
-from imageproc.http import (
-    BodyDeadline,
-    RedactQuerySecrets,
-    create_app,
-    header_deadline_protocol,
-    parse_api_keys,
-)
+from imageproc.http import create_app, parse_api_keys
+from imageproc.http.serving import BodyDeadline, RedactQuerySecrets, header_deadline_protocol
 
 PAGE = """<!doctype html><title>imageproc demo</title>
 <form method=post action=api/upload enctype=multipart/form-data>

@@ -12,7 +12,23 @@ once, make every variant, store them and record the result::
 """
 
 from imageproc.__version__ import __version__
-from imageproc._errors import (
+from imageproc._events import Events
+from imageproc._processor import Processor, Source, Upload
+from imageproc._protocols import (
+    BatchQueue,
+    Lease,
+    ObjectInfo,
+    Queue,
+    QueueLimits,
+    QueueStats,
+    Repository,
+    Storage,
+)
+from imageproc._retrying import RetryPolicy
+from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
+from imageproc._taskjson import task_json
+from imageproc.engine._imaging import ImageLimits
+from imageproc.errors import (
     BackendUnavailable,
     ConfigurationError,
     IllegalTransition,
@@ -31,22 +47,6 @@ from imageproc._errors import (
     TaskNotFound,
     WaitTimeout,
 )
-from imageproc._events import Events
-from imageproc._processor import Processor, Source, Upload
-from imageproc._protocols import (
-    BatchQueue,
-    Lease,
-    ObjectInfo,
-    Queue,
-    QueueLimits,
-    QueueStats,
-    Repository,
-    Storage,
-)
-from imageproc._retrying import RetryPolicy
-from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
-from imageproc._taskjson import task_json
-from imageproc.engine._imaging import ImageLimits
 from imageproc.pipeline._colour import Colour
 from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import (
@@ -120,12 +120,3 @@ __all__ = [
     "__version__",
     "task_json",
 ]
-
-# As httpx does: the public names say they come from ``imageproc`` (in tracebacks, reprs and
-# pickles), not from the private module that defines them.
-# Type aliases (``Source``) have no module of their own to rename.
-for _name in __all__:
-    _value = globals()[_name]
-    if isinstance(_value, type) or callable(_value):
-        _value.__module__ = "imageproc"
-del _name, _value

@@ -22,13 +22,13 @@ from typing import Final
 
 from imageproc import _keys as keys
 from imageproc._clock import Clock
-from imageproc._errors import ImageprocError, LeaseLost, copies_for, is_transient
 from imageproc._events import Events, emit
 from imageproc._protocols import Lease, Queue, Storage, lease_lost, record_all
 from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import ProcessRenderer, Renderer
 from imageproc._task import Output, Task, TaskError, TaskStatus
 from imageproc.engine._imaging import ImageLimits
+from imageproc.errors import ImageprocError, LeaseLost, copies_for, is_transient
 
 __all__ = ["Execution", "Recorder"]
 

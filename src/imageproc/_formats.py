@@ -16,12 +16,14 @@ __all__ = [
     "FORMATS",
     "IMPLIED_TYPES",
     "OUTPUT_FORMATS",
+    "UNKNOWN_TYPE",
     "ImageFormat",
     "content_type_for",
     "extension_for",
 ]
 
-_UNKNOWN_TYPE: Final = "application/octet-stream"
+#: The content type of bytes whose format is not known.
+UNKNOWN_TYPE: Final = "application/octet-stream"
 
 
 @attrs.frozen
@@ -79,4 +81,4 @@ def extension_for(pillow_format: str) -> str:
 def content_type_for(pillow_format: str) -> str:
     """The content type of a stored original of this format (Pillow's name)."""
     known = _BY_PILLOW.get(pillow_format)
-    return known.content_type if known else _UNKNOWN_TYPE
+    return known.content_type if known else UNKNOWN_TYPE

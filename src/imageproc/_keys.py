@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Final
 
-from imageproc._errors import InvalidKey
+from imageproc.errors import InvalidKey
 
 __all__ = ["MAX_KEY_LENGTH", "OWNER_DIGEST_CHARS", "output_key", "source_key", "validate_key"]
 

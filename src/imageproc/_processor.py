@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Self
 import attrs
 
 from imageproc._clock import Clock, utcnow
-from imageproc._errors import ConfigurationError, ImageprocError
 from imageproc._events import Events
 from imageproc._execution import Execution, Recorder
 from imageproc._protocols import Lease, Queue, QueueLimits, Repository, Storage
@@ -33,6 +32,7 @@ from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStor
 from imageproc.backends._urls import backends_from_urls
 from imageproc.delivery._waiting import wait_for_end
 from imageproc.engine._imaging import ImageLimits
+from imageproc.errors import ConfigurationError, ImageprocError
 from imageproc.pipeline._pipeline import Pipeline, PipelineLimits
 
 if TYPE_CHECKING:
@@ -48,7 +48,8 @@ _CHANGE_TRIES = 5
 class Processor:
     """Submit images, let workers make their variants, and read the results.
 
-    The three backends can be anything that implements :mod:`imageproc._protocols`; the class
+    The three backends can be anything that implements :class:`~imageproc.Storage`,
+    :class:`~imageproc.Queue` and :class:`~imageproc.Repository`; the class
     methods :meth:`in_memory` and :meth:`from_urls` build common combinations.
 
     Args:
@@ -60,7 +61,7 @@ class Processor:
         lease_seconds: how long a worker's claim lasts between heartbeats.
         isolation: where the image work of a task runs: ``"process"`` (the default) in a render
             process, where ``render_timeout`` holds even inside a decoder and a cancelled task's
-            work is stopped (:mod:`imageproc._sandbox`); ``"thread"`` in the worker's thread,
+            work is stopped; ``"thread"`` in the worker's thread,
             with neither, for trusted images only.
         queue_limits: how many tasks may wait, in all and per owner
             (:class:`~imageproc.QueueLimits`), checked atomically as each task is recorded and
@@ -500,8 +501,7 @@ class Processor:
         return count
 
     def process(self, lease: Lease) -> Task | None:
-        """Carry out one leased task and record its outcome (:meth:`Execution.run
-        <imageproc._execution.Execution.run>`).
+        """Carry out one leased task, from reading its original to recording its outcome.
 
         Returns the task as recorded, or None if the lease was lost meanwhile (the task was
         cancelled, or its lease expired and another worker owns it now). Never raises for a

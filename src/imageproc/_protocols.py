@@ -22,8 +22,8 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
-from imageproc._errors import LeaseLost, QueueFull
 from imageproc._task import Task, TaskStatus
+from imageproc.errors import LeaseLost, QueueFull
 
 __all__ = [
     "BatchQueue",
@@ -134,7 +134,8 @@ class Storage(Protocol):
 
     Implementations map their own errors to :class:`~imageproc.StorageError` (transient or not)
     and :class:`~imageproc.ObjectNotFound`, and refuse unsafe keys with
-    :class:`~imageproc.InvalidKey` (see :func:`imageproc._keys.validate_key`).
+    :class:`~imageproc.InvalidKey`: a key is ASCII letters, digits, ``.``, ``_`` and ``-`` in
+    non-empty ``/``-separated segments, none starting with ``.``, at most 1,024 characters.
     """
 
     def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:

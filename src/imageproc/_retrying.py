@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import attrs
 import tenacity
 
-from imageproc._errors import ImageprocError
+from imageproc.errors import ImageprocError
 
 __all__ = ["RetryPolicy", "call_with_retries", "is_transient_imageproc_error"]
 

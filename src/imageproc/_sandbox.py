@@ -35,12 +35,12 @@ from typing import IO, Any, Final, Protocol
 
 import attrs
 
-from imageproc import _errors as errors
-from imageproc._errors import ImageprocError, LeaseLost, RenderFailed, RenderTimeout
+from imageproc import errors
 from imageproc.engine import _allocator as allocator
 from imageproc.engine import _imaging as imaging
 from imageproc.engine._imaging import Rendered
 from imageproc.engine._open import ImageLimits
+from imageproc.errors import ImageprocError, LeaseLost, RenderFailed, RenderTimeout
 from imageproc.pipeline._pipeline import Pipeline
 
 __all__ = ["InlineRenderer", "ProcessRenderer", "Renderer", "serve"]

@@ -22,15 +22,6 @@ import attrs
 
 from imageproc import _keys as keys
 from imageproc._clock import Clock
-from imageproc._errors import (
-    ImageprocError,
-    InvalidImage,
-    InvalidInput,
-    InvalidPipeline,
-    QueueFull,
-    copies_for,
-    copy_of,
-)
 from imageproc._events import Events, emit
 from imageproc._formats import content_type_for, extension_for
 from imageproc._protocols import QueueLimits, Repository, Storage
@@ -39,6 +30,15 @@ from imageproc._task import SourceInfo, Task
 from imageproc.engine import _imaging as imaging
 from imageproc.engine import _location as location
 from imageproc.engine._imaging import ImageLimits
+from imageproc.errors import (
+    ImageprocError,
+    InvalidImage,
+    InvalidInput,
+    InvalidPipeline,
+    QueueFull,
+    copies_for,
+    copy_of,
+)
 from imageproc.pipeline._pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
 
 __all__ = ["PipelineSpec", "Source", "Submission", "Upload"]

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import attrs
 
-from imageproc._errors import IllegalTransition
+from imageproc.errors import IllegalTransition
 from imageproc.pipeline._pipeline import Pipeline
 
 __all__ = [

@@ -33,10 +33,10 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from imageproc._clock import Clock, utcnow
-from imageproc._errors import LeaseLost
 from imageproc._protocols import Lease, Queue, renew_all
 from imageproc._task import TaskError
 from imageproc.engine import _allocator as allocator
+from imageproc.errors import LeaseLost
 
 __all__ = ["WorkerPool"]
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from imageproc._errors import ConfigurationError
 from imageproc._parsing import (
     COUNT,
     FLAG,
@@ -51,6 +50,7 @@ from imageproc._parsing import (
     texts,
     worker_range,
 )
+from imageproc.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from imageproc._processor import Processor
@@ -119,7 +119,7 @@ def _check_max_priority(value: str) -> None:
 
 
 def _check_presets(value: tuple[tuple[str, str], ...]) -> None:
-    from imageproc._errors import InvalidPipeline
+    from imageproc.errors import InvalidPipeline
     from imageproc.pipeline._pipeline import Pipeline
 
     for name, pipeline in value:
@@ -359,7 +359,7 @@ class Settings:
         # A default pipeline that names no preset must be a pipeline: say so at startup, naming
         # the setting, rather than when the processor is built.
         if self.pipeline is not None and self.pipeline not in dict(self.presets):
-            from imageproc._errors import InvalidPipeline
+            from imageproc.errors import InvalidPipeline
             from imageproc.pipeline._pipeline import Pipeline
 
             try:

@@ -20,10 +20,10 @@ from typing import Any, BinaryIO
 from PIL import Image, ImageDraw
 
 from imageproc._clock import utcnow
-from imageproc._errors import ImageprocError, StorageError
 from imageproc._processor import Processor
 from imageproc._protocols import ObjectInfo, Storage
 from imageproc._retrying import RetryPolicy
+from imageproc.errors import ImageprocError, StorageError
 
 __all__ = ["FastForwardClock", "FlakyStorage", "memory_processor", "sample_image"]
 

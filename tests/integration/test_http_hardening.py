@@ -29,7 +29,7 @@ from tests.support.processes import environment, free_port
 
 pytest.importorskip("imageproc.http", reason="the http extra is not installed")
 
-from imageproc.http._serving import RedactQuerySecrets, redact_query_secrets
+from imageproc.http.serving import RedactQuerySecrets, redact_query_secrets
 from tests.support.processes import end
 
 pytestmark = pytest.mark.timeout(120)

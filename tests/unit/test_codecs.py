@@ -293,7 +293,7 @@ RSS_PROBE = textwrap.dedent(
     warnings.simplefilter("ignore")
     from imageproc.engine._decode import decode
     from imageproc.engine._open import ImageLimits
-    from imageproc._errors import InvalidImage
+    from imageproc.errors import InvalidImage
     from imageproc.testing import sample_image
 
     def peak_kb():

@@ -5,7 +5,7 @@ import inspect
 import pytest
 
 import imageproc
-from imageproc import _errors as errors
+from imageproc import errors
 
 ERRORS = [
     obj

@@ -128,21 +128,30 @@ def reachable(module: str, *, eager_only: bool = False) -> dict[str, str]:
     """Every imageproc module that importing ``module`` (and calling it) may import in turn,
     each with the chain of imports that gets there (for the failure message).
 
-    Parent packages are left out: every ``imageproc.x`` runs ``imageproc/__init__``, which
-    imports the whole public API, so following it would make everything reach everything.
-    An explicit ``from imageproc import Name`` is followed: it does run ``__init__``.
+    Importing ``imageproc.http._app`` runs ``imageproc/http/__init__`` first, so a module's
+    parent packages are followed too, except the root: every ``imageproc.x`` runs
+    ``imageproc/__init__``, which imports the whole public API, so following it would make
+    everything reach everything. An explicit ``from imageproc import Name`` is followed: it does
+    run ``__init__``.
     """
     chains: dict[str, str] = {}
     todo = [(module, module)]
     while todo:
         source, chain = todo.pop()
         for imp in IMPORTS[source]:
-            target = imp.target
-            followed = imp.eager or not eager_only
-            if followed and target in MODULES and target != module and target not in chains:
-                chains[target] = f"{chain} -({imp.line})-> {target}"
-                todo.append((target, chains[target]))
+            if not (imp.eager or not eager_only):
+                continue
+            for target in (imp.target, *_parents(imp.target)):
+                if target in MODULES and target != module and target not in chains:
+                    chains[target] = f"{chain} -({imp.line})-> {target}"
+                    todo.append((target, chains[target]))
     return chains
+
+
+def _parents(module: str) -> list[str]:
+    """The packages whose ``__init__`` importing ``module`` runs, the root left out."""
+    parts = module.split(".")
+    return [".".join(parts[:n]) for n in range(2, len(parts))]
 
 
 def under(prefix: str) -> list[str]:
@@ -196,6 +205,13 @@ def test_imports_inside_functions_count_but_are_not_eager() -> None:
     # The CLI imports the HTTP app only when ``serve`` runs.
     assert "imageproc.http._app" in ours("imageproc.cli._serve")
     assert "imageproc.http._app" not in ours("imageproc.cli._serve", eager_only=True)
+
+
+def test_importing_a_module_runs_its_parent_packages() -> None:
+    # _backend imports imageproc.backends.sql._schema, which runs backends/__init__ first.
+    chains = reachable("imageproc.backends.sql._backend")
+    assert "imageproc.backends" in chains
+    assert PACKAGE not in chains
 
 
 def test_a_cycle_is_found_and_named() -> None:
@@ -272,14 +288,15 @@ def test_importing_the_core_does_not_pull_in_starlette() -> None:
 
 # "The model imports nothing of ours but errors": the errors, the pipeline language and the task.
 # A Task holds its Pipeline, so the task may import the pipeline too.
-MODEL = {"imageproc._errors", *under("imageproc.pipeline"), "imageproc._task"}
+MODEL = {"imageproc.errors", "imageproc._formats", *under("imageproc.pipeline"), "imageproc._task"}
 MODEL_ALLOWED = {
-    "imageproc._errors": set(),
+    "imageproc.errors": set(),
+    "imageproc._formats": set(),
     **{
-        m: {"imageproc._errors", "imageproc._formats", *under("imageproc.pipeline")}
+        m: {"imageproc.errors", "imageproc._formats", *under("imageproc.pipeline")}
         for m in under("imageproc.pipeline")
     },
-    "imageproc._task": {"imageproc._errors", *under("imageproc.pipeline")},
+    "imageproc._task": {"imageproc.errors", *under("imageproc.pipeline")},
 }
 
 

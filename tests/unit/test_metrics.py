@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from imageproc import Processor, TaskStatus
-from imageproc._errors import BackendUnavailable
 from imageproc._events import STAGES
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.errors import BackendUnavailable
 from imageproc.metrics import Metrics
 from imageproc.testing import FAST_OPTIONS, FlakyStorage, memory_processor, sample_image
 

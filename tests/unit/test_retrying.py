@@ -12,10 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imageproc import ConfigurationError, Processor, RetryPolicy
-from imageproc._errors import ObjectNotFound, StorageError, WaitTimeout
 from imageproc._retrying import call_with_retries, is_transient_imageproc_error
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.backends.fsspec._storage import FsspecStorage
+from imageproc.errors import ObjectNotFound, StorageError, WaitTimeout
 from imageproc.testing import sample_image
 from tests.support.strategies import backoff_policies
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from imageproc._errors import InvalidPipeline
 from imageproc.engine._transforms import apply, fill_box
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._colour import Colour
 from imageproc.pipeline._operations import (
     Blur,

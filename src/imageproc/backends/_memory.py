@@ -25,7 +25,6 @@ from typing import BinaryIO
 import attrs
 
 from imageproc._clock import Clock, utcnow
-from imageproc._errors import LeaseLost, ObjectNotFound, TaskNotFound
 from imageproc._keys import validate_key
 from imageproc._protocols import (
     Lease,
@@ -38,6 +37,7 @@ from imageproc._protocols import (
 )
 from imageproc._task import LEASE_EXPIRED, Task, TaskStatus
 from imageproc.delivery._completions import Completions
+from imageproc.errors import LeaseLost, ObjectNotFound, TaskNotFound
 
 __all__ = ["MemoryQueue", "MemoryRepository", "MemoryStorage"]
 

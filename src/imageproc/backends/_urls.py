@@ -8,9 +8,9 @@ from typing import Any, Final
 import attrs
 
 from imageproc._clock import Clock, utcnow
-from imageproc._errors import ConfigurationError
 from imageproc._protocols import Queue, Repository, Storage
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
+from imageproc.errors import ConfigurationError
 
 __all__ = ["SQL_DIALECTS", "Backends", "backends_from_urls", "database_scheme"]
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from imageproc._errors import ConfigurationError, ImageprocError, InvalidPipeline
 from imageproc.cli._arguments import SETTING_FLAGS, build_parser, configure_logging
 from imageproc.cli._reporting import EXIT_FAILED, EXIT_USAGE, UsageError, fail
 from imageproc.config import Settings
+from imageproc.errors import ConfigurationError, ImageprocError, InvalidPipeline
 
 __all__ = ["main"]
 

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imageproc._errors import ImageprocError
 from imageproc.cli._reporting import EXIT_FAILED, EXIT_OK, UsageError
 from imageproc.config import Settings
+from imageproc.errors import ImageprocError
 
 if TYPE_CHECKING:
     from imageproc.engine._imaging import ImageLimits, Rendered

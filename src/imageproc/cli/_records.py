@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imageproc._errors import ConfigurationError
 from imageproc._task import TaskStatus
 from imageproc._taskjson import task_json
 from imageproc.cli._durations import say_duration
 from imageproc.cli._reporting import EXIT_OK, UsageError, safe_url
 from imageproc.config import Settings
+from imageproc.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from imageproc.backends.sql._backend import SQLBackend

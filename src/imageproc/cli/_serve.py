@@ -9,11 +9,11 @@ import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from imageproc._errors import ConfigurationError
 from imageproc._signals import on_stop_signals
 from imageproc.cli._reporting import EXIT_FAILED, EXIT_OK, fail, safe_url
 from imageproc.cli._worker import metrics_or_none
 from imageproc.config import Settings
+from imageproc.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -29,7 +29,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         import uvicorn
 
-        from imageproc.http import _serving as serving
+        from imageproc.http import serving
         from imageproc.http._app import create_app
     except ImportError as error:
         raise ConfigurationError(
@@ -135,7 +135,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 def _guarded_app(app: Starlette, settings: Settings) -> Any:
     """``app`` (``create_app``'s) inside the bounds on slow bodies and on uploads per API key,
     counted by the app's own keys."""
-    from imageproc.http import _serving as serving
+    from imageproc.http import serving
 
     api_keys: ApiKeys | None = app.state.imageproc.api_keys
     guarded: Any = app

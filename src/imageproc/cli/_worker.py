@@ -7,9 +7,9 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from imageproc._errors import ConfigurationError
 from imageproc.cli._reporting import EXIT_OK, safe_url
 from imageproc.config import Settings
+from imageproc.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from imageproc.metrics import Metrics

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from imageproc._errors import WaitTimeout
 from imageproc._task import Task
 from imageproc.delivery._completions import Completions
+from imageproc.errors import WaitTimeout
 
 __all__ = ["wait_for_end"]
 

@@ -12,10 +12,10 @@ from typing import Any, Final
 import attrs
 from PIL import ExifTags, Image, ImageFile
 
-from imageproc._errors import ImageTooLarge
 from imageproc.engine._colour import Profile, normalise
 from imageproc.engine._metadata import Metadata, bare, upright_exif, upright_xmp
 from imageproc.engine._open import FORMAT_NAMES, ImageLimits, mapped_errors, open_counted
+from imageproc.errors import ImageTooLarge
 
 __all__ = ["Decoded", "decode"]
 

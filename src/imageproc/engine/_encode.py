@@ -12,9 +12,9 @@ from typing import Any, Final
 
 from PIL import Image, features
 
-from imageproc._errors import ConfigurationError, InvalidPipeline
 from imageproc.engine._colour import normalise
 from imageproc.engine._metadata import Metadata, bare, metadata_options
+from imageproc.errors import ConfigurationError, InvalidPipeline
 from imageproc.pipeline._colour import WHITE, Colour
 from imageproc.pipeline._encoding import Encoding
 

@@ -19,7 +19,6 @@ from typing import Final
 import attrs
 from PIL import Image
 
-from imageproc._errors import InvalidPipeline
 from imageproc._task import Output, SourceInfo
 from imageproc.engine import _transforms as transforms
 from imageproc.engine._decode import Decoded, decode
@@ -33,6 +32,7 @@ from imageproc.engine._open import (
 )
 from imageproc.engine._placeholder import placeholder
 from imageproc.engine._transforms import crop_outside
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import Crop, Fill, Fit, Operation, Pad, Resize
 from imageproc.pipeline._pipeline import Pipeline, Variant

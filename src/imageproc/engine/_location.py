@@ -23,8 +23,8 @@ from typing import Final
 
 from PIL import Image
 
-from imageproc._errors import InvalidImage
 from imageproc.engine import _structure as structure
+from imageproc.errors import InvalidImage
 
 __all__ = ["REWRITTEN_FORMATS", "strip_location"]
 

@@ -23,8 +23,9 @@ from typing import Final
 import attrs
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from imageproc._errors import ImageTooLarge, InvalidImage
+from imageproc._formats import FORMATS as IMAGE_FORMATS
 from imageproc.engine import _structure as structure
+from imageproc.errors import ImageTooLarge, InvalidImage
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -42,7 +43,7 @@ HEIF_AVAILABLE: Final = importlib.util.find_spec("pillow_heif") is not None
 #: Formats accepted as input by default (Pillow's names). AVIF is read by Pillow itself; HEIF only
 #: with pillow-heif installed.
 DEFAULT_FORMATS: Final = frozenset(
-    {"JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF", *(["HEIF"] if HEIF_AVAILABLE else [])}
+    f.pillow for f in IMAGE_FORMATS if f.pillow != "HEIF" or HEIF_AVAILABLE
 )
 #: Formats whose extra frames are an animation (decoded on request); the extra frames of a TIFF,
 #: an MPO or a HEIF are other pictures, and only the first (primary) one is decoded.

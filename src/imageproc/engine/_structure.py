@@ -21,7 +21,7 @@ from typing import Final, NamedTuple
 
 import attrs
 
-from imageproc._errors import ImageTooLarge
+from imageproc.errors import ImageTooLarge
 
 __all__ = [
     "GifLayout",

@@ -12,7 +12,7 @@ from typing import Final
 
 from PIL import Image, ImageFilter, ImageOps
 
-from imageproc._errors import InvalidPipeline
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._colour import Colour
 from imageproc.pipeline._operations import (
     Blur,

@@ -22,9 +22,9 @@ from typing import Final
 import anyio
 import anyio.to_thread
 
-from imageproc._errors import copy_of
 from imageproc._processor import Processor, Upload
 from imageproc._task import Task
+from imageproc.errors import copy_of
 
 __all__ = ["SubmitBatcher"]
 

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imageproc._errors import (
+from imageproc.errors import (
     IllegalTransition,
     ImageprocError,
     ImageTooLarge,

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from imageproc import _keys as keyrules
-from imageproc._errors import InvalidKey, ObjectNotFound, TaskNotFound
 from imageproc._signing import UrlSigner, parse_expires
+from imageproc.errors import InvalidKey, ObjectNotFound, TaskNotFound
 from imageproc.http._errors import ApiError
 from imageproc.http._service import Service, service_of
 

@@ -16,12 +16,12 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from imageproc._errors import TaskNotFound
 from imageproc._processor import Processor
 from imageproc._protocols import queue_full
 from imageproc._signing import ANY_OWNER, PRIORITY_RANGE, ApiKeys, UrlSigner
 from imageproc._task import Task
 from imageproc._taskjson import task_json
+from imageproc.errors import TaskNotFound
 from imageproc.http._batching import SubmitBatcher
 from imageproc.http._errors import ApiError, retry_after
 from imageproc.http._ratelimit import WindowLimit

@@ -15,11 +15,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from imageproc._errors import InvalidPipeline
 from imageproc._processor import Processor, Upload
 from imageproc._signing import PRIORITY_RANGE
 from imageproc._taskjson import rfc3339
 from imageproc.config import parse_whole_number
+from imageproc.errors import InvalidPipeline
 from imageproc.http._errors import ApiError
 from imageproc.http._service import Service, service_of
 from imageproc.pipeline._pipeline import Pipeline

@@ -9,7 +9,7 @@ from typing import Final
 
 import attrs
 
-from imageproc._errors import InvalidPipeline
+from imageproc.errors import InvalidPipeline
 
 __all__ = ["WHITE", "Colour", "as_colour"]
 

@@ -11,8 +11,8 @@ from typing import Any, Final
 
 import attrs
 
-from imageproc._errors import InvalidPipeline
 from imageproc._formats import OUTPUT_FORMATS
+from imageproc.errors import InvalidPipeline
 
 __all__ = ["DEFAULT_QUALITY", "ORIGINAL_FALLBACK", "Encoding"]
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from imageproc._errors import InvalidPipeline
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._colour import WHITE
 from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import OPERATIONS, Operation

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Final, Literal, Self, get_args
 
 import attrs
 
-from imageproc._errors import InvalidPipeline
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._colour import WHITE, Colour, as_colour
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import attrs
 
-from imageproc._errors import InvalidPipeline
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._colour import WHITE, Colour, as_colour
 from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import Operation, Resize

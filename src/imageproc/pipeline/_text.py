@@ -41,8 +41,8 @@ import difflib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from imageproc._errors import InvalidPipeline
 from imageproc._formats import OUTPUT_FORMATS
+from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._colour import Colour
 from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import OPERATIONS, Operation

@@ -10,7 +10,7 @@ import os
 import re
 from typing import Final
 
-from imageproc._formats import IMPLIED_TYPES
+from imageproc._formats import IMPLIED_TYPES, UNKNOWN_TYPE
 
 __all__ = [
     "CONTENT_TYPE",
@@ -25,7 +25,6 @@ __all__ = [
 RESERVED: Final = ".imageproc"
 #: Where the sidecars are, under the root: ``.imageproc/content-type/<key>``.
 CONTENT_TYPES: Final = (RESERVED, "content-type")
-_FALLBACK_TYPE: Final = "application/octet-stream"
 #: Printable ASCII: what an HTTP header (S3's Content-Type) can carry without surprises.
 CONTENT_TYPE: Final = re.compile(r"[!-~][ -~]{0,254}")
 
@@ -36,7 +35,7 @@ def implied_type(key: str) -> str | None:
 
 
 def guess_type(key: str) -> str:
-    return implied_type(key) or mimetypes.guess_type(key)[0] or _FALLBACK_TYPE
+    return implied_type(key) or mimetypes.guess_type(key)[0] or UNKNOWN_TYPE
 
 
 def parse_content_type(raw: bytes, key: str) -> str:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, BinaryIO
 
-from imageproc._errors import ImageprocError, InvalidKey
 from imageproc.backends.fsspec._contenttypes import (
     CONTENT_TYPES,
     guess_type,
@@ -18,6 +17,7 @@ from imageproc.backends.fsspec._contenttypes import (
     parse_content_type,
 )
 from imageproc.backends.fsspec._errors import MappedReader, storage_error
+from imageproc.errors import ImageprocError, InvalidKey
 
 __all__ = ["Driver", "FsspecDriver"]
 

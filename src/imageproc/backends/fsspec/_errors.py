@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from imageproc._errors import ImageprocError, ObjectNotFound, StorageError
+from imageproc.errors import ImageprocError, ObjectNotFound, StorageError
 
 __all__ = ["MappedReader", "describe", "is_retryable", "redact", "storage_error"]
 
@@ -84,7 +84,7 @@ def storage_error(
         )
         return StorageError(where, transient=transient)
     known = tell(error)
-    # Unknown failures count as transient (see imageproc._errors.is_transient); the retries
+    # Unknown failures count as transient (see imageproc.errors.is_transient); the retries
     # are bounded, so a bug costs a few quick tries, not a stuck worker.
     return StorageError(where, transient=True if known is None else known)
 

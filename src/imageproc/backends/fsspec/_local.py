@@ -13,7 +13,6 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import BinaryIO
 
-from imageproc._errors import ImageprocError, InvalidKey
 from imageproc.backends.fsspec._contenttypes import (
     CONTENT_TYPES,
     guess_type,
@@ -22,6 +21,7 @@ from imageproc.backends.fsspec._contenttypes import (
 )
 from imageproc.backends.fsspec._drivers import Driver
 from imageproc.backends.fsspec._errors import MappedReader
+from imageproc.errors import ImageprocError, InvalidKey
 
 __all__ = ["LocalDriver"]
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
-from imageproc._errors import InvalidKey
 from imageproc.backends.fsspec._contenttypes import guess_type
 from imageproc.backends.fsspec._drivers import FsspecDriver
+from imageproc.errors import InvalidKey
 
 __all__ = ["S3_ENDPOINT_ENV", "S3Driver", "is_s3", "s3_options"]
 

@@ -13,12 +13,6 @@ from typing import Any, BinaryIO, Final, TypeVar
 import fsspec  # type: ignore[import-untyped]
 from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
 
-from imageproc._errors import (
-    ConfigurationError,
-    ImageprocError,
-    InvalidInput,
-    InvalidKey,
-)
 from imageproc._keys import validate_key
 from imageproc._protocols import ObjectInfo
 from imageproc._retrying import RetryPolicy
@@ -27,6 +21,12 @@ from imageproc.backends.fsspec._drivers import Driver, FsspecDriver
 from imageproc.backends.fsspec._errors import describe, is_retryable, redact
 from imageproc.backends.fsspec._local import LocalDriver
 from imageproc.backends.fsspec._s3 import S3Driver, is_s3, s3_options
+from imageproc.errors import (
+    ConfigurationError,
+    ImageprocError,
+    InvalidInput,
+    InvalidKey,
+)
 
 __all__ = ["FsspecStorage"]
 

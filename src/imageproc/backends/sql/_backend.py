@@ -27,12 +27,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from imageproc._clock import Clock, utcnow
-from imageproc._errors import (
-    ImageprocError,
-    InvalidInput,
-    TaskNotFound,
-    copies_for,
-)
 from imageproc._protocols import Lease, QueueLimits, QueueStats, lease_lost
 from imageproc._task import Task, TaskStatus
 from imageproc.backends.sql import _schema as sqlschema
@@ -67,6 +61,12 @@ from imageproc.backends.sql._statements import (
 )
 from imageproc.backends.sql._transactions import Transactions
 from imageproc.delivery._completions import Completions
+from imageproc.errors import (
+    ImageprocError,
+    InvalidInput,
+    TaskNotFound,
+    copies_for,
+)
 
 __all__ = ["SQLBackend"]
 
@@ -148,7 +148,7 @@ class SQLBackend:
         :class:`~imageproc.QueueFull` if it would pass ``limits``.
 
         On SQLite, tasks that threads add at the same time share one transaction (a group
-        commit, :mod:`imageproc.backends.sql._groupcommit`): SQLite has one writer at a time, so
+        commit): SQLite has one writer at a time, so
         they would otherwise queue on its lock for a commit, and a sync of the log, each. Every
         call still returns only once its own task is committed.
         """

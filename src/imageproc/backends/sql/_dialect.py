@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 
-from imageproc._errors import ConfigurationError
+from imageproc.backends._urls import SQL_DIALECTS
+from imageproc.errors import ConfigurationError
 
 __all__ = ["database_url", "main_engine", "statement_engine"]
 
@@ -23,7 +24,7 @@ def database_url(url: str) -> sa.URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
     dialect = parsed.get_backend_name()
-    if dialect not in ("sqlite", "postgresql"):
+    if dialect not in SQL_DIALECTS:
         raise ConfigurationError(f"unsupported database {dialect!r}; use SQLite or PostgreSQL")
     return parsed
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from sqlalchemy import exc
 
-from imageproc._errors import BackendUnavailable, ConfigurationError
+from imageproc.errors import BackendUnavailable, ConfigurationError
 
 __all__ = ["brief", "driver_errors_mapped"]
 
