@@ -1,0 +1,2 @@
+"""imageproc's tests: ``unit`` (in process), ``integration`` (real components) and
+``support`` (shared helpers)."""

@@ -1,3 +1,6 @@
+"""Fixtures every test can use (a memory ``processor``), the database and S3 server plugins,
+and the hypothesis profiles."""
+
 from __future__ import annotations
 
 import os

@@ -1,3 +1,5 @@
+"""Tests of ``engine._allocator``: malloc's thresholds, set once and only on glibc."""
+
 from __future__ import annotations
 
 import pytest

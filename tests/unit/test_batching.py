@@ -1,3 +1,6 @@
+"""Tests of ``http._batching.SubmitBatcher``: uploads that arrive together are submitted
+together."""
+
 from __future__ import annotations
 
 import threading

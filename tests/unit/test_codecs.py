@@ -1,3 +1,5 @@
+"""Tests of the engine's codecs: opening with limits, decoding, colour, metadata and encoding."""
+
 from __future__ import annotations
 
 import io

@@ -1,3 +1,5 @@
+"""Tests of ``imageproc.errors``: codes, transient or permanent, copies."""
+
 from __future__ import annotations
 
 import inspect

@@ -1,3 +1,5 @@
+"""Tests of ``engine._imaging``: probe, render, shrink-on-load and the variant plan."""
+
 from __future__ import annotations
 
 import functools

@@ -1,3 +1,5 @@
+"""Tests of ``_keys``: storage key rules and layout."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,3 +1,5 @@
+"""Tests of the pipeline language: the model, its text form and its JSON form."""
+
 from __future__ import annotations
 
 import json

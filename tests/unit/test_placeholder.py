@@ -1,3 +1,5 @@
+"""Tests of ``engine._placeholder``: BlurHash and dominant colour."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,3 +1,6 @@
+"""Tests of ``Processor``: submit, get, wait, cancel, retry, read, purge and the workers it
+starts."""
+
 from __future__ import annotations
 
 import io

@@ -1,3 +1,6 @@
+"""Tests of the public surface: what ``imageproc`` and its public subpackages export, and what
+importing them loads."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,3 +1,5 @@
+"""Tests of ``http._ratelimit.WindowLimit``: a sliding window in bounded memory."""
+
 from __future__ import annotations
 
 import pytest

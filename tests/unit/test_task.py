@@ -1,3 +1,5 @@
+"""Tests of ``Task``: the status lifecycle and its legal transitions."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,3 +1,5 @@
+"""Tests of ``imageproc.testing``, the helpers for users' tests."""
+
 from __future__ import annotations
 
 import io

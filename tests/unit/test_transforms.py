@@ -1,3 +1,5 @@
+"""Tests of ``engine._transforms``: each pipeline operation on decoded images."""
+
 from __future__ import annotations
 
 import pytest

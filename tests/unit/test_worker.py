@@ -1,3 +1,5 @@
+"""Tests of ``_worker.WorkerPool``: claims, heartbeats, autoscaling and graceful stop."""
+
 from __future__ import annotations
 
 import math

@@ -1,3 +1,5 @@
+"""The ``backend`` fixture: every Repository + Queue implementation, PostgreSQL included."""
+
 from __future__ import annotations
 
 import pytest
