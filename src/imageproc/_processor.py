@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Self
 
@@ -329,6 +329,7 @@ class Processor:
         *,
         priority: int = 0,
         owner: str | None = None,
+        not_before: datetime | timedelta | None = None,
     ) -> Task:
         """Store an image and queue a task to make the variants of ``pipeline`` from it.
 
@@ -336,8 +337,14 @@ class Processor:
         Processor's default. The pipeline and the image header are checked before anything is
         stored: a bad one raises :class:`~imageproc.InvalidPipeline` or
         :class:`~imageproc.InvalidImage` and leaves nothing behind.
+
+        ``not_before`` schedules the task: it is queued now but no worker claims it before that
+        time (a timezone-aware ``datetime``) or that long from now (a ``timedelta``), at most
+        366 days ahead; a naive datetime or a negative delay is :class:`~imageproc.InvalidInput`.
         """
-        return self._submission.submit(Upload(source, pipeline, priority=priority, owner=owner))
+        return self._submission.submit(
+            Upload(source, pipeline, priority=priority, owner=owner, not_before=not_before)
+        )
 
     def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
         """Submit several uploads at once: for each, in order, its task or the exception that

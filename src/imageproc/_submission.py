@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -202,6 +203,7 @@ class Submission:
                 f"priority must be a whole number from {_PRIORITIES[0]} to {_PRIORITIES[1]},"
                 f" got {priority}"
             )
+        scheduled_at(upload.not_before, self.clock())  # checked now, applied when recorded
         spec = upload.pipeline
         resolved = self.pipeline if spec is None else self._resolve(spec)
         data = _read_source(upload.source, self.image_limits.max_bytes)
@@ -220,14 +222,16 @@ class Submission:
         return _Prepared(upload, resolved, data, info, key)
 
     def _new_task(self, upload: _Prepared) -> Task:
+        now = self.clock()
         return Task.new(
             pipeline=upload.pipeline,
             source_key=upload.key,
             source=upload.info,
-            now=self.clock(),
+            now=now,
             max_attempts=self.retry.max_attempts,
             priority=upload.upload.priority,
             owner=upload.upload.owner,
+            available_at=scheduled_at(upload.upload.not_before, now),
         )
 
     def _store_original(self, upload: _Prepared) -> None:
@@ -325,6 +329,9 @@ class Upload:
     priority: int = 0
     #: Who the task belongs to (the HTTP adapter's API key owner), or None.
     owner: str | None = None
+    #: Not claimable before this time (a timezone-aware datetime) or this long from now; None:
+    #: at once. At most 366 days ahead.
+    not_before: datetime | timedelta | None = None
 
 
 @attrs.frozen(eq=False)
@@ -336,6 +343,36 @@ class _Prepared:
     data: bytes
     info: SourceInfo
     key: str
+
+
+#: How far ahead a task may be scheduled: further is more likely a mistake (seconds for
+#: milliseconds) than a plan, and a queue is not a calendar.
+MAX_SCHEDULE: Final = timedelta(days=366)
+
+
+def scheduled_at(not_before: datetime | timedelta | None, now: datetime) -> datetime | None:
+    """The time a task asked to wait until ``not_before`` becomes claimable, checked:
+    :class:`~imageproc.InvalidInput` for a naive datetime, a negative delay, or more than
+    :data:`MAX_SCHEDULE` ahead. A time already past means at once."""
+    if not_before is None:
+        return None
+    if isinstance(not_before, timedelta):
+        if not_before < timedelta(0):
+            raise InvalidInput(f"not_before must not be a negative delay, got {not_before}")
+        at = now + not_before
+    elif isinstance(not_before, datetime):
+        if not_before.tzinfo is None or not_before.utcoffset() is None:
+            raise InvalidInput(
+                "not_before must be timezone-aware (such as 2026-12-07T20:00:00+00:00)"
+            )
+        at = not_before
+    else:
+        raise InvalidInput(
+            f"not_before must be a datetime or a timedelta, got {type(not_before).__name__}"
+        )
+    if at - now > MAX_SCHEDULE:
+        raise InvalidInput(f"not_before may be at most {MAX_SCHEDULE.days} days ahead")
+    return at if at > now else None
 
 
 def _settled(fn: Callable[..., None], *args: Any) -> Future[None]:

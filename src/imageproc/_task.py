@@ -164,8 +164,10 @@ class Task:
         max_attempts: int = 5,
         priority: int = 0,
         owner: str | None = None,
+        available_at: datetime | None = None,
     ) -> Task:
-        """A freshly queued task with a new random id."""
+        """A freshly queued task with a new random id, claimable from ``available_at`` (from
+        ``now`` if None or earlier)."""
         return cls(
             id=new_task_id(),
             status=TaskStatus.QUEUED,
@@ -177,7 +179,7 @@ class Task:
             owner=owner,
             created_at=now,
             updated_at=now,
-            available_at=now,
+            available_at=max(now, available_at) if available_at else now,
         )
 
     def _move(

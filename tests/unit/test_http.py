@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -29,6 +29,7 @@ from imageproc import (
     QueueLimits,
     StorageError,
     TaskError,
+    TaskStatus,
 )
 from imageproc._signing import UrlSigner
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
@@ -230,6 +231,61 @@ def test_a_bad_priority_is_422(client: TestClient, priority: str) -> None:
         headers={"Content-Type": "image/jpeg"},
     )
     assert_error(raw, 422, "invalid_priority")
+
+
+@pytest.mark.parametrize(
+    ("not_before", "delay"),
+    [("600", timedelta(minutes=10)), (" 0 ", timedelta(0))],
+)
+def test_not_before_in_seconds_schedules_the_task(
+    client: TestClient, processor: Processor, not_before: str, delay: timedelta
+) -> None:
+    response = upload(client, not_before=not_before)
+    assert response.status_code == 202, response.text
+    task = processor.get(response.json()["id"])
+    assert task.available_at - task.created_at == delay
+
+
+@pytest.mark.parametrize("zone", ["Z", "z", "+09:00", "-05:30"])
+def test_not_before_as_an_rfc3339_time_schedules_the_task(
+    client: TestClient, processor: Processor, zone: str
+) -> None:
+    at = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=250_000)
+    local = at.astimezone(datetime.fromisoformat(f"2000-01-01T00:00:00{zone.upper()}").tzinfo)
+    text = local.strftime("%Y-%m-%dT%H:%M:%S.%f") + zone
+    response = upload(client, not_before=text)
+    assert response.status_code == 202, response.text
+    assert processor.get(response.json()["id"]).available_at == at
+    raw = client.post(
+        "/upload",
+        params={"not_before": text},
+        content=JPEG,
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert raw.status_code == 202, raw.text
+    assert processor.get(raw.json()["id"]).available_at == at
+
+
+@pytest.mark.parametrize(
+    ("not_before", "code"),
+    [
+        ("tomorrow", "invalid_not_before"),
+        ("-5", "invalid_not_before"),
+        ("1e3", "invalid_not_before"),
+        (foreign_digits("60"), "invalid_not_before"),
+        ("2026-12-07T20:00:00", "invalid_not_before"),  # no zone: whose 8 pm?
+        ("2026-13-07T20:00:00Z", "invalid_not_before"),
+        ("2026-12-07", "invalid_not_before"),
+        ("9" * 19, "invalid_input"),
+        ("2999-01-01T00:00:00Z", "invalid_input"),
+    ],
+)
+def test_a_bad_not_before_is_422_and_nothing_is_queued(
+    client: TestClient, processor: Processor, not_before: str, code: str
+) -> None:
+    error = assert_error(upload(client, not_before=not_before), 422, code)
+    assert "not_before" in error["message"]
+    assert processor.tasks(TaskStatus.QUEUED) == []
 
 
 def test_each_owner_asks_for_at_most_its_maximum_priority(processor: Processor) -> None:

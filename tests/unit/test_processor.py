@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import attrs
@@ -673,3 +674,49 @@ def test_submitting_something_that_is_not_an_image_source_is_a_type_error(
 ) -> None:
     with pytest.raises(TypeError, match="bytes, a binary file object or a path, not int"):
         processor.submit(42)  # type: ignore[arg-type]
+
+
+# -- scheduling ----------------------------------------------------------------------------------
+
+
+def test_a_scheduled_task_is_queued_but_not_claimed_before_its_time() -> None:
+    clock = FastForwardClock()
+    proc, _ = build(clock=clock)
+    task = proc.submit(sample_image(), not_before=timedelta(minutes=5))
+    assert task.status == TaskStatus.QUEUED
+    assert task.available_at == task.created_at + timedelta(minutes=5)
+    assert proc.run_until_idle() == 0
+    clock.advance(299)
+    assert proc.run_until_idle() == 0
+    clock.advance(2)
+    assert proc.run_until_idle() == 1
+    assert proc.get(task.id).status == TaskStatus.SUCCEEDED
+
+
+def test_a_schedule_by_datetime_and_one_already_past() -> None:
+    clock = FastForwardClock()
+    proc, _ = build(clock=clock)
+    at = clock() + timedelta(hours=1)
+    later = proc.submit(sample_image(), not_before=at.astimezone(timezone(timedelta(hours=9))))
+    assert later.available_at == at
+    past = proc.submit(sample_image(), not_before=clock() - timedelta(days=1))
+    assert past.available_at == past.created_at
+    assert proc.run_until_idle() == 1  # only the one already due
+
+
+@pytest.mark.parametrize(
+    ("not_before", "message"),
+    [
+        (datetime(2030, 1, 1), "timezone-aware"),  # naive: no zone
+        (timedelta(seconds=-1), "negative"),
+        (timedelta(days=367), "at most 366 days"),
+        (300, "datetime or a timedelta"),
+    ],
+)
+def test_a_bad_schedule_is_refused_and_stores_nothing(not_before: object, message: str) -> None:
+    storage = MemoryStorage()
+    proc, _ = build(storage)
+    with pytest.raises(InvalidInput, match=message):
+        proc.submit(sample_image(), not_before=not_before)  # type: ignore[arg-type]
+    assert proc.tasks(TaskStatus.QUEUED) == []
+    assert storage.keys() == []

@@ -152,12 +152,12 @@ OPENAPI: Final[dict[str, Any]] = {
                 "summary": "Store an image and queue a task to make its variants",
                 "parameters": [
                     {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                    for n in ("pipeline", "preset", "priority")
+                    for n in ("pipeline", "preset", "priority", "not_before")
                 ],
                 "requestBody": {
                     "required": True,
                     "description": "a form with the file in 'image', or the image as the body "
-                    "(then pipeline, preset and priority go in the query)",
+                    "(then pipeline, preset, priority and not_before go in the query)",
                     "content": {
                         "multipart/form-data": {
                             "schema": {
@@ -174,6 +174,12 @@ OPENAPI: Final[dict[str, Any]] = {
                                         "type": "integer",
                                         "minimum": -1000,
                                         "maximum": 1000,
+                                    },
+                                    "not_before": {
+                                        "type": "string",
+                                        "description": "no worker takes the task before this"
+                                        " time: whole seconds from now, or an RFC 3339 time"
+                                        " with its zone; at most 366 days ahead",
                                     },
                                 },
                             }
@@ -196,7 +202,7 @@ OPENAPI: Final[dict[str, Any]] = {
                     "403": _error("a priority above the most this API key may ask for"),
                     "413": _error("the upload is over the size limit"),
                     "415": _error("not an image, or a format that is not accepted"),
-                    "422": _error("a bad pipeline, preset or priority"),
+                    "422": _error("a bad pipeline, preset, priority or not_before"),
                     "429": _error(
                         "the queue is full, in all or for this owner (queue_full); more uploads"
                         " this minute than allowed (rate_limited); too many uploads in progress"

@@ -1,6 +1,6 @@
 """``POST /upload``: the endpoint, and the reading of its request: the body's size limit (kept
 while it streams in), the multipart form or the raw image spooled to a temporary file, the text
-fields, the pipeline or preset, and the priority asked for.
+fields, the pipeline or preset, the priority and the time asked for.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import AsyncGenerator
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from starlette.datastructures import FormData, UploadFile
@@ -15,10 +16,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from imageproc._parsing import parse_whole_number
 from imageproc._processor import Processor, Upload
 from imageproc._signing import PRIORITY_RANGE
+from imageproc._submission import MAX_SCHEDULE
 from imageproc._taskjson import rfc3339
-from imageproc.config import parse_whole_number
 from imageproc.errors import InvalidPipeline
 from imageproc.http._errors import ApiError
 from imageproc.http._service import Service, service_of
@@ -62,12 +64,14 @@ async def upload(request: Request) -> Response:
                 pipeline = _text_field(form, "pipeline")
                 preset = _text_field(form, "preset")
                 priority_text = _text_field(form, "priority")
+                not_before_text = _text_field(form, "not_before")
             elif content_type.startswith("image/"):
                 _check_length(request, limit)
                 image = await _spool_body(request, limit)
                 pipeline = request.query_params.get("pipeline")
                 preset = request.query_params.get("preset")
                 priority_text = request.query_params.get("priority")
+                not_before_text = request.query_params.get("not_before")
             else:
                 raise ApiError(
                     415,
@@ -78,8 +82,10 @@ async def upload(request: Request) -> Response:
             raise _too_large(limit) from None
         spec = _pipeline_spec(service.processor, pipeline, preset)
         priority = _priority(priority_text, service.priority_cap(owner))
+        not_before = _not_before(not_before_text)
         task = await service.batcher.submit(
-            Upload(image.file, spec, priority=priority, owner=owner), size=image.size or 0
+            Upload(image.file, spec, priority=priority, owner=owner, not_before=not_before),
+            size=image.size or 0,
         )
     finally:
         # Closing deletes the spooled temporary files (the form's, or the raw body's).
@@ -207,6 +213,39 @@ def _priority(value: str | None, cap: int) -> int:
             f"priority {priority} is above the most this client may ask for ({cap})",
         )
     return priority
+
+
+#: RFC 3339's date-time: a full date, a time to the second (a fraction at most to the
+#: microsecond, what a datetime holds), and a zone, ``Z`` or an offset.
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_NOT_BEFORE_FORMS: Final = (
+    "not_before must be a whole number of seconds from now, or an RFC 3339 time with its zone"
+    " such as 2026-12-07T20:00:00Z"
+)
+
+
+def _not_before(value: str | None) -> datetime | timedelta | None:
+    """The time asked for, as :class:`~imageproc.Upload` takes it: seconds from now become a
+    delay, an RFC 3339 time a datetime; the range is checked where every submit is."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if _DIGITS.fullmatch(text):
+        seconds = int(text)  # ASCII digits, at most 19 of them
+        if seconds > MAX_SCHEDULE.total_seconds():  # beyond what a timedelta holds, too
+            raise ApiError(
+                422, "invalid_input", f"not_before may be at most {MAX_SCHEDULE.days} days ahead"
+            )
+        return timedelta(seconds=seconds)
+    if _RFC3339.fullmatch(text):
+        try:
+            return datetime.fromisoformat(text.upper())
+        except ValueError:  # a month 13, a 25th hour
+            pass
+    raise ApiError(422, "invalid_not_before", _NOT_BEFORE_FORMS)
 
 
 def _text_field(form: FormData, name: str) -> str | None:
