@@ -26,7 +26,7 @@ from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import InlineRenderer, ProcessRenderer, Renderer
 from imageproc._signals import on_stop_signals
 from imageproc._submission import PipelineSpec, Source, Submission, Upload
-from imageproc._task import Task, TaskStatus
+from imageproc._task import MetadataValue, Task, TaskStatus
 from imageproc._worker import WorkerPool
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.backends._urls import backends_from_urls
@@ -330,6 +330,7 @@ class Processor:
         priority: int = 0,
         owner: str | None = None,
         not_before: datetime | timedelta | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Task:
         """Store an image and queue a task to make the variants of ``pipeline`` from it.
 
@@ -341,9 +342,20 @@ class Processor:
         ``not_before`` schedules the task: it is queued now but no worker claims it before that
         time (a timezone-aware ``datetime``) or that long from now (a ``timedelta``), at most
         366 days ahead; a naive datetime or a negative delay is :class:`~imageproc.InvalidInput`.
+
+        ``metadata`` is a small JSON object the application attaches (at most 4 KiB as JSON;
+        keys of 1 to 64 ASCII letters, digits, ``_`` or ``-``): stored on the task as
+        ``task.metadata``, shown in its status, and searchable with :meth:`tasks`.
         """
         return self._submission.submit(
-            Upload(source, pipeline, priority=priority, owner=owner, not_before=not_before)
+            Upload(
+                source,
+                pipeline,
+                priority=priority,
+                owner=owner,
+                not_before=not_before,
+                metadata=metadata,
+            )
         )
 
     def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
@@ -400,12 +412,24 @@ class Processor:
         self._submission.queue_limits = limits
 
     def tasks(
-        self, status: TaskStatus, *, owner: str | None = None, limit: int = 100
+        self,
+        status: TaskStatus,
+        *,
+        owner: str | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        limit: int = 100,
     ) -> list[Task]:
         """Up to ``limit`` tasks in ``status`` (of ``owner`` only, if given), the most recently
         changed first. ``tasks(TaskStatus.DEAD)`` is the dead-letter set: look at each task's
-        ``error``, fix the cause, then :meth:`retry` it."""
-        return self.repository.find(status, owner=owner, limit=limit)
+        ``error``, fix the cause, then :meth:`retry` it.
+
+        ``metadata`` keeps the tasks whose metadata has each of its keys with that value (JSON
+        scalars; ``True`` is not ``1``), e.g. ``tasks(TaskStatus.SUCCEEDED, metadata={"user":
+        "42"})``; on PostgreSQL an index serves it.
+        """
+        if not metadata:  # a repository written before metadata takes no such argument
+            return self.repository.find(status, owner=owner, limit=limit)
+        return self.repository.find(status, owner=owner, metadata=metadata, limit=limit)
 
     def read(self, key: str) -> bytes:
         """The stored object under ``key`` (an original's or an output's key)."""

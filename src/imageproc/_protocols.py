@@ -22,7 +22,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
-from imageproc._task import Task, TaskStatus
+from imageproc._task import MetadataValue, Task, TaskStatus
 from imageproc.errors import LeaseLost, QueueFull
 
 __all__ = [
@@ -210,9 +210,18 @@ class Repository(Protocol):
         """Whether any task still refers to the original stored under ``source_key``."""
         ...
 
-    def find(self, status: TaskStatus, *, owner: str | None = None, limit: int = 100) -> list[Task]:
-        """Up to ``limit`` tasks in ``status`` (of ``owner`` only, if given), the most recently
-        changed first: the dead-letter set is ``find(TaskStatus.DEAD)``."""
+    def find(
+        self,
+        status: TaskStatus,
+        *,
+        owner: str | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """Up to ``limit`` tasks in ``status`` (of ``owner`` only, if given, and whose metadata
+        has every key of ``metadata`` with that value, if given), the most recently changed
+        first: the dead-letter set is ``find(TaskStatus.DEAD)``. A repository written before
+        metadata may leave that argument out: it is passed only when a caller filters by it."""
         ...
 
     def queue_stats(self) -> QueueStats:

@@ -27,7 +27,7 @@ from imageproc._events import Events, emit
 from imageproc._formats import content_type_for, extension_for
 from imageproc._protocols import QueueLimits, Repository, Storage
 from imageproc._retrying import RetryPolicy
-from imageproc._task import SourceInfo, Task
+from imageproc._task import SourceInfo, Task, checked_metadata
 from imageproc.engine import _imaging as imaging
 from imageproc.engine import _location as location
 from imageproc.engine._imaging import ImageLimits
@@ -204,6 +204,7 @@ class Submission:
                 f" got {priority}"
             )
         scheduled_at(upload.not_before, self.clock())  # checked now, applied when recorded
+        metadata = {} if upload.metadata is None else checked_metadata(upload.metadata)
         spec = upload.pipeline
         resolved = self.pipeline if spec is None else self._resolve(spec)
         data = _read_source(upload.source, self.image_limits.max_bytes)
@@ -219,7 +220,7 @@ class Submission:
         # Per owner: finding another owner's bytes already stored would skip the write, and the
         # time saved would tell this owner that someone else uploaded them.
         key = keys.source_key(info.sha256, extension_for(info.format), upload.owner)
-        return _Prepared(upload, resolved, data, info, key)
+        return _Prepared(upload, resolved, data, info, key, metadata)
 
     def _new_task(self, upload: _Prepared) -> Task:
         now = self.clock()
@@ -232,6 +233,7 @@ class Submission:
             priority=upload.upload.priority,
             owner=upload.upload.owner,
             available_at=scheduled_at(upload.upload.not_before, now),
+            metadata=upload.metadata,
         )
 
     def _store_original(self, upload: _Prepared) -> None:
@@ -332,6 +334,9 @@ class Upload:
     #: Not claimable before this time (a timezone-aware datetime) or this long from now; None:
     #: at once. At most 366 days ahead.
     not_before: datetime | timedelta | None = None
+    #: A small JSON object the application attaches (at most 4 KiB, keys of ASCII letters,
+    #: digits, ``_`` and ``-``): stored on the task, shown with it, searchable with ``tasks``.
+    metadata: Mapping[str, Any] | None = None
 
 
 @attrs.frozen(eq=False)
@@ -343,6 +348,7 @@ class _Prepared:
     data: bytes
     info: SourceInfo
     key: str
+    metadata: dict[str, Any]
 
 
 #: How far ahead a task may be scheduled: further is more likely a mistake (seconds for

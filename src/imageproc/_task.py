@@ -15,6 +15,8 @@ Anything else raises :class:`~imageproc.IllegalTransition`.
 from __future__ import annotations
 
 import enum
+import json
+import re
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -22,7 +24,7 @@ from typing import Any, Final
 
 import attrs
 
-from imageproc.errors import IllegalTransition
+from imageproc.errors import IllegalTransition, InvalidInput
 from imageproc.pipeline._pipeline import Pipeline
 
 __all__ = [
@@ -152,6 +154,9 @@ class Task:
     finished_at: datetime | None = None
     #: When the task may next be claimed (later than ``created_at`` while backing off).
     available_at: datetime
+    #: What the application attached at submit (a JSON object, :func:`checked_metadata`).
+    #: Left out of the hash: a dict has none.
+    metadata: dict[str, Any] = attrs.field(factory=dict, hash=False)
 
     @classmethod
     def new(
@@ -165,6 +170,7 @@ class Task:
         priority: int = 0,
         owner: str | None = None,
         available_at: datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Task:
         """A freshly queued task with a new random id, claimable from ``available_at`` (from
         ``now`` if None or earlier)."""
@@ -180,6 +186,7 @@ class Task:
             created_at=now,
             updated_at=now,
             available_at=max(now, available_at) if available_at else now,
+            metadata=dict(metadata or {}),
         )
 
     def _move(
@@ -266,3 +273,46 @@ class Task:
     def attempts_left(self) -> int:
         """How many more times a worker may try this task."""
         return max(0, self.max_attempts - self.attempts)
+
+
+#: Most bytes a task's metadata may take as compact JSON: labels for the application (a user id,
+#: a record's key), not a document store.
+MAX_METADATA_BYTES: Final = 4096
+#: A metadata key: what a filter can name in any database's JSON path without quoting.
+METADATA_KEY: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: The values a metadata filter compares: JSON's scalars.
+MetadataValue = str | int | float | bool | None
+
+
+def checked_metadata(value: object) -> dict[str, Any]:
+    """``value`` as a task's metadata: a JSON object of at most :data:`MAX_METADATA_BYTES`
+    (compact), whose keys match :data:`METADATA_KEY`; a copy through JSON, so what is stored is
+    what is read back. :class:`~imageproc.InvalidInput` says what is wrong otherwise."""
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"metadata must be a JSON object, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str) or not METADATA_KEY.fullmatch(key):
+            raise InvalidInput(
+                f"metadata key {key!r} must be 1 to 64 ASCII letters, digits, '_' or '-'"
+            )
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as error:
+        raise InvalidInput(f"metadata must hold only JSON values: {error}") from None
+    if len(text.encode()) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is over {MAX_METADATA_BYTES} bytes as JSON")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def matches_metadata(task: Task, wanted: Mapping[str, MetadataValue]) -> bool:
+    """Whether ``task``'s metadata has every key of ``wanted`` with that value (``True`` is not
+    ``1``, as in JSON)."""
+    return all(
+        key in task.metadata and _same_json(task.metadata[key], value)
+        for key, value in wanted.items()
+    )
+
+
+def _same_json(a: object, b: object) -> bool:
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b

@@ -288,6 +288,42 @@ def test_a_bad_not_before_is_422_and_nothing_is_queued(
     assert processor.tasks(TaskStatus.QUEUED) == []
 
 
+def test_metadata_is_kept_and_shown_in_the_status(client: TestClient, processor: Processor) -> None:
+    response = upload(client, metadata='{"user": "42", "tags": ["a"]}')
+    assert response.status_code == 202, response.text
+    status = client.get(f"/status/{response.json()['id']}").json()
+    assert status["metadata"] == {"user": "42", "tags": ["a"]}
+    raw = client.post(
+        "/upload",
+        params={"metadata": '{"user": "43"}'},
+        content=JPEG,
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert processor.get(raw.json()["id"]).metadata == {"user": "43"}
+    plain = upload(client).json()["id"]
+    assert client.get(f"/status/{plain}").json()["metadata"] == {}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code"),
+    [
+        ("{user: 42}", "invalid_metadata"),
+        ("[" * 3000, "invalid_metadata"),
+        ('["user", "42"]', "invalid_input"),
+        ('{"a b": 1}', "invalid_input"),
+        ('{"x": NaN}', "invalid_input"),
+        ('{"x": "' + "y" * 5000 + '"}', "invalid_input"),
+        ('{"x": "' + "y" * 9000 + '"}', "invalid_input"),
+    ],
+)
+def test_bad_metadata_is_422_and_nothing_is_queued(
+    client: TestClient, processor: Processor, metadata: str, code: str
+) -> None:
+    error = assert_error(upload(client, metadata=metadata), 422, code)
+    assert "metadata" in error["message"]
+    assert processor.tasks(TaskStatus.QUEUED) == []
+
+
 def test_each_owner_asks_for_at_most_its_maximum_priority(processor: Processor) -> None:
     limits = {"alice": 10, "*": -5}  # bob is "everyone else"
     with client_for(processor, api_keys=KEYS, max_priority=limits) as client:

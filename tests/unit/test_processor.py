@@ -720,3 +720,48 @@ def test_a_bad_schedule_is_refused_and_stores_nothing(not_before: object, messag
         proc.submit(sample_image(), not_before=not_before)  # type: ignore[arg-type]
     assert proc.tasks(TaskStatus.QUEUED) == []
     assert storage.keys() == []
+
+
+# -- metadata ------------------------------------------------------------------------------------
+
+
+def test_metadata_is_kept_on_the_task_and_found_by_tasks() -> None:
+    proc, _ = build()
+    mine = proc.submit(sample_image(), metadata={"user": "42", "album": 7})
+    proc.submit(sample_image(), metadata={"user": "43"})
+    proc.submit(sample_image())
+    assert proc.get(mine.id).metadata == {"user": "42", "album": 7}
+    assert [t.id for t in proc.tasks(TaskStatus.QUEUED, metadata={"user": "42"})] == [mine.id]
+    assert proc.tasks(TaskStatus.QUEUED, metadata={"album": "7"}) == []
+    assert len(proc.tasks(TaskStatus.QUEUED)) == 3
+
+
+def test_metadata_is_copied_through_json() -> None:
+    proc, _ = build()
+    given = {"pair": (1, 2)}
+    task = proc.submit(sample_image(), metadata=given)
+    assert task.metadata == {"pair": [1, 2]}  # what a database gives back, too
+    given["pair"] = (3, 4)
+    assert proc.get(task.id).metadata == {"pair": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        (["user", "42"], "must be a JSON object"),
+        ({"": 1}, "must be 1 to 64"),
+        ({"a b": 1}, "must be 1 to 64"),
+        ({"k" * 65: 1}, "must be 1 to 64"),
+        ({1: "x"}, "must be 1 to 64"),
+        ({"x": {1, 2}}, "only JSON values"),
+        ({"x": float("nan")}, "only JSON values"),
+        ({"x": "y" * 5000}, "over 4096 bytes"),
+    ],
+)
+def test_bad_metadata_is_refused_and_stores_nothing(metadata: object, message: str) -> None:
+    storage = MemoryStorage()
+    proc, _ = build(storage)
+    with pytest.raises(InvalidInput, match=message):
+        proc.submit(sample_image(), metadata=metadata)  # type: ignore[arg-type]
+    assert proc.tasks(TaskStatus.QUEUED) == []
+    assert storage.keys() == []

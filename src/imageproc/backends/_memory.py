@@ -18,7 +18,7 @@ import io
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
@@ -35,7 +35,7 @@ from imageproc._protocols import (
     lease_lost,
     renew_each,
 )
-from imageproc._task import LEASE_EXPIRED, Task, TaskStatus
+from imageproc._task import LEASE_EXPIRED, MetadataValue, Task, TaskStatus, matches_metadata
 from imageproc.delivery._completions import Completions
 from imageproc.errors import LeaseLost, ObjectNotFound, TaskNotFound
 
@@ -192,13 +192,23 @@ class MemoryRepository:
         with self._changed:
             return any(row.task.source_key == source_key for row in self._rows.values())
 
-    def find(self, status: TaskStatus, *, owner: str | None = None, limit: int = 100) -> list[Task]:
-        """Tasks in ``status`` (and of ``owner``), most recently changed first, by a scan."""
+    def find(
+        self,
+        status: TaskStatus,
+        *,
+        owner: str | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """Tasks in ``status`` (and of ``owner``, with ``metadata``), most recently changed
+        first, by a scan."""
         with self._changed:
             found = [
                 row.task
                 for row in self._rows.values()
-                if row.task.status == status and (owner is None or row.task.owner == owner)
+                if row.task.status == status
+                and (owner is None or row.task.owner == owner)
+                and (not metadata or matches_metadata(row.task, metadata))
             ]
         found.sort(key=lambda task: (task.updated_at, task.id), reverse=True)
         return found[: max(limit, 0)]

@@ -65,6 +65,7 @@ def _task_schema() -> dict[str, Any]:
             "finished_at",
             "source",
             "outputs",
+            "metadata",
         ],
         "properties": {
             "id": {"type": "string"},
@@ -83,6 +84,10 @@ def _task_schema() -> dict[str, Any]:
             "finished_at": timestamp,
             "source": source,
             "outputs": {"type": "array", "items": output},
+            "metadata": {
+                "type": "object",
+                "description": "what the application attached at upload ({} if nothing)",
+            },
         },
     }
 
@@ -152,12 +157,12 @@ OPENAPI: Final[dict[str, Any]] = {
                 "summary": "Store an image and queue a task to make its variants",
                 "parameters": [
                     {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                    for n in ("pipeline", "preset", "priority", "not_before")
+                    for n in ("pipeline", "preset", "priority", "not_before", "metadata")
                 ],
                 "requestBody": {
                     "required": True,
                     "description": "a form with the file in 'image', or the image as the body "
-                    "(then pipeline, preset, priority and not_before go in the query)",
+                    "(then the other fields go in the query)",
                     "content": {
                         "multipart/form-data": {
                             "schema": {
@@ -174,6 +179,12 @@ OPENAPI: Final[dict[str, Any]] = {
                                         "type": "integer",
                                         "minimum": -1000,
                                         "maximum": 1000,
+                                    },
+                                    "metadata": {
+                                        "type": "string",
+                                        "description": "a JSON object the task keeps and"
+                                        " shows: at most 4 KiB, keys of ASCII letters, digits,"
+                                        " _ and -",
                                     },
                                     "not_before": {
                                         "type": "string",
@@ -202,7 +213,7 @@ OPENAPI: Final[dict[str, Any]] = {
                     "403": _error("a priority above the most this API key may ask for"),
                     "413": _error("the upload is over the size limit"),
                     "415": _error("not an image, or a format that is not accepted"),
-                    "422": _error("a bad pipeline, preset, priority or not_before"),
+                    "422": _error("a bad pipeline, preset, priority, not_before or metadata"),
                     "429": _error(
                         "the queue is full, in all or for this owner (queue_full); more uploads"
                         " this minute than allowed (rate_limited); too many uploads in progress"

@@ -1,10 +1,11 @@
 """``POST /upload``: the endpoint, and the reading of its request: the body's size limit (kept
 while it streams in), the multipart form or the raw image spooled to a temporary file, the text
-fields, the pipeline or preset, the priority and the time asked for.
+fields, the pipeline or preset, the priority, the time asked for and the metadata.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from collections.abc import AsyncGenerator
@@ -20,6 +21,7 @@ from imageproc._parsing import parse_whole_number
 from imageproc._processor import Processor, Upload
 from imageproc._signing import PRIORITY_RANGE
 from imageproc._submission import MAX_SCHEDULE
+from imageproc._task import MAX_METADATA_BYTES
 from imageproc._taskjson import rfc3339
 from imageproc.errors import InvalidPipeline
 from imageproc.http._errors import ApiError
@@ -65,6 +67,7 @@ async def upload(request: Request) -> Response:
                 preset = _text_field(form, "preset")
                 priority_text = _text_field(form, "priority")
                 not_before_text = _text_field(form, "not_before")
+                metadata_text = _text_field(form, "metadata")
             elif content_type.startswith("image/"):
                 _check_length(request, limit)
                 image = await _spool_body(request, limit)
@@ -72,6 +75,7 @@ async def upload(request: Request) -> Response:
                 preset = request.query_params.get("preset")
                 priority_text = request.query_params.get("priority")
                 not_before_text = request.query_params.get("not_before")
+                metadata_text = request.query_params.get("metadata")
             else:
                 raise ApiError(
                     415,
@@ -82,11 +86,15 @@ async def upload(request: Request) -> Response:
             raise _too_large(limit) from None
         spec = _pipeline_spec(service.processor, pipeline, preset)
         priority = _priority(priority_text, service.priority_cap(owner))
-        not_before = _not_before(not_before_text)
-        task = await service.batcher.submit(
-            Upload(image.file, spec, priority=priority, owner=owner, not_before=not_before),
-            size=image.size or 0,
+        upload = Upload(
+            image.file,
+            spec,
+            priority=priority,
+            owner=owner,
+            not_before=_not_before(not_before_text),
+            metadata=_metadata(metadata_text),
         )
+        task = await service.batcher.submit(upload, size=image.size or 0)
     finally:
         # Closing deletes the spooled temporary files (the form's, or the raw body's).
         if form is not None:
@@ -246,6 +254,20 @@ def _not_before(value: str | None) -> datetime | timedelta | None:
         except ValueError:  # a month 13, a 25th hour
             pass
     raise ApiError(422, "invalid_not_before", _NOT_BEFORE_FORMS)
+
+
+def _metadata(value: str | None) -> Any:
+    """The metadata field's JSON, read; what it must be is checked where every submit is."""
+    if value is None or not value.strip():
+        return None
+    if len(value) > 2 * MAX_METADATA_BYTES:  # beyond any value the check lets through
+        raise ApiError(422, "invalid_input", f"metadata is over {MAX_METADATA_BYTES} bytes")
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise ApiError(
+            422, "invalid_metadata", 'metadata must be a JSON object, such as {"user": "42"}'
+        ) from None
 
 
 def _text_field(form: FormData, name: str) -> str | None:

@@ -371,3 +371,48 @@ def test_record_many_tells_an_expired_lease_from_its_successor(backend: Backend)
     record_many = backend.queue.record_many  # type: ignore[attr-defined]
     assert record_many([(stale, failed), (fresh, succeeded)]) == [False, True]
     assert backend.repository.get(fresh.task.id).status == TaskStatus.SUCCEEDED
+
+
+# -- metadata -------------------------------------------------------------------------------------
+
+LABELS = {"user": "42", "n": 7, "ratio": 0.5, "flag": True, "none": None, "tags": ["a", {"b": 1}]}
+
+
+def test_metadata_is_stored_and_read_back_as_given(backend: Backend) -> None:
+    task = attrs.evolve(new_task(), metadata=LABELS)
+    backend.repository.add(task)
+    assert backend.repository.get(task.id).metadata == LABELS
+    (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
+    assert lease.task.metadata == LABELS
+    plain = new_task()
+    backend.repository.add(plain)
+    assert backend.repository.get(plain.id).metadata == {}
+
+
+@pytest.mark.parametrize(
+    ("wanted", "found"),
+    [
+        ({"user": "42"}, True),
+        ({"user": 42}, False),  # a string is not a number
+        ({"n": 7}, True),
+        ({"n": 7.0}, True),  # JSON has one kind of number
+        ({"n": "7"}, False),
+        ({"flag": True}, True),
+        ({"flag": 1}, False),  # true is not 1
+        ({"n": True}, False),
+        ({"none": None}, True),
+        ({"missing": None}, False),  # absent is not null
+        ({"ratio": 0.5, "user": "42"}, True),
+        ({"ratio": 0.5, "user": "43"}, False),
+    ],
+)
+def test_find_by_metadata_compares_as_json(
+    backend: Backend, wanted: dict[str, object], found: bool
+) -> None:
+    labelled = attrs.evolve(new_task(), metadata=LABELS)
+    other = attrs.evolve(new_task(), metadata={"user": "7"})
+    backend.repository.add(labelled)
+    backend.repository.add(other)
+    backend.repository.add(new_task())
+    result = backend.repository.find(TaskStatus.QUEUED, metadata=wanted)  # type: ignore[arg-type]
+    assert [task.id for task in result] == ([labelled.id] if found else [])

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from importlib.resources import as_file, files
 from pathlib import Path
+from typing import Any
 
 import attrs
 import psycopg
@@ -58,8 +59,18 @@ def test_migrations_build_exactly_the_declared_schema(sql: SQLBackend) -> None:
     with sql.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         diff = compare_metadata(context, metadata)
-    assert [d for d in diff if "alembic_version" not in str(d)] == []
-    assert sql.schema_revision() == "0002"
+    assert [d for d in diff if "alembic_version" not in str(d) and _applies(d, sql.dialect)] == []
+    assert sql.schema_revision() == "0003"
+
+
+def _applies(difference: Any, dialect: str) -> bool:
+    # Alembic compares every index of the metadata, including one declared for another database
+    # only (``ddl_if``): the metadata index exists on PostgreSQL alone, by design.
+    if difference[0] != "add_index":
+        return True
+    declared = {index.name: index for table in metadata.tables.values() for index in table.indexes}
+    only_on = getattr(declared.get(difference[1].name), "_ddl_if", None)
+    return only_on is None or only_on.dialect == dialect
 
 
 def test_migrate_again_is_a_no_op_and_leaves_the_hosts_alembic_alone(sql: SQLBackend) -> None:
@@ -72,7 +83,7 @@ def test_migrate_again_is_a_no_op_and_leaves_the_hosts_alembic_alone(sql: SQLBac
         host = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     assert host == "hosts_own_head"
     assert sql.get(task.id) == task
-    assert sql.schema_revision() == "0002"
+    assert sql.schema_revision() == "0003"
 
 
 @pytest.fixture(params=KINDS)
@@ -96,7 +107,7 @@ def test_tasks_recorded_before_orientation_was_upgrade_to_orientation_1(
         command.upgrade(config, "0001")
         old = new_task()
         row = task_to_row(old)
-        del row["source_orientation"]
+        del row["source_orientation"], row["metadata"]  # columns of revisions 0002, 0003
         columns, values = ", ".join(row), ", ".join(f":{column}" for column in row)
         conn.execute(
             sa.text(f"INSERT INTO imageproc_tasks ({columns}) VALUES ({values})"),
@@ -106,7 +117,7 @@ def test_tasks_recorded_before_orientation_was_upgrade_to_orientation_1(
     backend = SQLBackend(empty_database)
     try:
         backend.migrate()
-        assert backend.schema_revision() == "0002"
+        assert backend.schema_revision() == "0003"
         assert backend.get(old.id) == old
         assert backend.get(old.id).source.orientation == 1
     finally:

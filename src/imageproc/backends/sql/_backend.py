@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 
 from imageproc._clock import Clock, utcnow
 from imageproc._protocols import Lease, QueueLimits, QueueStats, lease_lost
-from imageproc._task import Task, TaskStatus
+from imageproc._task import MetadataValue, Task, TaskStatus
 from imageproc.backends.sql import _schema as sqlschema
 from imageproc.backends.sql._admission import admit
 from imageproc.backends.sql._dialect import database_url, main_engine, statement_engine
@@ -55,6 +55,7 @@ from imageproc.backends.sql._statements import (
     HotStatements,
     batch_parameters,
     exists,
+    metadata_matches,
     outcome,
     record_held,
     status_is,
@@ -278,7 +279,14 @@ class SQLBackend:
             query = sa.select(tasks.c.id).where(tasks.c.source_key == source_key).limit(1)
             return conn.execute(query).first() is not None
 
-    def find(self, status: TaskStatus, *, owner: str | None = None, limit: int = 100) -> list[Task]:
+    def find(
+        self,
+        status: TaskStatus,
+        *,
+        owner: str | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
         """Tasks in ``status`` (and of ``owner``), most recently changed first.
 
         Queued and processing tasks are found through the claim indexes; the final statuses
@@ -288,6 +296,8 @@ class SQLBackend:
         query = sa.select(tasks).where(tasks.c.status == status.value)
         if owner is not None:
             query = query.where(tasks.c.owner == owner)
+        if metadata:
+            query = query.where(metadata_matches(metadata, dialect=self.dialect))
         query = query.order_by(tasks.c.updated_at.desc(), tasks.c.id.desc()).limit(max(limit, 0))
         with self._db.one_statement() as conn:
             return [task_from_row(row) for row in conn.execute(query).mappings()]

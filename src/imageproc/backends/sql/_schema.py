@@ -95,6 +95,9 @@ tasks = sa.Table(
     sa.Column("lease_token", sa.String(64), nullable=True),
     sa.Column("lease_owner", sa.String(255), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    # The application's labels for the task; NULL when it gave none (most tasks), so they cost
+    # the metadata index nothing.
+    sa.Column("metadata", JSONType, nullable=True),
     sa.CheckConstraint(
         "status IN (" + ", ".join(f"'{s}'" for s in STATUSES) + ")",
         name="imageproc_tasks_status_check",
@@ -128,6 +131,15 @@ sa.Index(
 )
 # Purging an original asks whether any other task still uses it.
 sa.Index("imageproc_tasks_source_key_idx", tasks.c.source_key)
+# Finding tasks by their metadata (``metadata @> '{"user": "42"}'``); jsonb_path_ops indexes
+# containment only, which is all the filter asks, in a third of the default's space. SQLite
+# scans: there is no JSON index to have.
+sa.Index(
+    "imageproc_tasks_metadata_idx",
+    tasks.c.metadata,
+    postgresql_using="gin",
+    postgresql_ops={"metadata": "jsonb_path_ops"},
+).ddl_if(dialect="postgresql")
 
 
 def task_to_row(task: Task, *, only: Collection[str] | None = None) -> dict[str, Any]:
@@ -152,6 +164,7 @@ def task_to_row(task: Task, *, only: Collection[str] | None = None) -> dict[str,
         "max_attempts": task.max_attempts,
         "owner": task.owner,
         "created_at": task.created_at,
+        "metadata": task.metadata or None,
         **outcome,
     }
 
@@ -204,6 +217,7 @@ def task_from_row(row: Mapping[Any, Any]) -> Task:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         available_at=row["available_at"],
+        metadata=row["metadata"] or {},
     )
 
 

@@ -13,7 +13,7 @@ cannot overwrite the new holder's result. On PostgreSQL a whole batch of outcome
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from imageproc._protocols import Lease
-from imageproc._task import LEASE_EXPIRED, Task, TaskStatus
+from imageproc._task import LEASE_EXPIRED, MetadataValue, Task, TaskStatus
 from imageproc.backends.sql._driver import HotStatement
 from imageproc.backends.sql._listener import CHANNEL, DONE_CHANNEL
 from imageproc.backends.sql._schema import (
@@ -267,3 +267,25 @@ class HotStatements:
         self.claim = HotStatement(CLAIM, dialect)
         self.record = HotStatement(RECORD_BATCH, dialect)
         self.get = HotStatement(GET, dialect)
+
+
+def metadata_matches(
+    wanted: Mapping[str, MetadataValue], *, dialect: str
+) -> sa.ColumnElement[bool]:
+    """Tasks whose metadata has every key of ``wanted`` with that value, as JSON compares them
+    (``true`` is not ``1``). PostgreSQL asks by containment, which its GIN index serves; SQLite
+    compares each key's JSON type and value."""
+    if dialect == "postgresql":
+        return sa.type_coerce(tasks.c.metadata, postgresql.JSONB).contains(dict(wanted))
+    clauses = []
+    for key, value in wanted.items():
+        path = f'$."{key}"'  # keys are checked when stored: letters, digits, _ and - only
+        kind = sa.func.json_type(tasks.c.metadata, path)
+        if value is None or isinstance(value, bool):
+            clauses.append(kind == ("null" if value is None else str(value).lower()))
+        else:
+            kinds = ("text",) if isinstance(value, str) else ("integer", "real")
+            clauses.append(
+                sa.and_(kind.in_(kinds), sa.func.json_extract(tasks.c.metadata, path) == value)
+            )
+    return sa.and_(*clauses)
