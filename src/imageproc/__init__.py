@@ -22,6 +22,7 @@ from imageproc._protocols import (
     QueueLimits,
     QueueStats,
     Repository,
+    SourceLookup,
     Storage,
 )
 from imageproc._retrying import RetryPolicy
@@ -108,6 +109,7 @@ __all__ = [
     "Sharpen",
     "Source",
     "SourceInfo",
+    "SourceLookup",
     "Storage",
     "StorageError",
     "Task",

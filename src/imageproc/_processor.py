@@ -331,6 +331,7 @@ class Processor:
         owner: str | None = None,
         not_before: datetime | timedelta | None = None,
         metadata: Mapping[str, Any] | None = None,
+        dedupe: bool = False,
     ) -> Task:
         """Store an image and queue a task to make the variants of ``pipeline`` from it.
 
@@ -346,6 +347,12 @@ class Processor:
         ``metadata`` is a small JSON object the application attaches (at most 4 KiB as JSON;
         keys of 1 to 64 ASCII letters, digits, ``_`` or ``-``): stored on the task as
         ``task.metadata``, shown in its status, and searchable with :meth:`tasks`.
+
+        ``dedupe=True`` returns the task ``owner`` already has for the same image bytes and the
+        same pipeline, if it succeeded or is queued or processing (a success first), instead of
+        queueing the work again; the image is still checked first. Best effort: two such
+        submits at the same moment can both queue work. Needs a repository that is a
+        :class:`~imageproc.SourceLookup` (the memory and SQL ones are).
         """
         return self._submission.submit(
             Upload(
@@ -355,6 +362,7 @@ class Processor:
                 owner=owner,
                 not_before=not_before,
                 metadata=metadata,
+                dedupe=dedupe,
             )
         )
 

@@ -16,7 +16,7 @@ cannot overwrite the new holder's result. Claim order: higher ``priority`` first
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -33,6 +33,7 @@ __all__ = [
     "QueueLimits",
     "QueueStats",
     "Repository",
+    "SourceLookup",
     "Storage",
     "check_admission",
     "lease_lost",
@@ -279,6 +280,19 @@ class BatchQueue(Queue, Protocol):
         there are transactions; each is written only while *its* lease (the task and the
         lease's token) is held. Returns, for each, whether it was recorded. Workers record the
         outcomes that are ready together with one call."""
+        ...
+
+
+@runtime_checkable
+class SourceLookup(Repository, Protocol):
+    """A :class:`Repository` that can also find the tasks made from one original. Optional:
+    ``submit(…, dedupe=True)`` needs it (the memory and SQL backends have it)."""
+
+    def find_by_source(
+        self, source_key: str, statuses: Collection[TaskStatus], *, limit: int = 20
+    ) -> list[Task]:
+        """Up to ``limit`` tasks in one of ``statuses`` whose original is stored under
+        ``source_key``, the newest first."""
         ...
 
 

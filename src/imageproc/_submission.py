@@ -25,13 +25,14 @@ from imageproc import _keys as keys
 from imageproc._clock import Clock
 from imageproc._events import Events, emit
 from imageproc._formats import content_type_for, extension_for
-from imageproc._protocols import QueueLimits, Repository, Storage
+from imageproc._protocols import QueueLimits, Repository, SourceLookup, Storage
 from imageproc._retrying import RetryPolicy
-from imageproc._task import SourceInfo, Task, checked_metadata
+from imageproc._task import SourceInfo, Task, TaskStatus, checked_metadata
 from imageproc.engine import _imaging as imaging
 from imageproc.engine import _location as location
 from imageproc.engine._imaging import ImageLimits
 from imageproc.errors import (
+    ConfigurationError,
     ImageprocError,
     InvalidImage,
     InvalidInput,
@@ -116,6 +117,8 @@ class Submission:
     def submit(self, upload: Upload) -> Task:
         """Check ``upload``, store its original, record its task; raise what refused it."""
         prepared = self._prepare(upload)
+        if upload.dedupe and (existing := self._duplicate_of(prepared)) is not None:
+            return existing
         self._store_original(prepared)
         task = self._new_task(prepared)
         self.repository.add(task, **self.limits())
@@ -142,6 +145,15 @@ class Submission:
             except Exception as error:  # this upload's alone (a closed file, say)
                 results.append(error)
                 continue
+            if upload.dedupe:
+                try:
+                    existing = self._duplicate_of(item)
+                except Exception as error:
+                    results.append(error)
+                    continue
+                if existing is not None:
+                    results.append(existing)
+                    continue
             results.append(item)
             if item.key not in storing:
                 storing[item.key] = self._store_soon(item, alone=len(uploads) == 1)
@@ -221,6 +233,27 @@ class Submission:
         # time saved would tell this owner that someone else uploaded them.
         key = keys.source_key(info.sha256, extension_for(info.format), upload.owner)
         return _Prepared(upload, resolved, data, info, key, metadata)
+
+    def _duplicate_of(self, upload: _Prepared) -> Task | None:
+        """The task that already makes what ``upload`` asks (same owner, original and
+        pipeline), if one succeeded or is queued or processing: a success first, else the newest.
+        Best effort: two such uploads at the same moment can both find none."""
+        repository = self.repository
+        if not isinstance(repository, SourceLookup):
+            raise ConfigurationError(
+                f"dedupe needs a repository that can find tasks by their original"
+                f" ({type(repository).__name__} has no find_by_source)"
+            )
+        candidates = [
+            task
+            for task in self.retry.call(repository.find_by_source, upload.key, _REUSABLE)
+            if task.owner == upload.upload.owner and task.pipeline == upload.pipeline
+        ]
+        if not candidates:
+            return None
+        return max(
+            candidates, key=lambda task: (task.status == TaskStatus.SUCCEEDED, task.created_at)
+        )
 
     def _new_task(self, upload: _Prepared) -> Task:
         now = self.clock()
@@ -337,6 +370,9 @@ class Upload:
     #: A small JSON object the application attaches (at most 4 KiB, keys of ASCII letters,
     #: digits, ``_`` and ``-``): stored on the task, shown with it, searchable with ``tasks``.
     metadata: Mapping[str, Any] | None = None
+    #: Return the owner's task for the same bytes and pipeline, if one succeeded or is under
+    #: way, instead of queueing the work again.
+    dedupe: bool = False
 
 
 @attrs.frozen(eq=False)
@@ -350,6 +386,9 @@ class _Prepared:
     key: str
     metadata: dict[str, Any]
 
+
+#: The tasks ``dedupe`` may hand back instead of new work: done, or on the way to it.
+_REUSABLE: Final = (TaskStatus.SUCCEEDED, TaskStatus.QUEUED, TaskStatus.PROCESSING)
 
 #: How far ahead a task may be scheduled: further is more likely a mistake (seconds for
 #: milliseconds) than a plan, and a queue is not a calendar.

@@ -324,6 +324,33 @@ def test_bad_metadata_is_422_and_nothing_is_queued(
     assert processor.tasks(TaskStatus.QUEUED) == []
 
 
+def test_dedupe_answers_with_the_task_already_made(
+    client: TestClient, processor: Processor
+) -> None:
+    first = upload(client, pipeline=PIPELINE, dedupe="true").json()["id"]
+    assert upload(client, pipeline=PIPELINE, dedupe="TRUE").json()["id"] == first
+    second = upload(client, pipeline=PIPELINE, dedupe="false").json()["id"]
+    assert second != first
+    assert upload(client, pipeline=PIPELINE).json()["id"] not in {first, second}
+    raw = client.post(
+        "/upload",
+        params={"pipeline": PIPELINE, "dedupe": "1"},
+        content=JPEG,
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert raw.status_code == 202, raw.text
+    queued = {task.id for task in processor.tasks(TaskStatus.QUEUED)}
+    assert len(queued) == 3  # nothing new: the newest of the three under way answers
+    assert raw.json()["id"] in queued
+
+
+@pytest.mark.parametrize("dedupe", ["maybe", "2", "tru"])
+def test_a_bad_dedupe_is_422(client: TestClient, processor: Processor, dedupe: str) -> None:
+    error = assert_error(upload(client, dedupe=dedupe), 422, "invalid_dedupe")
+    assert "dedupe" in error["message"]
+    assert processor.tasks(TaskStatus.QUEUED) == []
+
+
 def test_each_owner_asks_for_at_most_its_maximum_priority(processor: Processor) -> None:
     limits = {"alice": 10, "*": -5}  # bob is "everyone else"
     with client_for(processor, api_keys=KEYS, max_priority=limits) as client:

@@ -765,3 +765,65 @@ def test_bad_metadata_is_refused_and_stores_nothing(metadata: object, message: s
         proc.submit(sample_image(), metadata=metadata)  # type: ignore[arg-type]
     assert proc.tasks(TaskStatus.QUEUED) == []
     assert storage.keys() == []
+
+
+# -- dedupe ---------------------------------------------------------------------------------------
+
+THUMB = "thumb=fit:64x64,webp"
+
+
+def test_dedupe_returns_the_task_already_under_way_or_done() -> None:
+    proc, _ = build()
+    image = sample_image()
+    first = proc.submit(image, THUMB, dedupe=True)
+    assert proc.submit(image, THUMB, dedupe=True).id == first.id  # still queued
+    proc.run_until_idle()
+    again = proc.submit(image, THUMB, dedupe=True)
+    assert again.id == first.id
+    assert again.status == TaskStatus.SUCCEEDED
+    assert len(proc.tasks(TaskStatus.QUEUED)) == 0
+
+
+def test_dedupe_makes_new_work_for_another_pipeline_owner_or_a_failed_task() -> None:
+    proc, _ = build()
+    image = sample_image()
+    first = proc.submit(image, THUMB, owner="ann", dedupe=True)
+    others = [
+        proc.submit(image, "thumb=fit:65x64,webp", owner="ann", dedupe=True),
+        proc.submit(image, THUMB, owner="bob", dedupe=True),
+        proc.submit(image, THUMB, owner="ann"),  # dedupe is off by default
+    ]
+    assert len({first.id, *(task.id for task in others)}) == 4
+    for task in [first, *others]:
+        proc.cancel(task.id)  # a cancelled task (as a failed or dead one) is not reused
+    fresh = proc.submit(image, THUMB, owner="ann", dedupe=True)
+    assert fresh.id not in {first.id, *(task.id for task in others)}
+    assert fresh.status == TaskStatus.QUEUED
+
+
+def test_dedupe_in_submit_many_and_without_a_lookup() -> None:
+    proc, _ = build()
+    image = sample_image()
+    first = proc.submit(image, THUMB, dedupe=True)
+    found, new = proc.submit_many(
+        [Upload(image, THUMB, dedupe=True), Upload(sample_image(32, 32), THUMB, dedupe=True)]
+    )
+    assert isinstance(found, Task)
+    assert found.id == first.id
+    assert isinstance(new, Task)
+    assert new.id != first.id
+
+    class NoLookup:  # a repository written before dedupe: no find_by_source
+        def __init__(self, inner: MemoryRepository) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> object:
+            if name == "find_by_source":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    repository = MemoryRepository()
+    old = Processor(MemoryStorage(), MemoryQueue(repository), NoLookup(repository), **FAST_OPTIONS)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="find_by_source"):
+        old.submit(image, THUMB, dedupe=True)
+    assert old.submit(image, THUMB).status == TaskStatus.QUEUED

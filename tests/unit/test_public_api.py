@@ -153,8 +153,9 @@ ROOT_EXPORTS = [
     "InvalidPipeline", "Lease", "LeaseLost", "ObjectInfo", "ObjectNotFound", "Operation", "Output",
     "Pad", "Pipeline", "PipelineLimits", "Processor", "Queue", "QueueFull", "QueueLimits",
     "QueueStats", "RenderFailed", "RenderTimeout", "Repository", "Resize", "RetryPolicy", "Rotate",
-    "Sharpen", "Source", "SourceInfo", "Storage", "StorageError", "Task", "TaskError",
-    "TaskNotFound", "TaskStatus", "Upload", "Variant", "WaitTimeout", "__version__", "task_json",
+    "Sharpen", "Source", "SourceInfo", "SourceLookup", "Storage", "StorageError", "Task",
+    "TaskError", "TaskNotFound", "TaskStatus", "Upload", "Variant", "WaitTimeout", "__version__",
+    "task_json",
 ]  # fmt: skip
 
 

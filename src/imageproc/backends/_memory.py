@@ -18,7 +18,7 @@ import io
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
@@ -191,6 +191,19 @@ class MemoryRepository:
         """Whether any task refers to the original under ``source_key``."""
         with self._changed:
             return any(row.task.source_key == source_key for row in self._rows.values())
+
+    def find_by_source(
+        self, source_key: str, statuses: Collection[TaskStatus], *, limit: int = 20
+    ) -> list[Task]:
+        """Tasks in ``statuses`` made from the original under ``source_key``, newest first."""
+        with self._changed:
+            found = [
+                row.task
+                for row in self._rows.values()
+                if row.task.source_key == source_key and row.task.status in statuses
+            ]
+        found.sort(key=lambda task: (task.created_at, task.id), reverse=True)
+        return found[: max(limit, 0)]
 
     def find(
         self,

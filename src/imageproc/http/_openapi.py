@@ -157,7 +157,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "summary": "Store an image and queue a task to make its variants",
                 "parameters": [
                     {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                    for n in ("pipeline", "preset", "priority", "not_before", "metadata")
+                    for n in ("pipeline", "preset", "priority", "not_before", "metadata", "dedupe")
                 ],
                 "requestBody": {
                     "required": True,
@@ -186,6 +186,12 @@ OPENAPI: Final[dict[str, Any]] = {
                                         " shows: at most 4 KiB, keys of ASCII letters, digits,"
                                         " _ and -",
                                     },
+                                    "dedupe": {
+                                        "type": "boolean",
+                                        "description": "answer with this owner's task for the"
+                                        " same bytes and pipeline, if one succeeded or is under"
+                                        " way, instead of queueing the work again",
+                                    },
                                     "not_before": {
                                         "type": "string",
                                         "description": "no worker takes the task before this"
@@ -213,7 +219,9 @@ OPENAPI: Final[dict[str, Any]] = {
                     "403": _error("a priority above the most this API key may ask for"),
                     "413": _error("the upload is over the size limit"),
                     "415": _error("not an image, or a format that is not accepted"),
-                    "422": _error("a bad pipeline, preset, priority, not_before or metadata"),
+                    "422": _error(
+                        "a bad pipeline, preset, priority, not_before, metadata or dedupe"
+                    ),
                     "429": _error(
                         "the queue is full, in all or for this owner (queue_full); more uploads"
                         " this minute than allowed (rate_limited); too many uploads in progress"

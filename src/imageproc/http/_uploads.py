@@ -1,6 +1,6 @@
 """``POST /upload``: the endpoint, and the reading of its request: the body's size limit (kept
 while it streams in), the multipart form or the raw image spooled to a temporary file, the text
-fields, the pipeline or preset, the priority, the time asked for and the metadata.
+fields, the pipeline or preset, the priority, the time asked for, the metadata and dedupe.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from imageproc._parsing import parse_whole_number
+from imageproc._parsing import parse_bool, parse_whole_number
 from imageproc._processor import Processor, Upload
 from imageproc._signing import PRIORITY_RANGE
 from imageproc._submission import MAX_SCHEDULE
@@ -68,6 +68,7 @@ async def upload(request: Request) -> Response:
                 priority_text = _text_field(form, "priority")
                 not_before_text = _text_field(form, "not_before")
                 metadata_text = _text_field(form, "metadata")
+                dedupe_text = _text_field(form, "dedupe")
             elif content_type.startswith("image/"):
                 _check_length(request, limit)
                 image = await _spool_body(request, limit)
@@ -76,6 +77,7 @@ async def upload(request: Request) -> Response:
                 priority_text = request.query_params.get("priority")
                 not_before_text = request.query_params.get("not_before")
                 metadata_text = request.query_params.get("metadata")
+                dedupe_text = request.query_params.get("dedupe")
             else:
                 raise ApiError(
                     415,
@@ -93,6 +95,7 @@ async def upload(request: Request) -> Response:
             owner=owner,
             not_before=_not_before(not_before_text),
             metadata=_metadata(metadata_text),
+            dedupe=_dedupe(dedupe_text),
         )
         task = await service.batcher.submit(upload, size=image.size or 0)
     finally:
@@ -254,6 +257,13 @@ def _not_before(value: str | None) -> datetime | timedelta | None:
         except ValueError:  # a month 13, a 25th hour
             pass
     raise ApiError(422, "invalid_not_before", _NOT_BEFORE_FORMS)
+
+
+def _dedupe(value: str | None) -> bool:
+    try:
+        return parse_bool((value or "").strip().lower())
+    except ValueError:
+        raise ApiError(422, "invalid_dedupe", "dedupe must be true or false") from None
 
 
 def _metadata(value: str | None) -> Any:

@@ -416,3 +416,18 @@ def test_find_by_metadata_compares_as_json(
     backend.repository.add(new_task())
     result = backend.repository.find(TaskStatus.QUEUED, metadata=wanted)  # type: ignore[arg-type]
     assert [task.id for task in result] == ([labelled.id] if found else [])
+
+
+def test_find_by_source_lists_one_originals_tasks_in_the_statuses_asked_newest_first(
+    backend: Backend,
+) -> None:
+    older = attrs.evolve(new_task(age=10), source_key="originals/x/1.jpg")
+    newer = attrs.evolve(new_task(age=5), source_key="originals/x/1.jpg")
+    cancelled = attrs.evolve(new_task(age=1), source_key="originals/x/1.jpg").cancel(utcnow())
+    elsewhere = attrs.evolve(new_task(), source_key="originals/x/2.jpg")
+    for task in (older, newer, cancelled, elsewhere):
+        backend.repository.add(task)
+    found = backend.repository.find_by_source(  # type: ignore[attr-defined]
+        "originals/x/1.jpg", [TaskStatus.QUEUED, TaskStatus.SUCCEEDED]
+    )
+    assert [task.id for task in found] == [newer.id, older.id]

@@ -511,3 +511,16 @@ def test_postgresql_without_its_driver_says_which_extra_to_install(
     with pytest.raises(ConfigurationError, match="'postgres' extra") as info:
         Processor.from_urls("postgresql://imageproc@127.0.0.1:1/imageproc", "memory://")
     assert "psycopg" in info.value.message
+
+
+def test_dedupe_finds_the_task_through_the_database(sql: SQLBackend) -> None:
+    # The pipeline read back from a row must equal the one asked for, or dedupe finds nothing.
+    processor = Processor(MemoryStorage(), sql, sql, **FAST_OPTIONS)
+    pipeline = "thumb=fit:64x64,webp:q70;big=resize:300x,jpeg:q85:progressive,placeholder"
+    image = sample_image()
+    first = processor.submit(image, pipeline, owner="ann", dedupe=True)
+    assert processor.submit(image, pipeline, owner="ann", dedupe=True).id == first.id
+    processor.run_until_idle()
+    again = processor.submit(image, pipeline, owner="ann", dedupe=True)
+    assert (again.id, again.status) == (first.id, TaskStatus.SUCCEEDED)
+    assert processor.submit(image, pipeline, owner="bob", dedupe=True).id != first.id

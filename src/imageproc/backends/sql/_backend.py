@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib.resources import as_file, files
 from typing import Any
@@ -278,6 +278,21 @@ class SQLBackend:
         with self._db.one_statement() as conn:
             query = sa.select(tasks.c.id).where(tasks.c.source_key == source_key).limit(1)
             return conn.execute(query).first() is not None
+
+    def find_by_source(
+        self, source_key: str, statuses: Collection[TaskStatus], *, limit: int = 20
+    ) -> list[Task]:
+        """Tasks in ``statuses`` made from the original under ``source_key``, newest first,
+        through the index on ``source_key``."""
+        query = (
+            sa.select(tasks)
+            .where(tasks.c.source_key == source_key)
+            .where(tasks.c.status.in_([status.value for status in statuses]))
+            .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+            .limit(max(limit, 0))
+        )
+        with self._db.one_statement() as conn:
+            return [task_from_row(row) for row in conn.execute(query).mappings()]
 
     def find(
         self,
