@@ -46,6 +46,7 @@ from imageproc.backends.sql._schema import VERSION_TABLE, task_from_row, task_to
 from imageproc.backends.sql._statements import (
     CLAIM,
     FINAL,
+    FIND_BY_SOURCE,
     GET,
     NO_LEASE,
     PROCESSING,
@@ -284,15 +285,14 @@ class SQLBackend:
     ) -> list[Task]:
         """Tasks in ``statuses`` made from the original under ``source_key``, newest first,
         through the index on ``source_key``."""
-        query = (
-            sa.select(tasks)
-            .where(tasks.c.source_key == source_key)
-            .where(tasks.c.status.in_([status.value for status in statuses]))
-            .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
-            .limit(max(limit, 0))
-        )
+        values = {
+            "source_key": source_key,
+            "statuses": [status.value for status in statuses],
+            "limit": max(limit, 0),
+        }
         with self._db.one_statement() as conn:
-            return [task_from_row(row) for row in conn.execute(query).mappings()]
+            rows = conn.execute(FIND_BY_SOURCE, values).mappings()
+            return [task_from_row(row) for row in rows]
 
     def find(
         self,

@@ -289,3 +289,16 @@ def metadata_matches(
                 sa.and_(kind.in_(kinds), sa.func.json_extract(tasks.c.metadata, path) == value)
             )
     return sa.and_(*clauses)
+
+
+#: A dedupe's lookup, built once (it runs on every such submit): one original's tasks in some
+#: statuses, newest first, through the index on ``source_key``.
+FIND_BY_SOURCE: Final = (
+    sa.select(tasks)
+    .where(
+        tasks.c.source_key == sa.bindparam("source_key"),
+        tasks.c.status.in_(sa.bindparam("statuses", expanding=True)),
+    )
+    .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+    .limit(sa.bindparam("limit"))
+)
