@@ -22,6 +22,7 @@ from imageproc._clock import Clock, utcnow
 from imageproc._events import Events
 from imageproc._execution import Execution, Recorder
 from imageproc._protocols import Lease, Queue, QueueLimits, Repository, Storage
+from imageproc._retention import purge_finished
 from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import InlineRenderer, ProcessRenderer, Renderer
 from imageproc._signals import on_stop_signals
@@ -455,18 +456,9 @@ class Processor:
         (wasted space), never a task whose files are gone.
         """
         cutoff = self.clock() - older_than
-        deleted = 0
-        while purged := self.repository.purge(cutoff, limit=batch):
-            deleted += len(purged)
-            for task in purged:
-                for output in task.outputs:
-                    self._storage_retry.call(self.storage.delete, output.key)
-            for source_key in {task.source_key for task in purged}:
-                if not self.repository.source_in_use(source_key):
-                    self._storage_retry.call(self.storage.delete, source_key)
-            if len(purged) < batch:
-                break
-        return deleted
+        return purge_finished(
+            self.repository, self.storage, self._storage_retry, cutoff, batch=batch
+        )
 
     # -- workers ----------------------------------------------------------------------------
 

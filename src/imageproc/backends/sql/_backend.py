@@ -45,19 +45,20 @@ from imageproc.backends.sql._listener import (
 from imageproc.backends.sql._schema import VERSION_TABLE, task_from_row, task_to_row, tasks
 from imageproc.backends.sql._statements import (
     CLAIM,
-    FINAL,
     FIND_BY_SOURCE,
     GET,
     NO_LEASE,
     PROCESSING,
-    QUEUED,
+    QUEUE_STATS,
     RECORD,
     RENEW,
+    SOURCE_IN_USE,
     HotStatements,
     batch_parameters,
     exists,
-    metadata_matches,
+    find_statement,
     outcome,
+    purge_statement,
     record_held,
     status_is,
 )
@@ -260,25 +261,14 @@ class SQLBackend:
 
     def purge(self, before: datetime, *, limit: int = 500) -> list[Task]:
         """Delete up to ``limit`` finished tasks that finished before ``before``; return them."""
+        statement = purge_statement(before, limit, dialect=self.dialect)
         with self._db.begin(write=True) as conn:
-            ids = (
-                sa.select(tasks.c.id)
-                .where(tasks.c.status.in_(FINAL), tasks.c.finished_at < before)
-                .order_by(tasks.c.finished_at)
-                .limit(limit)
-            )
-            if self.dialect == "postgresql":
-                ids = ids.with_for_update(skip_locked=True)
-            rows = conn.execute(
-                tasks.delete().where(tasks.c.id.in_(ids.scalar_subquery())).returning(*tasks.c)
-            ).mappings()
-            return [task_from_row(row) for row in rows]
+            return [task_from_row(row) for row in conn.execute(statement).mappings()]
 
     def source_in_use(self, source_key: str) -> bool:
         """Whether any task still refers to the original under ``source_key``."""
         with self._db.one_statement() as conn:
-            query = sa.select(tasks.c.id).where(tasks.c.source_key == source_key).limit(1)
-            return conn.execute(query).first() is not None
+            return conn.execute(SOURCE_IN_USE, {"source_key": source_key}).first() is not None
 
     def find_by_source(
         self, source_key: str, statuses: Collection[TaskStatus], *, limit: int = 20
@@ -308,26 +298,14 @@ class SQLBackend:
         are read by scanning, which is what an occasional look at the dead-letter set costs
         (an index on them would slow every status change of the hot table).
         """
-        query = sa.select(tasks).where(tasks.c.status == status.value)
-        if owner is not None:
-            query = query.where(tasks.c.owner == owner)
-        if metadata:
-            query = query.where(metadata_matches(metadata, dialect=self.dialect))
-        query = query.order_by(tasks.c.updated_at.desc(), tasks.c.id.desc()).limit(max(limit, 0))
+        query = find_statement(status, owner, metadata, limit, dialect=self.dialect)
         with self._db.one_statement() as conn:
             return [task_from_row(row) for row in conn.execute(query).mappings()]
 
     def queue_stats(self) -> QueueStats:
         """Counts of queued and processing tasks and the oldest due one, in one query."""
-        now = self.clock()
-        queued = tasks.c.status == QUEUED
-        query = sa.select(
-            sa.func.count().filter(queued),
-            sa.func.count().filter(tasks.c.status == PROCESSING),
-            sa.func.min(tasks.c.available_at).filter(queued, tasks.c.available_at <= now),
-        ).where(tasks.c.status.in_([QUEUED, PROCESSING]))
         with self._db.one_statement() as conn:
-            waiting, running, oldest = conn.execute(query).one()
+            waiting, running, oldest = conn.execute(QUEUE_STATS, {"now": self.clock()}).one()
         return QueueStats(queued=waiting, processing=running, oldest_due_at=oldest)
 
     # -- Queue ------------------------------------------------------------------------------

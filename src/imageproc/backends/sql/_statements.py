@@ -269,6 +269,53 @@ class HotStatements:
         self.get = HotStatement(GET, dialect)
 
 
+def find_statement(
+    status: TaskStatus,
+    owner: str | None,
+    metadata: Mapping[str, MetadataValue] | None,
+    limit: int,
+    *,
+    dialect: str,
+) -> sa.Select[Any]:
+    """Tasks in ``status`` (of ``owner``, with ``metadata``), most recently changed first."""
+    query = sa.select(tasks).where(tasks.c.status == status.value)
+    if owner is not None:
+        query = query.where(tasks.c.owner == owner)
+    if metadata:
+        query = query.where(metadata_matches(metadata, dialect=dialect))
+    return query.order_by(tasks.c.updated_at.desc(), tasks.c.id.desc()).limit(max(limit, 0))
+
+
+def purge_statement(before: datetime, limit: int, *, dialect: str) -> sa.Executable:
+    """Delete up to ``limit`` tasks that finished before ``before``, oldest first, returning
+    them; on PostgreSQL, rows another purge holds are skipped rather than waited for."""
+    ids = (
+        sa.select(tasks.c.id)
+        .where(tasks.c.status.in_(FINAL), tasks.c.finished_at < before)
+        .order_by(tasks.c.finished_at)
+        .limit(limit)
+    )
+    if dialect == "postgresql":
+        ids = ids.with_for_update(skip_locked=True)
+    return tasks.delete().where(tasks.c.id.in_(ids.scalar_subquery())).returning(*tasks.c)
+
+
+#: Whether any task still refers to one original (purge asks before deleting it).
+SOURCE_IN_USE: Final = (
+    sa.select(tasks.c.id).where(tasks.c.source_key == sa.bindparam("source_key")).limit(1)
+)
+
+_QUEUED_NOW = tasks.c.status == QUEUED
+#: Counts of queued and processing tasks, and when the oldest due one became due, in one query.
+QUEUE_STATS: Final = sa.select(
+    sa.func.count().filter(_QUEUED_NOW),
+    sa.func.count().filter(tasks.c.status == PROCESSING),
+    sa.func.min(tasks.c.available_at).filter(
+        _QUEUED_NOW, tasks.c.available_at <= sa.bindparam("now", type_=tasks.c.available_at.type)
+    ),
+).where(tasks.c.status.in_([QUEUED, PROCESSING]))
+
+
 def metadata_matches(
     wanted: Mapping[str, MetadataValue], *, dialect: str
 ) -> sa.ColumnElement[bool]:

@@ -1,0 +1,33 @@
+"""Retention: deleting finished tasks, then their outputs and the originals no task uses any more.
+
+Records go first and files after, so a crash in between leaves unreferenced files (wasted
+space), never a task whose files are gone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from imageproc._protocols import Repository, Storage
+from imageproc._retrying import RetryPolicy
+
+__all__ = ["purge_finished"]
+
+
+def purge_finished(
+    repository: Repository, storage: Storage, retry: RetryPolicy, before: datetime, *, batch: int
+) -> int:
+    """Delete the tasks that finished before ``before``, ``batch`` at a time, with their
+    outputs and each original no remaining task uses; how many tasks were deleted."""
+    deleted = 0
+    while purged := repository.purge(before, limit=batch):
+        deleted += len(purged)
+        for task in purged:
+            for output in task.outputs:
+                retry.call(storage.delete, output.key)
+        for source_key in {task.source_key for task in purged}:
+            if not repository.source_in_use(source_key):
+                retry.call(storage.delete, source_key)
+        if len(purged) < batch:
+            break
+    return deleted
