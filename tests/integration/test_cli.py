@@ -197,6 +197,34 @@ def test_tasks_lists_a_status_as_json_lines(
     assert "invalid choice: 'lost'" in wrong.stderr
 
 
+def test_tasks_filters_by_metadata(
+    tmp_path: Path, urls: tuple[str, str], library: Processor
+) -> None:
+    text = library.submit(sample_image(30, 20), "a=png", metadata={"user": "42", "n": 7})
+    number = library.submit(sample_image(20, 30), "a=png", metadata={"user": 42, "ok": True})
+    args = ("--database-url", urls[0], "tasks", "--status", "queued")
+
+    def ids(*flags: str) -> list[str]:
+        result = imageproc(*args, *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line)["id"] for line in result.stdout.splitlines()]
+
+    assert ids("--metadata", "user=42") == [text.id]
+    assert ids("--metadata-json", "user=42") == [number.id]
+    assert ids("--metadata-json", "ok=true", "--metadata-json", "user=42") == [number.id]
+    assert ids("--metadata", "user=42", "--metadata-json", "n=7") == [text.id]
+    assert ids("--metadata", "user=43") == []
+    [shown] = [
+        json.loads(line)
+        for line in imageproc(*args, "--metadata", "user=42", cwd=tmp_path).stdout.splitlines()
+    ]
+    assert shown["metadata"] == {"user": "42", "n": 7}
+    for bad in (("--metadata", "user"), ("--metadata", "a b=1"), ("--metadata-json", "user=x")):
+        refused = imageproc(*args, *bad, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert bad[0] in refused.stderr
+
+
 def test_purge_needs_a_duration_with_a_unit(tmp_path: Path) -> None:
     result = imageproc("purge", "--older-than", "30", cwd=tmp_path)
     assert result.returncode == 2

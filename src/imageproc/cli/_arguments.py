@@ -144,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="dead lists the dead-letter set",
     )
     listing.add_argument("--owner", help="only this API key owner's tasks")
+    listing.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=TEXT",
+        help="only tasks whose metadata has KEY with this text (repeatable)",
+    )
+    listing.add_argument(
+        "--metadata-json",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="only tasks whose metadata has KEY with this JSON number, true, false or null",
+    )
     listing.add_argument("--limit", type=_whole_number, default=100, help="most tasks shown (100)")
     listing.set_defaults(command=_records.tasks)
     return parser

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imageproc._task import TaskStatus
+from imageproc._task import METADATA_KEY, MetadataValue, TaskStatus
 from imageproc._taskjson import task_json
 from imageproc.cli._durations import say_duration
 from imageproc.cli._reporting import EXIT_OK, UsageError, safe_url
@@ -89,11 +89,39 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _metadata_filter(texts: list[str], values: list[str]) -> dict[str, MetadataValue]:
+    """``--metadata KEY=TEXT`` (a string) and ``--metadata-json KEY=JSON`` (a number, true,
+    false or null) as one filter: two flags, so ``user=42`` is never a guess between the two."""
+    wanted: dict[str, MetadataValue] = {}
+    for flag, items in (("--metadata", texts), ("--metadata-json", values)):
+        for item in items:
+            key, separator, value = item.partition("=")
+            if not separator or not METADATA_KEY.fullmatch(key):
+                raise UsageError(f"{flag} takes KEY=VALUE with a metadata key, got {item!r}")
+            if flag == "--metadata":
+                wanted[key] = value
+                continue
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = value  # not JSON at all: refused below
+            if isinstance(parsed, str | list | dict):
+                raise UsageError(
+                    f"--metadata-json {key}= takes a JSON number, true, false or null"
+                    f" (use --metadata for text), got {value!r}"
+                )
+            wanted[key] = parsed
+    return wanted
+
+
 def tasks(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    wanted = _metadata_filter(args.metadata, args.metadata_json)
     with _records(settings, "tasks") as backend:
-        found = backend.find(TaskStatus(args.status), owner=args.owner, limit=args.limit)
+        found = backend.find(
+            TaskStatus(args.status), owner=args.owner, metadata=wanted, limit=args.limit
+        )
     for task in found:
         print(json.dumps(task_json(task, operator=True)))
     if not found:  # on stderr: stdout stays one JSON object per task, and empty
