@@ -63,7 +63,8 @@ from imageproc.pipeline._operations import (
     Rotate,
     Sharpen,
 )
-from imageproc.pipeline._pipeline import Pipeline, PipelineLimits, Variant
+from imageproc.pipeline._pipeline import Pipeline, PipelineLimits
+from imageproc.pipeline._variant import Variant
 
 __all__ = [
     "BackendUnavailable",

@@ -21,7 +21,8 @@ from imageproc.pipeline._operations import (
     Rotate,
     Sharpen,
 )
-from imageproc.pipeline._pipeline import Pipeline, Variant
+from imageproc.pipeline._pipeline import Pipeline
+from imageproc.pipeline._variant import Variant
 
 sides = st.integers(min_value=1, max_value=8192)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}", fullmatch=True)

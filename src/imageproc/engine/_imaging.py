@@ -35,7 +35,8 @@ from imageproc.engine._transforms import crop_outside
 from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import Crop, Fill, Fit, Operation, Pad, Resize
-from imageproc.pipeline._pipeline import Pipeline, Variant
+from imageproc.pipeline._pipeline import Pipeline
+from imageproc.pipeline._variant import Variant
 
 __all__ = ["DEFAULT_FORMATS", "ImageLimits", "Rendered", "draft_scale", "probe", "render"]
 

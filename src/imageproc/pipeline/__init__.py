@@ -21,7 +21,8 @@ from imageproc.pipeline._operations import (
     Rotate,
     Sharpen,
 )
-from imageproc.pipeline._pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits, Variant
+from imageproc.pipeline._pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
+from imageproc.pipeline._variant import Variant
 
 __all__ = [
     "DEFAULT_PIPELINE",

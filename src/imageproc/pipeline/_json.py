@@ -17,8 +17,8 @@ from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._colour import WHITE
 from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import OPERATIONS, Operation
-from imageproc.pipeline._pipeline import FLAGS, Variant
 from imageproc.pipeline._text import fail
+from imageproc.pipeline._variant import FLAGS, Variant
 
 if TYPE_CHECKING:
     from imageproc.pipeline._pipeline import Pipeline

@@ -46,7 +46,7 @@ from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._colour import Colour
 from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import OPERATIONS, Operation
-from imageproc.pipeline._pipeline import FLAGS, NAME, Variant, opaque
+from imageproc.pipeline._variant import FLAGS, NAME, Variant, opaque
 
 if TYPE_CHECKING:
     from imageproc.pipeline._pipeline import Pipeline
