@@ -24,7 +24,7 @@ from imageproc._execution import Execution, Recorder
 from imageproc._protocols import Lease, Queue, QueueLimits, Repository, Storage
 from imageproc._retention import purge_finished
 from imageproc._retrying import RetryPolicy
-from imageproc._sandbox import InlineRenderer, ProcessRenderer, Renderer
+from imageproc._sandbox import renderer_for
 from imageproc._signals import on_stop_signals
 from imageproc._submission import PipelineSpec, Source, Submission, Upload
 from imageproc._task import MetadataValue, Task, TaskStatus
@@ -113,16 +113,7 @@ class Processor:
     ) -> None:
         if lease_seconds <= 0:
             raise ConfigurationError("lease_seconds must be positive")
-        renderer: Renderer
-        if isolation == "process":
-            try:
-                renderer = ProcessRenderer(timeout=render_timeout)
-            except ValueError as error:
-                raise ConfigurationError(f"render_timeout: {error}") from None
-        elif isolation == "thread":
-            renderer = InlineRenderer()
-        else:
-            raise ConfigurationError(f"isolation must be 'process' or 'thread', not {isolation!r}")
+        renderer = renderer_for(isolation, render_timeout)
         try:
             self._retry = (retry or RetryPolicy()).replacing(
                 max_attempts=max_attempts,

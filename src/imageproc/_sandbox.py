@@ -40,10 +40,16 @@ from imageproc.engine import _allocator as allocator
 from imageproc.engine import _imaging as imaging
 from imageproc.engine._imaging import Rendered
 from imageproc.engine._open import ImageLimits
-from imageproc.errors import ImageprocError, LeaseLost, RenderFailed, RenderTimeout
+from imageproc.errors import (
+    ConfigurationError,
+    ImageprocError,
+    LeaseLost,
+    RenderFailed,
+    RenderTimeout,
+)
 from imageproc.pipeline._pipeline import Pipeline
 
-__all__ = ["InlineRenderer", "ProcessRenderer", "Renderer", "serve"]
+__all__ = ["InlineRenderer", "ProcessRenderer", "Renderer", "renderer_for", "serve"]
 
 logger = logging.getLogger("imageproc.sandbox")
 
@@ -198,6 +204,19 @@ class ProcessRenderer:
             for child in children:
                 child.signal_abort()
         return bool(children)
+
+
+def renderer_for(isolation: str, timeout: float | None) -> Renderer:
+    """The renderer a Processor's ``isolation`` names: ``"process"`` (render processes, under
+    ``timeout``) or ``"thread"``; :class:`~imageproc.ConfigurationError` for anything else."""
+    if isolation == "process":
+        try:
+            return ProcessRenderer(timeout=timeout)
+        except ValueError as error:
+            raise ConfigurationError(f"render_timeout: {error}") from None
+    if isolation == "thread":
+        return InlineRenderer()
+    raise ConfigurationError(f"isolation must be 'process' or 'thread', not {isolation!r}")
 
 
 class _ChildDied(Exception):
