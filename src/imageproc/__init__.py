@@ -13,9 +13,11 @@ once, make every variant, store them and record the result::
 
 from imageproc.__version__ import __version__
 from imageproc._events import Events
+from imageproc._idempotency import IdempotencyRecord
 from imageproc._processor import Processor, Source, Upload
 from imageproc._protocols import (
     BatchQueue,
+    IdempotencyStore,
     Lease,
     ObjectInfo,
     Queue,
@@ -32,6 +34,7 @@ from imageproc.engine._imaging import ImageLimits
 from imageproc.errors import (
     BackendUnavailable,
     ConfigurationError,
+    IdempotencyConflict,
     IllegalTransition,
     ImageprocError,
     ImageTooLarge,
@@ -79,6 +82,9 @@ __all__ = [
     "Fit",
     "Flip",
     "Grayscale",
+    "IdempotencyConflict",
+    "IdempotencyRecord",
+    "IdempotencyStore",
     "IllegalTransition",
     "ImageLimits",
     "ImageTooLarge",

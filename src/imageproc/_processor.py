@@ -21,8 +21,9 @@ import attrs
 from imageproc._clock import Clock, utcnow
 from imageproc._events import Events
 from imageproc._execution import Execution, Recorder
+from imageproc._idempotency import DEFAULT_RETENTION
 from imageproc._protocols import Lease, Queue, QueueLimits, Repository, Storage
-from imageproc._retention import purge_finished
+from imageproc._retention import forget_expired_keys, purge_finished
 from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import renderer_for
 from imageproc._signals import on_stop_signals
@@ -70,6 +71,8 @@ class Processor:
         strip_location: take location data (EXIF GPS, XMP ``exif:GPS…``) out of each original
             before it is stored, pixels untouched; JPEG, PNG and WebP
             (:func:`imageproc.engine.strip_location`).
+        idempotency_retention: how long an idempotency key is remembered after its first
+            request (``submit(…, idempotency_key=…)``); :meth:`purge` forgets older ones.
         render_timeout: most seconds one task's decode, transforms and encodes may take (wall
             time; None for no limit). Past it the render process is killed and the task fails
             with :class:`~imageproc.RenderTimeout`. Only with ``isolation="process"``.
@@ -100,6 +103,7 @@ class Processor:
         render_timeout: float | None = 60.0,
         queue_limits: QueueLimits | None = None,
         strip_location: bool = False,
+        idempotency_retention: timedelta = DEFAULT_RETENTION,
         image_limits: ImageLimits | None = None,
         pipeline_limits: PipelineLimits | None = None,
         poll_interval: float = 0.5,
@@ -113,6 +117,8 @@ class Processor:
     ) -> None:
         if lease_seconds <= 0:
             raise ConfigurationError("lease_seconds must be positive")
+        if idempotency_retention <= timedelta(0):
+            raise ConfigurationError("idempotency_retention must be positive")
         renderer = renderer_for(isolation, render_timeout)
         try:
             self._retry = (retry or RetryPolicy()).replacing(
@@ -143,6 +149,7 @@ class Processor:
             events=self._events,
             queue_limits=queue_limits,
             strip_location=strip_location,
+            idempotency_retention=idempotency_retention,
         )
         self._execution = Execution(
             storage,
@@ -324,6 +331,7 @@ class Processor:
         not_before: datetime | timedelta | None = None,
         metadata: Mapping[str, Any] | None = None,
         dedupe: bool = False,
+        idempotency_key: str | None = None,
     ) -> Task:
         """Store an image and queue a task to make the variants of ``pipeline`` from it.
 
@@ -345,6 +353,17 @@ class Processor:
         queueing the work again; the image is still checked first. Best effort: two such
         submits at the same moment can both queue work. Needs a repository that is a
         :class:`~imageproc.SourceLookup` (the memory and SQL ones are).
+
+        ``idempotency_key`` makes the submit safe to send again (after a timeout, a crash, a lost
+        answer): the first submit under a key records its task and remembers the key, per
+        ``owner``, for ``idempotency_retention`` (24 hours unless set); the same key again with
+        the same request (the same image bytes, pipeline and options) returns that task as it is
+        now, and stores and queues nothing. The same key with a different request is
+        :class:`~imageproc.IdempotencyConflict`. Keys are 1 to 255 printable ASCII characters
+        (:class:`~imageproc.InvalidInput` otherwise). Submits under one key at the same moment,
+        from any number of threads or processes, record one task and all return it. Needs a
+        repository that is an :class:`~imageproc.IdempotencyStore` (the memory and SQL ones
+        are); a replay of a task already purged raises :class:`~imageproc.TaskNotFound`.
         """
         return self._submission.submit(
             Upload(
@@ -355,6 +374,7 @@ class Processor:
                 not_before=not_before,
                 metadata=metadata,
                 dedupe=dedupe,
+                idempotency_key=idempotency_key,
             )
         )
 
@@ -444,12 +464,15 @@ class Processor:
         original no remaining task uses. Returns how many tasks were deleted.
 
         Records go first and files after, so a crash in between leaves unreferenced files
-        (wasted space), never a task whose files are gone.
+        (wasted space), never a task whose files are gone. Idempotency keys past
+        ``idempotency_retention`` are forgotten too.
         """
-        cutoff = self.clock() - older_than
-        return purge_finished(
-            self.repository, self.storage, self._storage_retry, cutoff, batch=batch
+        now = self.clock()
+        deleted = purge_finished(
+            self.repository, self.storage, self._storage_retry, now - older_than, batch=batch
         )
+        forget_expired_keys(self.repository, now, batch=batch)
+        return deleted
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -22,11 +22,13 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 import attrs
 
+from imageproc._idempotency import IdempotencyRecord
 from imageproc._task import MetadataValue, Task, TaskStatus
 from imageproc.errors import LeaseLost, QueueFull
 
 __all__ = [
     "BatchQueue",
+    "IdempotencyStore",
     "Lease",
     "ObjectInfo",
     "Queue",
@@ -293,6 +295,30 @@ class SourceLookup(Repository, Protocol):
     ) -> list[Task]:
         """Up to ``limit`` tasks in one of ``statuses`` whose original is stored under
         ``source_key``, the newest first."""
+        ...
+
+
+@runtime_checkable
+class IdempotencyStore(Repository, Protocol):
+    """A :class:`Repository` that also remembers idempotency keys. Optional:
+    ``submit(…, idempotency_key=…)`` needs it (the memory and SQL backends have it)."""
+
+    def find_key(self, scope: str, key: str, *, now: datetime) -> IdempotencyRecord | None:
+        """The record of ``key`` in ``scope``, if it is still remembered at ``now``."""
+        ...
+
+    def add_keyed(
+        self, record: IdempotencyRecord, task: Task | None, *, limits: QueueLimits | None = None
+    ) -> IdempotencyRecord:
+        """Remember ``record`` and record ``task`` (if given, as :meth:`Repository.add` would)
+        together, all or nothing, and return ``record``; but if its key is already remembered
+        in its scope (and still live at ``record.created_at``), record nothing and return the
+        record already there. Two calls at once with one key: exactly one records its task, the
+        other gets the winner's record (waiting for the winner's transaction if need be)."""
+        ...
+
+    def purge_keys(self, now: datetime, *, limit: int = 500) -> int:
+        """Forget up to ``limit`` keys that have expired at ``now``; how many were."""
         ...
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from imageproc._protocols import Repository, Storage
+from imageproc._protocols import IdempotencyStore, Repository, Storage
 from imageproc._retrying import RetryPolicy
 
-__all__ = ["purge_finished"]
+__all__ = ["forget_expired_keys", "purge_finished"]
 
 
 def purge_finished(
@@ -31,3 +31,16 @@ def purge_finished(
         if len(purged) < batch:
             break
     return deleted
+
+
+def forget_expired_keys(repository: Repository, now: datetime, *, batch: int) -> int:
+    """Forget the idempotency keys expired at ``now``, ``batch`` at a time (if ``repository``
+    remembers keys at all); how many were."""
+    if not isinstance(repository, IdempotencyStore):
+        return 0
+    forgotten = 0
+    while (count := repository.purge_keys(now, limit=batch)) > 0:
+        forgotten += count
+        if count < batch:
+            break
+    return forgotten

@@ -25,7 +25,15 @@ from imageproc import _keys as keys
 from imageproc._clock import Clock
 from imageproc._events import Events, emit
 from imageproc._formats import content_type_for, extension_for
-from imageproc._protocols import QueueLimits, Repository, SourceLookup, Storage
+from imageproc._idempotency import (
+    DEFAULT_RETENTION,
+    IdempotencyRecord,
+    checked_key,
+    conflict,
+    fingerprint,
+    scope_of,
+)
+from imageproc._protocols import IdempotencyStore, QueueLimits, Repository, SourceLookup, Storage
 from imageproc._retrying import RetryPolicy
 from imageproc._task import SourceInfo, Task, TaskStatus, checked_metadata
 from imageproc.engine import _imaging as imaging
@@ -38,12 +46,13 @@ from imageproc.errors import (
     InvalidInput,
     InvalidPipeline,
     QueueFull,
+    TaskNotFound,
     copies_for,
     copy_of,
 )
 from imageproc.pipeline._pipeline import DEFAULT_PIPELINE, Pipeline, PipelineLimits
 
-__all__ = ["PipelineSpec", "Source", "Submission", "Upload"]
+__all__ = ["Accepted", "PipelineSpec", "Source", "Submission", "Upload"]
 
 logger = logging.getLogger("imageproc")
 
@@ -79,7 +88,12 @@ class Submission:
         events: Events | None = None,
         queue_limits: QueueLimits | None = None,
         strip_location: bool = False,
+        idempotency_retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
+        if idempotency_retention <= timedelta(0):
+            raise ValueError(f"idempotency_retention must be positive, got {idempotency_retention}")
+        #: How long an idempotency key is remembered after its first request.
+        self.idempotency_retention = idempotency_retention
         self.storage = storage
         self.repository = repository
         #: Take location data out of originals before they are stored
@@ -116,14 +130,73 @@ class Submission:
 
     def submit(self, upload: Upload) -> Task:
         """Check ``upload``, store its original, record its task; raise what refused it."""
+        return self.accept(upload).task_or_raise()
+
+    def accept(self, upload: Upload) -> Accepted:
+        """What :meth:`submit` does, answered with how the upload was accepted."""
         prepared = self._prepare(upload)
+        if upload.idempotency_key is not None:
+            return self._accept_keyed(prepared)
         if upload.dedupe and (existing := self._duplicate_of(prepared)) is not None:
-            return existing
+            return Accepted(existing)
         self._store_original(prepared)
         task = self._new_task(prepared)
         self.repository.add(task, **self.limits())
         self._submitted(task)
-        return task
+        return Accepted(task)
+
+    def _accept_keyed(self, item: _Prepared) -> Accepted:
+        """Accept an upload under an idempotency key: the task its key's first request was
+        answered with, if the key is remembered (and the request is the same); else a new one
+        recorded together with the key, exactly once however many ask at the same moment."""
+        store = self._key_store()
+        upload, key = item.upload, checked_key(item.upload.idempotency_key)
+        scope = scope_of(upload.owner)
+        # Asked first, so a retried request neither stores its original nor waits on a lock.
+        known = self.retry.call(lambda: store.find_key(scope, key, now=self.clock()))
+        if known is not None:
+            return self._replay(known, item)
+        existing = self._duplicate_of(item) if upload.dedupe else None
+        task = None
+        if existing is None:
+            self._store_original(item)
+            task = self._new_task(item)
+        answer = existing or task
+        assert answer is not None
+        now = task.created_at if task is not None else self.clock()
+        record = IdempotencyRecord(
+            scope=scope,
+            key=key,
+            fingerprint=item.fingerprint,
+            task_id=answer.id,
+            status=answer.status,
+            created_at=now,
+            expires_at=now + self.idempotency_retention,
+        )
+        kept = store.add_keyed(record, task, **self.limits())
+        if kept != record:  # another request under this key won the race
+            return self._replay(kept, item)
+        if task is not None:
+            self._submitted(task)
+        return Accepted(answer, record)
+
+    def _replay(self, known: IdempotencyRecord, item: _Prepared) -> Accepted:
+        if known.fingerprint != item.fingerprint:
+            raise conflict(known.key)
+        try:
+            task: Task | None = self.retry.call(self.repository.get, known.task_id)
+        except TaskNotFound:  # retention purged the task before the key
+            task = None
+        return Accepted(task, known, replayed=True)
+
+    def _key_store(self) -> IdempotencyStore:
+        repository = self.repository
+        if not isinstance(repository, IdempotencyStore):
+            raise ConfigurationError(
+                f"idempotency keys need a repository that remembers them"
+                f" ({type(repository).__name__} has no add_keyed)"
+            )
+        return repository
 
     def limits(self) -> dict[str, QueueLimits]:
         """The keyword that gives a repository the queue limits, if there are any: a
@@ -135,7 +208,23 @@ class Submission:
         """Several uploads at once, as :meth:`Processor.submit_many
         <imageproc._processor.Processor.submit_many>` describes: for each, its task or the
         exception that refused it."""
-        results: list[Task | Exception | _Prepared] = []
+        final: list[Task | Exception] = []
+        for result in self.accept_many(uploads):
+            if isinstance(result, Accepted):
+                try:
+                    final.append(result.task_or_raise())
+                except TaskNotFound as error:
+                    final.append(error)
+            else:
+                final.append(result)
+        return final
+
+    def accept_many(self, uploads: Sequence[Upload]) -> list[Accepted | Exception]:
+        """What :meth:`submit_many` does, each upload answered with how it was accepted.
+
+        An upload under an idempotency key is accepted on its own, in the order given (its key
+        is remembered in the transaction that records its task); the rest together."""
+        results: list[Accepted | Exception | _Prepared] = []
         # Each original is stored (on the I/O threads) as soon as its upload has been checked,
         # while the next is checked; the same bytes twice are stored once.
         storing: dict[str, Future[None]] = {}
@@ -145,6 +234,12 @@ class Submission:
             except Exception as error:  # this upload's alone (a closed file, say)
                 results.append(error)
                 continue
+            if upload.idempotency_key is not None:
+                try:
+                    results.append(self._accept_keyed(item))
+                except Exception as error:
+                    results.append(error)
+                continue
             if upload.dedupe:
                 try:
                     existing = self._duplicate_of(item)
@@ -152,7 +247,7 @@ class Submission:
                     results.append(error)
                     continue
                 if existing is not None:
-                    results.append(existing)
+                    results.append(Accepted(existing))
                     continue
             results.append(item)
             if item.key not in storing:
@@ -162,7 +257,7 @@ class Submission:
         accepted = [item for item in prepared if stored[item.key] is None]
         tasks = {id(item): self._new_task(item) for item in accepted}
         unrecorded = self._record_new(accepted, tasks)
-        final: list[Task | Exception] = []
+        final: list[Accepted | Exception] = []
         given: set[int] = set()  # errors already handed out (same bytes twice in one batch)
         for result in results:
             if not isinstance(result, _Prepared):
@@ -173,7 +268,7 @@ class Submission:
             else:
                 task = tasks[id(result)]
                 self._submitted(task)
-                final.append(task)
+                final.append(Accepted(task))
         return final
 
     def _record_new(
@@ -217,6 +312,8 @@ class Submission:
             )
         scheduled_at(upload.not_before, self.clock())  # checked now, applied when recorded
         metadata = {} if upload.metadata is None else checked_metadata(upload.metadata)
+        if upload.idempotency_key is not None:
+            checked_key(upload.idempotency_key)
         spec = upload.pipeline
         resolved = self.pipeline if spec is None else self._resolve(spec)
         data = _read_source(upload.source, self.image_limits.max_bytes)
@@ -232,7 +329,17 @@ class Submission:
         # Per owner: finding another owner's bytes already stored would skip the write, and the
         # time saved would tell this owner that someone else uploaded them.
         key = keys.source_key(info.sha256, extension_for(info.format), upload.owner)
-        return _Prepared(upload, resolved, data, info, key, metadata)
+        request = ""
+        if upload.idempotency_key is not None:
+            request = fingerprint(
+                sha256=info.sha256,
+                pipeline=resolved,
+                priority=priority,
+                not_before=upload.not_before,
+                metadata=metadata,
+                dedupe=upload.dedupe,
+            )
+        return _Prepared(upload, resolved, data, info, key, metadata, request)
 
     def _duplicate_of(self, upload: _Prepared) -> Task | None:
         """The task that already makes what ``upload`` asks (same owner, original and
@@ -373,6 +480,34 @@ class Upload:
     #: Return the owner's task for the same bytes and pipeline, if one succeeded or is under
     #: way, instead of queueing the work again.
     dedupe: bool = False
+    #: A key the client chose for this request (1 to 255 printable ASCII characters): the same
+    #: key with the same request again returns the first one's task; with a different request,
+    #: :class:`~imageproc.IdempotencyConflict`. Per owner, remembered for
+    #: ``idempotency_retention``.
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class Accepted:
+    """How one upload was accepted: its task, and for an upload under an idempotency key the
+    key's record and whether this was a replay of an earlier request."""
+
+    #: The task, as it is now; None only for a replay whose task retention has purged already.
+    task: Task | None
+    #: The idempotency key's record, for an upload under a key.
+    record: IdempotencyRecord | None = None
+    #: Whether an earlier request under the same key was answered with this task.
+    replayed: bool = False
+
+    def task_or_raise(self) -> Task:
+        """The task; :class:`~imageproc.TaskNotFound` if it is gone (see :attr:`task`)."""
+        if self.task is None:
+            assert self.record is not None
+            raise TaskNotFound(
+                f"task {self.record.task_id}, which idempotency key {self.record.key!r} was"
+                " answered with, has been purged"
+            )
+        return self.task
 
 
 @attrs.frozen(eq=False)
@@ -385,6 +520,9 @@ class _Prepared:
     info: SourceInfo
     key: str
     metadata: dict[str, Any]
+    #: For an upload under an idempotency key, what it asks for
+    #: (:func:`~imageproc._idempotency.fingerprint`); else empty.
+    fingerprint: str = ""
 
 
 #: The tasks ``dedupe`` may hand back instead of new work: done, or on the way to it.

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from types import NoneType
 from typing import TYPE_CHECKING, Any, Final
@@ -325,6 +326,9 @@ class Settings:
     #: Take location data (EXIF GPS, XMP ``exif:GPS…``) out of JPEG, PNG and WebP originals
     #: before they are stored; the pixels are not touched.
     strip_location: bool = _setting(False, FLAG)
+    #: Seconds an idempotency key (``Idempotency-Key`` on ``POST /upload``) is remembered after
+    #: its first request; ``purge`` forgets older ones.
+    idempotency_retention: float = _setting(86_400.0, SECONDS)
 
     def __attrs_post_init__(self) -> None:
         from imageproc._signing import (
@@ -432,6 +436,7 @@ class Settings:
         options.setdefault("render_timeout", self.render_timeout)
         options.setdefault("isolation", self.isolation)
         options.setdefault("strip_location", self.strip_location)
+        options.setdefault("idempotency_retention", timedelta(seconds=self.idempotency_retention))
         options.setdefault(
             "queue_limits",
             QueueLimits(

@@ -13,7 +13,8 @@ The tree::
     │   ├── InvalidImage                invalid_image        no
     │   │   └── ImageTooLarge           image_too_large      no
     │   ├── InvalidPipeline             invalid_pipeline     no
-    │   └── InvalidKey                  invalid_key          no
+    │   ├── InvalidKey                  invalid_key          no
+    │   └── IdempotencyConflict         idempotency_conflict no
     ├── ConfigurationError              configuration_error  no
     ├── TaskNotFound                    task_not_found       no
     ├── IllegalTransition               illegal_transition   no
@@ -34,6 +35,7 @@ from typing import ClassVar
 __all__ = [
     "BackendUnavailable",
     "ConfigurationError",
+    "IdempotencyConflict",
     "IllegalTransition",
     "ImageprocError",
     "InvalidImage",
@@ -98,6 +100,13 @@ class InvalidKey(InvalidInput):
     """A storage key that is malformed or would reach outside the storage root."""
 
     code = "invalid_key"
+
+
+class IdempotencyConflict(InvalidInput):
+    """An idempotency key already remembered for a different request (another image,
+    pipeline or option) of the same owner: nothing was stored. Over HTTP a 422."""
+
+    code = "idempotency_conflict"
 
 
 class ConfigurationError(ImageprocError):

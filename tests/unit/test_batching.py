@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from imageproc import Processor, Task, TaskStatus, Upload
+from imageproc._submission import Accepted
 from imageproc.http._batching import SubmitBatcher
 from imageproc.testing import memory_processor, sample_image
 
@@ -18,29 +19,37 @@ TIMEOUT = 10
 
 
 class Gated:
-    """Wraps a processor's submit_many: records each batch's size, and holds the first
+    """Wraps what the batcher calls (what submit_many does, answered with each upload's
+    acceptance): records each batch's size, and holds the first
     ``held`` batches in their thread until the test opens their gate (``gates[n]`` for the
     n-th batch; ``gate`` is the first)."""
 
     def __init__(self, processor: Processor, *, held: int = 1) -> None:
-        self.real = processor.submit_many
+        self.real = processor._submission.accept_many
         self.sizes: list[int] = []
         self.gates = [threading.Event() for _ in range(held)]
         self.gate = self.gates[0]
         self.lock = threading.Lock()
-        processor.submit_many = self  # type: ignore[method-assign]
+        processor._submission.accept_many = self  # type: ignore[method-assign]
 
     def open_all(self) -> None:
         for gate in self.gates:
             gate.set()
 
-    def __call__(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
+    def __call__(self, uploads: Sequence[Upload]) -> list[Accepted | Exception]:
         with self.lock:
             self.sizes.append(len(uploads))
             number = len(self.sizes) - 1
         if number < len(self.gates):
             assert self.gates[number].wait(TIMEOUT)
         return self.real(uploads)
+
+
+async def submitted(batcher: SubmitBatcher, upload: Upload) -> Task:
+    """The task the batcher accepted ``upload`` with."""
+    accepted = await batcher.submit(upload)
+    assert accepted.task is not None
+    return accepted.task
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -63,7 +72,7 @@ def test_uploads_waiting_together_are_submitted_as_one_batch() -> None:
     tasks: dict[int, Task] = {}
 
     async def one(width: int) -> None:
-        tasks[width] = await batcher.submit(Upload(sample_image(width, 50)))
+        tasks[width] = await submitted(batcher, Upload(sample_image(width, 50)))
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
@@ -91,7 +100,7 @@ def test_an_upload_refused_in_a_batch_is_refused_alone() -> None:
 
     async def one(name: str, upload: Upload) -> None:
         try:
-            outcomes[name] = await batcher.submit(upload)
+            outcomes[name] = await submitted(batcher, upload)
         except Exception as error:
             outcomes[name] = error
 
@@ -141,11 +150,11 @@ def test_a_fault_in_a_batch_reaches_every_request_in_it() -> None:
 
     sizes: list[int] = []
 
-    def broken(uploads: Sequence[Upload]) -> list[Task | Exception]:
+    def broken(uploads: Sequence[Upload]) -> list[Accepted | Exception]:
         sizes.append(len(uploads))
         raise RuntimeError("a bug")
 
-    processor.submit_many = broken  # type: ignore[method-assign]
+    processor._submission.accept_many = broken  # type: ignore[method-assign]
     batcher = SubmitBatcher(processor, max_running=1)
     errors: list[BaseException] = []
 
@@ -172,7 +181,7 @@ def test_many_requests_at_once_all_get_their_task() -> None:
     tasks: list[Task] = []
 
     async def one(width: int) -> None:
-        tasks.append(await batcher.submit(Upload(sample_image(width, 40))))
+        tasks.append(await submitted(batcher, Upload(sample_image(width, 40))))
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
@@ -198,7 +207,7 @@ def test_a_cancelled_request_running_a_batch_still_answers_the_others() -> None:
 
     async def one(name: str, width: int) -> None:
         try:
-            outcomes[name] = await batcher.submit(Upload(sample_image(width, 30)))
+            outcomes[name] = await submitted(batcher, Upload(sample_image(width, 30)))
         except Exception as error:
             outcomes[name] = error
 
@@ -250,7 +259,7 @@ def test_a_cancellation_at_the_handover_does_not_fail_the_batch(
 
     async def one(name: str, width: int) -> None:
         try:
-            outcomes[name] = await batcher.submit(Upload(sample_image(width, 30)))
+            outcomes[name] = await submitted(batcher, Upload(sample_image(width, 30)))
         except Exception as error:
             outcomes[name] = error
 

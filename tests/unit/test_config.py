@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 
 import attrs
@@ -372,6 +373,20 @@ def test_processor_uses_the_settings(tmp_path: Path) -> None:
         assert processor.image_limits.max_bytes == 1024
     with settings.processor(max_attempts=9, migrate=False) as processor:
         assert processor.max_attempts == 9
+
+
+def test_the_idempotency_retention_reaches_the_processor() -> None:
+    settings = load(
+        {
+            "IMAGEPROC_DATABASE_URL": "memory://",
+            "IMAGEPROC_STORAGE_URL": "memory://",
+            "IMAGEPROC_IDEMPOTENCY_RETENTION": "90",
+        }
+    )
+    with settings.processor() as processor:
+        assert processor._submission.idempotency_retention == timedelta(seconds=90)
+    with load({}).processor() as processor:
+        assert processor._submission.idempotency_retention == timedelta(hours=24)
 
 
 def test_presets_and_pixel_limit_reach_the_processor(tmp_path: Path) -> None:

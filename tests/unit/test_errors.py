@@ -22,6 +22,7 @@ PERMANENT = {
     errors.ImageTooLarge,
     errors.InvalidPipeline,
     errors.InvalidKey,
+    errors.IdempotencyConflict,
     errors.ConfigurationError,
     errors.TaskNotFound,
     errors.IllegalTransition,

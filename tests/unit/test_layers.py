@@ -303,7 +303,13 @@ def test_importing_the_core_does_not_pull_in_starlette() -> None:
 
 # "The model imports nothing of ours but errors": the errors, the pipeline language and the task.
 # A Task holds its Pipeline, so the task may import the pipeline too.
-MODEL = {"imageproc.errors", "imageproc._formats", *under("imageproc.pipeline"), "imageproc._task"}
+MODEL = {
+    "imageproc.errors",
+    "imageproc._formats",
+    *under("imageproc.pipeline"),
+    "imageproc._task",
+    "imageproc._idempotency",
+}
 MODEL_ALLOWED = {
     "imageproc.errors": set(),
     "imageproc._formats": set(),
@@ -312,6 +318,7 @@ MODEL_ALLOWED = {
         for m in under("imageproc.pipeline")
     },
     "imageproc._task": {"imageproc.errors", *under("imageproc.pipeline")},
+    "imageproc._idempotency": {"imageproc.errors", "imageproc._task", *under("imageproc.pipeline")},
 }
 
 

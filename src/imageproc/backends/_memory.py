@@ -25,6 +25,7 @@ from typing import BinaryIO
 import attrs
 
 from imageproc._clock import Clock, utcnow
+from imageproc._idempotency import IdempotencyRecord
 from imageproc._keys import validate_key
 from imageproc._protocols import (
     Lease,
@@ -123,17 +124,22 @@ class MemoryRepository:
         self._ready: list[tuple[int, datetime, datetime, str, int]] = []
         self._delayed: list[tuple[datetime, str, int]] = []
         self._leases: list[tuple[datetime, str, str]] = []
+        self._keys: dict[tuple[str, str], IdempotencyRecord] = {}
 
     def add(self, task: Task, *, limits: QueueLimits | None = None) -> None:
         """Record a new task; a queued one is claimable at once. :class:`~imageproc.QueueFull`
         if it would pass ``limits``."""
         with self._changed:
-            if task.id in self._rows:
-                raise ValueError(f"task {task.id} already exists")
-            self._admit([task], limits)
-            row = _Row(task)
-            self._rows[task.id] = row
-            self._enqueue(row)
+            self._add(task, limits)
+
+    def _add(self, task: Task, limits: QueueLimits | None) -> None:
+        # Under the table's lock.
+        if task.id in self._rows:
+            raise ValueError(f"task {task.id} already exists")
+        self._admit([task], limits)
+        row = _Row(task)
+        self._rows[task.id] = row
+        self._enqueue(row)
 
     def add_many(self, tasks: Sequence[Task], *, limits: QueueLimits | None = None) -> None:
         """Record new tasks, all or none; the queued ones are claimable at once.
@@ -191,6 +197,34 @@ class MemoryRepository:
         """Whether any task refers to the original under ``source_key``."""
         with self._changed:
             return any(row.task.source_key == source_key for row in self._rows.values())
+
+    def find_key(self, scope: str, key: str, *, now: datetime) -> IdempotencyRecord | None:
+        """The record of ``key`` in ``scope``, if it is still remembered at ``now``."""
+        with self._changed:
+            record = self._keys.get((scope, key))
+        return record if record is not None and record.live(now) else None
+
+    def add_keyed(
+        self, record: IdempotencyRecord, task: Task | None, *, limits: QueueLimits | None = None
+    ) -> IdempotencyRecord:
+        """Remember ``record`` and record ``task`` together, unless the key is already
+        remembered: then that record, and nothing recorded."""
+        with self._changed:
+            known = self._keys.get((record.scope, record.key))
+            if known is not None and known.live(record.created_at):
+                return known
+            if task is not None:
+                self._add(task, limits)
+            self._keys[(record.scope, record.key)] = record
+            return record
+
+    def purge_keys(self, now: datetime, *, limit: int = 500) -> int:
+        """Forget up to ``limit`` keys that have expired at ``now``."""
+        with self._changed:
+            expired = [name for name, record in self._keys.items() if not record.live(now)]
+            for name in expired[:limit]:
+                del self._keys[name]
+            return min(len(expired), limit)
 
     def find_by_source(
         self, source_key: str, statuses: Collection[TaskStatus], *, limit: int = 20

@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 
 from imageproc._processor import Processor, Upload
-from imageproc._task import Task
+from imageproc._submission import Accepted
 from imageproc.errors import copy_of
 
 __all__ = ["SubmitBatcher"]
@@ -39,22 +39,23 @@ MAX_RUNNING: Final = 2
 class _Slot:
     """One waiting upload: its result once a batch has run it."""
 
-    __slots__ = ("done", "error", "event", "size", "task", "upload")
+    __slots__ = ("accepted", "done", "error", "event", "size", "upload")
 
     def __init__(self, upload: Upload, size: int) -> None:
         self.upload = upload
         self.size = size
         self.event = anyio.Event()
         self.done = False
-        self.task: Task | None = None
+        self.accepted: Accepted | None = None
         self.error: BaseException | None = None
 
 
 class SubmitBatcher:
     """Submit uploads to ``processor`` in batches of those waiting together.
 
-    ``await batcher.submit(upload)`` returns the task or raises what
-    :meth:`~imageproc.Processor.submit` would raise for that upload alone.
+    ``await batcher.submit(upload)`` returns how the upload was accepted (its task, and its
+    idempotency key's record) or raises what :meth:`~imageproc.Processor.submit` would raise
+    for that upload alone.
     """
 
     def __init__(
@@ -76,8 +77,9 @@ class SubmitBatcher:
         self._waiting: deque[_Slot] = deque()
         self._running = 0
 
-    async def submit(self, upload: Upload, *, size: int = 0) -> Task:
-        """Submit one upload with whichever others are waiting; its task, or its error.
+    async def submit(self, upload: Upload, *, size: int = 0) -> Accepted:
+        """Submit one upload with whichever others are waiting; how it was accepted, or its
+        error.
 
         ``size``: the upload's bytes, if known; a batch takes uploads up to :data:`MAX_BYTES`
         together (and always at least one), so that batches do not hold unbounded memory.
@@ -106,8 +108,8 @@ class SubmitBatcher:
             raise
         if slot.error is not None:
             raise slot.error
-        assert slot.task is not None
-        return slot.task
+        assert slot.accepted is not None
+        return slot.accepted
 
     @staticmethod
     async def _woken(slot: _Slot) -> None:
@@ -130,14 +132,15 @@ class SubmitBatcher:
     async def _run_batch(self) -> None:
         batch = self._take_batch()
         self._running += 1
-        results: Sequence[Task | Exception] | Exception | None = None
+        results: Sequence[Accepted | Exception] | Exception | None = None
         try:
             # Shielded, and on threads of its own: once taken from the line, the uploads are
             # submitted and each waiting request gets its answer, even if the request running
             # the batch is cancelled meanwhile.
             with anyio.CancelScope(shield=True):
                 results = await anyio.to_thread.run_sync(
-                    self.processor.submit_many,
+                    # What submit_many does, with each key's record for the answer.
+                    self.processor._submission.accept_many,
                     [slot.upload for slot in batch],
                     limiter=self._limiter,
                 )
@@ -147,14 +150,16 @@ class SubmitBatcher:
             self._running -= 1
             for index, slot in enumerate(batch):
                 if results is None:  # interrupted by a BaseException, which is the runner's own
-                    result: Task | Exception = RuntimeError("the batch of this upload was stopped")
+                    result: Accepted | Exception = RuntimeError(
+                        "the batch of this upload was stopped"
+                    )
                 elif isinstance(results, Exception):
                     # One exception raised in several requests would mix their tracebacks.
                     result = results if index == 0 else copy_of(results)
                 else:
                     result = results[index]
-                if isinstance(result, Task):
-                    slot.task = result
+                if isinstance(result, Accepted):
+                    slot.accepted = result
                 else:
                     slot.error = result
                 slot.done = True

@@ -156,8 +156,28 @@ OPENAPI: Final[dict[str, Any]] = {
                 "operationId": "upload",
                 "summary": "Store an image and queue a task to make its variants",
                 "parameters": [
-                    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                    for n in ("pipeline", "preset", "priority", "not_before", "metadata", "dedupe")
+                    *(
+                        {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                        for n in (
+                            "pipeline",
+                            "preset",
+                            "priority",
+                            "not_before",
+                            "metadata",
+                            "dedupe",
+                        )
+                    ),
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "makes the upload safe to send again: the same key with"
+                        " the same request (bytes, pipeline, options) within the retention"
+                        " period (24 h by default) is answered as the first was, with the same"
+                        " task and no new work; the same key with a different request is a 422"
+                        " (idempotency_conflict). Per owner; printable ASCII, quoted or not.",
+                    },
                 ],
                 "requestBody": {
                     "required": True,
@@ -207,7 +227,14 @@ OPENAPI: Final[dict[str, Any]] = {
                 "responses": {
                     "202": {
                         "description": "accepted; follow status_url (also in Location)",
-                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "headers": {
+                            "Location": {"schema": {"type": "string"}},
+                            "Idempotent-Replayed": {
+                                "schema": {"type": "string", "enum": ["true"]},
+                                "description": "this answer repeats the one given to an earlier"
+                                " request under the same Idempotency-Key",
+                            },
+                        },
                         "content": {
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/Accepted"}
@@ -220,7 +247,9 @@ OPENAPI: Final[dict[str, Any]] = {
                     "413": _error("the upload is over the size limit"),
                     "415": _error("not an image, or a format that is not accepted"),
                     "422": _error(
-                        "a bad pipeline, preset, priority, not_before, metadata or dedupe"
+                        "a bad pipeline, preset, priority, not_before, metadata, dedupe or"
+                        " Idempotency-Key; or an Idempotency-Key already used for a different"
+                        " request (idempotency_conflict)"
                     ),
                     "429": _error(
                         "the queue is full, in all or for this owner (queue_full); more uploads"

@@ -17,13 +17,14 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from imageproc._idempotency import checked_key
 from imageproc._parsing import parse_bool, parse_whole_number
 from imageproc._processor import Processor, Upload
 from imageproc._signing import PRIORITY_RANGE
 from imageproc._submission import MAX_SCHEDULE
 from imageproc._task import MAX_METADATA_BYTES
 from imageproc._taskjson import rfc3339
-from imageproc.errors import InvalidPipeline
+from imageproc.errors import InvalidInput, InvalidPipeline
 from imageproc.http._errors import ApiError
 from imageproc.http._service import Service, service_of
 from imageproc.pipeline._pipeline import Pipeline
@@ -42,6 +43,7 @@ async def upload(request: Request) -> Response:
     task; 202."""
     service = service_of(request)
     owner = service.authenticate(request)
+    key = _idempotency_key(request)  # before the body: a bad key is refused without reading it
     service.check_upload_rate(request, owner)
     await service.check_queue_depth()
     limit = service.max_upload_bytes
@@ -96,25 +98,60 @@ async def upload(request: Request) -> Response:
             not_before=_not_before(not_before_text),
             metadata=_metadata(metadata_text),
             dedupe=_dedupe(dedupe_text),
+            idempotency_key=key,
         )
-        task = await service.batcher.submit(upload, size=image.size or 0)
+        accepted = await service.batcher.submit(upload, size=image.size or 0)
     finally:
         # Closing deletes the spooled temporary files (the form's, or the raw body's).
         if form is not None:
             await form.close()
         elif image is not None:
             await image.close()
-    status_url = service.url_for(request, "status", task_id=task.id)
+    # Under a key, the answer is the key's record, so a replay says what the first answer
+    # said (the task's status then, not now) even after the task itself has been purged.
+    record, task = accepted.record, accepted.task
+    if record is not None:
+        task_id, status, created_at = record.task_id, record.status, record.created_at
+    else:
+        assert task is not None
+        task_id, status, created_at = task.id, task.status, task.created_at
+    status_url = service.url_for(request, "status", task_id=task_id)
+    headers = {"Location": status_url}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
         {
-            "id": task.id,
-            "status": str(task.status),
+            "id": task_id,
+            "status": str(status),
             "status_url": status_url,
-            "created_at": rfc3339(task.created_at),
+            "created_at": rfc3339(created_at),
         },
         status_code=202,
-        headers={"Location": status_url},
+        headers=headers,
     )
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header's key: a Structured Fields string as the IETF draft
+    writes it (``"…"``), or the bare text most clients send; checked as every key is."""
+    values = request.headers.getlist("idempotency-key")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(
+            422, "invalid_idempotency_key", "send one Idempotency-Key header, not several"
+        )
+    text = values[0].strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = _SF_ESCAPE.sub(r"\1", text[1:-1])
+    try:
+        return checked_key(text)
+    except InvalidInput as error:
+        raise ApiError(422, "invalid_idempotency_key", error.message) from None
+
+
+#: An escaped character inside a Structured Fields string (RFC 8941: only ``\"`` and ``\\``).
+_SF_ESCAPE: Final = re.compile(r"\\([\\\"])")
 
 
 class _TooLarge(Exception):

@@ -27,8 +27,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from imageproc._clock import Clock, utcnow
+from imageproc._idempotency import IdempotencyRecord
 from imageproc._protocols import Lease, QueueLimits, QueueStats, lease_lost
 from imageproc._task import MetadataValue, Task, TaskStatus
+from imageproc.backends.sql import _idempotency as keyed
 from imageproc.backends.sql import _schema as sqlschema
 from imageproc.backends.sql._admission import admit
 from imageproc.backends.sql._dialect import database_url, main_engine, statement_engine
@@ -283,6 +285,27 @@ class SQLBackend:
         with self._db.one_statement() as conn:
             rows = conn.execute(FIND_BY_SOURCE, values).mappings()
             return [task_from_row(row) for row in rows]
+
+    def find_key(self, scope: str, key: str, *, now: datetime) -> IdempotencyRecord | None:
+        """The record of ``key`` in ``scope``, if it is still remembered at ``now``."""
+        with self._db.one_statement() as conn:
+            return keyed.find_key(conn, scope, key, now)
+
+    def add_keyed(
+        self, record: IdempotencyRecord, task: Task | None, *, limits: QueueLimits | None = None
+    ) -> IdempotencyRecord:
+        """Remember ``record`` and record ``task`` in one transaction, unless the key is
+        already remembered: then that record (after the transaction that wrote it commits)."""
+        with self._db.begin(write=True) as conn:
+            kept = keyed.add_keyed(conn, record, task, limits, dialect=self.dialect)
+            if kept is record and keyed.queued(task):
+                self._db.notify(conn)
+        return kept
+
+    def purge_keys(self, now: datetime, *, limit: int = 500) -> int:
+        """Forget up to ``limit`` keys that have expired at ``now``."""
+        with self._db.begin(write=True) as conn:
+            return keyed.purge_keys(conn, now, limit)
 
     def find(
         self,

@@ -21,10 +21,12 @@ from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
 from imageproc.pipeline._pipeline import Pipeline
 
 __all__ = [
+    "KEYS_TABLE",
     "OUTCOME_COLUMNS",
     "PIPELINE_TEXT",
     "TABLE_NAME",
     "VERSION_TABLE",
+    "idempotency_keys",
     "metadata",
     "task_from_row",
     "task_to_row",
@@ -140,6 +142,26 @@ sa.Index(
     postgresql_using="gin",
     postgresql_ops={"metadata": "jsonb_path_ops"},
 ).ddl_if(dialect="postgresql")
+
+
+#: Idempotency keys, each remembered with the task its first request was answered with. No
+#: foreign key to the tasks: a key outlives its task when retention purges the task first, and
+#: a replay is answered from the key alone.
+KEYS_TABLE: Final = "imageproc_idempotency_keys"
+
+idempotency_keys = sa.Table(
+    KEYS_TABLE,
+    metadata,
+    sa.Column("scope", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("task_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+# Forgetting expired keys walks this one.
+sa.Index("imageproc_idempotency_keys_expires_idx", idempotency_keys.c.expires_at)
 
 
 def task_to_row(task: Task, *, only: Collection[str] | None = None) -> dict[str, Any]:
