@@ -26,6 +26,7 @@ from imageproc._protocols import (
     Repository,
     SourceLookup,
     Storage,
+    TransactionalRepository,
 )
 from imageproc._retrying import RetryPolicy
 from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
@@ -123,6 +124,7 @@ __all__ = [
     "TaskError",
     "TaskNotFound",
     "TaskStatus",
+    "TransactionalRepository",
     "Upload",
     "Variant",
     "WaitTimeout",

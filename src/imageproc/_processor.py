@@ -332,6 +332,7 @@ class Processor:
         metadata: Mapping[str, Any] | None = None,
         dedupe: bool = False,
         idempotency_key: str | None = None,
+        connection: object = None,
     ) -> Task:
         """Store an image and queue a task to make the variants of ``pipeline`` from it.
 
@@ -364,6 +365,14 @@ class Processor:
         from any number of threads or processes, record one task and all return it. Needs a
         repository that is an :class:`~imageproc.IdempotencyStore` (the memory and SQL ones
         are); a replay of a task already purged raises :class:`~imageproc.TaskNotFound`.
+
+        ``connection`` is the application's SQLAlchemy ``Connection`` (or ORM ``Session``) on
+        the database that holds the tasks: the task is written in the application's own
+        transaction, so it becomes claimable only when that commits, and a rollback leaves no
+        task (the original, stored first, is left for :meth:`purge` to remove). A connection to
+        another database or schema is :class:`~imageproc.ConfigurationError`, checked before
+        anything is stored. Needs a :class:`~imageproc.TransactionalRepository` (the SQL one
+        is). See "Exactly once" in the docs.
         """
         return self._submission.submit(
             Upload(
@@ -375,6 +384,7 @@ class Processor:
                 metadata=metadata,
                 dedupe=dedupe,
                 idempotency_key=idempotency_key,
+                connection=connection,
             )
         )
 

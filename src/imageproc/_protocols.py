@@ -37,6 +37,7 @@ __all__ = [
     "Repository",
     "SourceLookup",
     "Storage",
+    "TransactionalRepository",
     "check_admission",
     "lease_lost",
     "queue_full",
@@ -319,6 +320,32 @@ class IdempotencyStore(Repository, Protocol):
 
     def purge_keys(self, now: datetime, *, limit: int = 500) -> int:
         """Forget up to ``limit`` keys that have expired at ``now``; how many were."""
+        ...
+
+
+@runtime_checkable
+class TransactionalRepository(Repository, Protocol):
+    """A :class:`Repository` that can write a task in the application's own database
+    transaction. Optional: ``submit(…, connection=…)`` needs it (the SQL backend has it)."""
+
+    def check_connection(self, connection: object) -> None:
+        """Refuse (:class:`~imageproc.ConfigurationError`) a ``connection`` that is not one
+        to the database holding this repository's tasks, or not of a kind it can write in."""
+        ...
+
+    def add_in(
+        self,
+        connection: object,
+        task: Task | None,
+        *,
+        record: IdempotencyRecord | None = None,
+        limits: QueueLimits | None = None,
+    ) -> IdempotencyRecord | None:
+        """Write ``task`` (if given) in ``connection``'s transaction, as :meth:`Repository.add`
+        would, and with ``record`` as :meth:`IdempotencyStore.add_keyed` would (returning the
+        record kept: another one if the key is remembered already, and then nothing is
+        written); the task is claimable only once the application commits, and a rollback
+        leaves none. Returns ``record`` (None without one)."""
         ...
 
 

@@ -33,7 +33,14 @@ from imageproc._idempotency import (
     fingerprint,
     scope_of,
 )
-from imageproc._protocols import IdempotencyStore, QueueLimits, Repository, SourceLookup, Storage
+from imageproc._protocols import (
+    IdempotencyStore,
+    QueueLimits,
+    Repository,
+    SourceLookup,
+    Storage,
+    TransactionalRepository,
+)
 from imageproc._retrying import RetryPolicy
 from imageproc._task import SourceInfo, Task, TaskStatus, checked_metadata
 from imageproc.engine import _imaging as imaging
@@ -134,28 +141,23 @@ class Submission:
 
     def accept(self, upload: Upload) -> Accepted:
         """What :meth:`submit` does, answered with how the upload was accepted."""
-        prepared = self._prepare(upload)
-        if upload.idempotency_key is not None:
-            return self._accept_keyed(prepared)
-        if upload.dedupe and (existing := self._duplicate_of(prepared)) is not None:
-            return Accepted(existing)
-        self._store_original(prepared)
-        task = self._new_task(prepared)
-        self.repository.add(task, **self.limits())
-        self._submitted(task)
-        return Accepted(task)
+        return self._accept_one(self._prepare(upload))
 
-    def _accept_keyed(self, item: _Prepared) -> Accepted:
-        """Accept an upload under an idempotency key: the task its key's first request was
-        answered with, if the key is remembered (and the request is the same); else a new one
-        recorded together with the key, exactly once however many ask at the same moment."""
-        store = self._key_store()
-        upload, key = item.upload, checked_key(item.upload.idempotency_key)
-        scope = scope_of(upload.owner)
-        # Asked first, so a retried request neither stores its original nor waits on a lock.
-        known = self.retry.call(lambda: store.find_key(scope, key, now=self.clock()))
-        if known is not None:
-            return self._replay(known, item)
+    def _accept_one(self, item: _Prepared) -> Accepted:
+        """Accept one checked upload: reuse what its idempotency key or ``dedupe`` finds, else
+        store its original and record its task (with its key, in the application's
+        transaction if it gave a connection)."""
+        upload = item.upload
+        key = None if upload.idempotency_key is None else checked_key(upload.idempotency_key)
+        if upload.connection is not None:
+            self._joinable().check_connection(upload.connection)  # before anything is stored
+        if key is not None:
+            store = self._key_store()
+            scope = scope_of(upload.owner)
+            # Asked first, so a retried request neither stores its original nor waits on a lock.
+            known = self.retry.call(lambda: store.find_key(scope, key, now=self.clock()))
+            if known is not None:
+                return self._replay(known, item)
         existing = self._duplicate_of(item) if upload.dedupe else None
         task = None
         if existing is None:
@@ -163,9 +165,22 @@ class Submission:
             task = self._new_task(item)
         answer = existing or task
         assert answer is not None
+        record = None if key is None else self._record_for(item, key, answer, task)
+        kept = self._write(upload.connection, record, task)
+        if kept != record:  # another request under this key won the race
+            assert kept is not None
+            return self._replay(kept, item)
+        if task is not None:
+            self._submitted(task)
+        return Accepted(answer, record)
+
+    def _record_for(
+        self, item: _Prepared, key: str, answer: Task, task: Task | None
+    ) -> IdempotencyRecord:
+        """What the key will be remembered as: the task it is answered with, from now on."""
         now = task.created_at if task is not None else self.clock()
-        record = IdempotencyRecord(
-            scope=scope,
+        return IdempotencyRecord(
+            scope=scope_of(item.upload.owner),
             key=key,
             fingerprint=item.fingerprint,
             task_id=answer.id,
@@ -173,12 +188,21 @@ class Submission:
             created_at=now,
             expires_at=now + self.idempotency_retention,
         )
-        kept = store.add_keyed(record, task, **self.limits())
-        if kept != record:  # another request under this key won the race
-            return self._replay(kept, item)
+
+    def _write(
+        self, connection: object, record: IdempotencyRecord | None, task: Task | None
+    ) -> IdempotencyRecord | None:
+        """Record ``task`` and remember ``record`` (either may be None) together: in the
+        application's transaction on ``connection``, if given. The record kept: ``record``, or
+        the one of an earlier request under its key."""
+        limits = self.limits()
+        if connection is not None:
+            return self._joinable().add_in(connection, task, record=record, **limits)
+        if record is not None:
+            return self._key_store().add_keyed(record, task, **limits)
         if task is not None:
-            self._submitted(task)
-        return Accepted(answer, record)
+            self.repository.add(task, **limits)
+        return None
 
     def _replay(self, known: IdempotencyRecord, item: _Prepared) -> Accepted:
         if known.fingerprint != item.fingerprint:
@@ -188,6 +212,15 @@ class Submission:
         except TaskNotFound:  # retention purged the task before the key
             task = None
         return Accepted(task, known, replayed=True)
+
+    def _joinable(self) -> TransactionalRepository:
+        repository = self.repository
+        if not isinstance(repository, TransactionalRepository):
+            raise ConfigurationError(
+                f"connection= needs a repository that can write in the application's"
+                f" transaction, the SQL one ({type(repository).__name__} has no add_in)"
+            )
+        return repository
 
     def _key_store(self) -> IdempotencyStore:
         repository = self.repository
@@ -222,8 +255,9 @@ class Submission:
     def accept_many(self, uploads: Sequence[Upload]) -> list[Accepted | Exception]:
         """What :meth:`submit_many` does, each upload answered with how it was accepted.
 
-        An upload under an idempotency key is accepted on its own, in the order given (its key
-        is remembered in the transaction that records its task); the rest together."""
+        An upload under an idempotency key or with a connection is accepted on its own, in the
+        order given (its key is remembered in the transaction that records its task); the rest
+        together."""
         results: list[Accepted | Exception | _Prepared] = []
         # Each original is stored (on the I/O threads) as soon as its upload has been checked,
         # while the next is checked; the same bytes twice are stored once.
@@ -234,9 +268,10 @@ class Submission:
             except Exception as error:  # this upload's alone (a closed file, say)
                 results.append(error)
                 continue
-            if upload.idempotency_key is not None:
+            if upload.idempotency_key is not None or upload.connection is not None:
+                # Each in a transaction of its own (or the application's).
                 try:
-                    results.append(self._accept_keyed(item))
+                    results.append(self._accept_one(item))
                 except Exception as error:
                     results.append(error)
                 continue
@@ -485,6 +520,9 @@ class Upload:
     #: :class:`~imageproc.IdempotencyConflict`. Per owner, remembered for
     #: ``idempotency_retention``.
     idempotency_key: str | None = None
+    #: The application's SQLAlchemy ``Connection`` or ``Session`` on the task database: the
+    #: task is written in its transaction, claimable once that commits, gone if it rolls back.
+    connection: object = None
 
 
 @attrs.frozen

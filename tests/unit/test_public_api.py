@@ -156,7 +156,8 @@ ROOT_EXPORTS = [
     "Pad", "Pipeline", "PipelineLimits", "Processor", "Queue", "QueueFull", "QueueLimits",
     "QueueStats", "RenderFailed", "RenderTimeout", "Repository", "Resize", "RetryPolicy", "Rotate",
     "Sharpen", "Source", "SourceInfo", "SourceLookup", "Storage", "StorageError", "Task",
-    "TaskError", "TaskNotFound", "TaskStatus", "Upload", "Variant", "WaitTimeout", "__version__",
+    "TaskError", "TaskNotFound", "TaskStatus", "TransactionalRepository", "Upload", "Variant",
+    "WaitTimeout", "__version__",
     "task_json",
 ]  # fmt: skip
 

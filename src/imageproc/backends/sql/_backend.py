@@ -31,12 +31,14 @@ from imageproc._idempotency import IdempotencyRecord
 from imageproc._protocols import Lease, QueueLimits, QueueStats, lease_lost
 from imageproc._task import MetadataValue, Task, TaskStatus
 from imageproc.backends.sql import _idempotency as keyed
+from imageproc.backends.sql import _joined as joined
 from imageproc.backends.sql import _schema as sqlschema
 from imageproc.backends.sql._admission import admit
 from imageproc.backends.sql._dialect import database_url, main_engine, statement_engine
 from imageproc.backends.sql._errors import brief, driver_errors_mapped
 from imageproc.backends.sql._groupcommit import GroupCommit
 from imageproc.backends.sql._listener import (
+    CHANNEL,
     DONE_CHANNEL,
     LISTEN_TIMEOUT,
     SQLITE_WAIT_POLL,
@@ -301,6 +303,43 @@ class SQLBackend:
             if kept is record and keyed.queued(task):
                 self._db.notify(conn)
         return kept
+
+    def check_connection(self, connection: object) -> None:
+        """Refuse (:class:`~imageproc.ConfigurationError`) an application's ``Connection`` or
+        ``Session`` that does not reach this backend's database and schema."""
+        ours = self.__dict__.get("_identity")
+        if ours is None:
+            with self._db.one_statement() as conn:
+                ours = self.__dict__.setdefault("_identity", joined.identity(conn))
+        with driver_errors_mapped():
+            joined.same_database(ours, joined.caller_connection(connection))
+
+    def add_in(
+        self,
+        connection: object,
+        task: Task | None,
+        *,
+        record: IdempotencyRecord | None = None,
+        limits: QueueLimits | None = None,
+    ) -> IdempotencyRecord | None:
+        """Write ``task`` (and ``record``, as :meth:`add_keyed` would) in the application's
+        transaction on ``connection``; claimable once the application commits."""
+        self.check_connection(connection)
+        conn = joined.caller_connection(connection)
+        with driver_errors_mapped():
+            if record is not None:
+                kept = keyed.add_keyed(
+                    conn, record, task, limits, dialect=self.dialect, joined=True
+                )
+                if kept != record:
+                    return kept
+            elif task is not None:
+                admit(conn, [task], limits, dialect=self.dialect, isolation_set=True)
+                conn.execute(tasks.insert(), [task_to_row(task)])
+            if keyed.queued(task) and self.dialect == "postgresql":
+                # Delivered when, and only if, the application commits.
+                conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
+        return record
 
     def purge_keys(self, now: datetime, *, limit: int = 500) -> int:
         """Forget up to ``limit`` keys that have expired at ``now``."""

@@ -51,10 +51,13 @@ def add_keyed(
     limits: QueueLimits | None,
     *,
     dialect: str,
+    joined: bool = False,
 ) -> IdempotencyRecord:
-    """In ``conn``'s transaction (which has run nothing yet): remember ``record`` and insert
+    """In ``conn``'s transaction (which has run nothing yet, unless ``joined``: the
+    application's own, left at the isolation level it chose): remember ``record`` and insert
     ``task``, or, if the key is remembered already, return that record and insert nothing."""
-    read_committed(conn, dialect=dialect)
+    if not joined:
+        read_committed(conn, dialect=dialect)
     if task is not None:
         # Before the key: under limits, PostgreSQL orders admissions by a lock taken first.
         admit(conn, [task], limits, dialect=dialect, isolation_set=True)
