@@ -17,6 +17,7 @@ from imageproc._processor import Processor, Source, Upload
 from imageproc._protocols import (
     BatchQueue,
     Lease,
+    ListableStorage,
     ObjectInfo,
     Queue,
     QueueLimits,
@@ -24,6 +25,7 @@ from imageproc._protocols import (
     Repository,
     SourceLookup,
     Storage,
+    StoredObject,
 )
 from imageproc._retrying import RetryPolicy
 from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
@@ -89,6 +91,7 @@ __all__ = [
     "InvalidPipeline",
     "Lease",
     "LeaseLost",
+    "ListableStorage",
     "ObjectInfo",
     "ObjectNotFound",
     "Operation",
@@ -113,6 +116,7 @@ __all__ = [
     "SourceLookup",
     "Storage",
     "StorageError",
+    "StoredObject",
     "Task",
     "TaskError",
     "TaskNotFound",

@@ -13,7 +13,14 @@ from typing import Final
 
 from imageproc.errors import InvalidKey
 
-__all__ = ["MAX_KEY_LENGTH", "OWNER_DIGEST_CHARS", "output_key", "source_key", "validate_key"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "OWNER_DIGEST_CHARS",
+    "output_key",
+    "source_key",
+    "validate_key",
+    "validate_prefix",
+]
 
 MAX_KEY_LENGTH: Final = 1024
 # An allow-list, not a deny-list: no glob characters (fsspec expands them), no '~', ':', spaces
@@ -43,6 +50,18 @@ def validate_key(key: str) -> str:
                 " not starting with '.'"
             )
     return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is ``""`` or a folder of keys (valid key segments, each followed
+    by ``/``, as in ``originals/``); else :class:`~imageproc.InvalidKey`. What a storage's
+    listing takes."""
+    if prefix == "":
+        return prefix
+    if not isinstance(prefix, str) or not prefix.endswith("/"):
+        raise InvalidKey("a listing prefix must be empty or end with '/'")
+    validate_key(prefix[:-1])
+    return prefix
 
 
 #: Hex digits of the owner's SHA-256 in an original's key: 128 bits, so two owners' namespaces

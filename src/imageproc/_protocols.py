@@ -16,7 +16,7 @@ cannot overwrite the new holder's result. Claim order: higher ``priority`` first
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -28,6 +28,7 @@ from imageproc.errors import LeaseLost, QueueFull
 __all__ = [
     "BatchQueue",
     "Lease",
+    "ListableStorage",
     "ObjectInfo",
     "Queue",
     "QueueLimits",
@@ -35,6 +36,7 @@ __all__ = [
     "Repository",
     "SourceLookup",
     "Storage",
+    "StoredObject",
     "check_admission",
     "lease_lost",
     "queue_full",
@@ -166,6 +168,32 @@ class Storage(Protocol):
     def url(self, key: str, *, expires: timedelta) -> str | None:
         """A URL that fetches the object directly until ``expires`` passes, or None if the
         backend cannot give one."""
+        ...
+
+
+@attrs.frozen
+class StoredObject:
+    """One object as a storage's listing finds it."""
+
+    #: The key it was put under.
+    key: str
+    #: Its size in bytes.
+    size: int
+    #: When it was last written, timezone-aware.
+    modified: datetime
+
+
+@runtime_checkable
+class ListableStorage(Storage, Protocol):
+    """A :class:`Storage` that can also list what it holds. Optional: :meth:`Processor.purge
+    <imageproc.Processor.purge>` needs it to find originals that no task refers to (the memory
+    and fsspec storages have it); with a storage that lacks it that sweep is skipped."""
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with ``prefix``, in no particular order: ``prefix`` is
+        ``""`` (everything) or a folder, key segments ending in ``/`` (``"originals/"``);
+        anything else is :class:`~imageproc.InvalidKey`. Keys are the keys :meth:`put` took;
+        an object written while the listing runs may or may not be in it."""
         ...
 
 
