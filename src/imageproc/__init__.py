@@ -24,6 +24,7 @@ from imageproc._protocols import (
     QueueStats,
     Repository,
     SourceLookup,
+    SourceUsage,
     Storage,
     StoredObject,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "Source",
     "SourceInfo",
     "SourceLookup",
+    "SourceUsage",
     "Storage",
     "StorageError",
     "StoredObject",

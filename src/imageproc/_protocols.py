@@ -35,6 +35,7 @@ __all__ = [
     "QueueStats",
     "Repository",
     "SourceLookup",
+    "SourceUsage",
     "Storage",
     "StoredObject",
     "check_admission",
@@ -255,6 +256,17 @@ class Repository(Protocol):
 
     def queue_stats(self) -> QueueStats:
         """How many tasks are queued and processing, and how long the oldest due one waits."""
+        ...
+
+
+@runtime_checkable
+class SourceUsage(Repository, Protocol):
+    """A :class:`Repository` that can tell of many originals at once which are still in use.
+    Optional: purge's sweep of unreferenced originals asks in batches when a repository has it
+    (the memory and SQL ones do), and :meth:`Repository.source_in_use` key by key when not."""
+
+    def sources_in_use(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that some task (in any status) still refers to as its original."""
         ...
 
 

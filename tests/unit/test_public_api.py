@@ -153,8 +153,8 @@ ROOT_EXPORTS = [
     "InvalidPipeline", "Lease", "LeaseLost", "ListableStorage", "ObjectInfo", "ObjectNotFound",
     "Operation", "Output", "Pad", "Pipeline", "PipelineLimits", "Processor", "Queue", "QueueFull",
     "QueueLimits", "QueueStats", "RenderFailed", "RenderTimeout", "Repository", "Resize",
-    "RetryPolicy", "Rotate", "Sharpen", "Source", "SourceInfo", "SourceLookup", "Storage",
-    "StorageError", "StoredObject", "Task", "TaskError", "TaskNotFound", "TaskStatus",
+    "RetryPolicy", "Rotate", "Sharpen", "Source", "SourceInfo", "SourceLookup", "SourceUsage",
+    "Storage", "StorageError", "StoredObject", "Task", "TaskError", "TaskNotFound", "TaskStatus",
     "Upload", "Variant", "WaitTimeout", "__version__", "task_json",
 ]  # fmt: skip
 

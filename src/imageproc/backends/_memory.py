@@ -211,6 +211,12 @@ class MemoryRepository:
         with self._changed:
             return any(row.task.source_key == source_key for row in self._rows.values())
 
+    def sources_in_use(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that some task refers to as its original, by one scan."""
+        wanted = set(keys)
+        with self._changed:
+            return {row.task.source_key for row in self._rows.values()} & wanted
+
     def find_by_source(
         self, source_key: str, statuses: Collection[TaskStatus], *, limit: int = 20
     ) -> list[Task]:
