@@ -67,6 +67,9 @@ def purge_orphans(
     old = (stored.key for stored in listing if stored.modified < before)
     deleted = 0
     while chunk := list(islice(old, batch)):
+        # Asked just before the batch is deleted, to keep short the window in which a submit of
+        # the same bytes finds the original stored (so does not write it again) and records a
+        # task on it; purge_finished has the same window. Closing it takes the submit's side.
         in_use = sources_in_use(repository, chunk)
         for key in chunk:
             if key in in_use:
