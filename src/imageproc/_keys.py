@@ -13,7 +13,15 @@ from typing import Final
 
 from imageproc.errors import InvalidKey
 
-__all__ = ["MAX_KEY_LENGTH", "OWNER_DIGEST_CHARS", "output_key", "source_key", "validate_key"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "ORIGINALS",
+    "OWNER_DIGEST_CHARS",
+    "output_key",
+    "source_key",
+    "validate_key",
+    "validate_prefix",
+]
 
 MAX_KEY_LENGTH: Final = 1024
 # An allow-list, not a deny-list: no glob characters (fsspec expands them), no '~', ':', spaces
@@ -45,6 +53,22 @@ def validate_key(key: str) -> str:
     return key
 
 
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is ``""`` or a folder of keys (valid key segments, each followed
+    by ``/``, as in ``originals/``); else :class:`~imageproc.InvalidKey`. What a storage's
+    listing takes."""
+    if prefix == "":
+        return prefix
+    if not isinstance(prefix, str) or not prefix.endswith("/"):
+        raise InvalidKey("a listing prefix must be empty or end with '/'")
+    validate_key(prefix[:-1])
+    return prefix
+
+
+#: The folder every original's key is under (and nothing else's): what purge sweeps for originals
+#: that no task refers to.
+ORIGINALS: Final = "originals/"
+
 #: Hex digits of the owner's SHA-256 in an original's key: 128 bits, so two owners' namespaces
 #: never meet by chance.
 OWNER_DIGEST_CHARS: Final = 32
@@ -63,10 +87,10 @@ def source_key(sha256: str, extension: str, owner: str | None = None) -> str:
     never collide.
     """
     if owner is None:
-        return f"originals/{sha256[:2]}/{sha256}.{extension}"
+        return f"{ORIGINALS}{sha256[:2]}/{sha256}.{extension}"
     # surrogatepass: any str an application passes as an owner has a digest, never an error.
     namespace = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"originals/{namespace[:OWNER_DIGEST_CHARS]}/{sha256[:2]}/{sha256}.{extension}"
+    return f"{ORIGINALS}{namespace[:OWNER_DIGEST_CHARS]}/{sha256[:2]}/{sha256}.{extension}"
 
 
 def output_key(task_id: str, variant: str, extension: str) -> str:

@@ -23,7 +23,7 @@ from imageproc._events import Events
 from imageproc._execution import Execution, Recorder
 from imageproc._idempotency import DEFAULT_RETENTION
 from imageproc._protocols import Lease, Queue, QueueLimits, Repository, Storage
-from imageproc._retention import forget_expired_keys, purge_finished
+from imageproc._retention import forget_expired_keys, purge_finished, purge_orphans
 from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import renderer_for
 from imageproc._signals import on_stop_signals
@@ -168,8 +168,9 @@ class Processor:
     @classmethod
     def in_memory(cls, **options: Any) -> Processor:
         """A Processor whose storage, repository and queue all live in memory (tests, scripts)."""
-        repository = MemoryRepository(clock=options.get("clock", utcnow))
-        return cls(MemoryStorage(), MemoryQueue(repository), repository, **options)
+        clock = options.get("clock", utcnow)
+        repository = MemoryRepository(clock=clock)
+        return cls(MemoryStorage(clock=clock), MemoryQueue(repository), repository, **options)
 
     @classmethod
     def from_urls(
@@ -469,20 +470,62 @@ class Processor:
         """A binary stream over the stored object under ``key``; close it when done."""
         return self._storage_retry.call(self.storage.open, key)
 
-    def purge(self, older_than: timedelta, *, batch: int = 500) -> int:
+    def purge(
+        self,
+        older_than: timedelta,
+        *,
+        batch: int = 500,
+        orphans_older_than: timedelta | None = timedelta(hours=1),
+    ) -> int:
         """Delete tasks that finished more than ``older_than`` ago, with their outputs, and each
-        original no remaining task uses. Returns how many tasks were deleted.
+        original no remaining task uses; then, unless ``orphans_older_than`` is None, the
+        originals that no task refers to at all and that were stored more than that long ago
+        (:meth:`purge_orphans`). Works ``batch`` tasks or originals at a time. Returns how many
+        tasks were deleted (the originals swept are logged; :meth:`purge_orphans` returns them).
 
         Records go first and files after, so a crash in between leaves unreferenced files
-        (wasted space), never a task whose files are gone. Idempotency keys past
-        ``idempotency_retention`` are forgotten too.
+        (wasted space), never a task whose files are gone; the sweep of orphans is what finds
+        such files later, with the originals of tasks that were never recorded (a process
+        killed between storing and recording, a task refused with
+        :class:`~imageproc.QueueFull`). Its grace period exists because an original is stored
+        moments *before* its task is recorded (and, when the task is written in a caller's own
+        transaction, before that transaction commits): a young original that no task refers to
+        yet may be about to be referred to, so only originals older than ``orphans_older_than``
+        are swept. Keep it well beyond the longest a submit (or the caller's transaction) can
+        take. Idempotency keys past ``idempotency_retention`` are forgotten too.
         """
         now = self.clock()
         deleted = purge_finished(
             self.repository, self.storage, self._storage_retry, now - older_than, batch=batch
         )
+        if orphans_older_than is not None:
+            self.purge_orphans(orphans_older_than, batch=batch)
         forget_expired_keys(self.repository, now, batch=batch)
         return deleted
+
+    def purge_orphans(self, older_than: timedelta, *, batch: int = 500) -> int:
+        """Delete each stored original that no task refers to and that was last written more than
+        ``older_than`` ago; returns how many were deleted (:meth:`purge` calls it).
+
+        The originals are listed, and asked about ``batch`` at a time (one query each where the
+        repository is a :class:`~imageproc.SourceUsage`); outputs are left alone. Needs a
+        storage that is a :class:`~imageproc.ListableStorage` (the memory and fsspec ones are):
+        with another, nothing is swept and 0 is returned, with a log line. ``older_than`` is a
+        grace period, for the reason :meth:`purge` gives: an original is stored before its task
+        is recorded, so a young one that no task refers to may be about to be.
+        """
+        if older_than < timedelta(0):
+            raise ValueError("older_than must not be negative")
+        cutoff = self.clock() - older_than
+        removed = purge_orphans(
+            self.repository, self.storage, self._storage_retry, cutoff, batch=batch
+        )
+        logger.info(
+            "purge removed %d original(s) that no task refers to, older than %s",
+            removed,
+            older_than,
+        )
+        return removed
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ cannot overwrite the new holder's result. Claim order: higher ``priority`` first
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -30,13 +30,16 @@ __all__ = [
     "BatchQueue",
     "IdempotencyStore",
     "Lease",
+    "ListableStorage",
     "ObjectInfo",
     "Queue",
     "QueueLimits",
     "QueueStats",
     "Repository",
     "SourceLookup",
+    "SourceUsage",
     "Storage",
+    "StoredObject",
     "TransactionalRepository",
     "check_admission",
     "lease_lost",
@@ -172,6 +175,32 @@ class Storage(Protocol):
         ...
 
 
+@attrs.frozen
+class StoredObject:
+    """One object as a storage's listing finds it."""
+
+    #: The key it was put under.
+    key: str
+    #: Its size in bytes.
+    size: int
+    #: When it was last written, timezone-aware.
+    modified: datetime
+
+
+@runtime_checkable
+class ListableStorage(Storage, Protocol):
+    """A :class:`Storage` that can also list what it holds. Optional: :meth:`Processor.purge
+    <imageproc.Processor.purge>` needs it to find originals that no task refers to (the memory
+    and fsspec storages have it); with a storage that lacks it that sweep is skipped."""
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with ``prefix``, in no particular order: ``prefix`` is
+        ``""`` (everything) or a folder, key segments ending in ``/`` (``"originals/"``);
+        anything else is :class:`~imageproc.InvalidKey`. Keys are the keys :meth:`put` took;
+        an object written while the listing runs may or may not be in it."""
+        ...
+
+
 @runtime_checkable
 class Repository(Protocol):
     """Task records. Every method may raise :class:`~imageproc.BackendUnavailable`."""
@@ -230,6 +259,17 @@ class Repository(Protocol):
 
     def queue_stats(self) -> QueueStats:
         """How many tasks are queued and processing, and how long the oldest due one waits."""
+        ...
+
+
+@runtime_checkable
+class SourceUsage(Repository, Protocol):
+    """A :class:`Repository` that can tell of many originals at once which are still in use.
+    Optional: purge's sweep of unreferenced originals asks in batches when a repository has it
+    (the memory and SQL ones do), and :meth:`Repository.source_in_use` key by key when not."""
+
+    def sources_in_use(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that some task (in any status) still refers to as its original."""
         ...
 
 

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from imageproc import Processor, TaskNotFound, TaskStatus, __version__
+from imageproc import _keys as keys
 from imageproc.testing import sample_image
 from tests.support.processes import (
     TIMEOUT,
@@ -166,15 +167,45 @@ def test_purge_deletes_old_finished_tasks_with_their_files(
     kept = imageproc(*args, "--older-than", "1d", cwd=tmp_path)
     assert (kept.returncode, kept.stdout) == (
         0,
-        "purged 0 finished task(s) older than 1d\n",
+        "purged 0 finished task(s) older than 1d\nremoved 0 orphaned original(s) older than 1h\n",
     )
     purged = imageproc(*args, "--older-than", "0s", cwd=tmp_path)
     assert purged.returncode == 0, purged.stderr
-    assert purged.stdout == "purged 1 finished task(s) older than 0s\n"
+    assert purged.stdout.splitlines()[0] == "purged 1 finished task(s) older than 0s"
     with pytest.raises(TaskNotFound):
         library.get(done.id)
     assert not library.storage.exists(output)
     assert library.get(waiting.id).status == TaskStatus.QUEUED  # unfinished tasks stay
+
+
+def test_purge_removes_originals_no_task_refers_to_after_the_grace_period(
+    tmp_path: Path, urls: tuple[str, str], library: Processor
+) -> None:
+    task = library.submit(sample_image(300, 200), "small=fit:30x30,png")
+    # Stored, but its task never recorded (a process killed in between): an orphan, 2 hours old.
+    orphan = keys.source_key("ab" * 32, "png", "alice")
+    library.storage.put(orphan, b"png", content_type="image/png")
+    path = tmp_path / "data" / orphan
+    two_hours_ago = time.time() - 7200
+    os.utime(path, (two_hours_ago, two_hours_ago))
+    args = ("--database-url", urls[0], "--storage-url", urls[1], "purge", "--older-than", "1d")
+
+    kept = imageproc(*args, "--orphans-older-than", "3h", cwd=tmp_path)
+    assert (kept.returncode, kept.stdout.splitlines()[1:]) == (
+        0,
+        ["removed 0 orphaned original(s) older than 3h"],
+    )
+    assert path.exists()
+    removed = imageproc(*args, cwd=tmp_path)  # the default grace period: 1h
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout == (
+        "purged 0 finished task(s) older than 1d\nremoved 1 orphaned original(s) older than 1h\n"
+    )
+    assert not path.exists()
+    assert library.storage.exists(task.source_key)  # its task is queued
+    refused = imageproc(*args, "--orphans-older-than", "soon", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "argument --orphans-older-than" in refused.stderr
 
 
 def test_tasks_lists_a_status_as_json_lines(

@@ -4,6 +4,7 @@ starts."""
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +23,8 @@ from imageproc import (
     Pipeline,
     PipelineLimits,
     Processor,
+    QueueFull,
+    QueueLimits,
     StorageError,
     Task,
     TaskNotFound,
@@ -617,6 +620,41 @@ def test_purge_deletes_old_finished_tasks_with_their_files() -> None:
     assert proc.get(second.id).status == TaskStatus.SUCCEEDED
     assert proc.purge(older_than=timedelta(0)) == 1
     assert storage.keys() == []
+
+
+def test_purge_sweeps_originals_no_task_refers_to_after_the_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FastForwardClock()
+    storage = MemoryStorage(clock=clock)
+    proc, _ = build(storage, clock=clock, queue_limits=QueueLimits(max_queued=1))
+    queued = proc.submit(sample_image(300, 200), "png")
+    refused = sample_image(200, 300)
+    with pytest.raises(QueueFull):
+        proc.submit(refused, "png")  # its original was stored before the task was refused
+    [orphan] = set(storage.keys()) - {queued.source_key}
+
+    assert proc.purge(older_than=timedelta(days=1)) == 0
+    assert proc.read(orphan) == refused  # young: its task may be about to be recorded
+    clock.advance(2 * 3600)
+    with caplog.at_level(logging.INFO, logger="imageproc"):
+        assert proc.purge(older_than=timedelta(days=1)) == 0  # still the count of tasks
+    assert storage.keys() == [queued.source_key]
+    assert "purge removed 1 original(s) that no task refers to" in caplog.text
+
+
+def test_purge_leaves_orphans_alone_when_told_to() -> None:
+    clock = FastForwardClock()
+    proc = memory_processor(clock=clock)
+    proc.storage.put("originals/ab/orphan.png", b"png", content_type="image/png")
+    clock.advance(2 * 3600)
+    assert proc.purge(older_than=timedelta(0), orphans_older_than=None) == 0
+    assert proc.purge(older_than=timedelta(0), orphans_older_than=timedelta(days=1)) == 0
+    assert proc.storage.exists("originals/ab/orphan.png")
+    assert proc.purge_orphans(timedelta(hours=1)) == 1
+    assert not proc.storage.exists("originals/ab/orphan.png")
+    with pytest.raises(ValueError, match="negative"):
+        proc.purge_orphans(timedelta(seconds=-1))
 
 
 class Recorder(Events):

@@ -152,13 +152,12 @@ ROOT_EXPORTS = [
     "Events", "Fill", "Fit", "Flip", "Grayscale", "IdempotencyConflict", "IdempotencyRecord",
     "IdempotencyStore", "IllegalTransition", "ImageLimits",
     "ImageTooLarge", "ImageprocError", "InvalidImage", "InvalidInput", "InvalidKey",
-    "InvalidPipeline", "Lease", "LeaseLost", "ObjectInfo", "ObjectNotFound", "Operation", "Output",
-    "Pad", "Pipeline", "PipelineLimits", "Processor", "Queue", "QueueFull", "QueueLimits",
-    "QueueStats", "RenderFailed", "RenderTimeout", "Repository", "Resize", "RetryPolicy", "Rotate",
-    "Sharpen", "Source", "SourceInfo", "SourceLookup", "Storage", "StorageError", "Task",
-    "TaskError", "TaskNotFound", "TaskStatus", "TransactionalRepository", "Upload", "Variant",
-    "WaitTimeout", "__version__",
-    "task_json",
+    "InvalidPipeline", "Lease", "LeaseLost", "ListableStorage", "ObjectInfo", "ObjectNotFound",
+    "Operation", "Output", "Pad", "Pipeline", "PipelineLimits", "Processor", "Queue", "QueueFull",
+    "QueueLimits", "QueueStats", "RenderFailed", "RenderTimeout", "Repository", "Resize",
+    "RetryPolicy", "Rotate", "Sharpen", "Source", "SourceInfo", "SourceLookup", "SourceUsage",
+    "Storage", "StorageError", "StoredObject", "Task", "TaskError", "TaskNotFound", "TaskStatus",
+    "TransactionalRepository", "Upload", "Variant", "WaitTimeout", "__version__", "task_json",
 ]  # fmt: skip
 
 

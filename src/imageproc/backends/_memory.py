@@ -18,7 +18,7 @@ import io
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
@@ -26,12 +26,13 @@ import attrs
 
 from imageproc._clock import Clock, utcnow
 from imageproc._idempotency import IdempotencyRecord
-from imageproc._keys import validate_key
+from imageproc._keys import validate_key, validate_prefix
 from imageproc._protocols import (
     Lease,
     ObjectInfo,
     QueueLimits,
     QueueStats,
+    StoredObject,
     check_admission,
     lease_lost,
     renew_each,
@@ -44,11 +45,15 @@ __all__ = ["MemoryQueue", "MemoryRepository", "MemoryStorage"]
 
 
 class MemoryStorage:
-    """A :class:`~imageproc.Storage` in a dict."""
+    """A :class:`~imageproc.Storage` in a dict (a :class:`~imageproc.ListableStorage`: it lists
+    what it holds, each object as last written by ``clock``'s time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Clock = utcnow) -> None:
         self._objects: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
+        #: Where the times objects were written come from (timezone-aware UTC).
+        self.clock = clock
+        self._written: dict[str, datetime] = {}
 
     def put(self, key: str, data: bytes, *, content_type: str) -> ObjectInfo:
         """Store ``data`` under ``key``."""
@@ -56,6 +61,7 @@ class MemoryStorage:
         data = bytes(data)
         with self._lock:
             self._objects[key] = (data, content_type)
+            self._written[key] = self.clock()
         return ObjectInfo(key, len(data), content_type)
 
     def _lookup(self, key: str) -> tuple[bytes, str]:
@@ -90,6 +96,7 @@ class MemoryStorage:
         validate_key(key)
         with self._lock:
             self._objects.pop(key, None)
+            self._written.pop(key, None)
 
     def url(self, key: str, *, expires: timedelta) -> str | None:
         """Memory has no URLs: always None."""
@@ -100,6 +107,18 @@ class MemoryStorage:
         """Every stored key, sorted (for tests and inspection)."""
         with self._lock:
             return sorted(self._objects)
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """The objects whose keys start with ``prefix`` (``""`` or a folder such as
+        ``originals/``), by key, as they were when called."""
+        validate_prefix(prefix)
+        with self._lock:
+            found = [
+                StoredObject(key, len(data), self._written[key])
+                for key, (data, _) in self._objects.items()
+                if key.startswith(prefix)
+            ]
+        return iter(sorted(found, key=lambda stored: stored.key))
 
 
 @attrs.define
@@ -225,6 +244,12 @@ class MemoryRepository:
             for name in expired[:limit]:
                 del self._keys[name]
             return min(len(expired), limit)
+
+    def sources_in_use(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that some task refers to as its original, by one scan."""
+        wanted = set(keys)
+        with self._changed:
+            return {row.task.source_key for row in self._rows.values()} & wanted
 
     def find_by_source(
         self, source_key: str, statuses: Collection[TaskStatus], *, limit: int = 20

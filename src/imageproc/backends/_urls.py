@@ -68,7 +68,7 @@ def backends_from_urls(
             f"unsupported database URL scheme {scheme!r}: use sqlite, postgresql or memory"
         )
     if storage_url.partition("://")[0] == "memory" and not storage_options:
-        return Backends(MemoryStorage(), queue, repository)
+        return Backends(MemoryStorage(clock=clock), queue, repository)
     from imageproc.backends.fsspec._storage import FsspecStorage
 
     storage = FsspecStorage(storage_url, **dict(storage_options or {}))

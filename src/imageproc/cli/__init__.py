@@ -7,7 +7,7 @@
     imageproc process FILES… [-p PIPELINE] [-o DIR]             one-shot local processing
     imageproc status TASK_ID                                    a task as JSON
     imageproc migrate                                           create or upgrade the SQL schema
-    imageproc purge --older-than 30d                            delete old finished tasks
+    imageproc purge --older-than 30d [--orphans-older-than 1h]  delete old finished tasks
     imageproc tasks --status dead [--limit N]                   list tasks (JSON lines)
 
 Settings come from flags, then ``IMAGEPROC_*`` environment variables, then a ``.env`` file (see

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from imageproc.__version__ import __version__
@@ -126,13 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = command("migrate", "create or upgrade the SQL schema")
     migrate.set_defaults(command=_records.migrate)
 
-    purge = command("purge", "delete finished tasks older than a duration, with files")
+    purge = command(
+        "purge",
+        "delete finished tasks older than a duration, with files, and originals no task uses",
+    )
     purge.add_argument(
         "--older-than",
         required=True,
         type=parse_duration,
         metavar="DURATION",
         help="such as 30d, 12h, 90m or 3600s",
+    )
+    purge.add_argument(
+        "--orphans-older-than",
+        type=parse_duration,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="also delete stored originals that no task refers to once they are this old"
+        " (default: 1h); a younger one may belong to a task that is being recorded",
     )
     purge.set_defaults(command=_records.purge)
 

@@ -84,8 +84,12 @@ def purge(args: argparse.Namespace, settings: Settings) -> int:
     # A maintenance command: it must not change the schema, and finds no tasks without one.
     _check_database(settings, "purge")
     with settings.processor(migrate=False) as processor:
-        deleted = processor.purge(args.older_than)
-    print(f"purged {deleted} finished task(s) older than {say_duration(args.older_than)}")
+        deleted = processor.purge(args.older_than, orphans_older_than=None)
+        print(f"purged {deleted} finished task(s) older than {say_duration(args.older_than)}")
+        # Separately, to say how many: purge() reports tasks only.
+        removed = processor.purge_orphans(args.orphans_older_than)
+    grace = say_duration(args.orphans_older_than)
+    print(f"removed {removed} orphaned original(s) older than {grace}")
     return EXIT_OK
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 
 from imageproc import ObjectNotFound, Processor, StorageError, TaskStatus
+from imageproc import _keys as keys
 from imageproc.backends.fsspec import S3_ENDPOINT_ENV, FsspecStorage
-from imageproc.testing import FAST_OPTIONS, sample_image
+from imageproc.testing import FAST_OPTIONS, FastForwardClock, sample_image
 from tests.support.s3server import S3Server
 
 
@@ -116,6 +118,34 @@ def test_end_to_end_processor_on_sqlite_and_s3(
     stored = {item["Key"] for item in listing.get("Contents", [])}
     expected = {f"images/{key}" for key in (task.source_key, *(o.key for o in done.outputs))}
     assert stored == expected
+    processor.close()
+
+
+def test_orphaned_originals_are_swept_on_s3(
+    s3_server: S3Server, s3_bucket: str, sqlite_url: str
+) -> None:
+    clock = FastForwardClock()
+    processor = Processor.from_urls(
+        sqlite_url,
+        f"s3://{s3_bucket}/images",
+        storage_options=s3_server.storage_options(),
+        clock=clock,
+        **FAST_OPTIONS,
+    )
+    storage = processor.storage
+    task = processor.submit(sample_image(400, 300), "thumb=fit:64x64,webp:q80")
+    processor.run_until_idle()
+    outputs = [output.key for output in processor.get(task.id).outputs]
+    orphan = keys.source_key("ab" * 32, "jpg", "alice")
+    storage.put(orphan, b"jpeg", content_type="image/jpeg")
+
+    assert processor.purge(older_than=timedelta(days=1)) == 0
+    assert storage.exists(orphan)  # young: within the grace period
+    # S3 keeps its own times (LastModified), so the Processor's clock moves instead.
+    clock.advance(2 * 3600)
+    assert processor.purge(older_than=timedelta(days=1)) == 0
+    assert not storage.exists(orphan)
+    assert all(storage.exists(key) for key in [task.source_key, *outputs])
     processor.close()
 
 

@@ -4,6 +4,7 @@ and PostgreSQL, through a Core ``Connection`` or an ORM ``Session``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,11 @@ def test_a_rollback_leaves_no_task_and_only_an_unreferenced_original(
     # The original was stored before the row was written (storage is not transactional).
     assert storage.keys() == [task.source_key]
     assert not processor.repository.source_in_use(task.source_key)
+    # purge sweeps it once it is older than the grace period, not before.
+    processor.purge(timedelta(days=1))
+    assert storage.keys() == [task.source_key]
+    processor.purge(timedelta(days=1), orphans_older_than=timedelta(0))
+    assert storage.keys() == []
 
 
 def test_an_orm_session_works_the_same(processor: Processor, app_engine: sa.Engine) -> None:

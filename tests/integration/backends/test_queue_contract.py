@@ -11,7 +11,7 @@ from datetime import timedelta
 import attrs
 import pytest
 
-from imageproc import LeaseLost, Output, TaskError, TaskNotFound, TaskStatus
+from imageproc import LeaseLost, Output, SourceUsage, TaskError, TaskNotFound, TaskStatus
 from imageproc._clock import utcnow
 from imageproc.pipeline._pipeline import Pipeline
 from tests.support.backends import Backend
@@ -431,3 +431,18 @@ def test_find_by_source_lists_one_originals_tasks_in_the_statuses_asked_newest_f
         "originals/x/1.jpg", [TaskStatus.QUEUED, TaskStatus.SUCCEEDED]
     )
     assert [task.id for task in found] == [newer.id, older.id]
+
+
+def test_sources_in_use_answers_for_a_whole_batch(backend: Backend) -> None:
+    queued = attrs.evolve(new_task(), source_key="originals/aa/queued.jpg")
+    done = attrs.evolve(new_task(), source_key="originals/bb/done.jpg")
+    backend.repository.add(done)
+    [lease] = backend.queue.claim("w", lease_seconds=LEASE)
+    backend.queue.complete(lease, lease.task.succeed((), utcnow()))
+    backend.repository.add(queued)
+    asked = [queued.source_key, done.source_key, "originals/cc/orphan.jpg", queued.source_key]
+
+    assert isinstance(backend.repository, SourceUsage)
+    assert backend.repository.sources_in_use(asked) == {queued.source_key, done.source_key}
+    assert backend.repository.sources_in_use(["originals/cc/orphan.jpg"]) == set()
+    assert backend.repository.sources_in_use([]) == set()

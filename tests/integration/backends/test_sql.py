@@ -31,6 +31,7 @@ from imageproc import (
     TaskError,
     TaskStatus,
 )
+from imageproc import _keys as keys
 from imageproc._clock import utcnow
 from imageproc.backends._memory import MemoryStorage
 from imageproc.backends.fsspec._storage import FsspecStorage
@@ -38,7 +39,7 @@ from imageproc.backends.sql._backend import SQLBackend
 from imageproc.backends.sql._listener import SQLITE_WAIT_POLL
 from imageproc.backends.sql._schema import VERSION_TABLE, metadata, task_to_row, tasks
 from imageproc.backends.sql._statements import CLAIM as _CLAIM
-from imageproc.testing import FAST_OPTIONS, sample_image
+from imageproc.testing import FAST_OPTIONS, FastForwardClock, sample_image
 from tests.support.databases import (
     fresh_database,
     impatient_sqlite,
@@ -466,6 +467,32 @@ def test_retention_deletes_finished_tasks_and_their_files(
     assert proc.purge(older_than=timedelta(0)) == 1
     assert not any(storage.exists(key) for key in [*outputs, done.source_key])
     assert storage.exists(waiting.source_key)
+    assert proc.get(waiting.id).status == TaskStatus.QUEUED
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_retention_sweeps_orphaned_originals_in_a_local_folder(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    clock = FastForwardClock()
+    sql = make_backend(kind, request, clock)
+    storage = FsspecStorage(f"file://{tmp_path / 'images'}")
+    proc = Processor(storage, sql, sql, clock=clock, **FAST_OPTIONS)
+    done = proc.submit(sample_image(300, 200), "thumb=fit:64x64,png", owner="alice")
+    proc.run_until_idle()
+    waiting = proc.submit(sample_image(200, 300), "png")
+    # Originals whose tasks were never recorded: an owner's, and one of the shared form.
+    orphans = [keys.source_key("ab" * 32, "jpg", "alice"), keys.source_key("cd" * 32, "png")]
+    for orphan in orphans:
+        storage.put(orphan, b"bytes", content_type="image/jpeg")
+    kept = [done.source_key, waiting.source_key, *(o.key for o in proc.get(done.id).outputs)]
+
+    assert proc.purge(older_than=timedelta(days=1)) == 0
+    assert all(storage.exists(key) for key in orphans)  # young: within the grace period
+    clock.advance(2 * 3600)
+    assert proc.purge_orphans(timedelta(hours=1), batch=1) == 2
+    assert not any(storage.exists(key) for key in orphans)
+    assert all(storage.exists(key) for key in kept)
     assert proc.get(waiting.id).status == TaskStatus.QUEUED
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imageproc import InvalidKey, ObjectInfo, ObjectNotFound, Storage, StorageError
+from imageproc import (
+    InvalidKey,
+    ListableStorage,
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+)
+from imageproc._clock import utcnow
 from imageproc._keys import MAX_KEY_LENGTH, validate_key
 from imageproc.backends._memory import MemoryStorage
 from imageproc.backends.fsspec._storage import FsspecStorage
@@ -301,3 +310,64 @@ def test_local_objects_are_plain_files(folder: tuple[FsspecStorage, Path, Path])
     (root / "by-hand" / "blob").write_bytes(b"??")
     assert storage.stat("by-hand/photo.jpg") == ObjectInfo("by-hand/photo.jpg", 2, "image/jpeg")
     assert storage.stat("by-hand/blob").content_type == "application/octet-stream"
+
+
+# -- listing (ListableStorage) ---------------------------------------------------------------
+
+
+def test_every_storage_lists_a_folder_with_sizes_and_write_times(storage: Storage) -> None:
+    assert isinstance(storage, ListableStorage)
+    before = utcnow() - timedelta(minutes=5)  # S3 and file times are the server's, to the second
+    # A content type no extension implies: the fsspec storages keep it in a sidecar object,
+    # which is bookkeeping, not an object a listing shows.
+    storage.put("originals/ab/abcd.jpg", b"jpeg bytes", content_type="image/x-odd")
+    storage.put("originals/o1/cd/cdef.png", b"png", content_type="image/png")
+    storage.put("outputs/t1/thumb.webp", b"RIFF", content_type="image/webp")
+    storage.put("originals-not/x.jpg", b"x", content_type="image/jpeg")  # no folder of ours
+
+    listed = {stored.key: stored for stored in storage.list_objects("originals/")}
+    assert sorted(listed) == ["originals/ab/abcd.jpg", "originals/o1/cd/cdef.png"]
+    assert listed["originals/ab/abcd.jpg"].size == len(b"jpeg bytes")
+    for stored in listed.values():
+        assert stored.modified.tzinfo is not None
+        assert before <= stored.modified <= utcnow() + timedelta(minutes=5)
+    everything = sorted(stored.key for stored in storage.list_objects(""))
+    assert everything == [
+        "originals-not/x.jpg",
+        "originals/ab/abcd.jpg",
+        "originals/o1/cd/cdef.png",
+        "outputs/t1/thumb.webp",
+    ]
+    storage.delete("originals/ab/abcd.jpg")
+    assert [s.key for s in storage.list_objects("originals/")] == ["originals/o1/cd/cdef.png"]
+    assert list(storage.list_objects("nothing-here/")) == []
+
+
+@pytest.mark.parametrize("prefix", ["originals", "/originals/", "../", "a//", "originals/*/"])
+def test_a_listing_takes_only_a_folder_of_keys(storage: Storage, prefix: str) -> None:
+    assert isinstance(storage, ListableStorage)
+    with pytest.raises(InvalidKey):
+        list(storage.list_objects(prefix))
+
+
+def test_a_listing_of_the_bookkeeping_folder_is_refused(fsspec_storage: Storage) -> None:
+    assert isinstance(fsspec_storage, ListableStorage)
+    with pytest.raises(InvalidKey):
+        list(fsspec_storage.list_objects(".imageproc/"))
+
+
+def test_a_local_listing_leaves_out_temporary_files_and_links(
+    folder: tuple[FsspecStorage, Path, Path],
+) -> None:
+    storage, root, outside = folder
+    storage.put("originals/ab/abcd.jpg", b"jpeg", content_type="image/jpeg")
+    # What a write interrupted by a crash leaves behind, and links someone made by hand.
+    (root / "originals" / "ab" / ".imageproc-0123456789abcdef.tmp").write_bytes(b"half")
+    (outside / "secret.jpg").write_bytes(b"not ours")
+    (root / "originals" / "ab" / "link.jpg").symlink_to(outside / "secret.jpg")
+    old = time.time() - 7200
+    os.utime(root / "originals" / "ab" / "abcd.jpg", (old, old))
+
+    [stored] = storage.list_objects("originals/")
+    assert stored.key == "originals/ab/abcd.jpg"
+    assert stored.modified == datetime.fromtimestamp(old, UTC)

@@ -8,6 +8,7 @@ any installed fsspec protocol."""
 from __future__ import annotations
 
 import errno
+import logging
 import mimetypes
 import os
 import secrets
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import fsspec
@@ -33,6 +35,7 @@ from imageproc import (
 )
 from imageproc.backends._memory import MemoryQueue, MemoryRepository
 from imageproc.backends.fsspec import _local as fsspec_backend
+from imageproc.backends.fsspec._listing import find_objects, modified_time
 from imageproc.backends.fsspec._storage import FsspecStorage
 from imageproc.testing import FAST_OPTIONS, sample_image
 
@@ -109,6 +112,10 @@ class FlakyMemoryFileSystem(MemoryFileSystem):  # type: ignore[misc]
     def rm_file(self, path: str) -> Any:
         self._maybe_fail("rm_file")
         return super().rm_file(path)
+
+    def find(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        self._maybe_fail("find")
+        return super().find(path, *args, **kwargs)
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
         self._maybe_fail("open")
@@ -388,3 +395,62 @@ else:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+def test_modified_times_are_read_as_each_filesystem_reports_them() -> None:
+    moment = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    plus_two = timezone(timedelta(hours=2))
+    assert modified_time({"mtime": moment.timestamp(), "created": 0.0}) == moment  # local
+    assert modified_time({"LastModified": moment.astimezone(plus_two)}) == moment  # s3fs
+    assert modified_time({"LastModified": moment.replace(tzinfo=None)}) == moment  # naive: UTC
+    assert modified_time({"updated": "2026-03-01T12:30:00Z"}) == moment  # gcsfs
+    assert modified_time({"created": moment.timestamp()}) == moment  # fsspec's memory
+    assert modified_time({"mtime": moment.timestamp()}).tzinfo is UTC  # type: ignore[union-attr]
+    assert modified_time({"size": 3}) is None
+    assert modified_time({"updated": "yesterday"}) is None
+
+
+class _UntimedFilesystem:
+    """A filesystem whose listing says nothing of when objects were written."""
+
+    def __init__(self) -> None:
+        self.invalidated: list[str] = []
+
+    def find(self, path: str, *, detail: bool) -> dict[str, dict[str, Any]]:
+        return {
+            f"{path}/ab/x.jpg": {"type": "file", "size": 3},
+            f"{path}/ab/y.jpg": {"type": "file", "size": 4, "mtime": 1.0},
+        }
+
+    def invalidate_cache(self, path: str) -> None:
+        self.invalidated.append(path)
+
+
+def test_objects_without_a_time_are_left_out_of_a_listing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fs = _UntimedFilesystem()
+    with caplog.at_level(logging.WARNING, logger="imageproc.storage"):
+        found = find_objects(fs, "bucket/root", "originals/")
+    assert [stored.key for stored in found] == ["originals/ab/y.jpg"]
+    assert "1 object(s) under 'originals/' have no modified time" in caplog.text
+    # What find read is not kept: a later stat must ask the store.
+    assert fs.invalidated == ["bucket/root/originals"]
+
+
+def test_a_listing_error_is_mapped_and_retried(
+    flaky: tuple[FsspecStorage, FlakyMemoryFileSystem],
+) -> None:
+    storage, fs = flaky
+    storage.put("originals/ab/x.jpg", b"x", content_type="image/jpeg")
+    fs.fail_next(2, "timeout")
+    assert [s.key for s in storage.list_objects("originals/")] == ["originals/ab/x.jpg"]
+    assert fs.calls["find"] == 3
+    fs.fail_next(None, "permission")
+    with pytest.raises(StorageError) as failure:
+        storage.list_objects("originals/")
+    assert not failure.value.transient
+    assert "storage list of 'originals/' failed: PermissionError" in str(failure.value)

@@ -6,19 +6,20 @@ retries transient ones around a driver for the filesystem its URL names (``_driv
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, BinaryIO, Final, TypeVar
 
 import fsspec  # type: ignore[import-untyped]
 from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
 
-from imageproc._keys import validate_key
-from imageproc._protocols import ObjectInfo
+from imageproc._keys import validate_key, validate_prefix
+from imageproc._protocols import ObjectInfo, StoredObject
 from imageproc._retrying import RetryPolicy
 from imageproc.backends.fsspec._contenttypes import CONTENT_TYPE, RESERVED
 from imageproc.backends.fsspec._drivers import Driver, FsspecDriver
 from imageproc.backends.fsspec._errors import describe, is_retryable, redact
+from imageproc.backends.fsspec._listing import find_objects
 from imageproc.backends.fsspec._local import LocalDriver
 from imageproc.backends.fsspec._s3 import S3Driver, is_s3, s3_options
 from imageproc.errors import (
@@ -182,6 +183,23 @@ class FsspecStorage:
         if not 1 <= seconds <= _MAX_URL_SECONDS:
             raise ValueError("expires must be between 1 second and 7 days")
         return self._run("url", key, lambda: self._driver.url(key, seconds))
+
+    # -- listing (ListableStorage) ----------------------------------------------------------
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """The objects whose keys start with ``prefix`` (``""`` or a folder such as
+        ``originals/``), each with its size and when it was last written, as the filesystem
+        reports it (a local file's ``mtime``, an S3 object's ``LastModified``).
+
+        The whole folder is listed before the first object is returned (fsspec's ``find``), and
+        the listing is retried like any call; the storage's own bookkeeping, temporary files
+        and symbolic links are left out, and so is any object whose filesystem reports no time.
+        """
+        validate_prefix(prefix)
+        if prefix.split("/", 1)[0] == RESERVED:
+            raise InvalidKey(f"storage keys under {RESERVED!r} are reserved for imageproc")
+        where = prefix or "/"
+        return iter(self._run("list", where, lambda: find_objects(self.fs, self.root, prefix)))
 
     # -- errors and retries -----------------------------------------------------------------
 

@@ -57,6 +57,7 @@ from imageproc.backends.sql._statements import (
     RECORD,
     RENEW,
     SOURCE_IN_USE,
+    SOURCES_IN_USE,
     HotStatements,
     batch_parameters,
     exists,
@@ -273,6 +274,13 @@ class SQLBackend:
         """Whether any task still refers to the original under ``source_key``."""
         with self._db.one_statement() as conn:
             return conn.execute(SOURCE_IN_USE, {"source_key": source_key}).first() is not None
+
+    def sources_in_use(self, keys: Collection[str]) -> set[str]:
+        """Those of ``keys`` that some task still refers to, in one query (pass a batch)."""
+        if not keys:
+            return set()
+        with self._db.one_statement() as conn:
+            return set(conn.execute(SOURCES_IN_USE, {"source_keys": list(keys)}).scalars())
 
     def find_by_source(
         self, source_key: str, statuses: Collection[TaskStatus], *, limit: int = 20

@@ -305,6 +305,14 @@ SOURCE_IN_USE: Final = (
     sa.select(tasks.c.id).where(tasks.c.source_key == sa.bindparam("source_key")).limit(1)
 )
 
+#: Which of a batch of originals (the expanding parameter ``source_keys``) some task still
+#: refers to, through the index on ``source_key`` (the orphan sweep asks).
+SOURCES_IN_USE: Final = (
+    sa.select(tasks.c.source_key)
+    .where(tasks.c.source_key.in_(sa.bindparam("source_keys", expanding=True)))
+    .distinct()
+)
+
 _QUEUED_NOW = tasks.c.status == QUEUED
 #: Counts of queued and processing tasks, and when the oldest due one became due, in one query.
 QUEUE_STATS: Final = sa.select(
