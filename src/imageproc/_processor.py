@@ -27,8 +27,9 @@ from imageproc._retention import forget_expired_keys, purge_finished, purge_orph
 from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import renderer_for
 from imageproc._signals import on_stop_signals
-from imageproc._submission import PipelineSpec, Source, Submission, Upload
+from imageproc._submission import Submission
 from imageproc._task import MetadataValue, Task, TaskStatus
+from imageproc._upload import PipelineSpec, Source, Upload
 from imageproc._worker import WorkerPool
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.backends._urls import backends_from_urls

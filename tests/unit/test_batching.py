@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from imageproc import Processor, Task, TaskStatus, Upload
-from imageproc._submission import Accepted
+from imageproc._upload import Accepted
 from imageproc.http._batching import SubmitBatcher
 from imageproc.testing import memory_processor, sample_image
 

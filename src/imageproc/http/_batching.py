@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 
 from imageproc._processor import Processor, Upload
-from imageproc._submission import Accepted
+from imageproc._upload import Accepted
 from imageproc.errors import copy_of
 
 __all__ = ["SubmitBatcher"]

@@ -21,9 +21,9 @@ from imageproc._idempotency import checked_key
 from imageproc._parsing import parse_bool, parse_whole_number
 from imageproc._processor import Processor, Upload
 from imageproc._signing import PRIORITY_RANGE
-from imageproc._submission import MAX_SCHEDULE
 from imageproc._task import MAX_METADATA_BYTES
 from imageproc._taskjson import rfc3339
+from imageproc._upload import MAX_SCHEDULE
 from imageproc.errors import InvalidInput, InvalidPipeline
 from imageproc.http._errors import ApiError
 from imageproc.http._service import Service, service_of
