@@ -53,7 +53,9 @@ def test_getting_started_prints_what_the_page_says(tmp_path: Path) -> None:
     assert stored == ["large.jpg", "thumb.webp"]
 
 
-@pytest.mark.parametrize("page", ["concepts/pipelines.md", "concepts/backends.md"])
+@pytest.mark.parametrize(
+    "page", ["concepts/pipelines.md", "concepts/backends.md", "concepts/exactly-once.md"]
+)
 def test_concept_snippets_run(page: str, tmp_path: Path) -> None:
     for code in python_blocks(page):
         result = run(code, tmp_path)
