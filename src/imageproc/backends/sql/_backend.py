@@ -4,7 +4,9 @@ SQLite (one file, no server) is the embedded default; PostgreSQL lets any number
 processes on any number of machines share one queue, coordinated by the database alone. On
 PostgreSQL each claim, renewal and record is one statement in autocommit (one round trip).
 
-The backend is the composition of its parts: the table (``_schema``), the statements it runs
+The backend is the composition of its parts: the queue's half of its methods (``_queueing``:
+claims, renewals, records), idempotency keys (``_idempotency``) and the application's
+transactions (``_joined``), the table (``_schema``), the statements it runs
 (``_statements``, the hottest on the driver's cursor by ``_driver``), the engines each database
 needs (``_dialect``), transactions and single statements (``_transactions``), the mapping of the
 driver's errors to imageproc's (``_errors``), admission under queue limits (``_admission``), how
@@ -15,20 +17,18 @@ idle workers and waiters hear of work (``_listener``), and group commit of adds 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from importlib.resources import as_file, files
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from imageproc._clock import Clock, utcnow
 from imageproc._idempotency import IdempotencyRecord
-from imageproc._protocols import Lease, QueueLimits, QueueStats, lease_lost
+from imageproc._protocols import QueueLimits, QueueStats
 from imageproc._task import MetadataValue, Task, TaskStatus
 from imageproc.backends.sql import _idempotency as keyed
 from imageproc.backends.sql import _joined as joined
@@ -40,38 +40,29 @@ from imageproc.backends.sql._groupcommit import GroupCommit
 from imageproc.backends.sql._listener import (
     CHANNEL,
     DONE_CHANNEL,
-    LISTEN_TIMEOUT,
     SQLITE_WAIT_POLL,
     UNHEARD_POLL,
     Listener,
     Wakeup,
 )
+from imageproc.backends.sql._queueing import SQLQueue
 from imageproc.backends.sql._schema import VERSION_TABLE, task_from_row, task_to_row, tasks
 from imageproc.backends.sql._statements import (
-    CLAIM,
     FIND_BY_SOURCE,
     GET,
     NO_LEASE,
-    PROCESSING,
     QUEUE_STATS,
-    RECORD,
-    RENEW,
     SOURCE_IN_USE,
     SOURCES_IN_USE,
     HotStatements,
-    batch_parameters,
     exists,
     find_statement,
-    outcome,
     purge_statement,
-    record_held,
-    status_is,
 )
 from imageproc.backends.sql._transactions import Transactions
 from imageproc.delivery._completions import Completions
 from imageproc.errors import (
     ImageprocError,
-    InvalidInput,
     TaskNotFound,
     copies_for,
 )
@@ -81,8 +72,9 @@ __all__ = ["SQLBackend"]
 logger = logging.getLogger("imageproc.sql")
 
 
-class SQLBackend:
-    """Repository and Queue on SQLAlchemy Core, for SQLite and PostgreSQL.
+class SQLBackend(SQLQueue):
+    """Repository and Queue on SQLAlchemy Core, for SQLite and PostgreSQL (the Queue methods
+    are :class:`~imageproc.backends.sql._queueing.SQLQueue`'s).
 
     ``url`` is a SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg://user@host/db``);
     ``engine_options`` go to :func:`sqlalchemy.create_engine`. Call :meth:`migrate` (or build the
@@ -378,147 +370,6 @@ class SQLBackend:
             waiting, running, oldest = conn.execute(QUEUE_STATS, {"now": self.clock()}).one()
         return QueueStats(queued=waiting, processing=running, oldest_due_at=oldest)
 
-    # -- Queue ------------------------------------------------------------------------------
-
-    def claim(self, worker: str, *, lease_seconds: float, limit: int = 1) -> list[Lease]:
-        """Lease up to ``limit`` claimable tasks in claim order, in one statement.
-
-        A task whose lease expired with no attempts left is made ``dead`` by the same statement
-        rather than leased again: a file that kills every worker that touches it must not cycle
-        forever.
-        """
-        self._wakeup.mark()
-        leases: list[Lease] = []
-        # Bounded: each round either leases something, or buries at least one exhausted task.
-        for _ in range(limit + 8):
-            leased, buried = self._claim_once(worker, lease_seconds, limit - len(leases))
-            leases.extend(leased)
-            if len(leases) >= limit or not buried:
-                break
-        if leases:
-            self._wakeup.claimed()
-        return leases
-
-    def _claim_once(self, worker: str, lease_seconds: float, limit: int) -> tuple[list[Lease], int]:
-        now = self.clock()
-        expires = now + timedelta(seconds=lease_seconds)
-        # One random prefix per claim, the id per row: every lease gets a token of its own.
-        token = secrets.token_hex(16) + ":"
-        parameters = {"now": now, "expires": expires, "token": token, "worker": worker, "n": limit}
-        rows: Sequence[Mapping[Any, Any]]
-        if self._hot is not None and self._leasing is not None:
-            with driver_errors_mapped():
-                rows = self._hot.claim.run(self._leasing, parameters)
-        else:
-            with self._db.one_statement(write=True, leasing=True) as conn:
-                rows = conn.execute(CLAIM, parameters).mappings().all()
-        claimed: list[Task] = []
-        unreadable: dict[str, str] = {}
-        for row in rows:
-            try:
-                claimed.append(task_from_row(row))
-            except InvalidInput as error:
-                unreadable[row["id"]] = error.message
-        if unreadable:
-            self._fail_unreadable(unreadable, token, now)
-            self._ended_elsewhere(list(unreadable))
-            self.completions.publish((task_id, None) for task_id in unreadable)
-        leased = sorted((t for t in claimed if t.status == TaskStatus.PROCESSING), key=_claim_key)
-        buried = len(claimed) - len(leased)
-        if buried:
-            logger.warning("%d task(s) dead: leases expired with no attempts left", buried)
-            self._ended_elsewhere([t.id for t in claimed if t.status.is_final])
-            self.completions.publish_tasks(claimed)
-        return [Lease(task, token + task.id, worker, expires) for task in leased], buried
-
-    def _ended_elsewhere(self, task_ids: list[str]) -> None:
-        """Tell waiters in other processes (PostgreSQL) that these tasks ended in a statement
-        that does not notify by itself (the claim). Best effort: their safety poll covers a
-        failure here."""
-        if self.dialect != "postgresql" or not task_ids:
-            return
-        try:
-            with self._db.one_statement() as conn:
-                conn.execute(
-                    sa.select(sa.func.pg_notify(DONE_CHANNEL, sa.column("id"))).select_from(
-                        sa.func.unnest(sa.cast(task_ids, postgresql.ARRAY(sa.Text))).alias("id")
-                    )
-                )
-        except ImageprocError:
-            logger.warning("could not notify the end of %d task(s)", len(task_ids))
-
-    def _fail_unreadable(self, unreadable: dict[str, str], token: str, now: datetime) -> None:
-        """Fail claimed tasks whose records cannot be read (a damaged row, or one this version
-        cannot make sense of): no worker could process them, and leaving them leased would
-        hold them, and the rest of their batch, until the leases expired."""
-        logger.error("%d claimed task(s) cannot be read and are failed", len(unreadable))
-        with self._db.begin(write=True) as conn:
-            for task_id, reason in unreadable.items():
-                conn.execute(
-                    tasks.update()
-                    .where(tasks.c.id == task_id, tasks.c.lease_token == token + task_id)
-                    .values(
-                        status=TaskStatus.FAILED.value,
-                        error_code="unreadable_task",
-                        error_message=f"the recorded task cannot be read: {reason}",
-                        updated_at=now,
-                        finished_at=now,
-                        **NO_LEASE,
-                    )
-                )
-
-    def renew(self, lease: Lease, *, lease_seconds: float) -> Lease:
-        """Extend ``lease`` to ``lease_seconds`` from now, if it is still held."""
-        expires = self.clock() + timedelta(seconds=lease_seconds)
-        parameters = {"held_id": lease.task.id, "held_token": lease.token, "expires": expires}
-        with self._db.one_statement(write=True, leasing=True) as conn:
-            result = conn.execute(RENEW, parameters)
-        if result.rowcount == 0:
-            raise lease_lost(lease)
-        return Lease(lease.task, lease.token, lease.worker, expires)
-
-    def renew_many(self, leases: Sequence[Lease], *, lease_seconds: float) -> list[Lease | None]:
-        """Renew every lease still held in one statement; None for each that is not."""
-        if not leases:
-            return []
-        expires = self.clock() + timedelta(seconds=lease_seconds)
-        held = sa.tuple_(tasks.c.id, tasks.c.lease_token).in_(
-            [(lease.task.id, lease.token) for lease in leases]
-        )
-        statement = (
-            tasks.update()
-            .where(held, status_is(PROCESSING))
-            .values(lease_expires_at=expires)
-            .returning(tasks.c.id, tasks.c.lease_token)
-        )
-        with self._db.one_statement(write=True, leasing=True) as conn:
-            renewed = {(row[0], row[1]) for row in conn.execute(statement)}
-        return [
-            Lease(lease.task, lease.token, lease.worker, expires)
-            if (lease.task.id, lease.token) in renewed
-            else None
-            for lease in leases
-        ]
-
-    def complete(self, lease: Lease, task: Task) -> None:
-        """Record the final ``task`` and end the lease, if it is still held."""
-        if not task.status.is_final or task.id != lease.task.id:
-            raise ValueError(f"complete takes the leased task in a final status, not {task.status}")
-        self._record(lease, task)
-
-    def release(self, lease: Lease, task: Task) -> None:
-        """Record the requeued ``task`` and end the lease, if it is still held."""
-        if task.status != TaskStatus.QUEUED or task.id != lease.task.id:
-            raise ValueError(f"release takes the leased task queued again, not {task.status}")
-        self._record(lease, task)
-
-    def wait(self, timeout: float) -> None:
-        """Sleep until a task is queued (a notification, or one queued in this process), or
-        until the next poll is due, or ``timeout`` passes."""
-        if self.dialect == "postgresql":
-            self._ensure_listener()
-        self._wakeup.wait(timeout, self.poll_interval)
-
     def close(self) -> None:
         """Stop listening and close every pooled connection."""
         self._closed = True
@@ -528,76 +379,3 @@ class SQLBackend:
         if self._leasing is not None:
             self._leasing.dispose()
             self._autocommit.dispose()
-
-    # -- internals --------------------------------------------------------------------------
-
-    def _record(self, lease: Lease, task: Task) -> None:
-        if not self.record_many([(lease, task)])[0]:
-            raise lease_lost(lease)
-
-    def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
-        """Record several outcomes at once (one commit for the lot): each task is written only if
-        its lease is still held. Returns, for each, whether it was recorded.
-
-        Workers record the outcomes that are ready together with this; ``complete`` and
-        ``release`` are the one-task case. On PostgreSQL the batch is one statement, a round trip
-        by itself, which also sends the notifications (ended tasks, a requeued task now due).
-        """
-        recorded = self._record_many(results)
-        self.completions.publish_tasks(
-            task for (_, task), held in zip(results, recorded, strict=True) if held
-        )
-        return recorded
-
-    def _record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
-        if not results:
-            return []
-        now = self.clock()
-        if self._hot is not None:
-            # One statement in autocommit, which notifies by itself (a requeued task that is
-            # due wakes idle workers; an ended one, waiters).
-            batch = {**batch_parameters(results), "now": now}
-            with driver_errors_mapped():
-                rows = self._hot.record.run(self._autocommit, batch)
-            held = {(row["id"], row["held_token"]) for row in rows}
-            # By id and token: two leases on one task (an expired one and its successor) can
-            # meet in one batch, and only the one still held is written.
-            recorded = [(lease.task.id, lease.token) in held for lease, _ in results]
-            if any(
-                ok and task.status == TaskStatus.QUEUED and task.available_at <= now
-                for ok, (_, task) in zip(recorded, results, strict=True)
-            ):
-                self._wakeup.wake()  # this process's idle workers, without the round trip
-            return recorded
-        parameters = [outcome(lease, task) for lease, task in results]
-        with self._db.begin(write=True) as conn:
-            if len(parameters) == 1:
-                # One task (the usual complete/release): the guarded UPDATE alone says it all.
-                recorded = [conn.execute(RECORD, parameters[0]).rowcount == 1]
-            else:
-                recorded = record_held(conn, results, parameters)
-            if any(
-                held and task.status == TaskStatus.QUEUED and task.available_at <= now
-                for held, (_, task) in zip(recorded, results, strict=True)
-            ):
-                self._db.notify(conn)
-        return recorded
-
-    def _ensure_listener(self) -> Listener | None:
-        if self._listener is None and not self._closed:
-            with self._wakeup.lock:
-                if self._listener is None:
-                    self._listener = Listener(self._url, self._wakeup, self.completions)
-                    self._listener.start()
-        return self._listener
-
-    def _listen_for_completions(self, timeout: float) -> None:
-        """Before a waiter reads its task: be listening, so no end is missed (for at most
-        ``timeout`` seconds: if the server does not answer, the waiter polls instead)."""
-        listener = self._ensure_listener()
-        if listener is not None:
-            listener.tried.wait(min(timeout, LISTEN_TIMEOUT))
-
-
-def _claim_key(task: Task) -> tuple[int, datetime, datetime, str]:
-    return (-task.priority, task.available_at, task.created_at, task.id)
