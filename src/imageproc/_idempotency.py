@@ -54,8 +54,10 @@ class IdempotencyRecord:
     task_id: str
     #: The task's status in that first answer (``queued``, or a deduplicated task's).
     status: TaskStatus
-    #: When the first answer was given: the task's ``created_at`` for a task it created.
+    #: The task's ``created_at``, as the first answer gave it.
     created_at: datetime
+    #: When the key was first used: its retention runs from here.
+    remembered_at: datetime
     expires_at: datetime
 
     def live(self, now: datetime) -> bool:

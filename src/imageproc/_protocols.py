@@ -388,6 +388,11 @@ class TransactionalRepository(Repository, Protocol):
         leaves none. Returns ``record`` (None without one)."""
         ...
 
+    def get_in(self, connection: object, task_id: str) -> Task:
+        """The task with this id as ``connection``'s transaction sees it (its own writes
+        included), or :class:`~imageproc.TaskNotFound`."""
+        ...
+
 
 def lease_lost(lease: Lease) -> LeaseLost:
     """The error for ``lease`` no longer being held (its task was taken over or ended)."""

@@ -160,9 +160,9 @@ class Submission:
         assert answer is not None
         record = None if key is None else self._record_for(item, key, answer, task)
         kept = self._write(upload.connection, record, task)
-        if kept != record:  # another request under this key won the race
+        if kept is not record:  # another request under this key won the race
             assert kept is not None
-            return self._replay(kept, item)
+            return self._replay(kept, item, upload.connection)
         if task is not None:
             self._submitted(task)
         return Accepted(answer, record)
@@ -178,7 +178,8 @@ class Submission:
             fingerprint=item.fingerprint,
             task_id=answer.id,
             status=answer.status,
-            created_at=now,
+            created_at=answer.created_at,
+            remembered_at=now,
             expires_at=now + self.idempotency_retention,
         )
 
@@ -197,11 +198,18 @@ class Submission:
             self.repository.add(task, **limits)
         return None
 
-    def _replay(self, known: IdempotencyRecord, item: _Prepared) -> Accepted:
+    def _replay(
+        self, known: IdempotencyRecord, item: _Prepared, connection: object = None
+    ) -> Accepted:
         if known.fingerprint != item.fingerprint:
             raise conflict(known.key)
         try:
-            task: Task | None = self.retry.call(self.repository.get, known.task_id)
+            if connection is not None:
+                # The key may be the application's own, not committed yet (the same key twice in
+                # one transaction): only its connection sees the task.
+                task: Task | None = self._joinable().get_in(connection, known.task_id)
+            else:
+                task = self.retry.call(self.repository.get, known.task_id)
         except TaskNotFound:  # retention purged the task before the key
             task = None
         return Accepted(task, known, replayed=True)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from imageproc import Processor, TaskStatus
+from imageproc import Processor, QueueLimits, TaskStatus
 from imageproc.http._app import create_app
 from imageproc.testing import FastForwardClock, memory_processor, sample_image
 
@@ -179,3 +179,16 @@ def test_the_openapi_document_names_the_header(client: TestClient) -> None:
     headers = [p for p in post["parameters"] if p["in"] == "header"]
     assert [p["name"] for p in headers] == ["Idempotency-Key"]
     assert "Idempotent-Replayed" in post["responses"]["202"]["headers"]
+
+
+def test_a_replay_is_answered_even_when_the_queue_is_full(processor: Processor) -> None:
+    processor.queue_limits = QueueLimits(max_queued=1)
+    with TestClient(create_app(processor, api_keys=KEYS)) as client:
+        first = upload(client, "k")
+        assert first.status_code == 202, first.text
+        # The first request's own task fills the queue; its retry is still its answer.
+        again = upload(client, "k")
+        assert (again.status_code, again.json()) == (202, first.json())
+        # A new request, with or without a key, is refused as ever.
+        error_of(upload(client, "other", data=sample_image(321, 240)), 429, "queue_full")
+        error_of(upload(client, None, data=sample_image(322, 240)), 429, "queue_full")

@@ -244,6 +244,10 @@ def test_dedupe_under_a_key_remembers_the_task_it_found() -> None:
     processor.run_until_idle()
     found = processor.submit(sample_image(), THUMB, dedupe=True, idempotency_key="k")
     assert (found.id, found.status) == (done.id, TaskStatus.SUCCEEDED)
+    record = processor.repository.find_key("", "k", now=processor.clock())  # type: ignore[attr-defined]
+    # The answer's created_at is the task's; the key's retention runs from its own first use.
+    assert record.created_at == done.created_at
+    assert record.remembered_at > done.created_at
     assert processor.submit(sample_image(), THUMB, dedupe=True, idempotency_key="k").id == done.id
     assert processor.tasks(TaskStatus.QUEUED) == []
 

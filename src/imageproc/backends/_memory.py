@@ -230,7 +230,7 @@ class MemoryRepository:
         remembered: then that record, and nothing recorded."""
         with self._changed:
             known = self._keys.get((record.scope, record.key))
-            if known is not None and known.live(record.created_at):
+            if known is not None and known.live(record.remembered_at):
                 return known
             if task is not None:
                 self._add(task, limits)

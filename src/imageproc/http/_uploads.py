@@ -45,7 +45,10 @@ async def upload(request: Request) -> Response:
     owner = service.authenticate(request)
     key = _idempotency_key(request)  # before the body: a bad key is refused without reading it
     service.check_upload_rate(request, owner)
-    await service.check_queue_depth()
+    if key is None:
+        # Not for a request under a key: it may be a replay, answered without queueing anything
+        # (a new task under a key is still refused at recording, if the queue is full).
+        await service.check_queue_depth()
     limit = service.max_upload_bytes
     content_type = request.headers.get("content-type", "").lower()
     image: UploadFile | None = None

@@ -61,6 +61,7 @@ def record_for(
         task_id=task.id,
         status=task.status,
         created_at=now,
+        remembered_at=now,
         expires_at=now + timedelta(hours=hours),
     )
 

@@ -183,7 +183,7 @@ def test_a_connection_to_another_database_is_refused_before_anything_is_stored(
             processor.submit(sample_image(), THUMB, connection=conn)
     finally:
         other.dispose()
-    assert "must be a connection to the database (and schema) that holds" in refused.value.message
+    assert "must be a connection to the database that holds" in refused.value.message
     assert where in refused.value.message
     assert storage.keys() == []
 
@@ -239,3 +239,92 @@ def test_an_idle_worker_wakes_when_the_application_commits(
             assert processor.wait(task.id, timeout=10).status == TaskStatus.SUCCEEDED
         finally:
             engine.dispose()
+
+
+def test_autocommit_is_refused(processor: Processor, app_engine: sa.Engine) -> None:
+    with (
+        app_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        pytest.raises(ConfigurationError, match="not one in autocommit"),
+    ):
+        processor.submit(sample_image(), THUMB, connection=conn)
+    assert processor.tasks(TaskStatus.QUEUED) == []
+
+
+def test_an_in_memory_sqlite_database_is_refused(processor: Processor) -> None:
+    engine = sa.create_engine("sqlite://")
+    try:
+        with engine.connect() as conn, pytest.raises(ConfigurationError, match="in-memory"):
+            processor.submit(sample_image(), THUMB, connection=conn)
+    finally:
+        engine.dispose()
+
+
+def test_the_same_key_twice_in_one_transaction_is_one_task(
+    processor: Processor, app_engine: sa.Engine
+) -> None:
+    with app_engine.connect() as conn:
+        first, again = processor.submit_many(
+            [Upload(sample_image(), THUMB, idempotency_key="k", connection=conn)] * 2
+        )
+        conn.commit()
+    assert not isinstance(first, Exception), first
+    assert not isinstance(again, Exception), again
+    assert again.id == first.id
+    assert [task.id for task in processor.tasks(TaskStatus.QUEUED)] == [first.id]
+
+
+def test_a_stale_identity_is_asked_again_before_refusing(
+    processor: Processor, app_engine: sa.Engine
+) -> None:
+    # As after a failover to another server: what the backend knew of itself no longer holds.
+    processor.repository.__dict__["_known_identity"] = ("postgresql", "gone", "0", "x")
+    with app_engine.connect() as conn:
+        task = processor.submit(sample_image(), THUMB, connection=conn)
+        conn.commit()
+    assert processor.get(task.id).status == TaskStatus.QUEUED
+
+
+@pytest.mark.postgres
+def test_a_search_path_that_misses_the_tables_is_refused_every_time(
+    postgres_url: str, storage: MemoryStorage
+) -> None:
+    built = Processor.from_urls(postgres_url, "memory://", **FAST_OPTIONS)
+    processor = Processor(storage, built.queue, built.repository, **FAST_OPTIONS)
+    engine = sa.create_engine(postgres_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            processor.submit(sample_image(), THUMB, connection=conn)  # accepted
+            conn.rollback()
+            conn.execute(sa.text("SET search_path TO elsewhere"))
+            conn.commit()
+            # The same pooled connection, asked again: it no longer reaches the tables.
+            with pytest.raises(ConfigurationError, match="no imageproc_tasks table"):
+                processor.submit(sample_image(), THUMB, connection=conn)
+            conn.rollback()
+            # A search path that starts with a schema of the application's and then finds
+            # imageproc's tables is the same tables: accepted.
+            conn.execute(sa.text("CREATE SCHEMA app"))
+            conn.execute(sa.text("SET search_path TO app, public"))
+            conn.commit()
+            task = processor.submit(sample_image(), THUMB, connection=conn)
+            conn.commit()
+        assert processor.get(task.id).status == TaskStatus.QUEUED
+    finally:
+        engine.dispose()
+        processor.close()
+
+
+@pytest.mark.postgres
+def test_a_transaction_above_read_committed_is_refused(
+    postgres_url: str, storage: MemoryStorage
+) -> None:
+    built = Processor.from_urls(postgres_url, "memory://", **FAST_OPTIONS)
+    processor = Processor(storage, built.queue, built.repository, **FAST_OPTIONS)
+    engine = sa.create_engine(postgres_url, isolation_level="REPEATABLE READ")
+    try:
+        with engine.connect() as conn, pytest.raises(ConfigurationError, match="READ COMMITTED"):
+            processor.submit(sample_image(), THUMB, connection=conn)
+        assert storage.keys() == []
+    finally:
+        engine.dispose()
+        processor.close()

@@ -306,13 +306,19 @@ class SQLBackend(SQLQueue):
 
     def check_connection(self, connection: object) -> None:
         """Refuse (:class:`~imageproc.ConfigurationError`) an application's ``Connection`` or
-        ``Session`` that does not reach this backend's database and schema."""
-        ours = self.__dict__.get("_identity")
-        if ours is None:
-            with self._db.one_statement() as conn:
-                ours = self.__dict__.setdefault("_identity", joined.identity(conn))
+        ``Session`` that imageproc cannot write in: one not in a transaction, not at READ
+        COMMITTED (PostgreSQL), or that does not reach this backend's tables."""
         with driver_errors_mapped():
-            joined.same_database(ours, joined.caller_connection(connection))
+            joined.joinable(self._identity, joined.caller_connection(connection))
+
+    def _identity(self, fresh: bool) -> tuple[str, ...]:
+        """The identity of this backend's tables (:func:`~._joined.identity`), asked once and
+        again when ``fresh``."""
+        known: tuple[str, ...] | None = self.__dict__.get("_known_identity")
+        if known is None or fresh:
+            with self._db.one_statement() as conn:
+                known = self.__dict__["_known_identity"] = joined.identity(conn)
+        return known
 
     def add_in(
         self,
@@ -331,7 +337,7 @@ class SQLBackend(SQLQueue):
                 kept = keyed.add_keyed(
                     conn, record, task, limits, dialect=self.dialect, joined=True
                 )
-                if kept != record:
+                if kept is not record:
                     return kept
             elif task is not None:
                 admit(conn, [task], limits, dialect=self.dialect, isolation_set=True)
@@ -340,6 +346,15 @@ class SQLBackend(SQLQueue):
                 # Delivered when, and only if, the application commits.
                 conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
         return record
+
+    def get_in(self, connection: object, task_id: str) -> Task:
+        """The task with this id as the application's transaction sees it."""
+        with driver_errors_mapped():
+            conn = joined.caller_connection(connection)
+            row = conn.execute(GET, {"task_id": task_id}).mappings().first()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return task_from_row(row)
 
     def purge_keys(self, now: datetime, *, limit: int = 500) -> int:
         """Forget up to ``limit`` keys that have expired at ``now``."""

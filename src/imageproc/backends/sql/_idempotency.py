@@ -66,7 +66,7 @@ def add_keyed(
         keys.delete().where(
             keys.c.scope == record.scope,
             keys.c.key == record.key,
-            keys.c.expires_at <= record.created_at,
+            keys.c.expires_at <= record.remembered_at,
         )
     )
     # RETURNING says whether the row went in: the drivers' rowcounts for a skipped insert
@@ -79,7 +79,7 @@ def add_keyed(
     for _ in range(_ROUNDS):
         if conn.execute(insert, _row(record)).first() is not None:
             break
-        known = find_key(conn, record.scope, record.key, record.created_at)
+        known = find_key(conn, record.scope, record.key, record.remembered_at)
         if known is not None:
             return known
     else:
@@ -117,6 +117,7 @@ def _row(record: IdempotencyRecord) -> dict[str, Any]:
         "task_id": record.task_id,
         "status": record.status.value,
         "created_at": record.created_at,
+        "remembered_at": record.remembered_at,
         "expires_at": record.expires_at,
     }
 
@@ -129,5 +130,6 @@ def _record(row: Mapping[Any, Any]) -> IdempotencyRecord:
         task_id=row["task_id"],
         status=TaskStatus(row["status"]),
         created_at=row["created_at"],
+        remembered_at=row["remembered_at"],
         expires_at=row["expires_at"],
     )

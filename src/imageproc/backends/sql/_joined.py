@@ -2,26 +2,36 @@
 
 The application hands over its SQLAlchemy ``Connection`` (or ORM ``Session``); the task row (and
 its idempotency key, if any) is written there, so it commits or rolls back with the
-application's own rows. That is only a single transaction if the connection reaches the very
-database, and schema, that holds imageproc's tables: anything else is refused, rather than
-turned into a second transaction that looks like one.
+application's own rows. That is one transaction only if the connection is in a transaction, at
+READ COMMITTED (what imageproc's own statements assume), and reaches the very tables imageproc
+uses: anything else is refused, rather than turned into something that looks like one
+transaction and is not.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from imageproc.errors import ConfigurationError
 
-__all__ = ["caller_connection", "identity", "same_database"]
+__all__ = ["caller_connection", "identity", "joinable"]
 
-#: Where the identity of a caller's database is kept: on the driver's connection, which a pool
-#: hands out again and which always reaches the same database.
-_IDENTITY: Final = "imageproc.database_identity"
+#: Asked of PostgreSQL on each joined submit (one round trip): the database, the server (its
+#: system identifier survives restarts and is the same for every address and pooler in front of
+#: it), the tasks table this connection's search path resolves to, and the isolation level.
+_POSTGRES_IDENTITY: Final = sa.text(
+    "SELECT current_database(),"
+    " (SELECT CAST(system_identifier AS text) FROM pg_control_system()),"
+    " COALESCE((SELECT n.nspname || '.' || c.relname || ' (' || CAST(c.oid AS text) || ')'"
+    "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE c.oid = to_regclass('imageproc_tasks')), ''),"
+    " current_setting('transaction_isolation')"
+)
 
 
 def caller_connection(connection: object) -> Connection:
@@ -40,44 +50,76 @@ def caller_connection(connection: object) -> Connection:
 
 
 def identity(conn: Connection) -> tuple[str, ...]:
-    """What tells one database (and schema) from another, asked of the server itself: two URLs
-    for one database (``localhost`` and ``127.0.0.1``, a pooler) give the same answer, and two
-    databases behind one URL never do."""
+    """What tells the tables ``conn``'s statements reach from any others, asked of the database
+    itself, so two URLs of one database agree and two databases behind one URL do not: on
+    PostgreSQL the database, the server, and the tasks table the search path resolves to; on
+    SQLite the file (an in-memory database has none: it is private to one connection)."""
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        row = conn.execute(
-            sa.text(
-                "SELECT current_database(), current_schema(), current_setting('port'),"
-                " CAST(pg_postmaster_start_time() AS text)"
-            )
-        ).one()
-        return (dialect, *(str(value) for value in row))
+        database, server, table, _ = conn.execute(_POSTGRES_IDENTITY).one()
+        return (dialect, str(database), str(server), str(table))
     if dialect == "sqlite":
         files = {name: path for _, name, path in conn.exec_driver_sql("PRAGMA database_list")}
         path = files.get("main") or ""
-        # An in-memory database is private to its connection: there is nothing to share.
-        return (dialect, os.path.realpath(path) if path else f"memory:{id(conn.connection)}")
+        return (dialect, os.path.realpath(path) if path else "")
     return (dialect, str(conn.engine.url))
 
 
-def same_database(ours: tuple[str, ...], connection: Connection) -> None:
-    """Refuse ``connection`` unless it reaches the database whose identity is ``ours``."""
-    info = connection.info
-    theirs = info.get(_IDENTITY)
-    if theirs is None:
-        theirs = info[_IDENTITY] = identity(connection)
-    if theirs != ours:
+def joinable(ours: Callable[[bool], tuple[str, ...]], connection: Connection) -> None:
+    """Refuse ``connection`` unless imageproc can write in its transaction: it is in one (not
+    autocommit), at READ COMMITTED on PostgreSQL, and reaches the tables whose identity is
+    ``ours(fresh)`` (asked again, ``fresh``, before refusing, in case the server was restarted
+    or replaced since it was last asked)."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        database, server, table, isolation = connection.execute(_POSTGRES_IDENTITY).one()
+        theirs: tuple[str, ...] = (dialect, str(database), str(server), str(table))
+        if isolation != "read committed":
+            raise ConfigurationError(
+                f"connection= needs a transaction at READ COMMITTED, this one is {isolation}:"
+                " the queue limits and idempotency keys imageproc checks in it rely on seeing"
+                " what other transactions committed"
+            )
+    else:
+        theirs = identity(connection)
+    _check_in_transaction(connection)
+    if theirs[0] == "sqlite" and not theirs[1]:
         raise ConfigurationError(
-            "connection= must be a connection to the database (and schema) that holds"
-            f" imageproc's tables; this one reaches {_describe(theirs)}, they are in"
-            f" {_describe(ours)}: the task would be recorded in a transaction of its own"
+            "connection= cannot share an in-memory SQLite database: each connection has its own"
+        )
+    if theirs != ours(False) and theirs != ours(True):
+        raise ConfigurationError(
+            "connection= must be a connection to the database that holds imageproc's tables;"
+            f" this one reaches {_describe(theirs)}, imageproc's are in"
+            f" {_describe(ours(False))}: the task would be recorded somewhere else"
+        )
+
+
+def _check_in_transaction(connection: Connection) -> None:
+    """Refuse a connection in autocommit: each statement would commit on its own, so a rollback
+    would leave the task, and a key could be remembered without it."""
+    driver: Any = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql":
+        autocommit = bool(getattr(driver, "autocommit", False))
+    elif connection.dialect.name == "sqlite":
+        # pysqlite begins a transaction before a write unless isolation_level is None; with
+        # None, only a BEGIN already issued (SQLAlchemy's, on the connection's first statement,
+        # as imageproc's own engine does) makes one.
+        autocommit = driver.isolation_level is None and not driver.in_transaction
+    else:
+        autocommit = False
+    if autocommit:
+        raise ConfigurationError(
+            "connection= needs a connection in a transaction, not one in autocommit: the task"
+            " must commit or roll back with the application's rows"
         )
 
 
 def _describe(identity: tuple[str, ...]) -> str:
     if identity[0] == "postgresql":
-        database, schema, port = identity[1:4]
-        return f"PostgreSQL database {database!r}, schema {schema!r}, on port {port}"
+        database, server, table = identity[1:4]
+        where = f"table {table}" if table else "no imageproc_tasks table on its search path"
+        return f"PostgreSQL database {database!r} of server {server}, {where}"
     if identity[0] == "sqlite":
-        return f"SQLite {identity[1]!r}"
+        return f"SQLite {identity[1]!r}" if identity[1] else "an in-memory SQLite database"
     return repr(identity)

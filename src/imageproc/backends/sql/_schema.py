@@ -158,6 +158,7 @@ idempotency_keys = sa.Table(
     sa.Column("task_id", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("remembered_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
 # Forgetting expired keys walks this one.
