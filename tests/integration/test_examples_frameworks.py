@@ -6,12 +6,16 @@ workers started with the app and stopped at exit)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import io
+import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +28,7 @@ from PIL import Image
 
 from imageproc import Processor, TaskStatus
 from imageproc.testing import sample_image
-from tests.support.processes import environment, eventually, free_port, stop
+from tests.support.processes import environment, eventually, fetch, free_port, stop
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 60
@@ -280,6 +284,72 @@ def test_fastapi_transactional_example_answers_a_retry_with_the_same_task(
         second = made.json()["task_id"]
         assert every_task(processor) == sorted([task_id, second])
         assert profile_rows(app) == [("alice", "Alice", task_id), ("bob", "Bob", second)]
+
+
+@pytest.mark.slow
+def test_fastapi_transactional_example_serves_from_the_command_line(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "fastapi_transactional.py"), "--port", str(port),
+         "--workers", "1"],
+        cwd=tmp_path, env=environment(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def answer(method: str, path: str, body: bytes, content_type: str) -> Any:
+        request = urllib.request.Request(
+            base + path, data=body, method=method, headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+    def avatar() -> Any:
+        with urllib.request.urlopen(f"{base}/profiles/alice", timeout=10) as response:
+            found = json.loads(response.read())["avatar"]
+        return found["status"] == "succeeded" and found
+
+    boundary = "imageproc-example-boundary"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="me.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + sample_image()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    try:
+        eventually(
+            lambda: fetch(f"{base}/openapi.json")[0] == 200,
+            timeout=TIMEOUT,
+            what="the transactional FastAPI example to serve",
+        )
+        created = answer(
+            "POST", "/profiles", b'{"id": "alice", "name": "Alice"}', "application/json"
+        )
+        assert created == (201, {"id": "alice"})
+        status, put = answer(
+            "PUT", "/profiles/alice/avatar", form, f"multipart/form-data; boundary={boundary}"
+        )
+        assert status == 202
+        with pytest.raises(urllib.error.HTTPError) as missing:  # rolled back: no task
+            answer("PUT", "/profiles/bob/avatar", form, f"multipart/form-data; boundary={boundary}")
+        missing.value.close()
+        assert missing.value.code == 404
+        done = eventually(avatar, timeout=TIMEOUT, what="the avatar")
+        assert done["task_id"] == put["task_id"]
+        assert done["sizes"] == {"small": [64, 64], "large": [256, 256]}
+    finally:
+        code, _, stderr = stop(server, timeout=TIMEOUT)
+    assert code in (0, -signal.SIGTERM), stderr
+    assert "Traceback" not in stderr
+    assert "Application shutdown complete" in stderr
+    # One database file holds the application's table and imageproc's, as the example says.
+    with contextlib.closing(sqlite3.connect(tmp_path / "imageproc.db")) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        assert {"profiles", "imageproc_tasks", "imageproc_idempotency_keys"} <= tables
+        assert db.execute("SELECT avatar_task FROM profiles").fetchall() == [(put["task_id"],)]
+        assert db.execute("SELECT id FROM imageproc_tasks").fetchall() == [(put["task_id"],)]
 
 
 @pytest.fixture
