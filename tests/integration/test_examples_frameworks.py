@@ -286,6 +286,31 @@ def test_fastapi_transactional_example_answers_a_retry_with_the_same_task(
         assert profile_rows(app) == [("alice", "Alice", task_id), ("bob", "Bob", second)]
 
 
+@pytest.mark.postgres
+def test_fastapi_transactional_example_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    # A plain postgresql:// URL, as a user gives it: the example's own engine uses psycopg 3 too.
+    url = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    app = load_example("fastapi_transactional").build(url, f"file://{tmp_path / 'data'}", workers=1)
+    processor: Processor = app.state.processor
+    seen_at_commit: list[list[str]] = []
+    sa.event.listen(
+        app.state.engine, "commit", lambda conn: seen_at_commit.append(every_task(processor))
+    )
+    with TestClient(app) as client:
+        assert client.post("/profiles", json={"id": "alice", "name": "Alice"}).status_code == 201
+        reply = client.put("/profiles/alice/avatar", files=avatar_upload(sample_image()))
+        assert reply.status_code == 202, reply.text
+        task_id = reply.json()["task_id"]
+        assert seen_at_commit == [[], []]
+        missing = client.put("/profiles/bob/avatar", files=avatar_upload(sample_image(300)))
+        assert missing.status_code == 404
+        assert every_task(processor) == [task_id]
+        assert profile_rows(app) == [("alice", "Alice", task_id)]
+        assert processor.wait(task_id, timeout=TIMEOUT).status == TaskStatus.SUCCEEDED
+
+
 @pytest.mark.slow
 def test_fastapi_transactional_example_serves_from_the_command_line(tmp_path: Path) -> None:
     port = free_port()
