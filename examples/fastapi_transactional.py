@@ -119,7 +119,7 @@ def build(
                 )
                 # The update is also the existence check: no check-then-write race with a
                 # profile deleted meanwhile. A retry under the same key gets the same task and
-                # sets the same value again.
+                # points the profile at it again.
                 updated = conn.execute(
                     profiles.update().where(profiles.c.id == profile_id).values(avatar_task=task.id)
                 )
