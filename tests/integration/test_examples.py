@@ -86,6 +86,7 @@ def test_every_example_is_exercised() -> None:
         "batch.py": "tests/integration/test_examples_service.py",
         "starlette_app.py": "tests/integration/test_http_server.py",
         "fastapi_app.py": "tests/integration/test_examples_frameworks.py",
+        "fastapi_transactional.py": "tests/integration/test_examples_frameworks.py",
         "flask_app.py": "tests/integration/test_examples_frameworks.py",
         "postgres_s3.py": "tests/integration/test_examples_scaling.py",
         "avatars.py": "tests/integration/test_examples.py",  # through test_avatars.py

@@ -1,27 +1,34 @@
 """The framework examples, served in this process by the frameworks' own test clients:
-examples/fastapi_app.py (ASGI, workers in the lifespan) and examples/flask_app.py (WSGI, workers
-started with the app and stopped at exit)."""
+examples/fastapi_app.py (ASGI, workers in the lifespan), examples/fastapi_transactional.py (the
+application's rows and imageproc's tasks in one transaction) and examples/flask_app.py (WSGI,
+workers started with the app and stopped at exit)."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import io
+import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
 from imageproc import Processor, TaskStatus
 from imageproc.testing import sample_image
-from tests.support.processes import environment, eventually, free_port, stop
+from tests.support.processes import environment, eventually, fetch, free_port, stop
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 60
@@ -130,6 +137,244 @@ def test_fastapi_example_serves_from_the_command_line(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
     assert "Application shutdown complete" in stderr  # the lifespan stopped the workers
     assert (tmp_path / "imageproc.db").is_file()
+
+
+def every_task(processor: Processor) -> list[str]:
+    """The ids of all the tasks in the database, whatever their status."""
+    return sorted(task.id for status in TaskStatus for task in processor.tasks(status))
+
+
+def avatar_upload(data: bytes) -> dict[str, Any]:
+    return {"image": ("me.jpg", data, "image/jpeg")}
+
+
+def transactional_example(tmp_path: Path, *, workers: int) -> Any:
+    return load_example("fastapi_transactional").build(
+        f"sqlite:///{tmp_path / 'app.db'}", f"file://{tmp_path / 'data'}", workers=workers
+    )
+
+
+def profile_rows(app: Any) -> list[tuple[str, str, str | None]]:
+    with app.state.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, name, avatar_task FROM profiles ORDER BY id"))
+        return [tuple(row) for row in rows]
+
+
+def test_fastapi_transactional_example_commits_the_profile_and_its_task_together(
+    tmp_path: Path,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    app = transactional_example(tmp_path, workers=2)
+    processor: Processor = app.state.processor
+    # What imageproc's own connections (the workers') can see at each moment the application
+    # commits: the task is written in the application's transaction, so not before.
+    seen_at_commit: list[list[str]] = []
+    sa.event.listen(
+        app.state.engine, "commit", lambda conn: seen_at_commit.append(every_task(processor))
+    )
+    with TestClient(app) as client:
+        assert client.post("/profiles", json={"id": "alice", "name": "Alice"}).status_code == 201
+        reply = client.put("/profiles/alice/avatar", files=avatar_upload(sample_image(900, 600)))
+        assert reply.status_code == 202, reply.text
+        task_id = reply.json()["task_id"]
+
+        assert seen_at_commit == [[], []]  # the profile's insert, then the avatar's update
+        assert every_task(processor) == [task_id]  # committed: now there for the workers
+        mine = {
+            t.id for status in TaskStatus for t in processor.tasks(status, owner="profile:alice")
+        }
+        assert mine == {task_id}
+        assert profile_rows(app) == [("alice", "Alice", task_id)]
+
+        profile = until(
+            lambda: (
+                (r := client.get("/profiles/alice").json())["avatar"]["status"] == "succeeded" and r
+            ),
+            "the avatar",
+        )
+        assert profile == {
+            "id": "alice",
+            "name": "Alice",
+            "avatar": {
+                "task_id": task_id,
+                "status": "succeeded",
+                "sizes": {"small": [64, 64], "large": [256, 256]},
+            },
+        }
+        assert client.get("/profiles/nobody").status_code == 404
+    assert processor.pool is None  # the lifespan stopped the workers
+
+
+def test_fastapi_transactional_example_rolls_the_task_back_with_a_failed_update(
+    tmp_path: Path,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    app = transactional_example(tmp_path, workers=0)  # no workers: every task stays queued
+    processor: Processor = app.state.processor
+    with TestClient(app) as client:
+        assert client.post("/profiles", json={"id": "alice", "name": "Alice"}).status_code == 201
+        kept = client.put("/profiles/alice/avatar", files=avatar_upload(sample_image()))
+        assert kept.status_code == 202, kept.text
+        first = kept.json()["task_id"]
+
+        # bob has no profile: the update after the submit matches no row, and the 404 raised
+        # inside the transaction rolls the task back with it.
+        missing = client.put("/profiles/bob/avatar", files=avatar_upload(sample_image(300)))
+        assert missing.status_code == 404
+        assert missing.json() == {"detail": "no such profile"}
+        assert every_task(processor) == [first]
+        assert profile_rows(app) == [("alice", "Alice", first)]
+        # Its original was stored before (storage is not transactional): no task refers to it,
+        # and the sweep of orphans removes it.
+        assert processor.purge_orphans(timedelta(0)) == 1
+
+        # A refused upload stores nothing and changes nothing.
+        refused = client.put(
+            "/profiles/alice/avatar", files={"image": ("a.txt", b"not an image", "text/plain")}
+        )
+        assert refused.status_code == 415
+        assert "not a readable image" in refused.json()["detail"]
+        assert every_task(processor) == [first]
+        assert profile_rows(app) == [("alice", "Alice", first)]
+
+
+def test_fastapi_transactional_example_answers_a_retry_with_the_same_task(
+    tmp_path: Path,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    app = transactional_example(tmp_path, workers=0)
+    processor: Processor = app.state.processor
+    image = sample_image(800, 800)
+    with TestClient(app) as client:
+        assert client.post("/profiles", json={"id": "alice", "name": "Alice"}).status_code == 201
+        key = {"Idempotency-Key": "avatar-7f3a"}
+        first = client.put("/profiles/alice/avatar", files=avatar_upload(image), headers=key)
+        again = client.put("/profiles/alice/avatar", files=avatar_upload(image), headers=key)
+        assert first.status_code == again.status_code == 202, (first.text, again.text)
+        task_id = first.json()["task_id"]
+        assert again.json()["task_id"] == task_id
+        assert every_task(processor) == [task_id]  # one task for the two requests
+        assert profile_rows(app) == [("alice", "Alice", task_id)]
+
+        other = client.put(
+            "/profiles/alice/avatar", files=avatar_upload(sample_image(500)), headers=key
+        )
+        assert other.status_code == 422
+        assert "already used for a different request" in other.json()["detail"]
+        assert every_task(processor) == [task_id]
+        assert profile_rows(app) == [("alice", "Alice", task_id)]
+
+        # A key is remembered in the application's transaction: when that rolls back (bob has
+        # no profile yet), the key goes with its task, and under it another request is a first
+        # request, not a conflict with one that never happened.
+        bob = {"Idempotency-Key": "bob-1"}
+        missing = client.put(
+            "/profiles/bob/avatar", files=avatar_upload(sample_image(300)), headers=bob
+        )
+        assert missing.status_code == 404
+        assert every_task(processor) == [task_id]
+        assert client.post("/profiles", json={"id": "bob", "name": "Bob"}).status_code == 201
+        made = client.put(
+            "/profiles/bob/avatar", files=avatar_upload(sample_image(400)), headers=bob
+        )
+        assert made.status_code == 202, made.text
+        second = made.json()["task_id"]
+        assert every_task(processor) == sorted([task_id, second])
+        assert profile_rows(app) == [("alice", "Alice", task_id), ("bob", "Bob", second)]
+
+
+@pytest.mark.postgres
+def test_fastapi_transactional_example_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    # A plain postgresql:// URL, as a user gives it: the example's own engine uses psycopg 3 too.
+    url = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    app = load_example("fastapi_transactional").build(url, f"file://{tmp_path / 'data'}", workers=1)
+    processor: Processor = app.state.processor
+    seen_at_commit: list[list[str]] = []
+    sa.event.listen(
+        app.state.engine, "commit", lambda conn: seen_at_commit.append(every_task(processor))
+    )
+    with TestClient(app) as client:
+        assert client.post("/profiles", json={"id": "alice", "name": "Alice"}).status_code == 201
+        reply = client.put("/profiles/alice/avatar", files=avatar_upload(sample_image()))
+        assert reply.status_code == 202, reply.text
+        task_id = reply.json()["task_id"]
+        assert seen_at_commit == [[], []]
+        missing = client.put("/profiles/bob/avatar", files=avatar_upload(sample_image(300)))
+        assert missing.status_code == 404
+        assert every_task(processor) == [task_id]
+        assert profile_rows(app) == [("alice", "Alice", task_id)]
+        assert processor.wait(task_id, timeout=TIMEOUT).status == TaskStatus.SUCCEEDED
+
+
+@pytest.mark.slow
+def test_fastapi_transactional_example_serves_from_the_command_line(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "fastapi_transactional.py"), "--port", str(port),
+         "--workers", "1"],
+        cwd=tmp_path, env=environment(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def answer(method: str, path: str, body: bytes, content_type: str) -> Any:
+        request = urllib.request.Request(
+            base + path, data=body, method=method, headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+    def avatar() -> Any:
+        with urllib.request.urlopen(f"{base}/profiles/alice", timeout=10) as response:
+            found = json.loads(response.read())["avatar"]
+        return found["status"] == "succeeded" and found
+
+    boundary = "imageproc-example-boundary"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="me.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + sample_image()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    try:
+        eventually(
+            lambda: fetch(f"{base}/openapi.json")[0] == 200,
+            timeout=TIMEOUT,
+            what="the transactional FastAPI example to serve",
+        )
+        created = answer(
+            "POST", "/profiles", b'{"id": "alice", "name": "Alice"}', "application/json"
+        )
+        assert created == (201, {"id": "alice"})
+        status, put = answer(
+            "PUT", "/profiles/alice/avatar", form, f"multipart/form-data; boundary={boundary}"
+        )
+        assert status == 202
+        with pytest.raises(urllib.error.HTTPError) as missing:  # rolled back: no task
+            answer("PUT", "/profiles/bob/avatar", form, f"multipart/form-data; boundary={boundary}")
+        missing.value.close()
+        assert missing.value.code == 404
+        done = eventually(avatar, timeout=TIMEOUT, what="the avatar")
+        assert done["task_id"] == put["task_id"]
+        assert done["sizes"] == {"small": [64, 64], "large": [256, 256]}
+    finally:
+        code, _, stderr = stop(server, timeout=TIMEOUT)
+    assert code in (0, -signal.SIGTERM), stderr
+    assert "Traceback" not in stderr
+    assert "Application shutdown complete" in stderr
+    # One database file holds the application's table and imageproc's, as the example says.
+    with contextlib.closing(sqlite3.connect(tmp_path / "imageproc.db")) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        assert {"profiles", "imageproc_tasks", "imageproc_idempotency_keys"} <= tables
+        assert db.execute("SELECT avatar_task FROM profiles").fetchall() == [(put["task_id"],)]
+        assert db.execute("SELECT id FROM imageproc_tasks").fetchall() == [(put["task_id"],)]
 
 
 @pytest.fixture
