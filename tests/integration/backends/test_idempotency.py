@@ -181,3 +181,43 @@ def test_four_processes_under_one_key_make_one_task(
     assert len(ids) == 16
     assert len(set(ids)) == 1
     assert [task.id for task in processor.tasks(TaskStatus.QUEUED)] == ids[:1]
+
+
+@pytest.mark.postgres
+def test_one_task_under_one_key_on_a_server_that_defaults_to_repeatable_read(
+    request: pytest.FixtureRequest,
+) -> None:
+    from imageproc.backends.sql._backend import SQLBackend
+
+    url = request.getfixturevalue("postgres_url")
+    sql = SQLBackend(
+        url, connect_args={"options": "-c default_transaction_isolation=repeatable\\ read"}
+    )
+    request.addfinalizer(sql.close)
+    with sql.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW default_transaction_isolation").scalar() == (
+            "repeatable read"
+        )
+        # Yet imageproc's own transactions run at READ COMMITTED.
+        assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
+    processor = Processor(MemoryStorage(), sql, sql, **FAST_OPTIONS)
+    image = sample_image()
+    barrier = threading.Barrier(8)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            barrier.wait(timeout=10)
+            ids.append(processor.submit(image, THUMB, idempotency_key="same").id)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(ids) == 8
+    assert len(set(ids)) == 1

@@ -94,6 +94,12 @@ class SQLBackend(SQLQueue):
         self.clock = clock
         self.poll_interval = poll_interval
         self.dialect = parsed.get_backend_name()
+        if self.dialect == "postgresql":
+            # Every transaction of ours at READ COMMITTED whatever the server's default, set by
+            # the driver with each BEGIN rather than by a statement (a round trip) of its own.
+            engine_options.setdefault("isolation_level", "READ COMMITTED")
+        #: Whether the engine's transactions start at READ COMMITTED (see _admission).
+        self._read_committed = engine_options.get("isolation_level") == "READ COMMITTED"
         self.engine: Engine = main_engine(parsed, sqlite_busy_timeout, engine_options)
         # PostgreSQL: statements that are transactions by themselves, and claims and renewals,
         # on pools of their own; the claim, the batch record and the read on the driver's cursor.
@@ -202,7 +208,7 @@ class SQLBackend(SQLQueue):
         if not tasks:
             return
         with self._db.begin(write=True) as conn:
-            admit(conn, tasks, limits, dialect=self.dialect)
+            admit(conn, tasks, limits, dialect=self.dialect, isolation_set=self._read_committed)
             try:
                 # `tasks` is the argument here: the table is sqlschema's.
                 conn.execute(sqlschema.tasks.insert(), [task_to_row(task) for task in tasks])
@@ -236,7 +242,9 @@ class SQLBackend(SQLQueue):
     def _update(self, task: Task, *, expected: Task, limits: QueueLimits | None = None) -> bool:
         with self._db.begin(write=True) as conn:
             if expected.status != TaskStatus.QUEUED:
-                admit(conn, [task], limits, dialect=self.dialect)
+                admit(
+                    conn, [task], limits, dialect=self.dialect, isolation_set=self._read_committed
+                )
             result = conn.execute(
                 tasks.update()
                 .where(
@@ -299,7 +307,14 @@ class SQLBackend(SQLQueue):
         """Remember ``record`` and record ``task`` in one transaction, unless the key is
         already remembered: then that record (after the transaction that wrote it commits)."""
         with self._db.begin(write=True) as conn:
-            kept = keyed.add_keyed(conn, record, task, limits, dialect=self.dialect)
+            kept = keyed.add_keyed(
+                conn,
+                record,
+                task,
+                limits,
+                dialect=self.dialect,
+                isolation_set=self._read_committed,
+            )
             if kept is record and keyed.queued(task):
                 self._db.notify(conn)
         return kept
@@ -334,8 +349,9 @@ class SQLBackend(SQLQueue):
         conn = joined.caller_connection(connection)
         with driver_errors_mapped():
             if record is not None:
+                # The application's transaction, checked to be at READ COMMITTED.
                 kept = keyed.add_keyed(
-                    conn, record, task, limits, dialect=self.dialect, joined=True
+                    conn, record, task, limits, dialect=self.dialect, isolation_set=True
                 )
                 if kept is not record:
                     return kept

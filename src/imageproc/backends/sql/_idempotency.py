@@ -51,33 +51,28 @@ def add_keyed(
     limits: QueueLimits | None,
     *,
     dialect: str,
-    joined: bool = False,
+    isolation_set: bool = False,
 ) -> IdempotencyRecord:
-    """In ``conn``'s transaction (which has run nothing yet, unless ``joined``: the
-    application's own, left at the isolation level it chose): remember ``record`` and insert
-    ``task``, or, if the key is remembered already, return that record and insert nothing."""
-    if not joined:
+    """In ``conn``'s transaction, which has run nothing yet unless ``isolation_set`` (it is at
+    READ COMMITTED already: the engine's level, or the application's transaction, checked):
+    remember ``record`` and insert ``task``, or, if the key is remembered already, return that
+    record and insert nothing."""
+    if not isolation_set:
         read_committed(conn, dialect=dialect)
     if task is not None:
         # Before the key: under limits, PostgreSQL orders admissions by a lock taken first.
         admit(conn, [task], limits, dialect=dialect, isolation_set=True)
-    # An expired record of the same key is forgotten here rather than left to block it.
-    conn.execute(
-        keys.delete().where(
-            keys.c.scope == record.scope,
-            keys.c.key == record.key,
-            keys.c.expires_at <= record.remembered_at,
-        )
-    )
-    # RETURNING says whether the row went in: the drivers' rowcounts for a skipped insert
-    # differ (psycopg reports none).
-    insert = (
-        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(keys)
-        .on_conflict_do_nothing()
-        .returning(keys.c.key)
-    )
+    # One statement takes the key: inserted if new, taken over if it expired (the update's
+    # condition), and nothing if it is live. RETURNING says which: the drivers' rowcounts for
+    # a skipped row differ (psycopg reports none).
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(keys)
+    take = insert.on_conflict_do_update(
+        index_elements=[keys.c.scope, keys.c.key],
+        set_={column.name: insert.excluded[column.name] for column in keys.columns},
+        where=keys.c.expires_at <= record.remembered_at,
+    ).returning(keys.c.key)
     for _ in range(_ROUNDS):
-        if conn.execute(insert, _row(record)).first() is not None:
+        if conn.execute(take, _row(record)).first() is not None:
             break
         known = find_key(conn, record.scope, record.key, record.remembered_at)
         if known is not None:
