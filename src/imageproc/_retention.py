@@ -82,7 +82,9 @@ def purge_orphans(
     while chunk := list(islice(old, batch)):
         # Asked just before the batch is deleted, to keep short the window in which a submit of
         # the same bytes finds the original stored (so does not write it again) and records a
-        # task on it; purge_finished has the same window. Closing it takes the submit's side.
+        # task on it; purge_finished has the same window. The submit's side narrows it further:
+        # having recorded a task on an original it found stored, it checks the original is
+        # still there and puts it back if not (Submission._keep_original).
         in_use = sources_in_use(repository, chunk)
         for key in chunk:
             if key in in_use:

@@ -153,8 +153,9 @@ class Submission:
                 return self._replay(known, item)
         existing = self._duplicate_of(item) if upload.dedupe else None
         task = None
+        reused: set[str] = set()
         if existing is None:
-            self._store_original(item)
+            self._store_original(item, reused)
             task = self._new_task(item)
         answer = existing or task
         assert answer is not None
@@ -164,6 +165,8 @@ class Submission:
             assert kept is not None
             return self._replay(kept, item, upload.connection)
         if task is not None:
+            if reused:
+                self._keep_original(item)
             self._submitted(task)
         return Accepted(answer, record)
 
@@ -263,6 +266,7 @@ class Submission:
         # Each original is stored (on the I/O threads) as soon as its upload has been checked,
         # while the next is checked; the same bytes twice are stored once.
         storing: dict[str, Future[None]] = {}
+        reused: set[str] = set()  # originals found stored already
         for upload in uploads:
             try:
                 item = self._prepare(upload)
@@ -287,12 +291,18 @@ class Submission:
                     continue
             results.append(item)
             if item.key not in storing:
-                storing[item.key] = self._store_soon(item, alone=len(uploads) == 1)
+                storing[item.key] = self._store_soon(item, reused, alone=len(uploads) == 1)
         stored = {key: _stored(future) for key, future in storing.items()}
         prepared = [item for item in results if isinstance(item, _Prepared)]
         accepted = [item for item in prepared if stored[item.key] is None]
         tasks = {id(item): self._new_task(item) for item in accepted}
         unrecorded = self._record_new(accepted, tasks)
+        recorded_on = {item.key: item for item in accepted if id(item) not in unrecorded}
+        for key in reused & recorded_on.keys():
+            try:
+                self._keep_original(recorded_on[key])
+            except Exception:  # the tasks are recorded: their worker will say what is wrong
+                logger.exception("could not check the original %s", key)
         final: list[Accepted | Exception] = []
         given: set[int] = set()  # errors already handed out (same bytes twice in one batch)
         for result in results:
@@ -412,24 +422,38 @@ class Submission:
             metadata=upload.metadata,
         )
 
-    def _store_original(self, upload: _Prepared) -> None:
+    def _store_original(self, upload: _Prepared, reused: set[str]) -> None:
+        """Store the original, unless it is stored already (then its key goes in ``reused``)."""
         # Content-addressed: the same owner's upload is stored once, however often submitted.
-        if not self.retry.call(self.storage.exists, upload.key):
-            content_type = content_type_for(upload.info.format)
-            self.retry.call(
-                lambda: self.storage.put(upload.key, upload.data, content_type=content_type)
-            )
+        if self.retry.call(self.storage.exists, upload.key):
+            reused.add(upload.key)
+            return
+        self._put_original(upload)
 
-    def _store_soon(self, upload: _Prepared, *, alone: bool) -> Future[None]:
+    def _put_original(self, upload: _Prepared) -> None:
+        content_type = content_type_for(upload.info.format)
+        self.retry.call(
+            lambda: self.storage.put(upload.key, upload.data, content_type=content_type)
+        )
+
+    def _keep_original(self, upload: _Prepared) -> None:
+        """After recording a task on an original that was stored already: make sure it still
+        is. The sweep of orphans may have found it unused, before the task was recorded, and
+        deleted it since; the bytes are still at hand to put it back."""
+        if not self.retry.call(self.storage.exists, upload.key):
+            logger.warning("original %s was deleted while a task was recorded on it", upload.key)
+            self._put_original(upload)
+
+    def _store_soon(self, upload: _Prepared, reused: set[str], *, alone: bool) -> Future[None]:
         """Store the original on an I/O thread (at once on this one if ``alone``); any
         exception is the upload's own, in the future."""
         if alone:
-            return _settled(self._store_original, upload)
+            return _settled(self._store_original, upload, reused)
         try:
             executor = self._io_executor()
         except RuntimeError as error:  # the Processor is closed
             return _settled(_raise, error)
-        return executor.submit(self._store_original, upload)
+        return executor.submit(self._store_original, upload, reused)
 
     def _io_executor(self) -> ThreadPoolExecutor:
         with self._lock:
