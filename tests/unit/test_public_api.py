@@ -34,7 +34,7 @@ def test_importing_imageproc_pulls_in_no_optional_dependency() -> None:
         "import sys, json, imageproc, imageproc.testing;"
         "print(json.dumps(sorted(m for m in sys.modules"
         " if m.split('.')[0] in {'starlette', 's3fs', 'psycopg', 'prometheus_client',"
-        " 'uvicorn', 'pillow_heif', 'boto3', 'botocore', 'aiobotocore'})))"
+        " 'uvicorn', 'pillow_heif', 'boto3', 'botocore', 'aiobotocore', 'anyio'})))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
