@@ -11,11 +11,11 @@ waits (they are kept apart by loop). Per loop it holds:
   id only (another process, a listener that reconnected) asks the sweep to read it.
 * one sweep, an asyncio task that runs while there are waiters: every
   ``Completions.poll_interval`` (ends this process cannot hear of: SQLite written by another
-  process, PostgreSQL while its listener is down), and at once when an id-only end arrives, it
-  reads the ended tasks among all the waited ids in ONE blocking call (one query where the
-  repository has ``ended_among``, else a ``get`` per id in that same call) and wakes their
-  waiters. Without completions at all (a custom repository), it reads every
-  :data:`UNPUSHED_POLL` seconds.
+  process, PostgreSQL while its listener is down) it reads the ended tasks among all the waited
+  ids in ONE blocking call (one query where the repository has ``ended_among``, else a ``get``
+  per id in that same call) and wakes their waiters; when ends arrive by id only, it reads at
+  once, in the same way, just the ids heard since its last read. Without completions at all (a
+  custom repository), it reads every :data:`UNPUSHED_POLL` seconds.
 
 Every blocking call (the first read of each task, the sweep's read, getting ready to listen)
 goes through ``run_blocking``, which the caller points at a thread pool. ``activate`` (the first
@@ -194,6 +194,8 @@ class _LoopWaiters:
         self._subscriptions: dict[str, AbstractContextManager[None] | None] = {}
         self._sweep: asyncio.Task[None] | None = None
         self._sweep_now = asyncio.Event()
+        #: Ids whose end was heard without the task: the sweep reads just these, at once.
+        self._news: set[str] = set()
         self._activation: asyncio.Task[None] | None = None
 
     async def activated(self) -> None:
@@ -248,6 +250,7 @@ class _LoopWaiters:
         if task is not None and task.status.is_final:
             self._wake(task_id, task)
         elif task_id in self._futures:
+            self._news.add(task_id)
             self._sweep_now.set()
 
     def _wake(self, task_id: str, task: Task | None) -> None:
@@ -256,18 +259,29 @@ class _LoopWaiters:
                 future.set_result(task)
 
     async def _run_sweep(self) -> None:
+        last_full = self._loop.time()
         while self._futures:
             interval = self._owner.poll_interval()
-            try:
-                async with asyncio.timeout(interval or _PUSHED_RECHECK):
-                    await self._sweep_now.wait()
-            except TimeoutError:
-                if interval is None:
-                    continue  # every end is pushed: nothing to read
+            period = _PUSHED_RECHECK if interval is None else interval
+            remaining = last_full + period - self._loop.time()
+            if remaining > 0 and not self._sweep_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._sweep_now.wait()
+            # Every poll_interval, every waited task (ends nobody told us of), however much
+            # news by id keeps arriving meanwhile; between, just the ids heard (a NOTIFY names
+            # one task, not all). With every end pushed (no poll_interval), only the news.
+            full = self._loop.time() >= last_full + period
+            if full:
+                last_full = self._loop.time()
+            if full and interval is not None:
+                ids = list(self._futures)
+            else:
+                ids = [task_id for task_id in self._news if task_id in self._futures]
             self._sweep_now.clear()
-            ids = list(self._futures)
+            self._news.clear()
             if not ids:
-                break
+                continue
             try:
                 ended = await self._owner.run_blocking(self._owner.read_ended, ids)
             except Exception:

@@ -151,6 +151,40 @@ def test_an_end_known_by_id_only_is_read_at_once_by_the_sweep() -> None:
     assert len(table.batches) == 1
 
 
+def test_news_by_id_never_starves_the_full_read() -> None:
+    # Ends of one task keep being heard by id while another ends unheard: the full read still
+    # comes every poll_interval.
+    heard, silent = new_task(), new_task()
+    table, pool = BatchTable(heard, silent), Pool()
+    completions = Completions(poll_interval=0.1)
+    waiters = waiters_for(table, completions, pool)
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.wait(0.01):
+            completions.publish([(heard.id, None)])  # "read it", but it has not ended
+
+    async def scenario() -> float:
+        noisy = asyncio.create_task(waiters.wait(heard.id, timeout=10))
+        quiet = asyncio.create_task(waiters.wait(silent.id, timeout=10))
+        await asyncio.sleep(0.05)
+        talker = threading.Thread(target=chatter)
+        talker.start()
+        try:
+            table.end(silent.id)
+            started = time.monotonic()
+            await asyncio.wait_for(quiet, 5)
+            return time.monotonic() - started
+        finally:
+            stop.set()
+            talker.join(5)
+            noisy.cancel()
+
+    assert run(scenario()) < 1.0
+    assert any(len(batch) == 1 for batch in table.batches)  # news: the one id heard
+    assert any(len(batch) == 2 for batch in table.batches)  # the poll: every waited id
+
+
 def test_a_repository_without_completions_is_swept() -> None:
     task = new_task()
     table, pool = BatchTable(task), Pool()
