@@ -290,6 +290,8 @@ def test_one_async_processor_serves_several_event_loops_in_turn() -> None:
 
     assert run(one(True)) == TaskStatus.SUCCEEDED
     assert run(one(False)) == TaskStatus.SUCCEEDED
+    assert processor._waiters is not None
+    assert len(processor._waiters._loops) == 0  # nothing kept of the loops that have ended
     run(processor.aclose())
 
 

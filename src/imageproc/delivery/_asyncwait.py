@@ -107,11 +107,9 @@ class AsyncWaiters:
         ``timeout`` seconds, :class:`~imageproc.TaskNotFound` if there is no such task."""
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
-        waiters = self._loops.get(loop)
-        if waiters is None:
-            waiters = self._loops[loop] = _LoopWaiters(self, loop)
         if self._completions is not None and not self._activated:
-            await waiters.activated()
+            await self._waiters_on(loop).activated()
+        waiters = self._waiters_on(loop)
         status: object = "not read yet"
         future = waiters.add(task_id)
         try:
@@ -131,6 +129,14 @@ class AsyncWaiters:
             raise WaitTimeout(f"task {task_id} is still {status} after {timeout}s") from None
         finally:
             waiters.remove(task_id, future)
+            if not waiters and self._loops.get(loop) is waiters:
+                del self._loops[loop]  # it refers to its loop: keep no loop alive for nothing
+
+    def _waiters_on(self, loop: asyncio.AbstractEventLoop) -> _LoopWaiters:
+        waiters = self._loops.get(loop)
+        if waiters is None:
+            waiters = self._loops[loop] = _LoopWaiters(self, loop)
+        return waiters
 
     async def activate(self) -> None:
         """Get the backend ready to push ends (may block: in a thread), then never again."""
