@@ -29,12 +29,11 @@ from collections.abc import AsyncIterator
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 
-from imageproc import Processor
+from imageproc import AsyncProcessor, Processor
 from imageproc.http import create_app, parse_api_keys
 from imageproc.http.serving import BodyDeadline, RedactQuerySecrets, header_deadline_protocol
 
@@ -53,14 +52,15 @@ def build(args: argparse.Namespace) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if args.workers > 0:
-            processor.start(workers=args.workers)
-        try:
-            yield
-        finally:
-            # Blocking (it waits for tasks in flight): off the event loop.
-            await run_in_threadpool(processor.stop, args.stop_timeout)
-            await run_in_threadpool(processor.close)
+        # The Processor's async twin runs each blocking call in threads of its own, never on
+        # the event loop; owns=True: leaving the block closes the Processor.
+        async with AsyncProcessor(processor, owns=True) as images:
+            if args.workers > 0:
+                await images.start(workers=args.workers)
+            try:
+                yield
+            finally:
+                await images.stop(args.stop_timeout)  # waits for tasks in flight, in a thread
 
     async def home(request: Request) -> Response:
         return HTMLResponse(PAGE)

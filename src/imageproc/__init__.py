@@ -9,9 +9,12 @@ once, make every variant, store them and record the result::
         task = processor.submit("cat.jpg", Pipeline.parse("thumb=fit:256x256,webp:q80"))
         processor.start(workers=2)
         print(processor.wait(task.id, timeout=30).outputs)
+
+:class:`AsyncProcessor` is its asyncio twin (``await processor.submit(…)``) for ASGI apps.
 """
 
 from imageproc.__version__ import __version__
+from imageproc._asyncprocessor import AsyncProcessor
 from imageproc._events import Events
 from imageproc._idempotency import IdempotencyRecord
 from imageproc._processor import Processor, Source, Upload
@@ -74,6 +77,7 @@ from imageproc.pipeline._pipeline import Pipeline, PipelineLimits
 from imageproc.pipeline._variant import Variant
 
 __all__ = [
+    "AsyncProcessor",
     "BackendUnavailable",
     "BatchQueue",
     "Blur",

@@ -101,6 +101,18 @@ def test_fastapi_example_submits_from_its_own_endpoint(tmp_path: Path) -> None:
             fetched[output["name"]] = picture(image.content)
         assert fetched == {"small": ("WEBP", (64, 64)), "large": ("WEBP", (256, 256))}
 
+        # Its endpoints await the app's AsyncProcessor, which shares the mounted API's Processor;
+        # ?wait= answers once the task has ended, in one request.
+        assert app.state.images.sync is processor
+        reply = client.post(
+            "/users/carol/avatar", files={"image": ("me.jpg", sample_image(600, 400), "image/jpeg")}
+        )
+        assert reply.status_code == 202, reply.text
+        waited = client.get("/users/carol/avatar", params={"wait": 30})
+        assert waited.status_code == 200
+        assert (waited.json()["status"], waited.json()["ready"]) == ("succeeded", True)
+        assert client.get("/users/carol/avatar", params={"wait": 31}).status_code == 422
+
         refused = client.post(
             "/users/bob/avatar", files={"image": ("notes.txt", b"not an image", "text/plain")}
         )
@@ -111,6 +123,22 @@ def test_fastapi_example_submits_from_its_own_endpoint(tmp_path: Path) -> None:
         assert client.get("/images/readyz").status_code == 200
     # Leaving the client ran the rest of the lifespan: workers stopped, backends closed.
     assert processor.pool is None
+
+
+def test_fastapi_example_waits_at_most_as_long_as_asked(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    app = load_example("fastapi_app").build(
+        f"sqlite:///{tmp_path / 'tasks.db'}", f"file://{tmp_path / 'data'}", workers=0
+    )
+    with TestClient(app) as client:  # no workers: the task stays queued
+        reply = client.post("/users/dan/avatar", files=avatar_upload(sample_image(300, 200)))
+        assert reply.status_code == 202, reply.text
+        started = time.monotonic()
+        waited = client.get("/users/dan/avatar", params={"wait": 0.3})
+        assert 0.3 <= time.monotonic() - started < 10
+        assert waited.json()["status"] == "queued"
+        assert waited.json()["ready"] is False
 
 
 @pytest.mark.slow

@@ -181,6 +181,12 @@ class MemoryRepository:
         with self._changed:
             return self._row(task_id).task
 
+    def ended_among(self, task_ids: Collection[str]) -> list[Task]:
+        """The tasks among ``task_ids`` that are in a final status (unknown ids left out)."""
+        with self._changed:
+            rows = (self._rows.get(task_id) for task_id in dict.fromkeys(task_ids))
+            return [row.task for row in rows if row is not None and row.task.status.is_final]
+
     def update(self, task: Task, *, expected: Task, limits: QueueLimits | None = None) -> bool:
         """Replace the task if it is still ``expected``; drops any lease. A change to queued
         that would pass ``limits`` is :class:`~imageproc.QueueFull`."""

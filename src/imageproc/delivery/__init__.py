@@ -1,5 +1,6 @@
 """How the application hears that work is done: the completion push (``_completions``) that
-``wait`` (``_waiting``) and, later, webhooks and the asyncio API stand on.
+``wait`` (``_waiting``), the asyncio waiters of ``AsyncProcessor.wait`` (``_asyncwait``) and,
+later, webhooks stand on.
 
 Internal: nothing here is public yet. It imports the model and the protocols, never the processor.
 """

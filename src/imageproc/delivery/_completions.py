@@ -60,15 +60,23 @@ class Completions:
         self._lock = threading.Lock()
         self._subscribers: dict[str, list[_Callback]] = {}
 
-    @contextmanager
-    def subscribe(
-        self, task_id: str, callback: _Callback, *, timeout: float = 5.0
-    ) -> Iterator[None]:
-        """Call ``callback(task_id, task_or_none)`` each time ``task_id`` is published, until the
-        ``with`` block ends. Getting ready to hear (a backend's first ``LISTEN``) takes at most
-        ``timeout`` seconds; past that, ends may only be found by :attr:`poll_interval`."""
+    def activate(self, timeout: float = 5.0) -> None:
+        """Get ready to hear ends (a backend's first ``LISTEN``): may block for up to
+        ``timeout`` seconds, so an event loop calls it in a thread, once, then subscribes with
+        ``activate=False``. Past ``timeout``, ends may only be found by :attr:`poll_interval`."""
         if self._activate is not None:
             self._activate(timeout)
+
+    @contextmanager
+    def subscribe(
+        self, task_id: str, callback: _Callback, *, timeout: float = 5.0, activate: bool = True
+    ) -> Iterator[None]:
+        """Call ``callback(task_id, task_or_none)`` each time ``task_id`` is published, until the
+        ``with`` block ends. Getting ready to hear (:meth:`activate`) takes at most ``timeout``
+        seconds; ``activate=False`` skips it (the caller has activated already), and then
+        subscribing never blocks but on this object's own short lock."""
+        if activate:
+            self.activate(timeout)
         with self._lock:
             self._subscribers.setdefault(task_id, []).append(callback)
         try:

@@ -221,6 +221,26 @@ def test_update_is_compare_and_set_and_drops_the_lease(backend: Backend) -> None
         backend.repository.update(new_task(), expected=task)
 
 
+def test_ended_among_reads_the_final_tasks_among_many_ids_at_once(backend: Backend) -> None:
+    # The asyncio waiters' shared sweep: one call for every waited id.
+    ended_among = getattr(backend.repository, "ended_among")  # noqa: B009 - optional method
+    first, second, third = new_task(age=3), new_task(age=2), new_task(age=1)
+    for task in (first, second, third):
+        backend.repository.add(task)
+    assert ended_among([first.id, second.id, third.id]) == []
+    (lease,) = backend.queue.claim("w", lease_seconds=LEASE)
+    assert lease.task.id == first.id  # the oldest
+    backend.queue.complete(lease, lease.task.fail(TaskError("invalid_image", "nope"), utcnow()))
+    backend.repository.update(third.cancel(utcnow()), expected=third)
+    ids = [first.id, second.id, third.id, "no-such-task", first.id]
+    found = {task.id: task for task in ended_among(ids)}
+    assert set(found) == {first.id, third.id}
+    assert found[first.id] == backend.repository.get(first.id)
+    assert found[third.id].status == TaskStatus.CANCELLED
+    many = [f"missing-{n}" for n in range(1200)] + [third.id]  # past one query's batch
+    assert [task.id for task in ended_among(many)] == [third.id]
+
+
 def test_update_back_to_queued_makes_it_claimable(backend: Backend) -> None:
     backend.repository.add(new_task())
     (lease,) = backend.queue.claim("w", lease_seconds=LEASE)

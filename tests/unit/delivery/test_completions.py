@@ -182,6 +182,19 @@ def test_activate_runs_with_the_subscribe_timeout_before_the_subscription() -> N
     assert seen == [(1.5, 0), (5.0, 0)]
 
 
+def test_activate_can_be_called_alone_and_skipped_by_subscribe() -> None:
+    # An event loop activates once in a thread, then subscribes without blocking.
+    seen: list[float] = []
+    completions = Completions(activate=seen.append)
+    completions.activate(2.0)
+    task_id, recorder = new_task().id, Recorder()
+    with completions.subscribe(task_id, recorder, activate=False):
+        completions.publish([(task_id, None)])
+    assert seen == [2.0]
+    assert recorder.calls == [(task_id, None)]
+    Completions().activate()  # nothing to activate: a no-op
+
+
 # -- wait_for_end -------------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ from imageproc.backends.sql._listener import (
 from imageproc.backends.sql._queueing import SQLQueue
 from imageproc.backends.sql._schema import VERSION_TABLE, task_from_row, task_to_row, tasks
 from imageproc.backends.sql._statements import (
+    ENDED_AMONG,
     FIND_BY_SOURCE,
     GET,
     NO_LEASE,
@@ -70,6 +71,9 @@ from imageproc.errors import (
 __all__ = ["SQLBackend"]
 
 logger = logging.getLogger("imageproc.sql")
+
+#: Ids per query of :meth:`SQLBackend.ended_among` (well under SQLite's bound parameters).
+_ENDED_BATCH = 500
 
 
 class SQLBackend(SQLQueue):
@@ -230,6 +234,17 @@ class SQLBackend(SQLQueue):
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return task_from_row(row)
+
+    def ended_among(self, task_ids: Collection[str]) -> list[Task]:
+        """The tasks among ``task_ids`` that are in a final status, read in one query per 500
+        ids (the asyncio waiters' shared sweep: ends another process recorded on SQLite)."""
+        ids = list(dict.fromkeys(task_ids))
+        ended: list[Task] = []
+        for start in range(0, len(ids), _ENDED_BATCH):
+            with self._db.one_statement() as conn:
+                rows = conn.execute(ENDED_AMONG, {"task_ids": ids[start : start + _ENDED_BATCH]})
+                ended.extend(task_from_row(row) for row in rows.mappings())
+        return ended
 
     def update(self, task: Task, *, expected: Task, limits: QueueLimits | None = None) -> bool:
         """Replace the task if it is still ``expected``; drops any lease. A change to queued

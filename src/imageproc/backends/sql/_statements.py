@@ -36,6 +36,7 @@ from imageproc.backends.sql._schema import (
 __all__ = [
     "CLAIM",
     "CLAIM_ORDER",
+    "ENDED_AMONG",
     "FINAL",
     "GET",
     "NO_LEASE",
@@ -131,6 +132,14 @@ CLAIM: Final = _claim_statement()
 # pipeline comes as JSON text, which is parsed once per distinct pipeline.
 GET: Final = sa.select(*(PIPELINE_TEXT if c.name == "pipeline" else c for c in tasks.c)).where(
     tasks.c.id == sa.bindparam("task_id")
+)
+
+#: The tasks among ``task_ids`` that are in a final status (the asyncio waiters' shared sweep).
+ENDED_AMONG: Final = sa.select(
+    *(PIPELINE_TEXT if c.name == "pipeline" else c for c in tasks.c)
+).where(
+    tasks.c.id.in_(sa.bindparam("task_ids", expanding=True)),
+    tasks.c.status.in_(FINAL),
 )
 
 
