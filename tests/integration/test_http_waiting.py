@@ -4,7 +4,8 @@ one second: a long response is not an idle connection, and none of them may cut 
 
 Covers a long-poll answered when a worker ends the task, one answered with the queued status
 after its wait, a server-sent event stream read with a plain HTTP client until the server closes
-it, 200 long-polls at once that hold no thread each, and a stop that ends an open stream.
+it, 200 long-polls at once that hold no thread each, and a stop that answers an open long-poll
+and ends an open stream at once.
 """
 
 from __future__ import annotations
@@ -248,3 +249,21 @@ def test_a_stop_ends_an_open_stream(server: Serve) -> None:
         assert time.monotonic() - started < 15
     finally:
         connection.close()
+
+
+def test_a_stop_answers_an_open_long_poll_at_once(server: Serve) -> None:
+    task_id = server.upload(not_before=300)
+    answer: list[tuple[int, Any]] = []
+    poll = threading.Thread(
+        target=lambda: answer.append(server.get(f"/status/{task_id}?wait=60", timeout=60))
+    )
+    poll.start()
+    time.sleep(1)  # it waits now
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    poll.join(30)
+    # Answered with the task as it is, instead of holding the stop for up to a minute.
+    assert answer == [(200, answer[0][1])]
+    assert answer[0][1]["status"] == "queued"
+    assert server.process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 15

@@ -137,6 +137,24 @@ def test_wait_on_another_owners_task_is_404_at_once(
     assert (response.status_code, elapsed < 2) == (404, True)
 
 
+def test_a_stopping_server_answers_long_polls_at_once(client: TestClient) -> None:
+    task_id = upload(client)
+    answer: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: answer.append(timed_get(client, f"/status/{task_id}?wait=30"))
+    )
+    waiter.start()
+    time.sleep(0.5)
+    client.app.state.imageproc.stop_waiting()  # type: ignore[attr-defined]
+    waiter.join(10)
+    ((response, elapsed),) = answer
+    assert response.json()["status"] == "queued"
+    assert elapsed < 5
+    # And any that comes later is a plain read.
+    response, elapsed = timed_get(client, f"/status/{task_id}?wait=30")
+    assert (response.json()["status"], elapsed < 2) == ("queued", True)
+
+
 def test_many_waits_on_one_task_are_all_answered(client: TestClient, processor: Processor) -> None:
     task_id = upload(client)
     answers: list[str] = []

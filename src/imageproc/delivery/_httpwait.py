@@ -124,9 +124,16 @@ def _activate(completions: Completions, task_id: str) -> None:
 
 
 async def wait_for_end(
-    read: Read, task_id: str, *, timeout: float, completions: Completions | None
+    read: Read,
+    task_id: str,
+    *,
+    timeout: float,
+    completions: Completions | None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Task:
-    """The task as soon as it is in a final status, or as it is after ``timeout`` seconds.
+    """The task as soon as it is in a final status, or as it is after ``timeout`` seconds, or
+    once ``stopping()`` is true when it is read (the server is stopping: wake the waiters with
+    ``completions.publish_all()``).
 
     Woken by ``completions`` (reading again every ``completions.poll_interval`` seconds, if it
     says so), or polling with backoff without them. The first read's errors (no such task)
@@ -138,7 +145,7 @@ async def wait_for_end(
             watch.clear()
             task = watch.ended or await read(task_id)
             remaining = deadline - time.monotonic()
-            if task.status.is_final or remaining <= 0:
+            if task.status.is_final or remaining <= 0 or stopping():
                 return task
             await watch.wait(min(remaining, watch.poll_interval()))
 

@@ -86,6 +86,8 @@ class Service:
         self.upload_rate = (
             None if max_uploads_per_minute is None else WindowLimit(max_uploads_per_minute, 60.0)
         )
+        #: Set by :meth:`stop_waiting`: long-polls answer at once.
+        self.stopping = False
 
     @property
     def completions(self) -> Completions | None:
@@ -93,6 +95,14 @@ class Service:
         it has none (a custom repository: they poll)."""
         completions = getattr(self.processor.repository, "completions", None)
         return completions if isinstance(completions, Completions) else None
+
+    def stop_waiting(self) -> None:
+        """The server is stopping: answer every long-poll now with its task as it is, and any
+        that comes later at once (a stop would otherwise wait up to a minute for them). Call it
+        on the event loop (``loop.call_soon_threadsafe`` from a signal handler)."""
+        self.stopping = True
+        if self.completions is not None:
+            self.completions.publish_all()  # each waiter reads its task, and sees the flag
 
     # -- access ---------------------------------------------------------------------------
 

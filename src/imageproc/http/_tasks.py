@@ -59,6 +59,7 @@ async def status(request: Request) -> Response:
             task_id,
             timeout=wait,
             completions=service.completions,
+            stopping=lambda: service.stopping,
         )
     else:
         task = await service.task_for(task_id, owner)
