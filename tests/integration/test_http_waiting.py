@@ -5,7 +5,8 @@ one second: a long response is not an idle connection, and none of them may cut 
 Covers a long-poll answered when a worker ends the task, one answered with the queued status
 after its wait, a server-sent event stream read with a plain HTTP client until the server closes
 it, 200 long-polls at once that hold no thread each, and a stop that answers an open long-poll
-and ends an open stream at once.
+and ends an open stream at once. On PostgreSQL, a long-poll woken through LISTEN/NOTIFY by an end
+that another backend recorded.
 """
 
 from __future__ import annotations
@@ -267,3 +268,37 @@ def test_a_stop_answers_an_open_long_poll_at_once(server: Serve) -> None:
     assert answer[0][1]["status"] == "queued"
     assert server.process.wait(timeout=30) == 0
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.postgres
+def test_a_long_poll_is_woken_by_another_process_through_postgres(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The app's processor records nothing itself: the end comes from another backend (another
+    process, as far as the database can tell) through LISTEN/NOTIFY, and wakes the long-poll
+    long before the waiter's own safety reads would have found it."""
+    from starlette.testclient import TestClient
+
+    from imageproc import Processor
+    from imageproc.http import create_app
+    from imageproc.testing import FAST_OPTIONS
+
+    storage = f"file://{tmp_path / 'store'}"
+    with (
+        Processor.from_urls(postgres_url, storage, **FAST_OPTIONS) as serving,
+        Processor.from_urls(postgres_url, storage, **FAST_OPTIONS) as working,
+        TestClient(create_app(serving)) as client,
+    ):
+        task = serving.submit(sample_image(64, 48), "fit:32x32,png")
+        # Listening already (the first LISTEN), so the end below is pushed, not polled for.
+        assert client.get(f"/status/{task.id}?wait=1").json()["status"] == "queued"
+        timer = threading.Timer(1.0, working.run_until_idle)
+        timer.start()
+        try:
+            started = time.monotonic()
+            response = client.get(f"/status/{task.id}?wait=30")
+            elapsed = time.monotonic() - started
+        finally:
+            timer.join(10)
+        assert response.json()["status"] == "succeeded"
+        assert 0.9 < elapsed < 4
