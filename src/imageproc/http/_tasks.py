@@ -15,7 +15,6 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Final
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +25,8 @@ from imageproc.http._errors import ApiError, map_error
 from imageproc.http._service import Service, service_of
 
 if TYPE_CHECKING:
+    from sse_starlette import ServerSentEvent
+
     from imageproc._processor import Processor
     from imageproc._task import Task
 
@@ -85,6 +86,10 @@ async def events(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     # Read once before the stream starts, so a task that is missing (or not yours) is a 404.
     await service.task_for(task_id, owner)
+    # Imported here: sse-starlette imports uvicorn (to end its streams when uvicorn stops), and
+    # the adapter mounted under another server must not load it until a stream is asked for.
+    from sse_starlette import EventSourceResponse
+
     return EventSourceResponse(
         _status_events(request, service, owner, task_id), headers=_NO_STORE, ping=STREAM_PING
     )
@@ -93,6 +98,8 @@ async def events(request: Request) -> Response:
 async def _status_events(
     request: Request, service: Service, owner: str | None, task_id: str
 ) -> AsyncIterator[ServerSentEvent]:
+    from sse_starlette import ServerSentEvent
+
     number = 0
     final = False
     try:
