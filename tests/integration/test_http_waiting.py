@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,7 +43,7 @@ DEADLINE = 1
 class Serve:
     """``imageproc serve`` with two worker threads in ``folder``, its log in a file."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, **settings: str) -> None:
         self.port = free_port()
         self.log_path = folder / "serve.log"
         env = environment(
@@ -55,6 +56,7 @@ class Serve:
             IMAGEPROC_HEADER_TIMEOUT=str(DEADLINE),
             IMAGEPROC_KEEP_ALIVE_TIMEOUT=str(DEADLINE),
             IMAGEPROC_BODY_TIMEOUT=str(DEADLINE),
+            **{f"IMAGEPROC_{name.upper()}": value for name, value in settings.items()},
         )
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -302,3 +304,22 @@ def test_a_long_poll_is_woken_by_another_process_through_postgres(
             timer.join(10)
         assert response.json()["status"] == "succeeded"
         assert 0.9 < elapsed < 4
+
+
+def test_an_abandoned_long_poll_gives_its_connection_back(tmp_path: Path) -> None:
+    # uvicorn counts a request until the app answers it, connection closed or not: a long-poll
+    # still waiting for a client that has gone would hold its place for the rest of its wait.
+    server = Serve(tmp_path, max_connections="3")
+    try:
+        task_id = server.upload(not_before=300)
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(
+                    f"GET /status/{task_id}?wait=60 HTTP/1.1\r\nHost: test\r\n"
+                    f"Authorization: Bearer {KEY}\r\n\r\n".encode()
+                )
+                time.sleep(0.3)  # waiting now; then the client goes
+        time.sleep(1)
+        assert server.get(f"/status/{task_id}")[0] == 200
+    finally:
+        server.stop()

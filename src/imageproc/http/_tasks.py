@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
+import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -55,16 +56,53 @@ async def status(request: Request) -> Response:
     wait = _wait_of(request)
     task_id = request.path_params["task_id"]
     if wait:
-        task = await wait_for_end(
-            lambda task_id: service.task_for(task_id, owner),
-            task_id,
-            timeout=wait,
-            completions=service.completions,
-            stopping=lambda: service.stopping,
+        waited = await _unless_disconnected(
+            request,
+            lambda: wait_for_end(
+                lambda task_id: service.task_for(task_id, owner),
+                task_id,
+                timeout=wait,
+                completions=service.completions,
+                stopping=lambda: service.stopping,
+            ),
         )
+        if waited is None:  # the client has gone: nobody to answer
+            return Response(status_code=204)
+        task = waited
     else:
         task = await service.task_for(task_id, owner)
     return JSONResponse(service.task_json(request, task), headers=_NO_STORE)
+
+
+async def _unless_disconnected(
+    request: Request, wait: Callable[[], Awaitable[Task]]
+) -> Task | None:
+    """``wait()``'s task, or None as soon as the client disconnects: an abandoned long-poll
+    must not keep its subscription, or its place among the server's connections, for the rest
+    of its wait. ``wait()``'s errors propagate."""
+    outcome: list[Task | BaseException] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(await wait())
+        except Exception as error:  # raised after the group: not wrapped in an ExceptionGroup
+            outcome.append(error)
+        group.cancel_scope.cancel()
+
+    async def until_disconnected() -> None:
+        # A GET's (empty) body first, then nothing until the client goes (or the response ends).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        group.start_soon(until_disconnected)
+    if not outcome:
+        return None
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _wait_of(request: Request) -> int:
