@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from imageproc import Processor
+from imageproc import BackendUnavailable, Processor
 from imageproc.http import _tasks
 from imageproc.http._app import create_app
 from imageproc.testing import sample_image
@@ -266,3 +266,38 @@ def test_the_stream_is_open_without_keys(processor: Processor) -> None:
         with client.stream("GET", f"/status/{task_id}/events") as stream:
             events = list(read_events(stream.iter_lines()))
     assert [json.loads(event["data"])["status"] for event in events] == ["succeeded"]
+
+
+@pytest.mark.usefixtures("fast_stream")
+def test_a_stream_that_cannot_read_its_task_ends_with_an_error_event(
+    client: TestClient, processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = upload(client)
+    reads = 0
+    real_get = processor.get
+
+    def flaky_get(task_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads > 2:  # the check before the stream, the first event; then the database goes
+            raise BackendUnavailable("connection refused to db.internal:5432")
+        return real_get(task_id)
+
+    monkeypatch.setattr(processor, "get", flaky_get)
+    with client.stream("GET", f"/status/{task_id}/events", headers=auth(ALICE)) as response:
+        events = list(read_events(response.iter_lines()))
+    assert [event["event"] for event in events] == ["status", "error"]
+    error = json.loads(events[-1]["data"])["error"]
+    assert error["code"] == "backend_unavailable"
+    assert "db.internal" not in error["message"]  # as an error answer would say it
+    assert events[-1]["id"] == "2"
+
+
+def test_head_of_a_stream_answers_its_headers_without_streaming(client: TestClient) -> None:
+    task_id = upload(client)
+    started = time.monotonic()
+    response = client.head(f"/status/{task_id}/events", headers=auth(ALICE))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b""
+    assert time.monotonic() - started < 2
