@@ -4,6 +4,8 @@ bounds on slow bodies and uploads per key around the app, and a graceful stop on
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import threading
 from datetime import timedelta
@@ -16,9 +18,13 @@ from imageproc.config import Settings
 from imageproc.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from types import FrameType
+
+    import uvicorn
     from starlette.applications import Starlette
 
     from imageproc._signing import ApiKeys
+    from imageproc.http._service import Service
 
 __all__ = ["serve"]
 
@@ -66,24 +72,22 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             with settings.processor(events=metrics, migrate=not args.no_migrate) as processor:
                 if metrics is not None:
                     metrics.watch(processor)
-                app = _guarded_app(
-                    create_app(
-                        processor,
-                        api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
-                        signing_keys=settings.signing_keys,
-                        max_upload_bytes=settings.max_upload_bytes,
-                        max_queue_depth=settings.max_queue_depth,
-                        max_priority=parse_max_priorities(settings.max_priority),
-                        max_uploads_per_minute=settings.max_uploads_per_minute,
-                        url_ttl=timedelta(seconds=settings.url_ttl),
-                        metrics_registry=metrics.registry if metrics is not None else None,
-                        # Settings refused weak keys unless they are allowed; create_app warns.
-                        allow_weak_keys=settings.allow_weak_keys,
-                        max_auth_failures=settings.max_auth_failures,
-                        auth_failure_window=timedelta(seconds=settings.auth_failure_window),
-                    ),
-                    settings,
+                api = create_app(
+                    processor,
+                    api_keys=parse_api_keys(settings.api_keys) if settings.api_keys else None,
+                    signing_keys=settings.signing_keys,
+                    max_upload_bytes=settings.max_upload_bytes,
+                    max_queue_depth=settings.max_queue_depth,
+                    max_priority=parse_max_priorities(settings.max_priority),
+                    max_uploads_per_minute=settings.max_uploads_per_minute,
+                    url_ttl=timedelta(seconds=settings.url_ttl),
+                    metrics_registry=metrics.registry if metrics is not None else None,
+                    # Settings refused weak keys unless they are allowed; create_app warns.
+                    allow_weak_keys=settings.allow_weak_keys,
+                    max_auth_failures=settings.max_auth_failures,
+                    auth_failure_window=timedelta(seconds=settings.auth_failure_window),
                 )
+                app = _guarded_app(api, settings)
                 if not args.no_workers:
                     processor.start(settings.workers)
                 low, high = settings.workers
@@ -113,7 +117,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 )
                 # After Config, which (re)configures uvicorn's loggers.
                 access_log.addFilter(redactor)
-                servers.append(uvicorn.Server(config))
+                servers.append(_server_class(uvicorn.Server, api.state.imageproc)(config))
                 if not stopping.is_set():
                     try:
                         servers[0].run()
@@ -130,6 +134,22 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             access_log.removeFilter(redactor)
     return EXIT_OK
+
+
+def _server_class(base: type[uvicorn.Server], service: Service) -> type[uvicorn.Server]:
+    """uvicorn's server, answering the long-polls (``?wait=N``) of ``service`` at once when a
+    stop signal comes: uvicorn waits for every open response before it stops, and a long-poll
+    could hold it for up to a minute. (Event streams are ended by sse-starlette.)"""
+
+    class Server(base):  # type: ignore[valid-type,misc]
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # A signal handler must not take locks the interrupted code may hold: the waiters
+            # are woken from the event loop, as its next callback.
+            with contextlib.suppress(RuntimeError):  # no loop runs (yet): nobody waits
+                asyncio.get_running_loop().call_soon_threadsafe(service.stop_waiting)
+
+    return Server
 
 
 def _guarded_app(app: Starlette, settings: Settings) -> Any:

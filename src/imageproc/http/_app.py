@@ -4,6 +4,8 @@ Endpoints (see :data:`imageproc.http.OPENAPI` for the full description)::
 
     POST   /upload                 store an image and queue a task          202
     GET    /status/{task_id}       the task, with signed URLs of its outputs 200
+                                   (?wait=N: as soon as it is final, N s at most)
+    GET    /status/{task_id}/events  the task's status as server-sent events   200
     GET    /image/{key}  (+HEAD)   a stored original or output              200 / 304
     DELETE /tasks/{task_id}        cancel                                   200
     POST   /tasks/{task_id}/retry  queue a failed or dead task again        200
@@ -61,7 +63,7 @@ from imageproc.http._images import image
 from imageproc.http._openapi import openapi
 from imageproc.http._ratelimit import WindowLimit
 from imageproc.http._service import AUTH_FAILURE_ADDRESSES, Service
-from imageproc.http._tasks import cancel, retry, status
+from imageproc.http._tasks import cancel, events, retry, status
 from imageproc.http._uploads import upload
 
 if TYPE_CHECKING:
@@ -176,6 +178,7 @@ def create_app(
     routes = [
         Route("/upload", guard(upload), methods=["POST"], name="upload"),
         Route("/status/{task_id}", guard(status), methods=["GET"], name="status"),
+        Route("/status/{task_id}/events", guard(events), methods=["GET"], name="events"),
         Route("/image/{image_key:path}", guard(image), methods=["GET", "HEAD"], name="image"),
         Route("/tasks/{task_id}", guard(cancel), methods=["DELETE"], name="cancel"),
         Route("/tasks/{task_id}/retry", guard(retry), methods=["POST"], name="retry"),

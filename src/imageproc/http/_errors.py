@@ -91,7 +91,7 @@ def _error_response(status: int, code: str, message: str, headers: Mapping[str, 
     )
 
 
-def _map_error(error: ImageprocError) -> ApiError:
+def map_error(error: ImageprocError) -> ApiError:
     """The HTTP answer for one of imageproc's errors; 5xx answers never carry its text."""
     if isinstance(error, TaskNotFound):
         return ApiError(404, error.code, "no task with this id")
@@ -132,7 +132,7 @@ def guard(endpoint: _Endpoint) -> _Endpoint:
         except ApiError as error:
             return _error_response(error.status, error.code, error.message, error.headers)
         except ImageprocError as error:
-            api = _map_error(error)
+            api = map_error(error)
             return _error_response(api.status, api.code, api.message, api.headers)
         except ClientDisconnect:
             # The client went away while its body was being read (an upload cut short, or dropped

@@ -266,9 +266,52 @@ OPENAPI: Final[dict[str, Any]] = {
             "get": {
                 "operationId": "status",
                 "summary": "A task, with signed URLs of its outputs",
-                "parameters": [_TASK_ID],
+                "description": "With `wait=N`, a long-poll: answered as soon as the task is in a"
+                " final status (succeeded, failed, dead, cancelled), or with its status as it is"
+                " after N seconds, whichever comes first. The end is pushed to the server, not"
+                " polled for: the answer comes within milliseconds of it.",
+                "parameters": [
+                    _TASK_ID,
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 60, "default": 0},
+                        "description": "seconds to wait for the task to end, 0 to 60 (0: answer"
+                        " at once)",
+                    },
+                ],
                 "responses": {
                     "200": _TASK_RESPONSE,
+                    **_AUTH_ERRORS,
+                    "404": _error("no such task (or not yours)"),
+                    "422": _error(
+                        "wait is not a whole number of seconds from 0 to 60 (invalid_wait)"
+                    ),
+                    **_UNAVAILABLE,
+                },
+            }
+        },
+        "/status/{task_id}/events": {
+            "get": {
+                "operationId": "statusEvents",
+                "summary": "A task's status as server-sent events, until it ends",
+                "description": "A `text/event-stream`: first an `event: status` with the task as"
+                " `GET /status` shows it, then another each time its status changes, the last"
+                " one in a final status, after which the server closes the stream. Each event"
+                " has an `id:` counting up from 1 in the stream. The end is pushed to the"
+                " server; the changes before it (queued to processing) are found by reading the"
+                " task about once a second. A stream stays open at most 10 minutes, then ends"
+                " with a comment: reconnect to follow the task further. Comments (`: ping`)"
+                " keep quiet connections open every 15 seconds. Should the task become"
+                " unreadable mid-stream, an `event: error` carries the JSON of an error answer"
+                " and ends the stream.",
+                "parameters": [_TASK_ID],
+                "responses": {
+                    "200": {
+                        "description": "the stream of events",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
                     **_AUTH_ERRORS,
                     "404": _error("no such task (or not yours)"),
                     **_UNAVAILABLE,

@@ -21,6 +21,7 @@ from imageproc._protocols import queue_full
 from imageproc._signing import ANY_OWNER, PRIORITY_RANGE, ApiKeys, UrlSigner
 from imageproc._task import Task
 from imageproc._taskjson import task_json
+from imageproc.delivery._completions import Completions
 from imageproc.errors import TaskNotFound
 from imageproc.http._batching import SubmitBatcher
 from imageproc.http._errors import ApiError, retry_after
@@ -85,6 +86,23 @@ class Service:
         self.upload_rate = (
             None if max_uploads_per_minute is None else WindowLimit(max_uploads_per_minute, 60.0)
         )
+        #: Set by :meth:`stop_waiting`: long-polls answer at once.
+        self.stopping = False
+
+    @property
+    def completions(self) -> Completions | None:
+        """The repository's completion push, which long-polls and streams wait on; None when
+        it has none (a custom repository: they poll)."""
+        completions = getattr(self.processor.repository, "completions", None)
+        return completions if isinstance(completions, Completions) else None
+
+    def stop_waiting(self) -> None:
+        """The server is stopping: answer every long-poll now with its task as it is, and any
+        that comes later at once (a stop would otherwise wait up to a minute for them). Call it
+        on the event loop (``loop.call_soon_threadsafe`` from a signal handler)."""
+        self.stopping = True
+        if self.completions is not None:
+            self.completions.publish_all()  # each waiter reads its task, and sees the flag
 
     # -- access ---------------------------------------------------------------------------
 

@@ -1,29 +1,169 @@
-"""The endpoints on one task: ``GET /status/{task_id}``, ``DELETE /tasks/{task_id}`` (cancel)
-and ``POST /tasks/{task_id}/retry``; each answers the task as ``/status`` shows it.
+"""The endpoints on one task: ``GET /status/{task_id}`` (with ``?wait=N``, a long-poll),
+``GET /status/{task_id}/events`` (server-sent events), ``DELETE /tasks/{task_id}`` (cancel) and
+``POST /tasks/{task_id}/retry``; each answers the task as ``/status`` shows it.
+
+The long-poll and the stream wait on the event loop (:mod:`imageproc.delivery._httpwait`): a
+waiting request holds no thread, only a read of the task now and then, in a thread for as long
+as it takes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Final
 
+import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from imageproc.http._service import service_of
+from imageproc.delivery._httpwait import follow, wait_for_end
+from imageproc.errors import ImageprocError
+from imageproc.http._errors import ApiError, map_error
+from imageproc.http._service import Service, service_of
 
 if TYPE_CHECKING:
+    from sse_starlette import ServerSentEvent
+
     from imageproc._processor import Processor
     from imageproc._task import Task
 
+logger = logging.getLogger("imageproc.http")
+
+#: The longest ``GET /status/{id}?wait=N`` may wait, in seconds.
+MAX_WAIT: Final = 60
+#: How long one ``GET /status/{id}/events`` stream stays open at most, in seconds; then it
+#: ends with a comment, and the client reconnects if it still wants to follow the task.
+STREAM_LIMIT: Final = 600.0
+#: Seconds between the reads that find a streamed task's changes before its end (queued →
+#: processing); its end itself is pushed.
+STREAM_POLL: Final = 1.0
+#: Seconds between the keep-alive comments of a stream, for proxies that drop quiet connections.
+STREAM_PING: Final = 15
+
+_WAIT: Final = re.compile(r"[0-9]{1,3}")
+_NO_STORE: Final = {"Cache-Control": "no-store"}
+
 
 async def status(request: Request) -> Response:
-    """GET /status/{task_id}: the task, with signed URLs of its outputs."""
+    """GET /status/{task_id}: the task, with signed URLs of its outputs; with ``?wait=N``, as
+    soon as it is final, or as it is after ``N`` seconds."""
     service = service_of(request)
     owner = service.authenticate(request)
-    task = await service.task_for(request.path_params["task_id"], owner)
-    return JSONResponse(service.task_json(request, task), headers={"Cache-Control": "no-store"})
+    wait = _wait_of(request)
+    task_id = request.path_params["task_id"]
+    if wait:
+        waited = await _unless_disconnected(
+            request,
+            lambda: wait_for_end(
+                lambda task_id: service.task_for(task_id, owner),
+                task_id,
+                timeout=wait,
+                completions=service.completions,
+                stopping=lambda: service.stopping,
+            ),
+        )
+        if waited is None:  # the client has gone: nobody to answer
+            return Response(status_code=204)
+        task = waited
+    else:
+        task = await service.task_for(task_id, owner)
+    return JSONResponse(service.task_json(request, task), headers=_NO_STORE)
+
+
+async def _unless_disconnected(
+    request: Request, wait: Callable[[], Awaitable[Task]]
+) -> Task | None:
+    """``wait()``'s task, or None as soon as the client disconnects: an abandoned long-poll
+    must not keep its subscription, or its place among the server's connections, for the rest
+    of its wait. ``wait()``'s errors propagate."""
+    outcome: list[Task | BaseException] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(await wait())
+        except Exception as error:  # raised after the group: not wrapped in an ExceptionGroup
+            outcome.append(error)
+        group.cancel_scope.cancel()
+
+    async def until_disconnected() -> None:
+        # A GET's (empty) body first, then nothing until the client goes (or the response ends).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        group.start_soon(until_disconnected)
+    if not outcome:
+        return None
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _wait_of(request: Request) -> int:
+    """The ``wait`` query parameter: whole seconds from 0 to :data:`MAX_WAIT` (0 if absent)."""
+    given = request.query_params.getlist("wait")
+    if not given:
+        return 0
+    if len(given) == 1 and _WAIT.fullmatch(given[0]) and int(given[0]) <= MAX_WAIT:
+        return int(given[0])
+    raise ApiError(
+        422, "invalid_wait", f"wait must be a whole number of seconds from 0 to {MAX_WAIT}, once"
+    )
+
+
+async def events(request: Request) -> Response:
+    """GET /status/{task_id}/events: the task's status as server-sent events, until it ends."""
+    service = service_of(request)
+    owner = service.authenticate(request)
+    task_id = request.path_params["task_id"]
+    # Read once before the stream starts, so a task that is missing (or not yours) is a 404.
+    await service.task_for(task_id, owner)
+    # Imported here: sse-starlette imports uvicorn (to end its streams when uvicorn stops), and
+    # the adapter mounted under another server must not load it until a stream is asked for.
+    from sse_starlette import EventSourceResponse
+
+    return EventSourceResponse(
+        _status_events(request, service, owner, task_id), headers=_NO_STORE, ping=STREAM_PING
+    )
+
+
+async def _status_events(
+    request: Request, service: Service, owner: str | None, task_id: str
+) -> AsyncIterator[ServerSentEvent]:
+    from sse_starlette import ServerSentEvent
+
+    number = 0
+    final = False
+    try:
+        async for task in follow(
+            lambda task_id: service.task_for(task_id, owner),
+            task_id,
+            completions=service.completions,
+            poll=STREAM_POLL,
+            limit=STREAM_LIMIT,
+        ):
+            number += 1
+            final = task.status.is_final
+            data = json.dumps(service.task_json(request, task), separators=(",", ":"))
+            yield ServerSentEvent(data, event="status", id=str(number))
+    except ImageprocError as error:
+        # The stream has started: the error can only be told in it, as the JSON an error
+        # answer would carry. The client may reconnect (a 503 is transient).
+        api = map_error(error)
+        data = json.dumps({"error": {"code": api.code, "message": api.message}})
+        yield ServerSentEvent(data, event="error", id=str(number + 1))
+        return
+    if not final:
+        yield ServerSentEvent(
+            comment=f"open for {STREAM_LIMIT:g} s, the most a stream stays open: reconnect to"
+            " follow the task further"
+        )
 
 
 async def cancel(request: Request) -> Response:
