@@ -130,8 +130,16 @@ def test_sixteen_threads_under_one_key_make_one_task(backend: Backend) -> None:
     processor = Processor(
         MemoryStorage(), backend.queue, backend.repository, clock=backend.clock, **FAST_OPTIONS
     )
+    ids = submitted_at_once(processor, 16)
+    assert len(set(ids)) == 1
+    assert [task.id for task in backend.repository.find(TaskStatus.QUEUED)] == ids[:1]
+
+
+def submitted_at_once(processor: Processor, count: int) -> list[str]:
+    """The ids ``count`` threads were answered with, submitting one image under one key at the
+    same moment (each of them answered: no error)."""
     image = sample_image()
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(count)
     ids: list[str] = []
     errors: list[BaseException] = []
 
@@ -142,15 +150,14 @@ def test_sixteen_threads_under_one_key_make_one_task(backend: Backend) -> None:
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=submit) for _ in range(16)]
+    threads = [threading.Thread(target=submit) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    assert len(ids) == 16
-    assert len(set(ids)) == 1
-    assert [task.id for task in backend.repository.find(TaskStatus.QUEUED)] == ids[:1]
+    assert len(ids) == count
+    return ids
 
 
 @pytest.mark.slow
@@ -201,23 +208,5 @@ def test_one_task_under_one_key_on_a_server_that_defaults_to_repeatable_read(
         # Yet imageproc's own transactions run at READ COMMITTED.
         assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
     processor = Processor(MemoryStorage(), sql, sql, **FAST_OPTIONS)
-    image = sample_image()
-    barrier = threading.Barrier(8)
-    ids: list[str] = []
-    errors: list[BaseException] = []
-
-    def submit() -> None:
-        try:
-            barrier.wait(timeout=10)
-            ids.append(processor.submit(image, THUMB, idempotency_key="same").id)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
-    assert len(ids) == 8
+    ids = submitted_at_once(processor, 8)
     assert len(set(ids)) == 1
