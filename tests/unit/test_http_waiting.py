@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -301,3 +302,69 @@ def test_head_of_a_stream_answers_its_headers_without_streaming(client: TestClie
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.content == b""
     assert time.monotonic() - started < 2
+
+
+# -- one sweep for every long-poll ------------------------------------------------------------
+
+
+def test_many_long_polls_on_sqlite_share_one_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On SQLite an end recorded by another process is only found by reading: all the open
+    # long-polls of the app are read by one query every poll_interval, not one read each.
+    processor = Processor.from_urls(
+        f"sqlite:///{tmp_path / 'tasks.db'}", "memory://", isolation="thread"
+    )
+    repository: Any = processor.repository
+    interval = repository.completions.poll_interval
+    assert interval is not None
+    sweeps: list[int] = []
+    gets: list[str] = []
+    ended_among, get = repository.ended_among, repository.get
+
+    def counted_ended_among(task_ids: Any) -> Any:
+        sweeps.append(len(task_ids))
+        return ended_among(task_ids)
+
+    def counted_get(task_id: str) -> Any:
+        gets.append(task_id)
+        return get(task_id)
+
+    monkeypatch.setattr(repository, "ended_among", counted_ended_among)
+    monkeypatch.setattr(repository, "get", counted_get)
+    polls = 50
+    try:
+        with TestClient(create_app(processor, api_keys=KEYS)) as client:
+            task_ids = [upload(client) for _ in range(10)]
+            answers: list[str] = []
+
+            def wait(task_id: str) -> None:
+                response = client.get(f"/status/{task_id}?wait=3", headers=auth(ALICE))
+                answers.append(response.json()["status"])
+
+            threads = [
+                threading.Thread(target=wait, args=(task_ids[n % len(task_ids)],))
+                for n in range(polls)
+            ]
+            for thread in threads:
+                thread.start()
+            waiters = client.app.state.imageproc.waiters  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 2
+            while len(waiters) < polls and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(waiters) == polls
+            assert waiters.sweeping() == 1
+            sweeps.clear()
+            gets.clear()
+            time.sleep(1.0)
+            swept, read = list(sweeps), list(gets)
+            for thread in threads:
+                thread.join(10)
+    finally:
+        processor.close()
+    assert answers == ["queued"] * polls
+    # About one query a poll_interval for all of them (every task id in it), and no read of
+    # its own by any long-poll: not 50 reads a poll_interval.
+    assert 0.5 / interval <= len(swept) <= 1.5 / interval, swept
+    assert all(count == len(task_ids) for count in swept), swept
+    assert read == []

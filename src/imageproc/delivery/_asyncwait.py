@@ -1,5 +1,7 @@
 """Waiting for tasks to end on an asyncio event loop, with no thread and no polling loop held per
-waiter: what ``AsyncProcessor.wait`` stands on.
+waiter: what ``AsyncProcessor.wait``, and the HTTP adapter's long-poll
+(``GET /status/{id}?wait=N``) and status stream (``GET /status/{id}/events``, :func:`follow`)
+stand on.
 
 One :class:`AsyncWaiters` serves every waiter of an ``AsyncProcessor``, on each event loop that
 waits (they are kept apart by loop). Per loop it holds:
@@ -20,6 +22,9 @@ waits (they are kept apart by loop). Per loop it holds:
 Every blocking call (the first read of each task, the sweep's read, getting ready to listen)
 goes through ``run_blocking``, which the caller points at a thread pool. ``activate`` (the first
 ``LISTEN`` on PostgreSQL) runs once, in that pool, before the first subscription.
+
+:func:`follow` yields a task's changes of status: those before its end (queued → processing)
+found by reading it every few seconds, its end waited for through an :class:`AsyncWaiters`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractContextManager
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
@@ -37,7 +42,7 @@ from imageproc._task import Task
 from imageproc.delivery._completions import Completions
 from imageproc.errors import TaskNotFound, WaitTimeout
 
-__all__ = ["UNPUSHED_POLL", "AsyncWaiters", "EndedAmong"]
+__all__ = ["UNPUSHED_POLL", "AsyncWaiters", "EndedAmong", "follow"]
 
 logger = logging.getLogger("imageproc.completions")
 
@@ -296,3 +301,55 @@ class _LoopWaiters:
                 continue
             for task_id, task in ended:
                 self._wake(task_id, task)
+
+
+async def follow(
+    waiters: AsyncWaiters,
+    read: Callable[[str], Awaitable[Task]],
+    task_id: str,
+    *,
+    poll: float,
+    limit: float,
+) -> AsyncIterator[Task]:
+    """The task now, then each time its status (or attempt) changes, ending after a final one
+    or once ``limit`` seconds have passed.
+
+    ``read`` is an awaitable read of the task (its errors propagate, as do those of the
+    waiters' reads). The final status comes through ``waiters`` (one wait for the whole
+    stream); the changes before it are found by ``read`` every ``poll`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    task = await read(task_id)
+    yield task
+    last = (str(task.status), task.attempts)
+    if task.status.is_final:
+        return
+    # Started after the first read and event: this stream's reads stay in their order.
+    ended = loop.create_task(waiters.wait(task_id, max(0.0, deadline - loop.time())))
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await asyncio.wait({ended}, timeout=min(poll, remaining))
+            if ended.done():
+                try:
+                    task = ended.result()
+                except WaitTimeout:  # the limit
+                    return
+            else:
+                task = await read(task_id)
+            seen = (str(task.status), task.attempts)
+            if seen != last:
+                last = seen
+                yield task
+            if task.status.is_final:
+                return
+    finally:
+        if not ended.done():
+            ended.cancel()
+            # Its subscription is given back before the stream is over.
+            await asyncio.wait({ended})
+        if not ended.cancelled():
+            ended.exception()  # retrieved: never logged as unretrieved

@@ -1,14 +1,19 @@
 """The state shared by the endpoints of one app, :class:`Service` (``app.state.imageproc``):
 who is asking (API keys, failed authentications counted by address), which tasks they see, the
-URLs and task JSON the answers carry, and the upload rate and queue-depth checks.
+URLs and task JSON the answers carry, the upload rate and queue-depth checks, and the waiting
+of long-polls and streams (one :class:`~imageproc.delivery._asyncwait.AsyncWaiters`, with its
+one sweep per event loop, for every request of the app).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import math
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -21,6 +26,7 @@ from imageproc._protocols import queue_full
 from imageproc._signing import ANY_OWNER, PRIORITY_RANGE, ApiKeys, UrlSigner
 from imageproc._task import Task
 from imageproc._taskjson import task_json
+from imageproc.delivery._asyncwait import AsyncWaiters
 from imageproc.delivery._completions import Completions
 from imageproc.errors import TaskNotFound
 from imageproc.http._batching import SubmitBatcher
@@ -88,21 +94,49 @@ class Service:
         )
         #: Set by :meth:`stop_waiting`: long-polls answer at once.
         self.stopping = False
+        #: The events of the long-polls open now, each with its loop: set on a stop.
+        self._stop_events: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._stop_lock = threading.Lock()
+        completions = getattr(processor.repository, "completions", None)
+        #: The waiting of every long-poll and stream: woken by the repository's completion
+        #: push, the ends only reading finds read by one sweep per loop for all of them.
+        self.waiters = AsyncWaiters(
+            self._get,
+            repository=processor.repository,
+            completions=completions if isinstance(completions, Completions) else None,
+            run_blocking=run_in_threadpool,
+        )
 
-    @property
-    def completions(self) -> Completions | None:
-        """The repository's completion push, which long-polls and streams wait on; None when
-        it has none (a custom repository: they poll)."""
-        completions = getattr(self.processor.repository, "completions", None)
-        return completions if isinstance(completions, Completions) else None
+    def _get(self, task_id: str) -> Task:
+        # Through the attribute at each call (not a bound method kept from construction).
+        return self.processor.get(task_id)
 
     def stop_waiting(self) -> None:
         """The server is stopping: answer every long-poll now with its task as it is, and any
         that comes later at once (a stop would otherwise wait up to a minute for them). Call it
-        on the event loop (``loop.call_soon_threadsafe`` from a signal handler)."""
+        from any thread, but not in a signal handler, as it takes a lock: from there,
+        ``loop.call_soon_threadsafe(service.stop_waiting)``."""
         self.stopping = True
-        if self.completions is not None:
-            self.completions.publish_all()  # each waiter reads its task, and sees the flag
+        with self._stop_lock:
+            open_polls = list(self._stop_events)
+        for loop, event in open_polls:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits there
+                loop.call_soon_threadsafe(event.set)
+
+    @contextlib.contextmanager
+    def until_stopped(self) -> Iterator[asyncio.Event]:
+        """For a ``with`` block on the event loop: an event set when the server stops (set
+        already if it is stopping)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._stop_lock:
+            self._stop_events.add(entry)
+        try:
+            if self.stopping:  # checked once registered: a stop in between is not missed
+                entry[1].set()
+            yield entry[1]
+        finally:
+            with self._stop_lock:
+                self._stop_events.discard(entry)
 
     # -- access ---------------------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 ``GET /status/{task_id}/events`` (server-sent events), ``DELETE /tasks/{task_id}`` (cancel) and
 ``POST /tasks/{task_id}/retry``; each answers the task as ``/status`` shows it.
 
-The long-poll and the stream wait on the event loop (:mod:`imageproc.delivery._httpwait`): a
-waiting request holds no thread, only a read of the task now and then, in a thread for as long
-as it takes.
+The long-poll and the stream wait on the event loop, through the service's
+:class:`~imageproc.delivery._asyncwait.AsyncWaiters`: a waiting request holds no thread, and
+the ends that only reading finds are read by one sweep for all the waiting requests at once
+(the stream also reads its task every :data:`STREAM_POLL` seconds, for the changes before its
+end).
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Final, Literal
 
 import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from imageproc.delivery._httpwait import follow, wait_for_end
-from imageproc.errors import ImageprocError
+from imageproc.delivery._asyncwait import follow
+from imageproc.errors import ImageprocError, WaitTimeout
 from imageproc.http._errors import ApiError, map_error
 from imageproc.http._service import Service, service_of
 
@@ -55,38 +57,38 @@ async def status(request: Request) -> Response:
     owner = service.authenticate(request)
     wait = _wait_of(request)
     task_id = request.path_params["task_id"]
-    if wait:
-        waited = await _unless_disconnected(
-            request,
-            lambda: wait_for_end(
-                lambda task_id: service.task_for(task_id, owner),
-                task_id,
-                timeout=wait,
-                completions=service.completions,
-                stopping=lambda: service.stopping,
-            ),
-        )
-        if waited is None:  # the client has gone: nobody to answer
+    task = await service.task_for(task_id, owner)  # a missing (or not yours) task: 404 now
+    if wait and not task.status.is_final and not service.stopping:
+        waited = await _long_poll(request, service, task_id, wait)
+        if waited == "gone":  # the client has gone: nobody to answer
             return Response(status_code=204)
-        task = waited
-    else:
-        task = await service.task_for(task_id, owner)
+        task = await service.task_for(task_id, owner) if isinstance(waited, str) else waited
     return JSONResponse(service.task_json(request, task), headers=_NO_STORE)
 
 
-async def _unless_disconnected(
-    request: Request, wait: Callable[[], Awaitable[Task]]
-) -> Task | None:
-    """``wait()``'s task, or None as soon as the client disconnects: an abandoned long-poll
-    must not keep its subscription, or its place among the server's connections, for the rest
-    of its wait. ``wait()``'s errors propagate."""
-    outcome: list[Task | BaseException] = []
+async def _long_poll(
+    request: Request, service: Service, task_id: str, wait: int
+) -> Task | Literal["unended", "gone"]:
+    """The task once it has ended; ``"unended"`` after ``wait`` seconds, or at once when the
+    server stops (:meth:`Service.stop_waiting`): the answer is then the task as it is;
+    ``"gone"`` as soon as the client disconnects (an abandoned long-poll must not keep its
+    subscription, or its place among the server's connections, for the rest of its wait). The
+    wait's errors propagate."""
+    outcome: list[Task | Literal["unended"] | Exception] = []
 
     async def run() -> None:
         try:
-            outcome.append(await wait())
+            outcome.append(await service.waiters.wait(task_id, wait))
+        except WaitTimeout:
+            outcome.append("unended")
         except Exception as error:  # raised after the group: not wrapped in an ExceptionGroup
             outcome.append(error)
+        group.cancel_scope.cancel()
+
+    async def until_stopped() -> None:
+        with service.until_stopped() as stopped:
+            await stopped.wait()
+        outcome.append("unended")
         group.cancel_scope.cancel()
 
     async def until_disconnected() -> None:
@@ -97,10 +99,11 @@ async def _unless_disconnected(
 
     async with anyio.create_task_group() as group:
         group.start_soon(run)
+        group.start_soon(until_stopped)
         group.start_soon(until_disconnected)
     if not outcome:
-        return None
-    if isinstance(outcome[0], BaseException):
+        return "gone"
+    if isinstance(outcome[0], Exception):
         raise outcome[0]
     return outcome[0]
 
@@ -142,9 +145,9 @@ async def _status_events(
     final = False
     try:
         async for task in follow(
+            service.waiters,
             lambda task_id: service.task_for(task_id, owner),
             task_id,
-            completions=service.completions,
             poll=STREAM_POLL,
             limit=STREAM_LIMIT,
         ):
