@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -96,3 +96,13 @@ class ThreadPeak(_Sampler):
 async def gather_bounded(*awaitables: Awaitable[T], timeout: float) -> list[T]:
     """``asyncio.gather`` them, failing after ``timeout`` seconds."""
     return await asyncio.wait_for(asyncio.gather(*awaitables), timeout)
+
+
+async def until(condition: Callable[[], bool], *, timeout: float = 30.0) -> None:
+    """Return once ``condition()`` holds, looking every 10 ms; fail after ``timeout`` seconds
+    (a loaded machine is slow, not wrong: never a fixed sleep before an assertion)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"still not true after {timeout}s")
+        await asyncio.sleep(0.01)

@@ -18,7 +18,7 @@ from imageproc._task import Task
 from imageproc.delivery._asyncwait import AsyncWaiters
 from imageproc.delivery._completions import Completions
 from tests.support.doubles import new_task
-from tests.support.loops import gather_bounded, run
+from tests.support.loops import gather_bounded, run, until
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ def test_ends_only_reading_finds_are_found_by_one_sweep_for_all_waiters() -> Non
 
     async def scenario() -> list[Task]:
         waits = [asyncio.create_task(waiters.wait(t.id, timeout=10)) for t in tasks]
-        await asyncio.sleep(0.2)
+        await until(lambda: len(waiters) == 50 and len(table.batches) >= 1)
         assert waiters.sweeping() == 1  # one sweep, not one loop per waiter
         sweeps_before = len(table.batches)
         assert sweeps_before <= 5
