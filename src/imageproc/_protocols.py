@@ -381,11 +381,12 @@ class TransactionalRepository(Repository, Protocol):
         record: IdempotencyRecord | None = None,
         limits: QueueLimits | None = None,
     ) -> IdempotencyRecord | None:
-        """Write ``task`` (if given) in ``connection``'s transaction, as :meth:`Repository.add`
-        would, and with ``record`` as :meth:`IdempotencyStore.add_keyed` would (returning the
-        record kept: another one if the key is remembered already, and then nothing is
-        written); the task is claimable only once the application commits, and a rollback
-        leaves none. Returns ``record`` (None without one)."""
+        """Write ``task`` (if given) in ``connection``'s transaction (one
+        :meth:`check_connection` accepted), as :meth:`Repository.add` would, and with
+        ``record`` as :meth:`IdempotencyStore.add_keyed` would (returning the record kept:
+        another one if the key is remembered already, and then nothing is written); the task
+        is claimable only once the application commits, and a rollback leaves none. Returns
+        ``record`` (None without one)."""
         ...
 
     def get_in(self, connection: object, task_id: str) -> Task:

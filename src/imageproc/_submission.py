@@ -141,7 +141,7 @@ class Submission:
         store its original and record its task (with its key, in the application's
         transaction if it gave a connection)."""
         upload = item.upload
-        key = None if upload.idempotency_key is None else checked_key(upload.idempotency_key)
+        key = item.idempotency_key
         if upload.connection is not None:
             self._joinable().check_connection(upload.connection)  # before anything is stored
         if key is not None:
@@ -358,8 +358,9 @@ class Submission:
             )
         scheduled_at(upload.not_before, self.clock())  # checked now, applied when recorded
         metadata = {} if upload.metadata is None else checked_metadata(upload.metadata)
+        idempotency_key = None
         if upload.idempotency_key is not None:
-            checked_key(upload.idempotency_key)
+            idempotency_key = checked_key(upload.idempotency_key)
         spec = upload.pipeline
         resolved = self.pipeline if spec is None else self._resolve(spec)
         data = read_source(upload.source, self.image_limits.max_bytes)
@@ -376,7 +377,7 @@ class Submission:
         # time saved would tell this owner that someone else uploaded them.
         key = keys.source_key(info.sha256, extension_for(info.format), upload.owner)
         request = ""
-        if upload.idempotency_key is not None:
+        if idempotency_key is not None:
             request = fingerprint(
                 sha256=info.sha256,
                 pipeline=resolved,
@@ -385,7 +386,7 @@ class Submission:
                 metadata=metadata,
                 dedupe=upload.dedupe,
             )
-        return _Prepared(upload, resolved, data, info, key, metadata, request)
+        return _Prepared(upload, resolved, data, info, key, metadata, idempotency_key, request)
 
     def _duplicate_of(self, upload: _Prepared) -> Task | None:
         """The task that already makes what ``upload`` asks (same owner, original and
@@ -528,6 +529,8 @@ class _Prepared:
     info: SourceInfo
     key: str
     metadata: dict[str, Any]
+    #: The upload's idempotency key, checked.
+    idempotency_key: str | None = None
     #: For an upload under an idempotency key, what it asks for
     #: (:func:`~imageproc._idempotency.fingerprint`); else empty.
     fingerprint: str = ""

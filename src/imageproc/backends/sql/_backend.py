@@ -359,8 +359,9 @@ class SQLBackend(SQLQueue):
         limits: QueueLimits | None = None,
     ) -> IdempotencyRecord | None:
         """Write ``task`` (and ``record``, as :meth:`add_keyed` would) in the application's
-        transaction on ``connection``; claimable once the application commits."""
-        self.check_connection(connection)
+        transaction on ``connection``, which :meth:`check_connection` accepted (``submit``
+        asks it first, before storing anything: once is enough, it is a round trip);
+        claimable once the application commits."""
         conn = joined.caller_connection(connection)
         with driver_errors_mapped():
             if record is not None:

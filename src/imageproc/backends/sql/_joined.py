@@ -54,15 +54,21 @@ def identity(conn: Connection) -> tuple[str, ...]:
     itself, so two URLs of one database agree and two databases behind one URL do not: on
     PostgreSQL the database, the server, and the tasks table the search path resolves to; on
     SQLite the file (an in-memory database has none: it is private to one connection)."""
+    return _asked(conn)[0]
+
+
+def _asked(conn: Connection) -> tuple[tuple[str, ...], str | None]:
+    """:func:`identity`, and the isolation level of ``conn``'s transaction where the same
+    question gives it (PostgreSQL; None elsewhere)."""
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        database, server, table, _ = conn.execute(_POSTGRES_IDENTITY).one()
-        return (dialect, str(database), str(server), str(table))
+        database, server, table, isolation = conn.execute(_POSTGRES_IDENTITY).one()
+        return (dialect, str(database), str(server), str(table)), str(isolation)
     if dialect == "sqlite":
         files = {name: path for _, name, path in conn.exec_driver_sql("PRAGMA database_list")}
         path = files.get("main") or ""
-        return (dialect, os.path.realpath(path) if path else "")
-    return (dialect, str(conn.engine.url))
+        return (dialect, os.path.realpath(path) if path else ""), None
+    return (dialect, str(conn.engine.url)), None
 
 
 def joinable(ours: Callable[[bool], tuple[str, ...]], connection: Connection) -> None:
@@ -70,18 +76,13 @@ def joinable(ours: Callable[[bool], tuple[str, ...]], connection: Connection) ->
     autocommit), at READ COMMITTED on PostgreSQL, and reaches the tables whose identity is
     ``ours(fresh)`` (asked again, ``fresh``, before refusing, in case the server was restarted
     or replaced since it was last asked)."""
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        database, server, table, isolation = connection.execute(_POSTGRES_IDENTITY).one()
-        theirs: tuple[str, ...] = (dialect, str(database), str(server), str(table))
-        if isolation != "read committed":
-            raise ConfigurationError(
-                f"connection= needs a transaction at READ COMMITTED, this one is {isolation}:"
-                " the queue limits and idempotency keys imageproc checks in it rely on seeing"
-                " what other transactions committed"
-            )
-    else:
-        theirs = identity(connection)
+    theirs, isolation = _asked(connection)
+    if isolation is not None and isolation != "read committed":
+        raise ConfigurationError(
+            f"connection= needs a transaction at READ COMMITTED, this one is {isolation}:"
+            " the queue limits and idempotency keys imageproc checks in it rely on seeing"
+            " what other transactions committed"
+        )
     _check_in_transaction(connection)
     if theirs[0] == "sqlite" and not theirs[1]:
         raise ConfigurationError(
