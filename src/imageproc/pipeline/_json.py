@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar
 
 import attrs
 
@@ -20,15 +20,10 @@ from imageproc.pipeline._operations import OPERATIONS, Operation
 from imageproc.pipeline._text import fail
 from imageproc.pipeline._variant import FLAGS, Variant
 
-if TYPE_CHECKING:
-    from imageproc.pipeline._pipeline import Pipeline
+__all__ = ["MAX_JSON_DEPTH", "json_document", "modernised", "pipeline_from_json"]
 
-__all__ = [
-    "MAX_JSON_DEPTH",
-    "pipeline_from_json",
-    "pipeline_from_json_text",
-    "pipeline_from_stored",
-]
+#: What a reader builds: a Pipeline, which it is handed (so it needs no import of it).
+P = TypeVar("P")
 
 _VARIANT_FIELDS: Final = ("name", "operations", "encoding", "background", *FLAGS.values())
 
@@ -38,8 +33,8 @@ _VARIANT_FIELDS: Final = ("name", "operations", "encoding", "background", *FLAGS
 MAX_JSON_DEPTH: Final = 32
 
 
-def pipeline_from_json(cls: type[Pipeline], obj: Mapping[str, Any]) -> Pipeline:
-    """Read the JSON form into a ``cls`` (:meth:`Pipeline.from_json`)."""
+def pipeline_from_json(cls: Callable[[tuple[Variant, ...]], P], obj: Mapping[str, Any]) -> P:
+    """Read the JSON form into a ``cls``, made from its variants (:meth:`Pipeline.from_json`)."""
     try:
         _known_fields(_object(obj, "a pipeline"), ("variants",), "a pipeline")
         if not isinstance(obj["variants"], list):
@@ -66,7 +61,7 @@ def pipeline_from_json(cls: type[Pipeline], obj: Mapping[str, Any]) -> Pipeline:
                     **{attr: v.get(attr, False) for attr in FLAGS.values()},
                 )
             )
-        return cls(variants)
+        return cls(tuple(variants))
     except InvalidPipeline:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -74,8 +69,9 @@ def pipeline_from_json(cls: type[Pipeline], obj: Mapping[str, Any]) -> Pipeline:
         raise InvalidPipeline(f"malformed pipeline JSON: {what}") from error
 
 
-def pipeline_from_json_text(cls: type[Pipeline], text: str) -> Pipeline:
-    """Read the JSON form from its text into a ``cls`` (:meth:`Pipeline.from_json_text`)."""
+def json_document(text: str) -> dict[str, Any]:
+    """The JSON object a pipeline's text holds, for :meth:`Pipeline.from_json_text` to read;
+    :class:`~imageproc.InvalidPipeline` if it does not parse or is not an object."""
     _check_json_depth(text, MAX_JSON_DEPTH)
     try:
         document = json.loads(text)
@@ -83,15 +79,7 @@ def pipeline_from_json_text(cls: type[Pipeline], text: str) -> Pipeline:
         raise InvalidPipeline(f"pipeline JSON does not parse: {error}") from None
     if not isinstance(document, dict):
         raise InvalidPipeline("pipeline JSON must be an object")
-    return cls.from_json(document)
-
-
-def pipeline_from_stored(cls: type[Pipeline], obj: Mapping[str, Any]) -> Pipeline:
-    """Read a recorded pipeline into a ``cls`` (:meth:`Pipeline.from_stored`)."""
-    try:
-        return cls.from_json(obj)
-    except InvalidPipeline:
-        return cls.from_json(_modernised(obj))
+    return document
 
 
 def _check_json_depth(text: str, limit: int) -> None:
@@ -139,7 +127,7 @@ def _known_fields(obj: Mapping[str, Any], known: Iterable[str], what: str) -> No
         raise InvalidPipeline(f"{what} has no field {unknown[0]!r}; it has {sorted(known)}")
 
 
-def _modernised(obj: Mapping[str, Any]) -> Any:
+def modernised(obj: Mapping[str, Any]) -> Any:
     """``obj`` (a recorded pipeline's JSON) with what earlier versions wrote made valid now."""
     if not isinstance(obj, Mapping) or not isinstance(obj.get("variants"), list):
         return obj

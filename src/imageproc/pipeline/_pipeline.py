@@ -19,7 +19,9 @@ import attrs
 
 from imageproc.errors import InvalidPipeline
 from imageproc.pipeline._encoding import Encoding
+from imageproc.pipeline._json import json_document, modernised, pipeline_from_json
 from imageproc.pipeline._operations import Resize
+from imageproc.pipeline._text import parse_pipeline
 from imageproc.pipeline._variant import Variant
 
 __all__ = ["DEFAULT_PIPELINE", "Pipeline", "PipelineLimits"]
@@ -51,15 +53,11 @@ class Pipeline:
     @classmethod
     def parse(cls, text: str) -> Pipeline:
         """Read the compact text form; :class:`~imageproc.InvalidPipeline` names any fault."""
-        from imageproc.pipeline._text import parse_pipeline
-
         return parse_pipeline(cls, text)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Pipeline:
         """Read the JSON form (as produced by :meth:`to_json`)."""
-        from imageproc.pipeline._json import pipeline_from_json
-
         return pipeline_from_json(cls, obj)
 
     @classmethod
@@ -70,9 +68,7 @@ class Pipeline:
         document that is not an object, a document that is not a pipeline, and arrays or
         objects nested deeper than :data:`MAX_JSON_DEPTH` (checked before parsing).
         """
-        from imageproc.pipeline._json import pipeline_from_json_text
-
-        return pipeline_from_json_text(cls, text)
+        return cls.from_json(json_document(text))
 
     @classmethod
     def from_stored(cls, obj: Mapping[str, Any]) -> Pipeline:
@@ -84,9 +80,10 @@ class Pipeline:
         Those are read as the nearest value the language has; anything else must be valid, as
         for :meth:`from_json`, or :class:`~imageproc.InvalidPipeline` is raised.
         """
-        from imageproc.pipeline._json import pipeline_from_stored
-
-        return pipeline_from_stored(cls, obj)
+        try:
+            return cls.from_json(obj)
+        except InvalidPipeline:
+            return cls.from_json(modernised(obj))
 
     def to_json(self) -> dict[str, Any]:
         """This pipeline as a JSON-serialisable object."""

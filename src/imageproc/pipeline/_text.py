@@ -38,8 +38,8 @@ colours stay right either way); ``first-frame`` (one still image from an animati
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
 
 from imageproc._formats import OUTPUT_FORMATS
 from imageproc.errors import InvalidPipeline
@@ -48,15 +48,15 @@ from imageproc.pipeline._encoding import Encoding
 from imageproc.pipeline._operations import OPERATIONS, Operation
 from imageproc.pipeline._variant import FLAGS, NAME, Variant, opaque
 
-if TYPE_CHECKING:
-    from imageproc.pipeline._pipeline import Pipeline
-
 __all__ = ["fail", "parse_pipeline"]
 
+#: What a reader builds: a Pipeline, which it is handed (so it needs no import of it).
+P = TypeVar("P")
 
-def parse_pipeline(cls: type[Pipeline], text: str) -> Pipeline:
-    """Read the compact text form into a ``cls``; :class:`~imageproc.InvalidPipeline` names any
-    fault."""
+
+def parse_pipeline(cls: Callable[[tuple[Variant, ...]], P], text: str) -> P:
+    """Read the compact text form into a ``cls`` (made from its variants);
+    :class:`~imageproc.InvalidPipeline` names any fault."""
     if not text.strip():
         raise InvalidPipeline("empty pipeline")
     pieces = list(_split(text, ";", 0))
