@@ -14,10 +14,7 @@ import logging
 import os
 import select
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -25,56 +22,33 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.support.processes import environment, free_port
+from tests.support.processes import ServeProcess, environment, free_port
 
 pytest.importorskip("imageproc.http", reason="the http extra is not installed")
 
 from imageproc.http.serving import RedactQuerySecrets, redact_query_secrets
-from tests.support.processes import end
 
 pytestmark = pytest.mark.timeout(120)
 
 KEY, OTHER_KEY = "alice-key-0123456789-AbCdEfGhIj", "bob-key-0123456789-KlMnOpQrSt"
-STARTUP = 30.0
 
 
-class Serve:
+class Serve(ServeProcess):
     """``imageproc serve`` in a temporary folder, its log in a file (a pipe could fill up)."""
 
     def __init__(self, folder: Path, **settings: str) -> None:
-        self.port = free_port()
+        port = free_port()
         self.tmp = folder / "tmp"
         self.tmp.mkdir()
-        self.log_path = folder / "serve.log"
         env = environment(
             IMAGEPROC_DATABASE_URL=f"sqlite:///{folder / 'tasks.db'}",
             IMAGEPROC_STORAGE_URL=f"file://{folder / 'store'}",
-            IMAGEPROC_PORT=str(self.port),
+            IMAGEPROC_PORT=str(port),
             IMAGEPROC_SIGNING_KEYS="test-signing-key-0123456789-AbCdEf",
             TMPDIR=str(self.tmp),  # where uploads past 1 MiB spool
             **{f"IMAGEPROC_{name.upper()}": value for name, value in settings.items()},
         )
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "imageproc", "serve", "--no-workers"],
-                cwd=folder,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + STARTUP
-        while not self._healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"imageproc serve did not start:\n{self.log()}")
-            time.sleep(0.1)
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        super().__init__(folder, port, env, "--no-workers")
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
@@ -101,12 +75,6 @@ class Serve:
             if target.startswith(str(self.tmp)):
                 held.append(target)
         return held
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        end(self.process)
 
 
 @pytest.fixture

@@ -15,11 +15,8 @@ import http.client
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from typing import Any
 import pytest
 
 from imageproc.testing import sample_image
-from tests.support.processes import end, environment, free_port
+from tests.support.processes import ServeProcess, environment, free_port
 
 pytest.importorskip("sse_starlette", reason="the http extra is not installed")
 
@@ -35,21 +32,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 KEY = "alice-key-0123456789-AbCdEfGhIj"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-STARTUP = 30.0
 # Every deadline of `imageproc serve` at its shortest: each long response below outlasts them.
 DEADLINE = 1
 
 
-class Serve:
+class Serve(ServeProcess):
     """``imageproc serve`` with two worker threads in ``folder``, its log in a file."""
 
     def __init__(self, folder: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.log_path = folder / "serve.log"
+        port = free_port()
         env = environment(
             IMAGEPROC_DATABASE_URL=f"sqlite:///{folder / 'tasks.db'}",
             IMAGEPROC_STORAGE_URL=f"file://{folder / 'store'}",
-            IMAGEPROC_PORT=str(self.port),
+            IMAGEPROC_PORT=str(port),
             IMAGEPROC_API_KEYS=f"alice:{KEY}",
             IMAGEPROC_SIGNING_KEYS="test-signing-key-0123456789-AbCdEf",
             IMAGEPROC_WORKERS="2",
@@ -58,27 +53,7 @@ class Serve:
             IMAGEPROC_BODY_TIMEOUT=str(DEADLINE),
             **{f"IMAGEPROC_{name.upper()}": value for name, value in settings.items()},
         )
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "imageproc", "serve"],
-                cwd=folder,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + STARTUP
-        while not self._healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"imageproc serve did not start:\n{self.log()}")
-            time.sleep(0.1)
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        super().__init__(folder, port, env)
 
     def connection(self, timeout: float = 30) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -115,12 +90,6 @@ class Serve:
             if line.startswith("Threads:"):
                 return int(line.split()[1])
         raise AssertionError("no Threads line")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        end(self.process)
 
 
 @pytest.fixture

@@ -93,3 +93,45 @@ def fetch(url: str, data: bytes | None = None, headers: dict[str, str] | None = 
     request = urllib.request.Request(url, data=data, headers=headers or {})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, response.read()
+
+
+class ServeProcess:
+    """``imageproc serve`` run in ``folder`` with ``env`` (which names ``port``), its log in a file
+    (a pipe could fill up and stall it); constructed once ``/healthz`` answers, or the test
+    fails with the log."""
+
+    #: Seconds the server may take to answer its first health check.
+    STARTUP = 30.0
+
+    def __init__(self, folder: Path, port: int, env: dict[str, str], *args: str) -> None:
+        self.port = port
+        self.log_path = folder / "serve.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "imageproc", "serve", *args],
+                cwd=folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + self.STARTUP
+        while not self._healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"imageproc serve did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        """What the server has written so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL if it lingers)."""
+        end(self.process)
