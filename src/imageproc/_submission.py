@@ -8,7 +8,6 @@ original is then stored under a content-addressed key, and only then is its task
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import threading
@@ -31,6 +30,7 @@ from imageproc._idempotency import (
     fingerprint,
     scope_of,
 )
+from imageproc._presets import resolve_pipeline
 from imageproc._protocols import (
     IdempotencyStore,
     QueueLimits,
@@ -49,7 +49,6 @@ from imageproc.errors import (
     ConfigurationError,
     ImageprocError,
     InvalidInput,
-    InvalidPipeline,
     QueueFull,
     TaskNotFound,
     copies_for,
@@ -469,54 +468,16 @@ class Submission:
         emit(self.events, "submitted", task)
 
     def _resolve(self, spec: Pipeline | str, *, allow_any: bool = False) -> Pipeline:
-        if isinstance(spec, str) and spec in self.presets:
-            return self.presets[spec]
-        if self.presets_only and not allow_any:
-            # Only the work the presets describe, in whichever form it comes: a Pipeline value
-            # (or JSON) or text equal to a preset is that preset; anything else is refused.
-            try:
-                pipeline = spec if isinstance(spec, Pipeline) else Pipeline.parse(spec)
-            except InvalidPipeline:
-                pipeline = None
-            if pipeline is not None and pipeline in self.presets.values():
-                return pipeline
-            names = ", ".join(sorted(self.presets)) or "none are configured"
-            raise InvalidPipeline(f"only presets are accepted here ({names}), got {str(spec)!r}")
-        if isinstance(spec, Pipeline):
-            self.pipeline_limits.check(spec)
-            return spec
-        try:
-            if len(spec) > _CACHED_TEXT_CHARS:
-                return _parse_checked.__wrapped__(spec, self.pipeline_limits)
-            return _parse_checked(spec, self.pipeline_limits)
-        except InvalidPipeline:
-            if self.presets and _looks_like_a_name(spec):
-                names = ", ".join(sorted(self.presets))
-                raise InvalidPipeline(
-                    f"{spec!r} is neither a preset ({names}) nor a pipeline"
-                ) from None
-            raise
+        return resolve_pipeline(
+            spec,
+            self.presets,
+            self.pipeline_limits,
+            presets_only=self.presets_only and not allow_any,
+        )
 
 
 #: What the priority column holds (a 32-bit integer in SQL).
 _PRIORITIES: Final = (-(2**31), 2**31 - 1)
-
-
-#: Pipeline texts up to this long are parsed once and remembered (clients send the same few).
-_CACHED_TEXT_CHARS: Final = 1024
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_checked(text: str, limits: PipelineLimits) -> Pipeline:
-    # Pipelines and limits are frozen, so a parse can be shared; a refusal is not cached.
-    pipeline = Pipeline.parse(text)
-    limits.check(pipeline)
-    return pipeline
-
-
-def _looks_like_a_name(text: str) -> bool:
-    """Whether ``text`` is a bare word (a misspelt preset), not an attempt at a pipeline."""
-    return bool(text) and not any(mark in text for mark in ":,;= ")
 
 
 @attrs.frozen(eq=False)
