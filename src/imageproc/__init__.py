@@ -56,6 +56,7 @@ from imageproc.errors import (
     RenderTimeout,
     StorageError,
     TaskNotFound,
+    UnsafeURL,
     WaitTimeout,
 )
 from imageproc.pipeline._colour import Colour
@@ -135,6 +136,7 @@ __all__ = [
     "TaskNotFound",
     "TaskStatus",
     "TransactionalRepository",
+    "UnsafeURL",
     "Upload",
     "Variant",
     "WaitTimeout",

@@ -14,7 +14,8 @@ The tree::
     │   │   └── ImageTooLarge           image_too_large      no
     │   ├── InvalidPipeline             invalid_pipeline     no
     │   ├── InvalidKey                  invalid_key          no
-    │   └── IdempotencyConflict         idempotency_conflict no
+    │   ├── IdempotencyConflict         idempotency_conflict no
+    │   └── UnsafeURL                   unsafe_url           no
     ├── ConfigurationError              configuration_error  no
     ├── TaskNotFound                    task_not_found       no
     ├── IllegalTransition               illegal_transition   no
@@ -49,6 +50,7 @@ __all__ = [
     "RenderTimeout",
     "StorageError",
     "TaskNotFound",
+    "UnsafeURL",
     "WaitTimeout",
     "is_transient",
 ]
@@ -107,6 +109,14 @@ class IdempotencyConflict(InvalidInput):
     pipeline or option) of the same owner: nothing was stored. Over HTTP a 422."""
 
     code = "idempotency_conflict"
+
+
+class UnsafeURL(InvalidInput):
+    """A URL imageproc will not send to (or fetch from): not ``http``/``https``, malformed, or
+    naming or resolving to an address that is not public (loopback, private, link-local,
+    multicast, cloud metadata…) and not allowlisted. Over HTTP a 422."""
+
+    code = "unsafe_url"
 
 
 class ConfigurationError(ImageprocError):
