@@ -24,10 +24,12 @@ import attrs
 
 from imageproc._idempotency import IdempotencyRecord
 from imageproc._task import MetadataValue, Task, TaskStatus
+from imageproc.delivery._outbox import Delivery, DeliveryStatus
 from imageproc.errors import LeaseLost, QueueFull
 
 __all__ = [
     "BatchQueue",
+    "DeliveryStore",
     "IdempotencyStore",
     "Lease",
     "ListableStorage",
@@ -360,6 +362,55 @@ class IdempotencyStore(Repository, Protocol):
 
     def purge_keys(self, now: datetime, *, limit: int = 500) -> int:
         """Forget up to ``limit`` keys that have expired at ``now``; how many were."""
+        ...
+
+
+@runtime_checkable
+class DeliveryStore(Repository, Protocol):
+    """A :class:`Repository` that keeps the webhook outbox. Optional: ``callback_url`` needs it
+    (the memory and SQL backends have it).
+
+    The repository itself writes a :class:`~imageproc.Delivery` whenever it records a final
+    status for a task with a callback URL, in the same transaction;
+    these methods are how senders and operators work through them.
+    """
+
+    def claim_deliveries(self, now: datetime, *, limit: int, hold: timedelta) -> list[Delivery]:
+        """Take up to ``limit`` pending deliveries due at ``now``, earliest first, each counted
+        as one more try and held for ``hold`` (no other sender takes it meanwhile; if this one
+        dies, it is due again once the hold runs out)."""
+        ...
+
+    def settle_delivery(self, delivery: Delivery) -> bool:
+        """Record how a try went (``delivery`` as :meth:`Delivery.succeeded` or
+        :meth:`Delivery.failed` made it), if the delivery is still held by that try (its
+        ``attempts`` unchanged); whether it was."""
+        ...
+
+    def deliveries(
+        self,
+        status: DeliveryStatus,
+        *,
+        owner: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """Deliveries in ``status`` (of ``owner``, of ``task_id``), the most recent first."""
+        ...
+
+    def resend_deliveries(
+        self, ids: Collection[str] | None, *, now: datetime, owner: str | None = None
+    ) -> int:
+        """Make the dead deliveries among ``ids`` (every dead one if None; only ``owner``'s if
+        given) due again now with a fresh schedule; how many were."""
+        ...
+
+    def next_delivery_at(self) -> datetime | None:
+        """When the earliest pending delivery is due (or its hold runs out); None if none."""
+        ...
+
+    def purge_deliveries(self, before: datetime, *, limit: int = 500) -> int:
+        """Forget up to ``limit`` delivered or dead deliveries written before ``before``."""
         ...
 
 

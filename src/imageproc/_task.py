@@ -157,6 +157,8 @@ class Task:
     #: What the application attached at submit (a JSON object, :func:`checked_metadata`).
     #: Left out of the hash: a dict has none.
     metadata: dict[str, Any] = attrs.field(factory=dict, hash=False)
+    #: Where the task's status is POSTed (a signed webhook) once it reaches a final status.
+    callback_url: str | None = None
 
     @classmethod
     def new(
@@ -171,6 +173,7 @@ class Task:
         owner: str | None = None,
         available_at: datetime | None = None,
         metadata: Mapping[str, Any] | None = None,
+        callback_url: str | None = None,
     ) -> Task:
         """A freshly queued task with a new random id, claimable from ``available_at`` (from
         ``now`` if None or earlier)."""
@@ -187,6 +190,7 @@ class Task:
             updated_at=now,
             available_at=max(now, available_at) if available_at else now,
             metadata=dict(metadata or {}),
+            callback_url=callback_url,
         )
 
     def _move(

@@ -39,6 +39,7 @@ from imageproc._protocols import (
 )
 from imageproc._task import LEASE_EXPIRED, MetadataValue, Task, TaskStatus, matches_metadata
 from imageproc.delivery._completions import Completions
+from imageproc.delivery._outbox import Delivery, DeliveryStatus, delivery_for
 from imageproc.errors import LeaseLost, ObjectNotFound, TaskNotFound
 
 __all__ = ["MemoryQueue", "MemoryRepository", "MemoryStorage"]
@@ -144,6 +145,7 @@ class MemoryRepository:
         self._delayed: list[tuple[datetime, str, int]] = []
         self._leases: list[tuple[datetime, str, str]] = []
         self._keys: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._deliveries: dict[str, Delivery] = {}
 
     def add(self, task: Task, *, limits: QueueLimits | None = None) -> None:
         """Record a new task; a queued one is claimable at once. :class:`~imageproc.QueueFull`
@@ -305,6 +307,95 @@ class MemoryRepository:
             oldest_due_at=min(due, default=None),
         )
 
+    def claim_deliveries(self, now: datetime, *, limit: int, hold: timedelta) -> list[Delivery]:
+        """Take up to ``limit`` pending deliveries due at ``now``, earliest first."""
+        with self._changed:
+            due = sorted(
+                (
+                    d
+                    for d in self._deliveries.values()
+                    if d.status == DeliveryStatus.PENDING and d.next_attempt_at <= now
+                ),
+                key=lambda d: (d.next_attempt_at, d.id),
+            )[: max(limit, 0)]
+            taken = [d.claimed(now, until=now + hold) for d in due]
+            self._deliveries.update((d.id, d) for d in taken)
+            return taken
+
+    def settle_delivery(self, delivery: Delivery) -> bool:
+        """Record how a try went, if that try still holds the delivery."""
+        with self._changed:
+            known = self._deliveries.get(delivery.id)
+            if (
+                known is None
+                or known.status != DeliveryStatus.PENDING
+                or known.attempts != delivery.attempts
+            ):
+                return False
+            self._deliveries[delivery.id] = delivery
+            return True
+
+    def deliveries(
+        self,
+        status: DeliveryStatus,
+        *,
+        owner: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """Deliveries in ``status`` (of ``owner``, of ``task_id``), the most recent first."""
+        with self._changed:
+            found = [
+                d
+                for d in self._deliveries.values()
+                if d.status == status
+                and (owner is None or d.owner == owner)
+                and (task_id is None or d.task_id == task_id)
+            ]
+        found.sort(key=lambda d: (d.created_at, d.id), reverse=True)
+        return found[: max(limit, 0)]
+
+    def resend_deliveries(
+        self, ids: Collection[str] | None, *, now: datetime, owner: str | None = None
+    ) -> int:
+        """Make the dead deliveries among ``ids`` (all if None) due again now."""
+        with self._changed:
+            chosen = [
+                d
+                for d in self._deliveries.values()
+                if d.status == DeliveryStatus.DEAD
+                and (ids is None or d.id in ids)
+                and (owner is None or d.owner == owner)
+            ]
+            self._deliveries.update((d.id, d.resent(now)) for d in chosen)
+        if chosen:
+            self.completions.nudge()
+        return len(chosen)
+
+    def next_delivery_at(self) -> datetime | None:
+        """When the earliest pending delivery is due."""
+        with self._changed:
+            return min(
+                (
+                    d.next_attempt_at
+                    for d in self._deliveries.values()
+                    if d.status == DeliveryStatus.PENDING
+                ),
+                default=None,
+            )
+
+    def purge_deliveries(self, before: datetime, *, limit: int = 500) -> int:
+        """Forget up to ``limit`` delivered or dead deliveries written before ``before``."""
+        with self._changed:
+            old = [
+                d.id
+                for d in self._deliveries.values()
+                if d.status != DeliveryStatus.PENDING and d.created_at < before
+            ][: max(limit, 0)]
+            for delivery_id in old:
+                del self._deliveries[delivery_id]
+            return len(old)
+
     def __len__(self) -> int:
         with self._changed:
             return len(self._rows)
@@ -323,6 +414,10 @@ class MemoryRepository:
         row.lease_token = row.lease_expires = None
         self._enqueue(row)
         if task.status.is_final:
+            # The outbox, under the same lock as the status it announces.
+            delivery = delivery_for(task, self.clock())
+            if delivery is not None:
+                self._deliveries[delivery.id] = delivery
             # Under the table's lock: subscribers only set events or hand the news to a loop.
             self.completions.publish_tasks((task,))
 

@@ -59,6 +59,7 @@ class Completions:
         self._activate = activate
         self._lock = threading.Lock()
         self._subscribers: dict[str, list[_Callback]] = {}
+        self._watchers: list[Callable[[], None]] = []
 
     def activate(self, timeout: float = 5.0) -> None:
         """Get ready to hear ends (a backend's first ``LISTEN``): may block for up to
@@ -89,6 +90,25 @@ class Completions:
                 if not callbacks:
                     self._subscribers.pop(task_id, None)
 
+    @contextmanager
+    def watch(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Call ``callback()`` after every publish, whichever tasks ended, and on :meth:`nudge`,
+        until the ``with`` block ends: how the webhook sender hears that the outbox may have
+        grown. The same rules as for a subscription's callback: quick, never blocking."""
+        with self._lock:
+            self._watchers.append(callback)
+        try:
+            yield
+        finally:
+            with self._lock:
+                if callback in self._watchers:
+                    self._watchers.remove(callback)
+
+    def nudge(self) -> None:
+        """Call the watchers only (something other than a task's end changed, such as dead
+        deliveries made due again)."""
+        self._call_watchers()
+
     def __len__(self) -> int:
         """How many tasks have subscribers now."""
         with self._lock:
@@ -97,6 +117,7 @@ class Completions:
     def publish(self, ended: Iterable[tuple[str, Task | None]]) -> None:
         """Tell the subscribers of each ``(task_id, task_or_none)`` that the task has ended."""
         if not self._subscribers:  # the usual case: nobody waits (a racy read is fine here)
+            self._call_watchers()
             return
         with self._lock:
             calls = [
@@ -105,10 +126,11 @@ class Completions:
                 for callback in tuple(self._subscribers.get(task_id, ()))
             ]
         self._call(calls)
+        self._call_watchers()
 
     def publish_tasks(self, tasks: Iterable[Task]) -> None:
         """Publish the tasks among ``tasks`` that are in a final status."""
-        if self._subscribers:
+        if self._subscribers or self._watchers:
             self.publish((task.id, task) for task in tasks if task.status.is_final)
 
     def publish_all(self) -> None:
@@ -121,6 +143,18 @@ class Completions:
                 for callback in tuple(callbacks)
             ]
         self._call(calls)
+        self._call_watchers()
+
+    def _call_watchers(self) -> None:
+        if not self._watchers:
+            return
+        with self._lock:
+            watchers = tuple(self._watchers)
+        for callback in watchers:
+            try:
+                callback()
+            except Exception:
+                logger.exception("completion watcher raised")
 
     @staticmethod
     def _call(calls: list[tuple[_Callback, str, Task | None]]) -> None:

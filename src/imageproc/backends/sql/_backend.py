@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.resources import as_file, files
 from typing import Any
 
@@ -30,6 +30,7 @@ from imageproc._clock import Clock, utcnow
 from imageproc._idempotency import IdempotencyRecord
 from imageproc._protocols import QueueLimits, QueueStats
 from imageproc._task import MetadataValue, Task, TaskStatus
+from imageproc.backends.sql import _deliveries as outbox
 from imageproc.backends.sql import _idempotency as keyed
 from imageproc.backends.sql import _joined as joined
 from imageproc.backends.sql import _schema as sqlschema
@@ -62,6 +63,7 @@ from imageproc.backends.sql._statements import (
 )
 from imageproc.backends.sql._transactions import Transactions
 from imageproc.delivery._completions import Completions
+from imageproc.delivery._outbox import Delivery, DeliveryStatus
 from imageproc.errors import (
     ImageprocError,
     TaskNotFound,
@@ -275,8 +277,10 @@ class SQLBackend(SQLQueue):
                 return False
             if task.status == TaskStatus.QUEUED:
                 self._db.notify(conn)
-            elif task.status.is_final and self.dialect == "postgresql":
-                conn.execute(sa.select(sa.func.pg_notify(DONE_CHANNEL, task.id)))
+            elif task.status.is_final:
+                outbox.insert_deliveries(conn, outbox.delivery_rows((task,), self.clock()))
+                if self.dialect == "postgresql":
+                    conn.execute(sa.select(sa.func.pg_notify(DONE_CHANNEL, task.id)))
             return True
 
     def purge(self, before: datetime, *, limit: int = 500) -> list[Task]:
@@ -416,6 +420,51 @@ class SQLBackend(SQLQueue):
         with self._db.one_statement() as conn:
             waiting, running, oldest = conn.execute(QUEUE_STATS, {"now": self.clock()}).one()
         return QueueStats(queued=waiting, processing=running, oldest_due_at=oldest)
+
+    # -- the webhook outbox (DeliveryStore) -------------------------------------------------
+
+    def claim_deliveries(self, now: datetime, *, limit: int, hold: timedelta) -> list[Delivery]:
+        """Take up to ``limit`` pending deliveries due at ``now``, earliest first, held for
+        ``hold`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: senders never wait on each other)."""
+        with self._db.begin(write=True) as conn:
+            return outbox.claim_deliveries(conn, now, limit, hold, dialect=self.dialect)
+
+    def settle_delivery(self, delivery: Delivery) -> bool:
+        """Record how a try went, if that try still holds the delivery."""
+        with self._db.begin(write=True) as conn:
+            return outbox.settle_delivery(conn, delivery)
+
+    def deliveries(
+        self,
+        status: DeliveryStatus,
+        *,
+        owner: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """Deliveries in ``status`` (of ``owner``, of ``task_id``), the most recent first."""
+        with self._db.one_statement() as conn:
+            return outbox.find_deliveries(conn, status, owner=owner, task_id=task_id, limit=limit)
+
+    def resend_deliveries(
+        self, ids: Collection[str] | None, *, now: datetime, owner: str | None = None
+    ) -> int:
+        """Make the dead deliveries among ``ids`` (all if None) due again now."""
+        with self._db.begin(write=True) as conn:
+            count = outbox.resend_deliveries(conn, ids, now, owner)
+        if count:
+            self.completions.nudge()
+        return count
+
+    def next_delivery_at(self) -> datetime | None:
+        """When the earliest pending delivery is due (or its hold runs out)."""
+        with self._db.one_statement() as conn:
+            return outbox.next_delivery_at(conn)
+
+    def purge_deliveries(self, before: datetime, *, limit: int = 500) -> int:
+        """Forget up to ``limit`` delivered or dead deliveries written before ``before``."""
+        with self._db.begin(write=True) as conn:
+            return outbox.purge_deliveries(conn, before, limit)
 
     def close(self) -> None:
         """Stop listening and close every pooled connection."""

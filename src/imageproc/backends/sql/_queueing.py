@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from imageproc._clock import Clock
 from imageproc._protocols import Lease, lease_lost
 from imageproc._task import Task, TaskStatus
+from imageproc.backends.sql._deliveries import delivery_rows, insert_deliveries
 from imageproc.backends.sql._errors import driver_errors_mapped
 from imageproc.backends.sql._listener import (
     DONE_CHANNEL,
@@ -114,9 +115,24 @@ class SQLQueue:
         buried = len(claimed) - len(leased)
         if buried:
             logger.warning("%d task(s) dead: leases expired with no attempts left", buried)
+            self._announce_buried([t for t in claimed if t.status.is_final], now)
             self._ended_elsewhere([t.id for t in claimed if t.status.is_final])
             self.completions.publish_tasks(claimed)
         return [Lease(task, token + task.id, worker, expires) for task in leased], buried
+
+    def _announce_buried(self, buried: list[Task], now: datetime) -> None:
+        """Write the webhooks of tasks the claim itself ended (dead: their last lease expired).
+        The claim is a statement of its own, so this follows it in a second transaction: the
+        one place a final status and its delivery are not written together (a crash between
+        the two loses that webhook)."""
+        rows = delivery_rows(buried, now)
+        if not rows:
+            return
+        try:
+            with self._db.begin(write=True) as conn:
+                insert_deliveries(conn, rows)
+        except ImageprocError:
+            logger.exception("could not write the webhooks of %d dead task(s)", len(rows))
 
     def _ended_elsewhere(self, task_ids: list[str]) -> None:
         """Tell waiters in other processes (PostgreSQL) that these tasks ended in a statement
@@ -231,7 +247,7 @@ class SQLQueue:
         if self._hot is not None:
             # One statement in autocommit, which notifies by itself (a requeued task that is
             # due wakes idle workers; an ended one, waiters).
-            batch = {**batch_parameters(results), "now": now}
+            batch = batch_parameters(results, now)
             with driver_errors_mapped():
                 rows = self._hot.record.run(self._autocommit, batch)
             held = {(row["id"], row["held_token"]) for row in rows}
@@ -251,6 +267,13 @@ class SQLQueue:
                 recorded = [conn.execute(RECORD, parameters[0]).rowcount == 1]
             else:
                 recorded = record_held(conn, results, parameters)
+            # The webhook outbox, in the transaction that records the statuses it announces.
+            insert_deliveries(
+                conn,
+                delivery_rows(
+                    (task for ok, (_, task) in zip(recorded, results, strict=True) if ok), now
+                ),
+            )
             if any(
                 held and task.status == TaskStatus.QUEUED and task.available_at <= now
                 for held, (_, task) in zip(recorded, results, strict=True)

@@ -26,11 +26,13 @@ __all__ = [
     "PIPELINE_TEXT",
     "TABLE_NAME",
     "VERSION_TABLE",
+    "WEBHOOKS_TABLE",
     "idempotency_keys",
     "metadata",
     "task_from_row",
     "task_to_row",
     "tasks",
+    "webhooks",
 ]
 
 TABLE_NAME: Final = "imageproc_tasks"
@@ -100,6 +102,8 @@ tasks = sa.Table(
     # The application's labels for the task; NULL when it gave none (most tasks), so they cost
     # the metadata index nothing.
     sa.Column("metadata", JSONType, nullable=True),
+    # Where the final status is POSTed; NULL for the tasks nobody asked a webhook for.
+    sa.Column("callback_url", sa.Text, nullable=True),
     sa.CheckConstraint(
         "status IN (" + ", ".join(f"'{s}'" for s in STATUSES) + ")",
         name="imageproc_tasks_status_check",
@@ -165,6 +169,46 @@ idempotency_keys = sa.Table(
 sa.Index("imageproc_idempotency_keys_expires_idx", idempotency_keys.c.expires_at)
 
 
+#: The webhook outbox (:mod:`imageproc.delivery._outbox`): written in the transaction that
+#: records a task's final status. No foreign key to the tasks either: a delivery may still be
+#: retried, or listed as dead, after retention purged its task.
+WEBHOOKS_TABLE: Final = "imageproc_webhooks"
+DELIVERY_STATUSES: Final = ("pending", "delivered", "dead")
+
+webhooks = sa.Table(
+    WEBHOOKS_TABLE,
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("task_id", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("url", sa.Text, nullable=False),
+    # Text, not JSON: the exact bytes signed and sent on every try.
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("last_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint(
+        "status IN (" + ", ".join(f"'{s}'" for s in DELIVERY_STATUSES) + ")",
+        name="imageproc_webhooks_status_check",
+    ),
+)
+# Senders take due deliveries through this one; it holds pending ones only.
+sa.Index(
+    "imageproc_webhooks_due_idx",
+    webhooks.c.next_attempt_at,
+    postgresql_where=webhooks.c.status == "pending",
+    sqlite_where=webhooks.c.status == "pending",
+)
+# Listing (dead ones, a task's) and purging by age.
+sa.Index("imageproc_webhooks_status_idx", webhooks.c.status, webhooks.c.created_at)
+sa.Index("imageproc_webhooks_task_idx", webhooks.c.task_id)
+
+
 def task_to_row(task: Task, *, only: Collection[str] | None = None) -> dict[str, Any]:
     """The column values that record ``task`` (lease columns excluded), or just the ``only``
     ones (which must be among :data:`OUTCOME_COLUMNS`)."""
@@ -188,6 +232,7 @@ def task_to_row(task: Task, *, only: Collection[str] | None = None) -> dict[str,
         "owner": task.owner,
         "created_at": task.created_at,
         "metadata": task.metadata or None,
+        "callback_url": task.callback_url,
         **outcome,
     }
 
@@ -241,6 +286,7 @@ def task_from_row(row: Mapping[Any, Any]) -> Task:
         finished_at=row["finished_at"],
         available_at=row["available_at"],
         metadata=row["metadata"] or {},
+        callback_url=row["callback_url"],
     )
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from imageproc._protocols import Lease
 from imageproc._task import LEASE_EXPIRED, MetadataValue, Task, TaskStatus
+from imageproc.backends.sql._deliveries import delivery_rows
 from imageproc.backends.sql._driver import HotStatement
 from imageproc.backends.sql._listener import CHANNEL, DONE_CHANNEL
 from imageproc.backends.sql._schema import (
@@ -31,6 +32,7 @@ from imageproc.backends.sql._schema import (
     UTCDateTime,
     task_to_row,
     tasks,
+    webhooks,
 )
 
 __all__ = [
@@ -212,17 +214,62 @@ def _record_batch_statement() -> sa.Select[Any]:
         recorded.c.held_token,
         sa.case((ended, sa.func.pg_notify(DONE_CHANNEL, recorded.c.id)), else_=None),
         sa.case((due, sa.func.pg_notify(CHANNEL, "")), else_=None),
+    ).add_cte(_outbox_insert(recorded))
+
+
+#: The outbox columns :data:`RECORD_BATCH` writes (the rest start empty).
+_HOOK_COLUMNS: Final = (
+    "id",
+    "task_id",
+    "owner",
+    "url",
+    "payload",
+    "status",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+)
+
+
+def _outbox_insert(recorded: sa.CTE) -> sa.CTE:
+    """The part of :data:`RECORD_BATCH` that writes the webhook outbox: the parameter ``hooks``
+    (a JSON array of :func:`~imageproc.backends.sql._deliveries.delivery_rows` with the
+    ``held_token`` of their task's lease) becomes rows of ``imageproc_webhooks`` for the tasks
+    the same statement recorded, so a delivery exists exactly when its final status does."""
+    columns: dict[str, Any] = {
+        "held_token": sa.Text(),
+        **{name: webhooks.c[name].type for name in _HOOK_COLUMNS},
+    }
+    hooks = (
+        sa.func.jsonb_to_recordset(sa.cast(sa.bindparam("hooks", type_=sa.Text), postgresql.JSONB))
+        .table_valued(*(sa.column(name, kind) for name, kind in columns.items()))
+        .render_derived(name="hooks", with_types=True)
     )
+    chosen = sa.select(*(hooks.c[name] for name in _HOOK_COLUMNS)).select_from(
+        hooks.join(
+            recorded,
+            sa.and_(recorded.c.id == hooks.c.task_id, recorded.c.held_token == hooks.c.held_token),
+        )
+    )
+    return webhooks.insert().from_select(list(_HOOK_COLUMNS), chosen).cte("outboxed")
 
 
 RECORD_BATCH: Final = _record_batch_statement()
 
 
-def batch_parameters(results: Sequence[tuple[Lease, Task]]) -> dict[str, str]:
-    """The parameter of :data:`RECORD_BATCH`, its rows in the order of the tasks' ids (so
-    concurrent batches lock the rows they share in one order)."""
+def batch_parameters(results: Sequence[tuple[Lease, Task]], now: datetime) -> dict[str, Any]:
+    """The parameters of :data:`RECORD_BATCH`: ``batch``, its rows in the order of the tasks'
+    ids (so concurrent batches lock the rows they share in one order), ``hooks``, the outbox
+    rows for the tasks that end with a callback URL, and ``now``."""
     rows = sorted((outcome(lease, task) for lease, task in results), key=lambda r: r["held_id"])
-    return {"batch": json.dumps(rows, default=_utc_text)}
+    hooks: list[dict[str, Any]] = []
+    for lease, task in results:
+        hooks.extend({**row, "held_token": lease.token} for row in delivery_rows((task,), now))
+    return {
+        "batch": json.dumps(rows, default=_utc_text),
+        "hooks": json.dumps(hooks, default=_utc_text),
+        "now": now,
+    }
 
 
 def _utc_text(value: object) -> str:
