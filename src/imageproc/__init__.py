@@ -14,12 +14,14 @@ once, make every variant, store them and record the result::
 """
 
 from imageproc.__version__ import __version__
+from imageproc._addresses import AddressPolicy
 from imageproc._asyncprocessor import AsyncProcessor
 from imageproc._events import Events
 from imageproc._idempotency import IdempotencyRecord
 from imageproc._processor import Processor, Source, Upload
 from imageproc._protocols import (
     BatchQueue,
+    DeliveryStore,
     IdempotencyStore,
     Lease,
     ListableStorage,
@@ -37,6 +39,8 @@ from imageproc._protocols import (
 from imageproc._retrying import RetryPolicy
 from imageproc._task import Output, SourceInfo, Task, TaskError, TaskStatus
 from imageproc._taskjson import task_json
+from imageproc.delivery._outbox import Delivery, DeliveryStatus
+from imageproc.delivery._webhooks import Webhooks
 from imageproc.engine._imaging import ImageLimits
 from imageproc.errors import (
     BackendUnavailable,
@@ -78,6 +82,7 @@ from imageproc.pipeline._pipeline import Pipeline, PipelineLimits
 from imageproc.pipeline._variant import Variant
 
 __all__ = [
+    "AddressPolicy",
     "AsyncProcessor",
     "BackendUnavailable",
     "BatchQueue",
@@ -85,6 +90,9 @@ __all__ = [
     "Colour",
     "ConfigurationError",
     "Crop",
+    "Delivery",
+    "DeliveryStatus",
+    "DeliveryStore",
     "Encoding",
     "Events",
     "Fill",
@@ -140,6 +148,7 @@ __all__ = [
     "Upload",
     "Variant",
     "WaitTimeout",
+    "Webhooks",
     "__version__",
     "task_json",
 ]

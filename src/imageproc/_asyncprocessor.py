@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import functools
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -23,6 +23,7 @@ from imageproc._processor import Processor
 from imageproc._task import MetadataValue, Task, TaskStatus
 from imageproc._upload import PipelineSpec, Source, Upload
 from imageproc.delivery._asyncwait import AsyncWaiters
+from imageproc.delivery._outbox import Delivery, DeliveryStatus
 
 __all__ = ["AsyncProcessor"]
 
@@ -173,6 +174,7 @@ class AsyncProcessor:
         dedupe: bool = False,
         idempotency_key: str | None = None,
         connection: object = None,
+        callback_url: str | None = None,
     ) -> Task:
         """Store an image and queue a task to make the variants of ``pipeline`` from it, in a
         thread: :meth:`Processor.submit`, with the same arguments, answer and exceptions.
@@ -193,6 +195,7 @@ class AsyncProcessor:
             dedupe=dedupe,
             idempotency_key=idempotency_key,
             connection=connection,
+            callback_url=callback_url,
         )
 
     async def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
@@ -280,6 +283,28 @@ class AsyncProcessor:
         return await self._call(
             processor.purge, older_than, batch=batch, orphans_older_than=orphans_older_than
         )
+
+    async def deliveries(
+        self,
+        status: DeliveryStatus | str = DeliveryStatus.DEAD,
+        *,
+        owner: str | None = None,
+        task_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """Up to ``limit`` webhook deliveries in ``status`` (dead by default), the most recent
+        first (:meth:`Processor.deliveries`)."""
+        processor = await self._ready()
+        return await self._call(
+            processor.deliveries, status, owner=owner, task_id=task_id, limit=limit
+        )
+
+    async def redeliver(
+        self, ids: Collection[str] | None = None, *, owner: str | None = None
+    ) -> int:
+        """Send dead webhook deliveries again (:meth:`Processor.redeliver`); how many."""
+        processor = await self._ready()
+        return await self._call(processor.redeliver, ids, owner=owner)
 
     # -- workers ------------------------------------------------------------------------------
 

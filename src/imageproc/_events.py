@@ -12,6 +12,7 @@ import logging
 from typing import Final
 
 from imageproc._task import Task
+from imageproc.delivery._outbox import Delivery
 
 __all__ = ["STAGES", "Events", "emit"]
 
@@ -35,6 +36,10 @@ class Events:
 
     def stage(self, name: str, seconds: float) -> None:
         """One stage of processing a task (one of :data:`STAGES`) took ``seconds``."""
+
+    def delivered(self, delivery: Delivery, outcome: str, seconds: float) -> None:
+        """One try of a webhook ``delivery`` took ``seconds`` and ended in ``outcome``:
+        ``"delivered"``, ``"retry"`` (it failed and will be tried again) or ``"dead"``."""
 
 
 def emit(events: Events, hook: str, *args: object) -> None:

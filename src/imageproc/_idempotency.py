@@ -95,6 +95,7 @@ def fingerprint(
     not_before: datetime | timedelta | None,
     metadata: Mapping[str, Any],
     dedupe: bool,
+    callback_url: str | None = None,
 ) -> str:
     """A digest of what a submit asks for: the image's bytes (by their digest), the pipeline
     (however it was named: a preset and its text are the same request), and every option.
@@ -105,7 +106,7 @@ def fingerprint(
         when = not_before.astimezone(UTC).isoformat()
     else:
         when = None
-    request = {
+    request: dict[str, Any] = {
         "image": sha256,
         "pipeline": pipeline.to_json(),
         "priority": priority,
@@ -113,6 +114,8 @@ def fingerprint(
         "metadata": dict(metadata),
         "dedupe": dedupe,
     }
+    if callback_url is not None:  # only when given, so keys remembered before it still match
+        request["callback_url"] = callback_url
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

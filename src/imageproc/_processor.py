@@ -20,13 +20,18 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Self
 import attrs
 
 from imageproc._clock import Clock, utcnow
+from imageproc._delivering import Delivering
 from imageproc._events import Events
 from imageproc._execution import Execution, Recorder
 from imageproc._idempotency import DEFAULT_RETENTION
 from imageproc._protocols import Queue, QueueLimits, Repository, Storage
-from imageproc._retention import forget_expired_keys, purge_finished, purge_orphans
+from imageproc._retention import (
+    forget_deliveries,
+    forget_expired_keys,
+    purge_finished,
+    purge_orphans,
+)
 from imageproc._retrying import RetryPolicy
-from imageproc._running import Running
 from imageproc._sandbox import renderer_for
 from imageproc._submission import Submission
 from imageproc._task import MetadataValue, Task, TaskStatus
@@ -35,6 +40,7 @@ from imageproc._worker import WorkerPool
 from imageproc.backends._memory import MemoryQueue, MemoryRepository, MemoryStorage
 from imageproc.backends._urls import backends_from_urls
 from imageproc.delivery._waiting import wait_for_end
+from imageproc.delivery._webhooks import Webhooks
 from imageproc.engine._imaging import ImageLimits
 from imageproc.errors import ConfigurationError, ImageprocError
 from imageproc.pipeline._pipeline import Pipeline, PipelineLimits
@@ -49,7 +55,7 @@ logger = logging.getLogger("imageproc")
 _CHANGE_TRIES = 5
 
 
-class Processor(Running):
+class Processor(Delivering):
     """Submit images, let workers make their variants, and read the results.
 
     The three backends can be anything that implements :class:`~imageproc.Storage`,
@@ -75,6 +81,9 @@ class Processor(Running):
             (:func:`imageproc.engine.strip_location`).
         idempotency_retention: how long an idempotency key is remembered after its first
             request (``submit(…, idempotency_key=…)``); :meth:`purge` forgets older ones.
+        webhooks: how tasks' final statuses are POSTed to their callback URLs
+            (:class:`~imageproc.Webhooks`: signing secrets, per-owner default URLs, allowlist,
+            schedule); None: no webhooks, and a ``callback_url`` is refused.
         render_timeout: most seconds one task's decode, transforms and encodes may take (wall
             time; None for no limit). Past it the render process is killed and the task fails
             with :class:`~imageproc.RenderTimeout`. Only with ``isolation="process"``.
@@ -106,6 +115,7 @@ class Processor(Running):
         queue_limits: QueueLimits | None = None,
         strip_location: bool = False,
         idempotency_retention: timedelta = DEFAULT_RETENTION,
+        webhooks: Webhooks | None = None,
         image_limits: ImageLimits | None = None,
         pipeline_limits: PipelineLimits | None = None,
         poll_interval: float = 0.5,
@@ -152,7 +162,11 @@ class Processor(Running):
             queue_limits=queue_limits,
             strip_location=strip_location,
             idempotency_retention=idempotency_retention,
+            webhooks=webhooks,
         )
+        self._webhooks = webhooks
+        self._dispatcher = None
+        self._dispatcher_lock = threading.Lock()
         self._execution = Execution(
             storage,
             self._recorder,
@@ -336,6 +350,7 @@ class Processor(Running):
         dedupe: bool = False,
         idempotency_key: str | None = None,
         connection: object = None,
+        callback_url: str | None = None,
     ) -> Task:
         """Store an image and queue a task to make the variants of ``pipeline`` from it.
 
@@ -388,6 +403,7 @@ class Processor(Running):
                 dedupe=dedupe,
                 idempotency_key=idempotency_key,
                 connection=connection,
+                callback_url=callback_url,
             )
         )
 
@@ -503,6 +519,7 @@ class Processor(Running):
         if orphans_older_than is not None:
             self.purge_orphans(orphans_older_than, batch=batch)
         forget_expired_keys(self.repository, now, batch=batch)
+        forget_deliveries(self.repository, now - older_than, batch=batch)
         return deleted
 
     def purge_orphans(self, older_than: timedelta, *, batch: int = 500) -> int:

@@ -15,11 +15,24 @@ from datetime import datetime
 from itertools import islice
 
 from imageproc._keys import ORIGINALS
-from imageproc._protocols import IdempotencyStore, ListableStorage, Repository, SourceUsage, Storage
+from imageproc._protocols import (
+    DeliveryStore,
+    IdempotencyStore,
+    ListableStorage,
+    Repository,
+    SourceUsage,
+    Storage,
+)
 from imageproc._retrying import RetryPolicy
 from imageproc.errors import InvalidKey
 
-__all__ = ["forget_expired_keys", "purge_finished", "purge_orphans", "sources_in_use"]
+__all__ = [
+    "forget_deliveries",
+    "forget_expired_keys",
+    "purge_finished",
+    "purge_orphans",
+    "sources_in_use",
+]
 
 logger = logging.getLogger("imageproc")
 
@@ -41,6 +54,19 @@ def purge_finished(
         if len(purged) < batch:
             break
     return deleted
+
+
+def forget_deliveries(repository: Repository, before: datetime, *, batch: int) -> int:
+    """Forget the webhook deliveries delivered or dead that were written before ``before``,
+    ``batch`` at a time (if ``repository`` keeps an outbox); pending ones stay, however old."""
+    if not isinstance(repository, DeliveryStore):
+        return 0
+    forgotten = 0
+    while (count := repository.purge_deliveries(before, limit=batch)) > 0:
+        forgotten += count
+        if count < batch:
+            break
+    return forgotten
 
 
 def forget_expired_keys(repository: Repository, now: datetime, *, batch: int) -> int:

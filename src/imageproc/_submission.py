@@ -32,6 +32,7 @@ from imageproc._idempotency import (
 )
 from imageproc._presets import resolve_pipeline
 from imageproc._protocols import (
+    DeliveryStore,
     IdempotencyStore,
     QueueLimits,
     Repository,
@@ -42,6 +43,7 @@ from imageproc._protocols import (
 from imageproc._retrying import RetryPolicy
 from imageproc._task import SourceInfo, Task, TaskStatus, checked_metadata
 from imageproc._upload import Accepted, PipelineSpec, Upload, read_source, scheduled_at
+from imageproc.delivery._webhooks import Webhooks
 from imageproc.engine import _imaging as imaging
 from imageproc.engine import _location as location
 from imageproc.engine._imaging import ImageLimits
@@ -88,11 +90,14 @@ class Submission:
         queue_limits: QueueLimits | None = None,
         strip_location: bool = False,
         idempotency_retention: timedelta = DEFAULT_RETENTION,
+        webhooks: Webhooks | None = None,
     ) -> None:
         if idempotency_retention <= timedelta(0):
             raise ValueError(f"idempotency_retention must be positive, got {idempotency_retention}")
         #: How long an idempotency key is remembered after its first request.
         self.idempotency_retention = idempotency_retention
+        #: How webhooks are sent (callback URLs are checked against its ``allow``), or None.
+        self.webhooks = webhooks
         self.storage = storage
         self.repository = repository
         #: Take location data out of originals before they are stored
@@ -360,6 +365,7 @@ class Submission:
         idempotency_key = None
         if upload.idempotency_key is not None:
             idempotency_key = checked_key(upload.idempotency_key)
+        callback_url = self._callback_url(upload)
         spec = upload.pipeline
         resolved = self.pipeline if spec is None else self._resolve(spec)
         data = read_source(upload.source, self.image_limits.max_bytes)
@@ -384,8 +390,11 @@ class Submission:
                 not_before=upload.not_before,
                 metadata=metadata,
                 dedupe=upload.dedupe,
+                callback_url=upload.callback_url,
             )
-        return _Prepared(upload, resolved, data, info, key, metadata, idempotency_key, request)
+        return _Prepared(
+            upload, resolved, data, info, key, metadata, idempotency_key, request, callback_url
+        )
 
     def _duplicate_of(self, upload: _Prepared) -> Task | None:
         """The task that already makes what ``upload`` asks (same owner, original and
@@ -420,7 +429,30 @@ class Submission:
             owner=upload.upload.owner,
             available_at=scheduled_at(upload.upload.not_before, now),
             metadata=upload.metadata,
+            callback_url=upload.callback_url,
         )
+
+    def _callback_url(self, upload: Upload) -> str | None:
+        """The upload's callback URL (or its owner's default), checked: a URL imageproc may
+        send to (:class:`~imageproc.UnsafeURL` otherwise), whose host resolves to addresses
+        it may send to."""
+        url = upload.callback_url
+        webhooks = self.webhooks
+        if url is None:
+            return None if webhooks is None else webhooks.url_for(upload.owner)
+        if webhooks is None:
+            raise InvalidInput(
+                "callback_url given, but this Processor sends no webhooks"
+                " (configure Processor(webhooks=Webhooks(secrets=[…])))"
+            )
+        if not isinstance(self.repository, DeliveryStore):
+            raise ConfigurationError(
+                f"callback_url needs a repository that keeps a webhook outbox"
+                f" ({type(self.repository).__name__} is no DeliveryStore)"
+            )
+        target = webhooks.allow.check_url(url, what="callback URL")
+        webhooks.allow.resolve(target)
+        return target.url
 
     def _store_original(self, upload: _Prepared, reused: set[str]) -> None:
         """Store the original, unless it is stored already (then its key goes in ``reused``)."""
@@ -495,6 +527,8 @@ class _Prepared:
     #: For an upload under an idempotency key, what it asks for
     #: (:func:`~imageproc._idempotency.fingerprint`); else empty.
     fingerprint: str = ""
+    #: Where the task's final status will be POSTed, checked.
+    callback_url: str | None = None
 
 
 #: The tasks ``dedupe`` may hand back instead of new work: done, or on the way to it.

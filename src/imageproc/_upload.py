@@ -61,6 +61,10 @@ class Upload:
     #: :class:`~imageproc.IdempotencyConflict`. Per owner, remembered for
     #: ``idempotency_retention``.
     idempotency_key: str | None = None
+    #: Where the task's status is POSTed (a signed webhook) once it ends; checked at submit
+    #: (:class:`~imageproc.UnsafeURL`). None: the owner's default, if the Processor's
+    #: :class:`~imageproc.Webhooks` names one.
+    callback_url: str | None = None
     #: The application's SQLAlchemy ``Connection`` or ``Session`` on the task database: the
     #: task is written in its transaction, claimable once that commits, gone if it rolls back.
     connection: object = None

@@ -55,6 +55,7 @@ from imageproc.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from imageproc._processor import Processor
+    from imageproc.delivery._webhooks import Webhooks
 
 __all__ = [
     "ENV_PREFIX",
@@ -98,6 +99,38 @@ def _parse_presets(text: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object of name → pipeline, got {type(value).__name__}")
     return tuple(value.items())
+
+
+def _parse_urls(text: str) -> tuple[tuple[str, str], ...]:
+    # URLs hold ':' and ',' themselves, so the map is a JSON object too.
+    pairs = _parse_presets(text) if text.strip() else ()
+    if any(not isinstance(url, str) for _, url in pairs):
+        raise ValueError('expected a JSON object of owner → URL, such as {"*": "https://…"}')
+    return pairs
+
+
+def _check_webhook_secrets(value: tuple[str, ...]) -> None:
+    from imageproc.delivery._webhooks import Webhooks
+
+    if value:
+        Webhooks(secrets=value)  # its checks, without echoing a secret
+
+
+def _check_webhook_urls(value: tuple[tuple[str, str], ...]) -> None:
+    from imageproc._addresses import AddressPolicy
+    from imageproc.errors import UnsafeURL
+
+    for owner, url in value:
+        try:  # the form only: where it points is checked at each delivery
+            AddressPolicy(allow=("0.0.0.0/0", "::/0")).check_url(url, what=f"URL of {owner!r}")
+        except UnsafeURL as error:
+            raise ValueError(error.message) from None
+
+
+def _check_allow(value: tuple[str, ...]) -> None:
+    from imageproc._addresses import AddressPolicy
+
+    AddressPolicy(allow=value)
 
 
 def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
@@ -329,6 +362,29 @@ class Settings:
     #: Seconds an idempotency key (``Idempotency-Key`` on ``POST /upload``) is remembered after
     #: its first request; ``purge`` forgets older ones.
     idempotency_retention: float = _setting(86_400.0, SECONDS)
+    #: Secrets that sign webhooks (``whsec_…``, comma-separated; each delivery carries a
+    #: signature per secret, for rotation). Empty: no webhooks, and ``callback_url`` is refused.
+    webhook_secrets: tuple[str, ...] = _setting(
+        (),
+        ValueSpec(parse_list, _check_webhook_secrets, (tuple, list), convert=texts),
+        repr=False,
+    )
+    #: The callback URL of tasks submitted without one, per owner, as a JSON object
+    #: (``{"alice": "https://…", "*": "https://…"}``; ``*`` for everyone else).
+    webhook_urls: tuple[tuple[str, str], ...] = _setting(
+        (), ValueSpec(_parse_urls, _check_webhook_urls, (tuple, list, dict), convert=_pairs)
+    )
+    #: Hosts and networks webhooks may reach though they are not public (``10.0.0.0/8``,
+    #: ``hooks.internal``), comma-separated.
+    webhook_allow: tuple[str, ...] = _setting(
+        (), ValueSpec(parse_list, _check_allow, (tuple, list), convert=texts)
+    )
+    #: Tries of one webhook delivery before it is dead (the default spans about a day).
+    webhook_max_attempts: int = _setting(23, COUNT)
+    #: Seconds one try of a webhook may take, connecting included.
+    webhook_timeout: float = _setting(15.0, SECONDS)
+    #: Webhooks one process sends at once.
+    webhook_concurrency: int = _setting(8, COUNT)
 
     def __attrs_post_init__(self) -> None:
         from imageproc._signing import (
@@ -353,6 +409,11 @@ class Settings:
                         f" ({STRONG_KEY_HINT}); {ENV_VARS['allow_weak_keys']}=true allows weak"
                         " keys in tests and development"
                     )
+        if self.webhook_urls and not self.webhook_secrets:
+            raise ConfigurationError(
+                f"{ENV_VARS['webhook_urls']} needs {ENV_VARS['webhook_secrets']}: webhooks are"
+                " always signed"
+            )
         # An owner misspelt here would keep no limit at all, without a word: name it at startup.
         for owner in parse_max_priorities(self.max_priority):
             if owner != ANY_OWNER and owner not in owners:
@@ -453,7 +514,25 @@ class Settings:
         if self.pipeline is not None:
             options.setdefault("pipeline", self.pipeline)
         options.setdefault("storage_options", self.storage_options())
+        if self.webhook_secrets:
+            options.setdefault("webhooks", self.webhooks())
         return Processor.from_urls(self.database_url, self.storage_url, **options)
+
+    def webhooks(self) -> Webhooks | None:
+        """The :class:`~imageproc.Webhooks` these settings describe; None without secrets."""
+        from imageproc.delivery._webhooks import DEFAULT_SCHEDULE, Webhooks
+
+        if not self.webhook_secrets:
+            return None
+        return Webhooks(
+            secrets=self.webhook_secrets,
+            default_urls=dict(self.webhook_urls),
+            allow=self.webhook_allow,
+            schedule=attrs.evolve(DEFAULT_SCHEDULE, max_attempts=self.webhook_max_attempts),
+            timeout=self.webhook_timeout,
+            connect_timeout=min(5.0, self.webhook_timeout),
+            concurrency=self.webhook_concurrency,
+        )
 
     def storage_options(self) -> dict[str, Any]:
         """The fsspec options these settings imply for the storage URL (an S3 endpoint, so a

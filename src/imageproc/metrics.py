@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from imageproc._events import STAGES, Events
 from imageproc._task import Task, TaskStatus
+from imageproc.delivery._outbox import Delivery
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -47,6 +48,9 @@ logger = logging.getLogger("imageproc.metrics")
 # From a millisecond (a small thumbnail's encode) to a minute (fetching a huge original from a
 # slow store); the defaults stop at 10 s and are too coarse below 5 ms.
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
+#: How a try of a webhook delivery ends (the ``outcome`` label).
+WEBHOOK_OUTCOMES = ("delivered", "retry", "dead")
 
 
 class Metrics(Events):
@@ -84,6 +88,22 @@ class Metrics(Events):
         self.produced_bytes = Counter(
             "imageproc_produced_bytes", "Bytes of outputs produced.", registry=self.registry
         )
+        self.webhook_deliveries = Counter(
+            "imageproc_webhook_deliveries",
+            "Tries of webhook deliveries, by outcome (delivered, retry, dead).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_seconds = Histogram(
+            "imageproc_webhook_delivery_seconds",
+            "Time one try of a webhook delivery took, by outcome.",
+            ["outcome"],
+            buckets=_WEBHOOK_BUCKETS,
+            registry=self.registry,
+        )
+        for outcome in WEBHOOK_OUTCOMES:  # every outcome shows up from the first scrape
+            self.webhook_deliveries.labels(outcome)
+            self.webhook_seconds.labels(outcome)
         self._watcher: _ProcessorCollector | None = None
         self._server: WSGIServer | None = None
         self._server_thread: threading.Thread | None = None
@@ -112,6 +132,11 @@ class Metrics(Events):
     def stage(self, name: str, seconds: float) -> None:
         """Observe how long one stage took."""
         self.stage_seconds.labels(name).observe(seconds)
+
+    def delivered(self, delivery: Delivery, outcome: str, seconds: float) -> None:
+        """Count one try of a webhook delivery, and observe how long it took."""
+        self.webhook_deliveries.labels(outcome).inc()
+        self.webhook_seconds.labels(outcome).observe(seconds)
 
     # -- gauges and serving ----------------------------------------------------------------
 

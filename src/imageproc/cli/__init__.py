@@ -9,6 +9,7 @@
     imageproc migrate                                           create or upgrade the SQL schema
     imageproc purge --older-than 30d [--orphans-older-than 1h]  delete old finished tasks
     imageproc tasks --status dead [--limit N]                   list tasks (JSON lines)
+    imageproc webhooks list|resend|secret                       webhook deliveries
 
 Settings come from flags, then ``IMAGEPROC_*`` environment variables, then a ``.env`` file (see
 :mod:`imageproc.config` and ``.env.example``). Exit status: 0 on success, 1 when the work failed

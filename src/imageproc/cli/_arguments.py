@@ -13,7 +13,7 @@ from pathlib import Path
 from imageproc.__version__ import __version__
 from imageproc._parsing import parse_whole_number
 from imageproc._task import TaskStatus
-from imageproc.cli import _process, _records, _serve, _worker
+from imageproc.cli import _process, _records, _serve, _webhooks, _worker
 from imageproc.cli._durations import parse_duration
 from imageproc.config import LOG_LEVELS
 
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--limit", type=_whole_number, default=100, help="most tasks shown (100)")
     listing.set_defaults(command=_records.tasks)
+    webhooks = command("webhooks", "list webhook deliveries, send dead ones again, make a secret")
+    _webhooks.add_commands(webhooks, common, _whole_number)
     return parser
 
 

@@ -29,14 +29,14 @@ __all__ = ["migrate", "purge", "status", "tasks"]
 def status(args: argparse.Namespace, settings: Settings) -> int:
     # Only the task records are needed: no storage (which would create its folder) and no
     # migration (a read-only command must not change the schema).
-    with _records(settings, "status") as backend:
+    with records(settings, "status") as backend:
         task = backend.get(args.task_id)
     print(json.dumps(task_json(task, operator=True), indent=2))
     return EXIT_OK
 
 
 @contextmanager
-def _records(settings: Settings, command: str) -> Iterator[SQLBackend]:
+def records(settings: Settings, command: str) -> Iterator[SQLBackend]:
     """The task records of an existing, migrated database, for a command that only reads."""
     backend = _sql_backend(settings, command)
     try:
@@ -122,7 +122,7 @@ def tasks(args: argparse.Namespace, settings: Settings) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
     wanted = _metadata_filter(args.metadata, args.metadata_json)
-    with _records(settings, "tasks") as backend:
+    with records(settings, "tasks") as backend:
         found = backend.find(
             TaskStatus(args.status), owner=args.owner, metadata=wanted, limit=args.limit
         )

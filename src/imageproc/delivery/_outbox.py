@@ -17,11 +17,12 @@ import enum
 import json
 import secrets
 from datetime import datetime
+from typing import Any
 
 import attrs
 
 from imageproc._task import Task
-from imageproc._taskjson import task_json
+from imageproc._taskjson import rfc3339, task_json
 
 __all__ = ["Delivery", "DeliveryStatus", "delivery_for"]
 
@@ -60,6 +61,25 @@ class Delivery:
     #: The HTTP status the receiver last answered, if it answered.
     last_status_code: int | None = None
     delivered_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """This delivery as JSON (``GET /webhooks``, ``imageproc webhooks list``), without the
+        body it carries."""
+        return {
+            "id": self.id,
+            "task_id": self.task_id,
+            "url": self.url,
+            "status": str(self.status),
+            "attempts": self.attempts,
+            "created_at": rfc3339(self.created_at),
+            "next_attempt_at": rfc3339(self.next_attempt_at)
+            if self.status == DeliveryStatus.PENDING
+            else None,
+            "last_attempt_at": rfc3339(self.last_attempt_at),
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "delivered_at": rfc3339(self.delivered_at),
+        }
 
     def claimed(self, now: datetime, *, until: datetime) -> Delivery:
         """This delivery taken by a sender at ``now`` for one try, held until ``until``."""

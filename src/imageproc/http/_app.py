@@ -65,6 +65,7 @@ from imageproc.http._ratelimit import WindowLimit
 from imageproc.http._service import AUTH_FAILURE_ADDRESSES, Service
 from imageproc.http._tasks import cancel, events, retry, status
 from imageproc.http._uploads import upload
+from imageproc.http._webhooks import list_webhooks, resend_webhook, resend_webhooks
 
 if TYPE_CHECKING:
     import prometheus_client
@@ -182,6 +183,14 @@ def create_app(
         Route("/image/{image_key:path}", guard(image), methods=["GET", "HEAD"], name="image"),
         Route("/tasks/{task_id}", guard(cancel), methods=["DELETE"], name="cancel"),
         Route("/tasks/{task_id}/retry", guard(retry), methods=["POST"], name="retry"),
+        Route("/webhooks", guard(list_webhooks), methods=["GET"], name="webhooks"),
+        Route("/webhooks/resend", guard(resend_webhooks), methods=["POST"], name="resend_webhooks"),
+        Route(
+            "/webhooks/{delivery_id}/resend",
+            guard(resend_webhook),
+            methods=["POST"],
+            name="resend_webhook",
+        ),
         Route("/healthz", guard(healthz), methods=["GET"], name="healthz"),
         Route("/readyz", guard(readyz), methods=["GET"], name="readyz"),
         Route("/metrics", guard(metrics), methods=["GET"], name="metrics"),

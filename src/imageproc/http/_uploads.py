@@ -74,6 +74,7 @@ async def upload(request: Request) -> Response:
                 not_before_text = _text_field(form, "not_before")
                 metadata_text = _text_field(form, "metadata")
                 dedupe_text = _text_field(form, "dedupe")
+                callback_url = _text_field(form, "callback_url")
             elif content_type.startswith("image/"):
                 _check_length(request, limit)
                 image = await _spool_body(request, limit)
@@ -83,6 +84,7 @@ async def upload(request: Request) -> Response:
                 not_before_text = request.query_params.get("not_before")
                 metadata_text = request.query_params.get("metadata")
                 dedupe_text = request.query_params.get("dedupe")
+                callback_url = request.query_params.get("callback_url")
             else:
                 raise ApiError(
                     415,
@@ -102,6 +104,7 @@ async def upload(request: Request) -> Response:
             metadata=_metadata(metadata_text),
             dedupe=_dedupe(dedupe_text),
             idempotency_key=key,
+            callback_url=callback_url or None,
         )
         accepted = await service.batcher.submit(upload, size=image.size or 0)
     finally:

@@ -1,0 +1,162 @@
+"""The webhook outbox (DeliveryStore), run against every implementation: a delivery exists
+exactly when a final status of a task with a callback URL was recorded, and senders work
+through deliveries with holds, guarded results, resending and purging."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import attrs
+from imageproc import DeliveryStatus, DeliveryStore, Output, TaskError
+from tests.support.backends import Backend
+from tests.support.doubles import new_task
+
+LEASE = 30.0
+HOOK = "https://hooks.example.com/imageproc"
+HOLD = timedelta(seconds=45)
+
+
+def outbox(backend: Backend) -> DeliveryStore:
+    assert isinstance(backend.repository, DeliveryStore)
+    return backend.repository
+
+
+def claimed_with_hook(backend: Backend, count: int = 1) -> list:  # type: ignore[type-arg]
+    tasks = [attrs.evolve(new_task(), callback_url=HOOK) for _ in range(count)]
+    backend.repository.add_many(tasks)
+    return backend.queue.claim("w", lease_seconds=LEASE, limit=count)
+
+
+def succeeded(lease) -> object:  # type: ignore[no-untyped-def]
+    output = Output("thumb", "outputs/x/thumb.jpg", "JPEG", 8, 8, 100)
+    return lease.task.succeed((output,), lease.task.updated_at + timedelta(seconds=1))
+
+
+def test_recording_a_final_status_writes_its_delivery_with_the_status_json(
+    backend: Backend,
+) -> None:
+    [lease] = claimed_with_hook(backend)
+    done = succeeded(lease)
+    backend.queue.complete(lease, done)  # type: ignore[arg-type]
+    [delivery] = outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    assert delivery.task_id == lease.task.id
+    assert delivery.url == HOOK
+    assert delivery.id.startswith("msg_")
+    assert delivery.attempts == 1
+    body = json.loads(delivery.payload)
+    assert body["id"] == lease.task.id
+    assert body["status"] == "succeeded"
+    assert body["outputs"][0]["key"] == "outputs/x/thumb.jpg"
+
+
+def test_a_batch_record_writes_one_delivery_per_ended_task_with_a_hook(
+    backend: Backend,
+) -> None:
+    leases = claimed_with_hook(backend, 3)
+    plain = new_task()
+    backend.repository.add(plain)
+    [plain_lease] = backend.queue.claim("w", lease_seconds=LEASE)
+    now = backend.clock()
+    results = [
+        (leases[0], succeeded(leases[0])),
+        (leases[1], leases[1].task.fail(TaskError("invalid_image", "no"), now)),
+        (leases[2], leases[2].task.requeue(now, delay=timedelta(seconds=5))),  # not final
+        (plain_lease, succeeded(plain_lease)),  # no hook
+    ]
+    record = getattr(backend.queue, "record_many", None)
+    assert record is not None
+    assert record(results) == [True, True, True, True]
+    taken = outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    assert sorted(d.task_id for d in taken) == sorted([leases[0].task.id, leases[1].task.id])
+    statuses = {d.task_id: json.loads(d.payload)["status"] for d in taken}
+    assert statuses[leases[1].task.id] == "failed"
+
+
+def test_a_result_whose_lease_was_lost_writes_no_delivery(backend: Backend) -> None:
+    [lease] = claimed_with_hook(backend)
+    backend.clock.advance(LEASE + 1)
+    [again] = backend.queue.claim("w2", lease_seconds=LEASE)  # the lease expired: taken over
+    assert again.task.id == lease.task.id
+    record = getattr(backend.queue, "record_many")
+    assert record([(lease, succeeded(lease))]) == [False]
+    assert outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD) == []
+    assert outbox(backend).next_delivery_at() is None
+
+
+def test_cancelling_a_task_with_a_hook_writes_its_delivery(backend: Backend) -> None:
+    task = attrs.evolve(new_task(), callback_url=HOOK)
+    backend.repository.add(task)
+    cancelled = task.cancel(backend.clock())
+    assert backend.repository.update(cancelled, expected=task)
+    [delivery] = outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    assert json.loads(delivery.payload)["status"] == "cancelled"
+
+
+def test_a_taken_delivery_is_held_then_due_again_if_its_sender_vanished(
+    backend: Backend,
+) -> None:
+    [lease] = claimed_with_hook(backend)
+    backend.queue.complete(lease, succeeded(lease))  # type: ignore[arg-type]
+    store = outbox(backend)
+    [first] = store.claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    assert store.claim_deliveries(backend.clock(), limit=10, hold=HOLD) == []  # held
+    assert store.next_delivery_at() == first.next_attempt_at
+    backend.clock.advance(HOLD.total_seconds() + 1)
+    [second] = store.claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    assert (second.id, second.attempts) == (first.id, 2)
+    # The vanished sender's late result is not recorded over the newer try's.
+    late = first.succeeded(backend.clock(), 200)
+    assert not store.settle_delivery(late)
+    assert store.settle_delivery(second.succeeded(backend.clock(), 204))
+    [done] = store.deliveries(DeliveryStatus.DELIVERED)
+    assert (done.id, done.last_status_code, done.attempts) == (first.id, 204, 2)
+    assert store.next_delivery_at() is None
+
+
+def test_a_failed_try_is_due_again_at_its_retry_time_then_dead_then_resent(
+    backend: Backend,
+) -> None:
+    [lease] = claimed_with_hook(backend)
+    backend.queue.complete(lease, succeeded(lease))  # type: ignore[arg-type]
+    store = outbox(backend)
+    [taken] = store.claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    retry_at = backend.clock() + timedelta(seconds=60)
+    assert store.settle_delivery(taken.failed("answered 500", status_code=500, retry_at=retry_at))
+    assert store.next_delivery_at() == retry_at
+    assert store.claim_deliveries(backend.clock(), limit=10, hold=HOLD) == []
+    backend.clock.advance(61)
+    [again] = store.claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    assert again.last_error == "answered 500"
+    assert store.settle_delivery(again.failed("answered 503", status_code=503, retry_at=None))
+    [dead] = store.deliveries(DeliveryStatus.DEAD)
+    assert (dead.id, dead.attempts, dead.last_status_code) == (taken.id, 2, 503)
+    assert store.deliveries(DeliveryStatus.DEAD, owner="someone-else") == []
+    assert store.deliveries(DeliveryStatus.DEAD, task_id=lease.task.id) == [dead]
+    assert store.next_delivery_at() is None
+    assert store.resend_deliveries(["no-such-delivery"], now=backend.clock()) == 0
+    assert store.resend_deliveries([taken.id], now=backend.clock()) == 1
+    [resent] = store.claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    assert (resent.id, resent.attempts, resent.payload) == (taken.id, 1, taken.payload)
+    assert store.deliveries(DeliveryStatus.DEAD) == []
+
+
+def test_purge_forgets_old_settled_deliveries_and_keeps_pending_ones(backend: Backend) -> None:
+    leases = claimed_with_hook(backend, 2)
+    for lease in leases:
+        backend.queue.complete(lease, succeeded(lease))  # type: ignore[arg-type]
+    store = outbox(backend)
+    [settled] = store.claim_deliveries(backend.clock(), limit=1, hold=HOLD)
+    assert store.settle_delivery(settled.succeeded(backend.clock(), 200))
+    backend.clock.advance(10)
+    assert store.purge_deliveries(backend.clock(), limit=500) == 1
+    assert store.deliveries(DeliveryStatus.DELIVERED) == []
+    [pending] = store.deliveries(DeliveryStatus.PENDING)
+    assert pending.id != settled.id
+
+
+def test_tasks_without_a_hook_write_nothing(backend: Backend) -> None:
+    backend.repository.add(new_task())
+    [lease] = backend.queue.claim("w", lease_seconds=LEASE)
+    backend.queue.complete(lease, succeeded(lease))  # type: ignore[arg-type]
+    assert outbox(backend).next_delivery_at() is None
