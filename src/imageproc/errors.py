@@ -15,7 +15,7 @@ The tree::
     │   ├── InvalidPipeline             invalid_pipeline     no
     │   ├── InvalidKey                  invalid_key          no
     │   ├── IdempotencyConflict         idempotency_conflict no
-    │   └── UnsafeURL                   unsafe_url           no
+    │   └── UnsafeURL                   unsafe_url           no, unless raised with transient=True
     ├── ConfigurationError              configuration_error  no
     ├── TaskNotFound                    task_not_found       no
     ├── IllegalTransition               illegal_transition   no
@@ -114,7 +114,8 @@ class IdempotencyConflict(InvalidInput):
 class UnsafeURL(InvalidInput):
     """A URL imageproc will not send to (or fetch from): not ``http``/``https``, malformed, or
     naming or resolving to an address that is not public (loopback, private, link-local,
-    multicast, cloud metadata…) and not allowlisted. Over HTTP a 422."""
+    multicast, cloud metadata…) and not allowlisted. Over HTTP a 422. Raised with
+    ``transient=True`` when the host does not resolve: not a refusal, and DNS may heal."""
 
     code = "unsafe_url"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 from hypothesis import strategies as st
 
 from imageproc._formats import OUTPUT_FORMATS
@@ -115,3 +117,23 @@ def foreign_numbers(draw: st.DrawFn) -> str:
     zero = draw(st.sampled_from(FOREIGN_ZEROS))
     which = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)).filter(any))
     return "".join(foreign_digits(c, zero) if w else c for c, w in zip(text, which, strict=True))
+
+
+@st.composite
+def ipv4_spellings(draw: st.DrawFn) -> tuple[str, IPv4Address]:
+    """An IPv4 address and one of the ways ``inet_aton`` (and browsers) read it: 1 to 4 parts,
+    each decimal, octal (a leading 0) or hex (0x), the last filling the bytes left over
+    (``127.1``, ``2130706433``, ``0x7f.0.0.1``, ``0177.0.0.1``)."""
+    address = draw(st.ip_addresses(v=4))
+    value = int(address)
+    parts = draw(st.integers(1, 4))
+    numbers = [(value >> 8 * (3 - i)) & 0xFF for i in range(parts - 1)]
+    numbers.append(value & ((1 << 8 * (5 - parts)) - 1))
+    spellings = [
+        lambda n: str(n),
+        lambda n: f"0{n:o}",
+        lambda n: f"0x{n:x}",
+        lambda n: f"0X{n:08X}",
+    ]
+    spelled = [draw(st.sampled_from(spellings))(n) for n in numbers]
+    return ".".join(spelled), address

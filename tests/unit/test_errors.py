@@ -23,6 +23,7 @@ PERMANENT = {
     errors.InvalidPipeline,
     errors.InvalidKey,
     errors.IdempotencyConflict,
+    errors.UnsafeURL,
     errors.ConfigurationError,
     errors.TaskNotFound,
     errors.IllegalTransition,

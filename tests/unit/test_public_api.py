@@ -101,6 +101,7 @@ PUBLIC_SURFACE = {
         "RenderTimeout",
         "StorageError",
         "TaskNotFound",
+        "UnsafeURL",
         "WaitTimeout",
         "is_transient",
     ],
@@ -157,7 +158,8 @@ ROOT_EXPORTS = [
     "QueueLimits", "QueueStats", "RenderFailed", "RenderTimeout", "Repository", "Resize",
     "RetryPolicy", "Rotate", "Sharpen", "Source", "SourceInfo", "SourceLookup", "SourceUsage",
     "Storage", "StorageError", "StoredObject", "Task", "TaskError", "TaskNotFound", "TaskStatus",
-    "TransactionalRepository", "Upload", "Variant", "WaitTimeout", "__version__", "task_json",
+    "TransactionalRepository", "UnsafeURL", "Upload", "Variant", "WaitTimeout", "__version__",
+    "task_json",
 ]  # fmt: skip
 
 
