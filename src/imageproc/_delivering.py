@@ -60,8 +60,9 @@ class Delivering(Running):
         back after workers have been idle for ``idle_timeout`` seconds. Stop them with
         :meth:`stop` (or by leaving the ``with`` block).
         """
-        super().start(workers, idle_timeout=idle_timeout)
+        # The sender first: a task that ends at once then finds it listening.
         self.start_sending()
+        super().start(workers, idle_timeout=idle_timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming, let tasks in flight finish for up to ``timeout`` seconds, then release

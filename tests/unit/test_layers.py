@@ -309,6 +309,10 @@ MODEL = {
     *under("imageproc.pipeline"),
     "imageproc._task",
     "imageproc._idempotency",
+    # Values too, though they live with what uses them: a task as JSON, and a webhook
+    # delivery (the outbox row a backend writes with a final status).
+    "imageproc._taskjson",
+    "imageproc.delivery._outbox",
 }
 MODEL_ALLOWED = {
     "imageproc.errors": set(),
@@ -319,6 +323,8 @@ MODEL_ALLOWED = {
     },
     "imageproc._task": {"imageproc.errors", *under("imageproc.pipeline")},
     "imageproc._idempotency": {"imageproc.errors", "imageproc._task", *under("imageproc.pipeline")},
+    "imageproc._taskjson": {"imageproc._task"},
+    "imageproc.delivery._outbox": {"imageproc._task", "imageproc._taskjson"},
 }
 
 

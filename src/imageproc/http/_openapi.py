@@ -115,6 +115,76 @@ _AUTH_ERRORS = {
 }
 _UNAVAILABLE = {"503": _error("a backend is temporarily unavailable (Retry-After)")}
 
+
+def _webhook_paths() -> dict[str, Any]:
+    off = _error("this server sends no webhooks (webhooks_off)")
+    resent = {
+        "description": "how many deliveries are due again",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"resent": {"type": "integer"}}}
+            }
+        },
+    }
+    return {
+        "/webhooks": {
+            "get": {
+                "operationId": "webhooks",
+                "summary": "Webhook deliveries (the dead ones by default), most recent first",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"enum": ["pending", "delivered", "dead"], "default": "dead"},
+                    },
+                    {"name": "task_id", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the deliveries: where each went, its tries, why the"
+                        " last one failed",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_AUTH_ERRORS,
+                    "404": off,
+                    "422": _error("a bad status or limit"),
+                },
+            }
+        },
+        "/webhooks/resend": {
+            "post": {
+                "operationId": "resend_webhooks",
+                "summary": "Send every dead delivery again, with a fresh schedule",
+                "responses": {"202": resent, **_AUTH_ERRORS, "404": off},
+            }
+        },
+        "/webhooks/{delivery_id}/resend": {
+            "post": {
+                "operationId": "resend_webhook",
+                "summary": "Send one dead delivery again (the same webhook-id)",
+                "parameters": [
+                    {
+                        "name": "delivery_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "202": resent,
+                    **_AUTH_ERRORS,
+                    "404": _error("no such dead delivery (or not yours), or webhooks are off"),
+                },
+            }
+        },
+    }
+
+
 #: The OpenAPI 3.1 description of every endpoint, served at ``/openapi.json``.
 OPENAPI: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
@@ -165,6 +235,7 @@ OPENAPI: Final[dict[str, Any]] = {
                             "not_before",
                             "metadata",
                             "dedupe",
+                            "callback_url",
                         )
                     ),
                     {
@@ -205,6 +276,13 @@ OPENAPI: Final[dict[str, Any]] = {
                                         "description": "a JSON object the task keeps and"
                                         " shows: at most 4 KiB, keys of ASCII letters, digits,"
                                         " _ and -",
+                                    },
+                                    "callback_url": {
+                                        "type": "string",
+                                        "format": "uri",
+                                        "description": "where the task's status is POSTed,"
+                                        " signed (Standard Webhooks), once it ends; http or"
+                                        " https to a public address (422 unsafe_url otherwise)",
                                     },
                                     "dedupe": {
                                         "type": "boolean",
@@ -434,5 +512,6 @@ OPENAPI: Final[dict[str, Any]] = {
                 "responses": {"200": {"description": "OpenAPI 3.1"}, **_AUTH_ERRORS},
             }
         },
+        **_webhook_paths(),
     },
 }

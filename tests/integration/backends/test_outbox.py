@@ -8,7 +8,8 @@ import json
 from datetime import timedelta
 
 import attrs
-from imageproc import DeliveryStatus, DeliveryStore, Output, TaskError
+
+from imageproc import BatchQueue, DeliveryStatus, DeliveryStore, Lease, Output, Task, TaskError
 from tests.support.backends import Backend
 from tests.support.doubles import new_task
 
@@ -22,13 +23,18 @@ def outbox(backend: Backend) -> DeliveryStore:
     return backend.repository
 
 
-def claimed_with_hook(backend: Backend, count: int = 1) -> list:  # type: ignore[type-arg]
+def batch(backend: Backend) -> BatchQueue:
+    assert isinstance(backend.queue, BatchQueue)
+    return backend.queue
+
+
+def claimed_with_hook(backend: Backend, count: int = 1) -> list[Lease]:
     tasks = [attrs.evolve(new_task(), callback_url=HOOK) for _ in range(count)]
     backend.repository.add_many(tasks)
     return backend.queue.claim("w", lease_seconds=LEASE, limit=count)
 
 
-def succeeded(lease) -> object:  # type: ignore[no-untyped-def]
+def succeeded(lease: Lease) -> Task:
     output = Output("thumb", "outputs/x/thumb.jpg", "JPEG", 8, 8, 100)
     return lease.task.succeed((output,), lease.task.updated_at + timedelta(seconds=1))
 
@@ -38,7 +44,7 @@ def test_recording_a_final_status_writes_its_delivery_with_the_status_json(
 ) -> None:
     [lease] = claimed_with_hook(backend)
     done = succeeded(lease)
-    backend.queue.complete(lease, done)  # type: ignore[arg-type]
+    backend.queue.complete(lease, done)
     [delivery] = outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD)
     assert delivery.task_id == lease.task.id
     assert delivery.url == HOOK
@@ -64,9 +70,7 @@ def test_a_batch_record_writes_one_delivery_per_ended_task_with_a_hook(
         (leases[2], leases[2].task.requeue(now, delay=timedelta(seconds=5))),  # not final
         (plain_lease, succeeded(plain_lease)),  # no hook
     ]
-    record = getattr(backend.queue, "record_many", None)
-    assert record is not None
-    assert record(results) == [True, True, True, True]
+    assert batch(backend).record_many(results) == [True, True, True, True]
     taken = outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD)
     assert sorted(d.task_id for d in taken) == sorted([leases[0].task.id, leases[1].task.id])
     statuses = {d.task_id: json.loads(d.payload)["status"] for d in taken}
@@ -78,8 +82,7 @@ def test_a_result_whose_lease_was_lost_writes_no_delivery(backend: Backend) -> N
     backend.clock.advance(LEASE + 1)
     [again] = backend.queue.claim("w2", lease_seconds=LEASE)  # the lease expired: taken over
     assert again.task.id == lease.task.id
-    record = getattr(backend.queue, "record_many")
-    assert record([(lease, succeeded(lease))]) == [False]
+    assert batch(backend).record_many([(lease, succeeded(lease))]) == [False]
     assert outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD) == []
     assert outbox(backend).next_delivery_at() is None
 
@@ -97,7 +100,7 @@ def test_a_taken_delivery_is_held_then_due_again_if_its_sender_vanished(
     backend: Backend,
 ) -> None:
     [lease] = claimed_with_hook(backend)
-    backend.queue.complete(lease, succeeded(lease))  # type: ignore[arg-type]
+    backend.queue.complete(lease, succeeded(lease))
     store = outbox(backend)
     [first] = store.claim_deliveries(backend.clock(), limit=10, hold=HOLD)
     assert store.claim_deliveries(backend.clock(), limit=10, hold=HOLD) == []  # held
@@ -118,7 +121,7 @@ def test_a_failed_try_is_due_again_at_its_retry_time_then_dead_then_resent(
     backend: Backend,
 ) -> None:
     [lease] = claimed_with_hook(backend)
-    backend.queue.complete(lease, succeeded(lease))  # type: ignore[arg-type]
+    backend.queue.complete(lease, succeeded(lease))
     store = outbox(backend)
     [taken] = store.claim_deliveries(backend.clock(), limit=10, hold=HOLD)
     retry_at = backend.clock() + timedelta(seconds=60)
@@ -144,7 +147,7 @@ def test_a_failed_try_is_due_again_at_its_retry_time_then_dead_then_resent(
 def test_purge_forgets_old_settled_deliveries_and_keeps_pending_ones(backend: Backend) -> None:
     leases = claimed_with_hook(backend, 2)
     for lease in leases:
-        backend.queue.complete(lease, succeeded(lease))  # type: ignore[arg-type]
+        backend.queue.complete(lease, succeeded(lease))
     store = outbox(backend)
     [settled] = store.claim_deliveries(backend.clock(), limit=1, hold=HOLD)
     assert store.settle_delivery(settled.succeeded(backend.clock(), 200))
@@ -158,5 +161,5 @@ def test_purge_forgets_old_settled_deliveries_and_keeps_pending_ones(backend: Ba
 def test_tasks_without_a_hook_write_nothing(backend: Backend) -> None:
     backend.repository.add(new_task())
     [lease] = backend.queue.claim("w", lease_seconds=LEASE)
-    backend.queue.complete(lease, succeeded(lease))  # type: ignore[arg-type]
+    backend.queue.complete(lease, succeeded(lease))
     assert outbox(backend).next_delivery_at() is None
