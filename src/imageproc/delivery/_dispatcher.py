@@ -31,8 +31,8 @@ __all__ = ["Dispatcher"]
 
 logger = logging.getLogger("imageproc.webhooks")
 
-#: Seconds a taken delivery is held beyond the try's own deadline before another sender may
-#: take it (the margin covers recording the result).
+#: Most seconds a taken delivery is held beyond the try's own deadline (as long again, up to
+#: this) before another sender may take it: the margin covers recording the result.
 _HOLD_MARGIN: Final = 30.0
 #: Seconds to wait before looking again after the outbox could not be read.
 _ERROR_PAUSE: Final = 2.0
@@ -138,7 +138,8 @@ class Dispatcher:
         return done
 
     async def _take(self, limit: int) -> list[Delivery]:
-        hold = timedelta(seconds=self.settings.timeout + _HOLD_MARGIN)
+        timeout = self.settings.timeout
+        hold = timedelta(seconds=timeout + min(_HOLD_MARGIN, timeout))
         try:
             return await asyncio.to_thread(
                 self.store.claim_deliveries, self.clock(), limit=limit, hold=hold
