@@ -566,3 +566,39 @@ def test_numbers_on_the_command_line_are_ascii_digits_only(
     assert result.returncode == 2, result.stderr
     assert refused in result.stderr  # a usage error naming the option, before anything runs
     assert "Traceback" not in result.stderr
+
+
+def test_webhooks_lists_and_resends_dead_deliveries(tmp_path: Path, urls: tuple[str, str]) -> None:
+    from datetime import timedelta
+
+    from imageproc import DeliveryStore, Webhooks
+
+    hook = "https://93.184.216.34/hook"  # never sent to: no sender runs
+    with Processor.from_urls(*urls, webhooks=Webhooks(secrets=[Webhooks.new_secret()])) as lib:
+        task = lib.submit(sample_image(30, 20), "a=png", callback_url=hook)
+        lib.cancel(task.id)
+        store = lib.repository
+        assert isinstance(store, DeliveryStore)
+        [taken] = store.claim_deliveries(lib.clock(), limit=1, hold=timedelta(seconds=30))
+        assert store.settle_delivery(taken.failed("answered 502", status_code=502, retry_at=None))
+    args = ("--database-url", urls[0], "webhooks")
+    listed = imageproc(*args, "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [shown] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (shown["id"], shown["task_id"], shown["last_error"]) == (
+        taken.id,
+        task.id,
+        "answered 502",
+    )
+    unnamed = imageproc(*args, "resend", cwd=tmp_path)
+    assert unnamed.returncode == 2
+    assert "--all" in unnamed.stderr
+    resent = imageproc(*args, "resend", taken.id, cwd=tmp_path)
+    assert (resent.returncode, resent.stdout) == (0, "1 dead deliveries due again\n")
+    none = imageproc(*args, "list", cwd=tmp_path)
+    assert (none.stdout, none.stderr) == ("", "no dead deliveries\n")
+    pending = imageproc(*args, "list", "--status", "pending", cwd=tmp_path)
+    assert json.loads(pending.stdout)["attempts"] == 0
+    secret = imageproc("webhooks", "secret", cwd=tmp_path)
+    assert secret.stdout.startswith("whsec_")
+    Webhooks(secrets=[secret.stdout.strip()])  # a secret Webhooks accepts

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +37,8 @@ from tests.support.databases import make_backend
 from tests.support.receiver import Arrival, Receiver, free_port
 
 pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 IMAGE = sample_image(64, 48)
 PIPELINE = "small=fit:32x32,png"
@@ -286,3 +293,51 @@ def test_an_owners_default_url_is_used_when_a_task_names_none(
     [arrival] = receiver.wait_for(1)
     assert arrival.path == "/alice"
     assert json.loads(arrival.body)["id"] == mine.id
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_sending_loses_no_webhook(
+    request: pytest.FixtureRequest, kind: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    database = str(make_backend(kind, request).engine.url.render_as_string(hide_password=False))
+    storage = f"file://{tmp_path / 'images'}"
+    submitter = Processor.from_urls(database, storage, webhooks=hooks(send=False))
+    request.addfinalizer(submitter.close)
+    release = threading.Event()
+
+    def hold_the_first(arrival: Arrival) -> tuple[int, dict[str, str]]:
+        release.wait(30)  # the worker is killed while this request is open
+        return 204, {}
+
+    receiver.answer = hold_the_first
+    task = submitter.submit(IMAGE, PIPELINE, callback_url=receiver.url())
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.hookworker", database, storage, SECRET],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "ready"
+        [first] = receiver.wait_for(1, timeout=30)  # recorded, committed, being sent
+        assert submitter.get(task.id).status == TaskStatus.SUCCEEDED
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        worker.kill()
+        worker.wait(10)
+        if worker.stdout is not None:
+            worker.stdout.close()
+    receiver.answer = lambda _: (204, {})
+    release.set()
+    # Another process sends it once the dead sender's hold runs out (2 s, and as long again).
+    sender = Processor.from_urls(database, storage, webhooks=hooks())
+    request.addfinalizer(sender.close)
+    sender.start_sending()
+    arrivals = receiver.wait_for(2, timeout=30)
+    assert {a.headers["webhook-id"] for a in arrivals} == {first.headers["webhook-id"]}
+    assert {verified(a)["id"] for a in arrivals} == {task.id}
+    [done] = wait_for_status(sender, DeliveryStatus.DELIVERED)
+    assert done.id == first.headers["webhook-id"]

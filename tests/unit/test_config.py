@@ -528,3 +528,51 @@ def test_weak_keys_are_accepted_when_allowed_and_digests_always() -> None:
     digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
     assert load({"IMAGEPROC_API_KEYS": f"alice:{digest}"}).api_keys == f"alice:{digest}"
     assert load({"IMAGEPROC_ALLOW_WEAK_KEYS": "yes"}).allow_weak_keys is True
+
+
+def test_webhook_settings_make_the_processors_webhooks(tmp_path: Path) -> None:
+    from imageproc import Webhooks
+
+    secret = Webhooks.new_secret()
+    env = {
+        "IMAGEPROC_WEBHOOK_SECRETS": f"{secret}, {Webhooks.new_secret()}",
+        "IMAGEPROC_WEBHOOK_URLS": '{"*": "https://hooks.example.com/all", "alice": "https://a.example/h"}',
+        "IMAGEPROC_WEBHOOK_ALLOW": "10.0.0.0/8, hooks.internal",
+        "IMAGEPROC_WEBHOOK_MAX_ATTEMPTS": "3",
+        "IMAGEPROC_WEBHOOK_TIMEOUT": "4",
+        "IMAGEPROC_DATABASE_URL": "memory://",
+        "IMAGEPROC_STORAGE_URL": "memory://",
+    }
+    settings = Settings.load(env=env, env_file=None)
+    with settings.processor() as processor:
+        hooks = processor.webhooks
+        assert hooks is not None
+        assert hooks.secrets[0] == secret
+        assert len(hooks.secrets) == 2
+        assert hooks.url_for("alice") == "https://a.example/h"
+        assert hooks.url_for("bob") == hooks.url_for(None) == "https://hooks.example.com/all"
+        assert hooks.allow.allow == ("10.0.0.0/8", "hooks.internal")
+        assert (hooks.schedule.max_attempts, hooks.timeout) == (3, 4.0)
+    assert Settings.load(env={}, env_file=None).webhooks() is None
+    assert secret not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMAGEPROC_WEBHOOK_SECRETS": "whsec_c2hvcnQ="}, "at least 24 random bytes"),
+        ({"IMAGEPROC_WEBHOOK_SECRETS": "not base64!"}, "whsec_<base64>"),
+        (
+            {"IMAGEPROC_WEBHOOK_URLS": '{"*": "https://h.example/"}'},
+            "needs IMAGEPROC_WEBHOOK_SECRETS",
+        ),
+        ({"IMAGEPROC_WEBHOOK_URLS": '{"*": "ftp://h.example/"}'}, "http:// or https://"),
+        ({"IMAGEPROC_WEBHOOK_ALLOW": "10.0.0.0/33"}, "10.0.0.0/33"),
+    ],
+)
+def test_bad_webhook_settings_are_refused_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message) as raised:
+        Settings.load(env=env, env_file=None)
+    assert "IMAGEPROC_WEBHOOK" in str(raised.value)

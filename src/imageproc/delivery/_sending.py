@@ -14,10 +14,11 @@ import asyncio
 import ipaddress
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
+from imageproc._addresses import Address, Target
 from imageproc.delivery._outbox import Delivery
 from imageproc.delivery._webhooks import Webhooks
 from imageproc.errors import UnsafeURL
@@ -74,7 +75,7 @@ class Sender:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 addresses = await policy.resolve_async(target)
-                status = await self._post(delivery, now, target, addresses[0])
+                status = await self._post_to_any(delivery, now, target, addresses)
         except UnsafeURL as error:
             return Attempt(False, None, error.message, time.perf_counter() - started)
         except TimeoutError:
@@ -90,7 +91,23 @@ class Sender:
             return Attempt(False, status, f"answered {status}: redirects are not followed", seconds)
         return Attempt(False, status, f"answered {status}", seconds)
 
-    async def _post(self, delivery: Delivery, now: datetime, target: Any, address: Any) -> int:
+    async def _post_to_any(
+        self, delivery: Delivery, now: datetime, target: Target, addresses: list[Address]
+    ) -> int:
+        """POST to the first of ``addresses`` that takes the connection (a name may resolve to
+        an IPv6 and an IPv4 address, and the receiver listen on one of them)."""
+        import httpx
+
+        for address in addresses[:-1]:
+            try:
+                return await self._post(delivery, now, target, address)
+            except httpx.ConnectError:
+                continue
+        return await self._post(delivery, now, target, addresses[-1])
+
+    async def _post(
+        self, delivery: Delivery, now: datetime, target: Target, address: Address
+    ) -> int:
         body = delivery.payload.encode()
         host = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
         default_port = 443 if target.scheme == "https" else 80
