@@ -34,7 +34,8 @@ from imageproc.backends._memory import MemoryStorage
 from imageproc.metrics import Metrics
 from imageproc.testing import sample_image
 from tests.support.databases import make_backend
-from tests.support.receiver import Arrival, Receiver, free_port
+from tests.support.processes import free_port
+from tests.support.receiver import Arrival, Receiver
 
 pytestmark = pytest.mark.timeout(90)
 

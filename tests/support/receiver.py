@@ -3,7 +3,6 @@ every request it gets and answers as the test tells it to."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,14 +29,6 @@ Answer = Callable[[Arrival], tuple[int, dict[str, str]]]
 
 def no_content(_: Arrival) -> tuple[int, dict[str, str]]:
     return 204, {}
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (for a receiver that starts later)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Receiver:

@@ -109,6 +109,8 @@ class Dispatcher:
         sender = Sender(self.settings, user_agent=self._user_agent)
         flying: set[asyncio.Task[None]] = set()
         try:
+            # Hear other processes' ends too (PostgreSQL: LISTEN), as waiters do.
+            await asyncio.to_thread(self.completions.activate, 5.0)
             with self.completions.watch(self._poke):
                 self._ready.set()
                 while not self._stopping.is_set():
