@@ -62,6 +62,15 @@ def test_concept_snippets_run(page: str, tmp_path: Path) -> None:
         assert result.returncode == 0, (code, result.stderr)
 
 
+def test_the_delivery_page_prints_what_it_says(tmp_path: Path) -> None:
+    [code] = python_blocks("concepts/delivery.md")
+    result = run(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    said = re.search(r"It prints `(.*?)`", (DOCS / "concepts/delivery.md").read_text())
+    assert said is not None
+    assert result.stdout.strip() == said.group(1)
+
+
 def install_targets(text: str) -> list[str]:
     """What each ``pip install`` in ``text`` asks for (its arguments that are not options)."""
     targets = []
