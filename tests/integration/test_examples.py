@@ -91,6 +91,7 @@ def test_every_example_is_exercised() -> None:
         "postgres_s3.py": "tests/integration/test_examples_scaling.py",
         "avatars.py": "tests/integration/test_examples.py",  # through test_avatars.py
         "test_avatars.py": "tests/integration/test_examples.py",
+        "webhook_receiver.py": "tests/integration/test_examples_webhooks.py",
     }
     assert {path.name for path in EXAMPLES.glob("*.py")} == set(tested)
     for example, module in tested.items():
