@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import functools
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -22,7 +22,7 @@ from typing import Any, Self, TypeVar
 from imageproc._processor import Processor
 from imageproc._task import MetadataValue, Task, TaskStatus
 from imageproc._upload import PipelineSpec, Source, Upload
-from imageproc.delivery._asyncwait import AsyncWaiters
+from imageproc.delivery._asyncwait import AsyncWaiters, follow
 from imageproc.delivery._outbox import Delivery, DeliveryStatus
 
 __all__ = ["AsyncProcessor"]
@@ -221,6 +221,26 @@ class AsyncProcessor:
         at once, by one sweep every ``poll_interval`` of the backend (0.1 s on SQLite).
         Cancelling the awaiting coroutine stops the wait.
         """
+        waiters = await self._waiters_ready()
+        return await waiters.wait(task_id, timeout)
+
+    async def follow(
+        self, task_id: str, *, poll: float = 1.0, limit: float = 600.0
+    ) -> AsyncIterator[Task]:
+        """The task now, then each time its status, attempt or progress (``task.progress``)
+        changes, until it ends (the final task is the last one) or ``limit`` seconds pass::
+
+            async for task in processor.follow(task_id):
+                done, total = task.progress
+
+        The end is pushed as for :meth:`wait`; the changes before it are read every ``poll``
+        seconds. :class:`~imageproc.TaskNotFound` if there is no such task.
+        """
+        waiters = await self._waiters_ready()
+        async for task in follow(waiters, self.get, task_id, poll=poll, limit=limit):
+            yield task
+
+    async def _waiters_ready(self) -> AsyncWaiters:
         processor = await self._ready()
         waiters = self._waiters
         if waiters is None:
@@ -234,7 +254,7 @@ class AsyncProcessor:
                         run_blocking=self._call,
                     )
                 waiters = self._waiters
-        return await waiters.wait(task_id, timeout)
+        return waiters
 
     async def cancel(self, task_id: str) -> Task:
         """Cancel a queued or processing task (:meth:`Processor.cancel`);

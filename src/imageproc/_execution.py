@@ -23,9 +23,9 @@ from typing import Final
 from imageproc import _keys as keys
 from imageproc._clock import Clock
 from imageproc._events import Events, emit
-from imageproc._protocols import Lease, Queue, Storage, lease_lost, record_all
+from imageproc._protocols import Lease, ProgressQueue, Queue, Storage, lease_lost, record_all
 from imageproc._retrying import RetryPolicy
-from imageproc._sandbox import ProcessRenderer, Renderer
+from imageproc._sandbox import ProcessRenderer, Progress, Renderer
 from imageproc._task import Output, Task, TaskError, TaskStatus
 from imageproc.engine._imaging import ImageLimits
 from imageproc.errors import ImageprocError, LeaseLost, copies_for, is_transient
@@ -37,6 +37,8 @@ logger = logging.getLogger("imageproc")
 
 #: Most outcomes one transaction records; more wait for the next.
 _MAX_BATCH: Final = 64
+#: Least seconds between two records of one task's progress (and from its start to the first).
+PROGRESS_INTERVAL: Final = 0.5
 #: Seconds the writer thread stays with nothing to write before it ends.
 _WRITER_IDLE: Final = 1.0
 
@@ -197,21 +199,30 @@ class Execution:
         :class:`~imageproc.LeaseLost` if :meth:`abort` stopped it: there is nothing to record."""
         task = lease.task
         try:
-            outputs = self.produce(task, claim=lease.token)
+            outputs = self.produce(task, claim=lease.token, progress=self._reporter(lease))
         except LeaseLost:
             raise
         except Exception as error:  # every failure of a task is recorded on the task
             return self.after_failure(task, error)
         return task.succeed(outputs, self.clock())
 
-    def produce(self, task: Task, *, claim: str = "") -> tuple[Output, ...]:
+    def produce(
+        self, task: Task, *, claim: str = "", progress: Progress | None = None
+    ) -> tuple[Output, ...]:
         """Render every variant of ``task`` from its original and store them; their outputs.
-        ``claim`` (the lease's token) is what :meth:`abort` can name this render by."""
+        ``claim`` (the lease's token) is what :meth:`abort` can name this render by;
+        ``progress`` is told how many variants are made, after each one."""
         started = time.perf_counter()
         data = self.retry.call(self.storage.get, task.source_key)
         self._stage("fetch", time.perf_counter() - started)
         rendered_all = self.renderer.render(
-            task.id, data, task.pipeline, self.image_limits, stage=self._stage, claim=claim
+            task.id,
+            data,
+            task.pipeline,
+            self.image_limits,
+            stage=self._stage,
+            claim=claim,
+            progress=progress,
         )
         started = time.perf_counter()
         outputs = []
@@ -247,6 +258,29 @@ class Execution:
         else:
             logger.info("task %s attempt %d failed, retry in %.1fs", task.id, task.attempts, delay)
         return after
+
+    def _reporter(self, lease: Lease) -> Progress | None:
+        """What records the progress of ``lease``'s render, if its queue can, and the task has
+        more than one variant: at most every :data:`PROGRESS_INTERVAL` seconds (a quick task
+        writes none), and never the last variant (its success says it)."""
+        queue = self.recorder.queue
+        total = len(lease.task.pipeline.variants)
+        if not isinstance(queue, ProgressQueue) or total < 2:
+            return None
+        last = time.monotonic()
+
+        def report(done: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if done >= total or now - last < PROGRESS_INTERVAL:
+                return
+            last = now
+            try:
+                queue.report_progress(lease, done)
+            except Exception as error:  # progress is for show: it must never fail a task
+                logger.debug("task %s: progress not recorded (%s)", lease.task.id, error)
+
+        return report
 
     def _stage(self, name: str, seconds: float) -> None:
         emit(self.events, "stage", name, seconds)

@@ -34,6 +34,7 @@ __all__ = [
     "Lease",
     "ListableStorage",
     "ObjectInfo",
+    "ProgressQueue",
     "Queue",
     "QueueLimits",
     "QueueStats",
@@ -362,6 +363,17 @@ class IdempotencyStore(Repository, Protocol):
 
     def purge_keys(self, now: datetime, *, limit: int = 500) -> int:
         """Forget up to ``limit`` keys that have expired at ``now``; how many were."""
+        ...
+
+
+@runtime_checkable
+class ProgressQueue(Queue, Protocol):
+    """A :class:`Queue` that records how far a leased task has come. Optional: without it,
+    a task's progress shows only once it ends (the memory and SQL queues have it)."""
+
+    def report_progress(self, lease: Lease, variants_done: int) -> bool:
+        """Record that ``variants_done`` of the leased task's variants are made, if the lease
+        is still held (whether it was); its status and ``updated_at`` stay as they are."""
         ...
 
 

@@ -80,6 +80,8 @@ _READ_CHUNK: Final = 1 << 20
 _ORPHAN_CHECK: Final = 1.0
 
 Stage = Callable[[str, float], None]
+#: Told how many of a render's variants are made, after each one.
+Progress = Callable[[int], None]
 
 
 class Renderer(Protocol):
@@ -94,9 +96,11 @@ class Renderer(Protocol):
         *,
         stage: Stage | None = None,
         claim: str = "",
+        progress: Progress | None = None,
     ) -> list[Rendered]:
         """Render every variant of ``pipeline`` from ``data`` (the task's original);
-        ``claim`` tells apart two renders of one task (its lease token)."""
+        ``claim`` tells apart two renders of one task (its lease token); ``progress`` is told
+        how many variants are made, after each one."""
         ...
 
     def abort(self, task_id: str, claim: str | None = None) -> bool:
@@ -120,9 +124,10 @@ class InlineRenderer:
         *,
         stage: Stage | None = None,
         claim: str = "",
+        progress: Progress | None = None,
     ) -> list[Rendered]:
         """:func:`imageproc.engine.render`, here and now."""
-        return imaging.render(data, pipeline, limits, stage=stage)
+        return imaging.render(data, pipeline, limits, stage=stage, progress=progress)
 
     def abort(self, task_id: str, claim: str | None = None) -> bool:
         """A render in a thread cannot be stopped: always False."""
@@ -150,12 +155,15 @@ class ProcessRenderer:
         *,
         stage: Stage | None = None,
         claim: str = "",
+        progress: Progress | None = None,
     ) -> list[Rendered]:
         """Render in a render process; :class:`~imageproc.RenderTimeout` past the deadline,
         :class:`~imageproc.LeaseLost` if :meth:`abort` stopped it, and
         :class:`~imageproc.RenderFailed` if the process died."""
         key = (task_id, claim)
-        request = pickle.dumps((data, pipeline, limits), protocol=pickle.HIGHEST_PROTOCOL)
+        request = pickle.dumps(
+            (data, pipeline, limits, progress is not None), protocol=pickle.HIGHEST_PROTOCOL
+        )
         try:
             child = _children.take()
         except OSError as error:  # out of processes or file descriptors, for now
@@ -163,7 +171,9 @@ class ProcessRenderer:
         with self._lock:
             self._running[key] = child
         try:
-            header, payload = child.ask(request, self.timeout, _max_answer(data, pipeline, limits))
+            header, payload = child.ask(
+                request, self.timeout, _max_answer(data, pipeline, limits), progress
+            )
         except TimeoutError:
             raise RenderTimeout(
                 f"rendering took longer than the limit of {self.timeout:g} seconds"
@@ -242,10 +252,15 @@ class _Child:
         self.ready = False
 
     def ask(
-        self, request: bytes, timeout: float | None, max_answer: int
+        self,
+        request: bytes,
+        timeout: float | None,
+        max_answer: int,
+        progress: Progress | None = None,
     ) -> tuple[dict[str, Any], bytes]:
         """Send one request and wait for its answer (a JSON header and the bytes after it), all
-        of it within ``timeout`` seconds, and no longer than ``max_answer`` bytes."""
+        of it within ``timeout`` seconds, and no longer than ``max_answer`` bytes; headers that
+        say only ``progress`` come before it, and go to ``progress``."""
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None
         assert stdout is not None
@@ -269,10 +284,11 @@ class _Child:
             raise _ChildDied(self._how_it_ended()) from error
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            (length,) = _LENGTH.unpack(_read_within(stdout, _LENGTH.size, deadline))
-            if length > _MAX_HEADER:
-                raise ValueError(f"an answer's header of {length} bytes")
-            header = json.loads(_read_within(stdout, length, deadline))
+            header = self._header(stdout, deadline)
+            while "progress" in header:
+                if progress is not None:
+                    progress(int(header["progress"]))
+                header = self._header(stdout, deadline)
             size = int(header["payload"])
             if not 0 <= size <= max_answer:
                 raise ValueError(f"an answer of {size} bytes")
@@ -284,6 +300,14 @@ class _Child:
             self.kill()
             raise _ChildDied(self._how_it_ended()) from error
         return header, payload
+
+    @staticmethod
+    def _header(stdout: IO[bytes], deadline: float | None) -> dict[str, Any]:
+        (length,) = _LENGTH.unpack(_read_within(stdout, _LENGTH.size, deadline))
+        if length > _MAX_HEADER:
+            raise ValueError(f"an answer's header of {length} bytes")
+        header: dict[str, Any] = json.loads(_read_within(stdout, length, deadline))
+        return header
 
     def signal_abort(self) -> None:
         """Kill the process from another thread than the one using it."""
@@ -422,20 +446,34 @@ def serve() -> None:
                 (length,) = _LENGTH.unpack(_read_within(requests, _LENGTH.size, None))
             except EOFError:
                 return
-            data, pipeline, limits = pickle.loads(_read_within(requests, length, None))
-            header, payload = _answer(data, pipeline, limits)
-            encoded = json.dumps(header).encode()
-            _write_all(answers, _LENGTH.pack(len(encoded)) + encoded)
+            data, pipeline, limits, wanted = pickle.loads(_read_within(requests, length, None))
+
+            def report(done: int) -> None:
+                _write_header(answers, {"progress": done})
+
+            header, payload = _answer(data, pipeline, limits, report if wanted else None)
+            _write_header(answers, header)
             _write_all(answers, payload)
     except BrokenPipeError:
         return  # the parent has stopped listening: it killed us, or it is gone
 
 
-def _answer(data: bytes, pipeline: Pipeline, limits: ImageLimits) -> tuple[dict[str, Any], bytes]:
+def _write_header(answers: IO[bytes], header: dict[str, Any]) -> None:
+    encoded = json.dumps(header).encode()
+    _write_all(answers, _LENGTH.pack(len(encoded)) + encoded)
+
+
+def _answer(
+    data: bytes, pipeline: Pipeline, limits: ImageLimits, progress: Progress | None
+) -> tuple[dict[str, Any], bytes]:
     stages: list[tuple[str, float]] = []
     try:
         rendered = imaging.render(
-            data, pipeline, limits, stage=lambda name, seconds: stages.append((name, seconds))
+            data,
+            pipeline,
+            limits,
+            stage=lambda name, seconds: stages.append((name, seconds)),
+            progress=progress,
         )
     except ImageprocError as error:
         described = {

@@ -159,6 +159,23 @@ class Task:
     metadata: dict[str, Any] = attrs.field(factory=dict, hash=False)
     #: Where the task's status is POSTed (a signed webhook) once it reaches a final status.
     callback_url: str | None = None
+    #: How many of the pipeline's variants this attempt has made so far (reported while it is
+    #: ``processing``, every variant once it has ``succeeded``); see :attr:`progress`.
+    variants_done: int = 0
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """``(variants done, variants in the pipeline)``: how far the work has come. Reported
+        while processing at most twice a second, so a quick task may go from none done to
+        succeeded."""
+        return self.variants_done, len(self.pipeline.variants)
+
+    def reached(self, variants_done: int) -> Task:
+        """This task, processing, with ``variants_done`` of its variants made (not a change
+        of status: ``updated_at`` stays)."""
+        if self.status != TaskStatus.PROCESSING:
+            raise IllegalTransition(f"task {self.id} reports progress only while processing")
+        return attrs.evolve(self, variants_done=variants_done)
 
     @classmethod
     def new(
@@ -209,7 +226,13 @@ class Task:
 
     def claim(self, now: datetime) -> Task:
         """queued → processing: a worker took it; this counts as one attempt."""
-        return self._move(TaskStatus.PROCESSING, now, attempts=self.attempts + 1, started_at=now)
+        return self._move(
+            TaskStatus.PROCESSING,
+            now,
+            attempts=self.attempts + 1,
+            started_at=now,
+            variants_done=0,
+        )
 
     def unclaim(self, now: datetime) -> Task:
         """processing → queued at once, undoing a claim whose work never started."""
@@ -224,7 +247,12 @@ class Task:
     def succeed(self, outputs: tuple[Output, ...], now: datetime) -> Task:
         """processing → succeeded, with the stored outputs."""
         return self._move(
-            TaskStatus.SUCCEEDED, now, outputs=tuple(outputs), error=None, finished_at=now
+            TaskStatus.SUCCEEDED,
+            now,
+            outputs=tuple(outputs),
+            error=None,
+            finished_at=now,
+            variants_done=len(outputs),
         )
 
     def fail(self, error: TaskError, now: datetime) -> Task:

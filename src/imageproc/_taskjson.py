@@ -71,6 +71,7 @@ def task_json(task: Task, *, url: UrlFor | None = None, operator: bool = False) 
         "finished_at": rfc3339(task.finished_at),
         "source": source,
         "outputs": [output_json(output, url=url) for output in task.outputs],
+        "progress": {"variants_done": task.variants_done, "variants": len(task.pipeline.variants)},
         "metadata": dict(task.metadata),
     }
     if operator:

@@ -511,6 +511,16 @@ class MemoryQueue:
         """Renew each lease still held; None for each that is not."""
         return renew_each(self, leases, lease_seconds=lease_seconds)
 
+    def report_progress(self, lease: Lease, variants_done: int) -> bool:
+        """Record how many variants the leased task has made, if the lease is still held."""
+        with self.repository._changed:
+            try:
+                row = self._held(lease)
+            except LeaseLost:
+                return False
+            row.task = row.task.reached(variants_done)
+            return True
+
     def record_many(self, results: Sequence[tuple[Lease, Task]]) -> list[bool]:
         """Record each outcome whose lease is still held, all under one lock."""
         for lease, task in results:

@@ -311,8 +311,8 @@ async def follow(
     poll: float,
     limit: float,
 ) -> AsyncIterator[Task]:
-    """The task now, then each time its status (or attempt) changes, ending after a final one
-    or once ``limit`` seconds have passed.
+    """The task now, then each time its status, attempt or progress changes, ending after a
+    final one or once ``limit`` seconds have passed.
 
     ``read`` is an awaitable read of the task (its errors propagate, as do those of the
     waiters' reads). The final status comes through ``waiters`` (one wait for the whole
@@ -322,7 +322,7 @@ async def follow(
     deadline = loop.time() + limit
     task = await read(task_id)
     yield task
-    last = (str(task.status), task.attempts)
+    last = (str(task.status), task.attempts, task.variants_done)
     if task.status.is_final:
         return
     # Started after the first read and event: this stream's reads stay in their order.
@@ -340,7 +340,7 @@ async def follow(
                     return
             else:
                 task = await read(task_id)
-            seen = (str(task.status), task.attempts)
+            seen = (str(task.status), task.attempts, task.variants_done)
             if seen != last:
                 last = seen
                 yield task

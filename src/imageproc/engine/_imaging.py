@@ -217,13 +217,15 @@ def render(
     limits: ImageLimits | None = None,
     *,
     stage: Callable[[str, float], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Rendered]:
     """Decode ``data`` once, upright and in sRGB, and encode every variant of ``pipeline``.
 
     A JPEG is shrunk on load as far as every variant allows (see :func:`draft_scale`), larger
     variants are made first so smaller ones can start from them, and animation frames are decoded
     only if some variant keeps them. ``stage``, if given, is told how long the ``decode``,
-    ``transform`` and ``encode`` stages took. Raises :class:`~imageproc.InvalidImage` if the image
+    ``transform`` and ``encode`` stages took; ``progress``, if given, how many variants are
+    encoded, after each one. Raises :class:`~imageproc.InvalidImage` if the image
     cannot be decoded, and :class:`~imageproc.InvalidPipeline` if a variant would be larger than
     the pixel limit or the output format allows.
     """
@@ -254,10 +256,16 @@ def render(
     with timer("transform"):
         made = _variants(decoded, upright, pipeline, animate)
     with timer("encode"):
-        return [
-            _encode(made[v.name], v, encodings[v.name], decoded, animated=animate[v.name])
-            for v in pipeline.variants
-        ]
+        encoded = []
+        for variant in pipeline.variants:
+            frames = made[variant.name]
+            encoding = encodings[variant.name]
+            encoded.append(
+                _encode(frames, variant, encoding, decoded, animated=animate[variant.name])
+            )
+            if progress is not None:
+                progress(len(encoded))
+        return encoded
 
 
 def _encode(

@@ -65,6 +65,7 @@ def _task_schema() -> dict[str, Any]:
             "finished_at",
             "source",
             "outputs",
+            "progress",
             "metadata",
         ],
         "properties": {
@@ -84,6 +85,16 @@ def _task_schema() -> dict[str, Any]:
             "finished_at": timestamp,
             "source": source,
             "outputs": {"type": "array", "items": output},
+            "progress": {
+                "type": "object",
+                "required": ["variants_done", "variants"],
+                "description": "how many of the pipeline's variants are made: reported while"
+                " processing (at most twice a second), all of them once succeeded",
+                "properties": {
+                    "variants_done": {"type": "integer", "minimum": 0},
+                    "variants": {"type": "integer", "minimum": 1},
+                },
+            },
             "metadata": {
                 "type": "object",
                 "description": "what the application attached at upload ({} if nothing)",

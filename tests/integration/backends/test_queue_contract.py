@@ -466,3 +466,26 @@ def test_sources_in_use_answers_for_a_whole_batch(backend: Backend) -> None:
     assert backend.repository.sources_in_use(asked) == {queued.source_key, done.source_key}
     assert backend.repository.sources_in_use(["originals/cc/orphan.jpg"]) == set()
     assert backend.repository.sources_in_use([]) == set()
+
+
+def test_progress_is_recorded_while_the_lease_is_held_and_reset_by_the_next_claim(
+    backend: Backend,
+) -> None:
+    from imageproc import ProgressQueue
+
+    queue = backend.queue
+    assert isinstance(queue, ProgressQueue)
+    three = Pipeline.parse("a=png;b=png;c=png")
+    backend.repository.add(attrs.evolve(new_task(), pipeline=three))
+    [lease] = queue.claim("w", lease_seconds=LEASE)
+    assert queue.report_progress(lease, 2)
+    seen = backend.repository.get(lease.task.id)
+    assert seen.progress == (2, 3)
+    assert (seen.status, seen.updated_at) == (TaskStatus.PROCESSING, lease.task.updated_at)
+    backend.clock.advance(LEASE + 1)  # the lease runs out: the next claim takes the task over
+    [again] = queue.claim("w2", lease_seconds=LEASE)
+    assert again.task.variants_done == 0
+    assert not queue.report_progress(lease, 3)  # the old lease is no longer held
+    assert backend.repository.get(lease.task.id).variants_done == 0
+    queue.complete(again, again.task.succeed((), backend.clock()))
+    assert backend.repository.get(lease.task.id).variants_done == 0  # no outputs: none made

@@ -34,6 +34,7 @@ from imageproc.backends.sql._statements import (
     CLAIM,
     NO_LEASE,
     PROCESSING,
+    PROGRESS,
     RECORD,
     RENEW,
     HotStatements,
@@ -202,6 +203,16 @@ class SQLQueue:
             else None
             for lease in leases
         ]
+
+    def report_progress(self, lease: Lease, variants_done: int) -> bool:
+        """Record how many variants the leased task has made, if the lease is still held."""
+        parameters = {
+            "held_id": lease.task.id,
+            "held_token": lease.token,
+            "variants_done": variants_done,
+        }
+        with self._db.one_statement(write=True, leasing=True) as conn:
+            return conn.execute(PROGRESS, parameters).rowcount == 1
 
     def complete(self, lease: Lease, task: Task) -> None:
         """Record the final ``task`` and end the lease, if it is still held."""

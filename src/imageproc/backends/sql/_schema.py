@@ -104,6 +104,8 @@ tasks = sa.Table(
     sa.Column("metadata", JSONType, nullable=True),
     # Where the final status is POSTed; NULL for the tasks nobody asked a webhook for.
     sa.Column("callback_url", sa.Text, nullable=True),
+    # How many variants the attempt under way has made (its progress).
+    sa.Column("variants_done", sa.Integer, nullable=False, server_default="0"),
     sa.CheckConstraint(
         "status IN (" + ", ".join(f"'{s}'" for s in STATUSES) + ")",
         name="imageproc_tasks_status_check",
@@ -249,6 +251,7 @@ _OUTCOME: Final[Mapping[str, Callable[[Task], Any]]] = {
     "started_at": lambda task: task.started_at,
     "finished_at": lambda task: task.finished_at,
     "available_at": lambda task: task.available_at,
+    "variants_done": lambda task: task.variants_done,
 }
 OUTCOME_COLUMNS: Final = tuple(_OUTCOME)
 
@@ -287,6 +290,7 @@ def task_from_row(row: Mapping[Any, Any]) -> Task:
         available_at=row["available_at"],
         metadata=row["metadata"] or {},
         callback_url=row["callback_url"],
+        variants_done=row["variants_done"],
     )
 
 

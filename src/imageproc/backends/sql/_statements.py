@@ -43,6 +43,7 @@ __all__ = [
     "GET",
     "NO_LEASE",
     "PROCESSING",
+    "PROGRESS",
     "QUEUED",
     "RECORD",
     "RECORD_BATCH",
@@ -117,6 +118,7 @@ def _claim_statement() -> sa.Update:
             attempts=unless_exhausted(tasks.c.attempts + 1, tasks.c.attempts),
             started_at=unless_exhausted(now, tasks.c.started_at),
             finished_at=unless_exhausted(tasks.c.finished_at, now),
+            variants_done=unless_exhausted(0, tasks.c.variants_done),
             updated_at=now,
             # A rescued task says why its last attempt ended.
             error_code=sa.case((expired, LEASE_EXPIRED.code), else_=tasks.c.error_code),
@@ -161,6 +163,11 @@ RECORD: Final = (
             **NO_LEASE,
         }
     )
+)
+PROGRESS: Final = (
+    tasks.update()
+    .where(*_HELD)
+    .values(variants_done=sa.bindparam("variants_done", type_=sa.Integer))
 )
 RENEW: Final = (
     tasks.update().where(*_HELD).values(lease_expires_at=sa.bindparam("expires", type_=UTCDateTime))
