@@ -77,6 +77,9 @@ _KINDS: Final = tuple(
             "2001:db8::/32",
         ],
         "benchmarking address": ["198.18.0.0/15"],
+        # Special-purpose ranges that some Python releases' is_global counts as global.
+        "protocol-assignment address": ["192.0.0.0/24"],
+        "6to4 relay address": ["192.88.99.0/24"],
         "multicast address": ["224.0.0.0/4", "ff00::/8"],
         "broadcast address": ["255.255.255.255/32"],
         "reserved address": ["240.0.0.0/4", "::/8"],
@@ -259,11 +262,22 @@ def _reason(address: Address) -> str | None:
     return f"{_article(kind)} {kind}" if kind else None
 
 
+_SPECIAL: Final = tuple(
+    net
+    for kind, nets in _KINDS
+    if kind in ("protocol-assignment address", "6to4 relay address")
+    for net in nets
+)
+
+
 def _kind(address: Address) -> str | None:
     # Besides is_global (whose tables vary between Python releases): site-local and reserved
     # IPv6 ranges that some releases count as global. For IPv4 these add nothing.
     site_local = isinstance(address, IPv6Address) and address.is_site_local
-    if address.is_global and not (address.is_multicast or address.is_reserved or site_local):
+    special = any(address in n for n in _SPECIAL)
+    if address.is_global and not (
+        address.is_multicast or address.is_reserved or site_local or special
+    ):
         return None
     return next(
         (kind for kind, nets in _KINDS if any(address in n for n in nets)), "non-public address"
