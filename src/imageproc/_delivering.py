@@ -117,7 +117,8 @@ class Delivering(Running):
     def redeliver(self, ids: Collection[str] | None = None, *, owner: str | None = None) -> int:
         """Send dead deliveries again, with a fresh schedule and the same ``webhook-id``: those
         named by ``ids``, or every dead one (of ``owner`` only, if given). Returns how many
-        were made due; the sender (this process's or another's) takes them at once."""
+        were made due: this process's sender takes them at once, another process's within its
+        ``poll_interval``."""
         if isinstance(ids, str):
             ids = [ids]
         count = self._outbox().resend_deliveries(ids, now=self.clock(), owner=owner)

@@ -4,6 +4,8 @@
 * :mod:`imageproc._execution` carries out one lease and records its outcome;
 * :mod:`imageproc._worker` runs leases on a pool of threads, and :mod:`imageproc._running`
   holds the Processor's methods that start, stop and run them;
+* :mod:`imageproc._delivering` holds its webhook methods (the sender runs with the workers),
+  and :mod:`imageproc._purging` its retention methods;
 * :mod:`imageproc.backends._urls` builds backends from URLs;
 * :mod:`imageproc.delivery._completions` tells ``wait`` when a task has ended.
 """
@@ -25,12 +27,7 @@ from imageproc._events import Events
 from imageproc._execution import Execution, Recorder
 from imageproc._idempotency import DEFAULT_RETENTION
 from imageproc._protocols import Queue, QueueLimits, Repository, Storage
-from imageproc._retention import (
-    forget_deliveries,
-    forget_expired_keys,
-    purge_finished,
-    purge_orphans,
-)
+from imageproc._purging import Purging
 from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import renderer_for
 from imageproc._submission import Submission
@@ -55,7 +52,7 @@ logger = logging.getLogger("imageproc")
 _CHANGE_TRIES = 5
 
 
-class Processor(Delivering):
+class Processor(Delivering, Purging):
     """Submit images, let workers make their variants, and read the results.
 
     The three backends can be anything that implements :class:`~imageproc.Storage`,
@@ -367,8 +364,9 @@ class Processor(Delivering):
         keys of 1 to 64 ASCII letters, digits, ``_`` or ``-``): stored on the task as
         ``task.metadata``, shown in its status, and searchable with :meth:`tasks`.
 
-        ``dedupe=True`` returns the task ``owner`` already has for the same image bytes and the
-        same pipeline, if it succeeded or is queued or processing (a success first), instead of
+        ``dedupe=True`` returns the task ``owner`` already has for the same image bytes, the
+        same pipeline and the same callback URL (or none), if it succeeded or is queued or
+        processing (a success first), instead of
         queueing the work again; the image is still checked first. Best effort: two such
         submits at the same moment can both queue work. Needs a repository that is a
         :class:`~imageproc.SourceLookup` (the memory and SQL ones are).
@@ -391,6 +389,12 @@ class Processor(Delivering):
         another database or schema is :class:`~imageproc.ConfigurationError`, checked before
         anything is stored. Needs a :class:`~imageproc.TransactionalRepository` (the SQL one
         is). See "Exactly once" in the docs.
+
+        ``callback_url`` has the task's status POSTed there, signed, once it ends (the owner's
+        default from :class:`~imageproc.Webhooks` if not given): ``http`` or ``https`` to a
+        public address, or one the Processor's ``Webhooks.allow`` names, checked now
+        (:class:`~imageproc.UnsafeURL`, resolving the host) and again at every try. Needs
+        ``Processor(webhooks=…)``. See "Delivery" in the docs.
         """
         return self._submission.submit(
             Upload(
@@ -487,64 +491,6 @@ class Processor(Delivering):
     def open(self, key: str) -> BinaryIO:
         """A binary stream over the stored object under ``key``; close it when done."""
         return self._storage_retry.call(self.storage.open, key)
-
-    def purge(
-        self,
-        older_than: timedelta,
-        *,
-        batch: int = 500,
-        orphans_older_than: timedelta | None = timedelta(hours=1),
-    ) -> int:
-        """Delete tasks that finished more than ``older_than`` ago, with their outputs, and each
-        original no remaining task uses; then, unless ``orphans_older_than`` is None, the
-        originals that no task refers to at all and that were stored more than that long ago
-        (:meth:`purge_orphans`). Works ``batch`` tasks or originals at a time. Returns how many
-        tasks were deleted (the originals swept are logged; :meth:`purge_orphans` returns them).
-
-        Records go first and files after, so a crash in between leaves unreferenced files
-        (wasted space), never a task whose files are gone; the sweep of orphans is what finds
-        such files later, with the originals of tasks that were never recorded (a process
-        killed between storing and recording, a task refused with
-        :class:`~imageproc.QueueFull`). Its grace period exists because an original is stored
-        moments *before* its task is recorded (and, when the task is written in a caller's own
-        transaction, before that transaction commits): a young original that no task refers to
-        yet may be about to be referred to, so only originals older than ``orphans_older_than``
-        are swept. Keep it well beyond the longest a submit (or the caller's transaction) can
-        take. Idempotency keys past ``idempotency_retention`` are forgotten too.
-        """
-        now = self.clock()
-        deleted = purge_finished(
-            self.repository, self.storage, self._storage_retry, now - older_than, batch=batch
-        )
-        if orphans_older_than is not None:
-            self.purge_orphans(orphans_older_than, batch=batch)
-        forget_expired_keys(self.repository, now, batch=batch)
-        forget_deliveries(self.repository, now - older_than, batch=batch)
-        return deleted
-
-    def purge_orphans(self, older_than: timedelta, *, batch: int = 500) -> int:
-        """Delete each stored original that no task refers to and that was last written more than
-        ``older_than`` ago; returns how many were deleted (:meth:`purge` calls it).
-
-        The originals are listed, and asked about ``batch`` at a time (one query each where the
-        repository is a :class:`~imageproc.SourceUsage`); outputs are left alone. Needs a
-        storage that is a :class:`~imageproc.ListableStorage` (the memory and fsspec ones are):
-        with another, nothing is swept and 0 is returned, with a log line. ``older_than`` is a
-        grace period, for the reason :meth:`purge` gives: an original is stored before its task
-        is recorded, so a young one that no task refers to may be about to be.
-        """
-        if older_than < timedelta(0):
-            raise ValueError("older_than must not be negative")
-        cutoff = self.clock() - older_than
-        removed = purge_orphans(
-            self.repository, self.storage, self._storage_retry, cutoff, batch=batch
-        )
-        logger.info(
-            "purge removed %d original(s) that no task refers to, older than %s",
-            removed,
-            older_than,
-        )
-        return removed
 
     def __enter__(self) -> Self:
         return self

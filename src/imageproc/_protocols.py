@@ -396,7 +396,7 @@ class DeliveryStore(Repository, Protocol):
     def settle_delivery(self, delivery: Delivery) -> bool:
         """Record how a try went (``delivery`` as :meth:`Delivery.succeeded` or
         :meth:`Delivery.failed` made it), if the delivery is still held by that try (its
-        ``attempts`` unchanged); whether it was."""
+        ``attempts`` and ``last_attempt_at`` unchanged); whether it was."""
         ...
 
     def deliveries(

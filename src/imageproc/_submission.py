@@ -409,7 +409,11 @@ class Submission:
         candidates = [
             task
             for task in self.retry.call(repository.find_by_source, upload.key, _REUSABLE)
-            if task.owner == upload.upload.owner and task.pipeline == upload.pipeline
+            # The same callback URL too: a task that announces its end elsewhere (or
+            # nowhere) would leave this request's receiver waiting for ever.
+            if task.owner == upload.upload.owner
+            and task.pipeline == upload.pipeline
+            and task.callback_url == upload.callback_url
         ]
         if not candidates:
             return None

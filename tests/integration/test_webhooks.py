@@ -5,6 +5,7 @@ callback URLs are refused at submit and at delivery."""
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -201,10 +202,11 @@ def test_a_failing_receiver_gets_growing_delays_then_the_delivery_is_dead_until_
     assert (dead.task_id, dead.attempts, dead.last_status_code) == (task.id, 4, 500)
     assert dead.last_error == "answered 500"
     gaps = [b.at - a.at for a, b in itertools.pairwise(arrivals)]
-    # 0.2 s, 0.4 s, 0.8 s apart (no jitter), give or take the scheduling.
+    # 0.2 s, 0.4 s, 0.8 s apart (no jitter): never sooner, and later only by the scheduling
+    # of a loaded machine.
     for gap, planned in zip(gaps, (0.2, 0.4, 0.8), strict=True):
-        assert planned - 0.05 <= gap <= planned + 1.0, gaps
-    assert gaps[0] < gaps[1] < gaps[2]
+        assert planned - 0.05 <= gap <= planned + 2.0, gaps
+    assert gaps[2] > gaps[0]
     assert len({a.headers["webhook-id"] for a in arrivals}) == 1  # one id for every try
     threading.Event().wait(1.0)
     assert len(receiver.got()) == 4  # dead: no more tries
@@ -264,8 +266,11 @@ def test_hostile_callback_urls_are_refused_at_submit(
 def test_a_host_name_that_resolves_to_a_private_address_is_refused(
     request: pytest.FixtureRequest,
 ) -> None:
-    # This machine's own name: /etc/hosts gives it a loopback or private address.
+    # This machine's own name, which /etc/hosts gives a loopback or private address here.
     name = socket.gethostname()
+    found = {info[4][0] for info in socket.getaddrinfo(name, 8080, type=socket.SOCK_STREAM)}
+    if all(ipaddress.ip_address(a.split("%")[0]).is_global for a in found):
+        pytest.skip(f"{name} resolves to public addresses only here ({sorted(found)})")
     processor = make_processor(request, "sqlite", webhooks=hooks(allow=()))
     with pytest.raises(UnsafeURL, match="resolves to"):
         processor.submit(IMAGE, PIPELINE, callback_url=f"http://{name}:8080/hook")

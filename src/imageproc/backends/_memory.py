@@ -330,6 +330,7 @@ class MemoryRepository:
                 known is None
                 or known.status != DeliveryStatus.PENDING
                 or known.attempts != delivery.attempts
+                or known.last_attempt_at != delivery.last_attempt_at
             ):
                 return False
             self._deliveries[delivery.id] = delivery

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,8 @@ logger = logging.getLogger("imageproc.completions")
 
 #: Called with a task id, and the final task when the publisher has it.
 _Callback = Callable[[str, "Task | None"], None]
+#: Called with what was published: ``(task_id, task_or_none)`` pairs; none for "anything".
+_Watcher = Callable[[Sequence[tuple[str, "Task | None"]] | None], None]
 
 
 class Completions:
@@ -59,7 +61,7 @@ class Completions:
         self._activate = activate
         self._lock = threading.Lock()
         self._subscribers: dict[str, list[_Callback]] = {}
-        self._watchers: list[Callable[[], None]] = []
+        self._watchers: list[_Watcher] = []
 
     def activate(self, timeout: float = 5.0) -> None:
         """Get ready to hear ends (a backend's first ``LISTEN``): may block for up to
@@ -91,10 +93,12 @@ class Completions:
                     self._subscribers.pop(task_id, None)
 
     @contextmanager
-    def watch(self, callback: Callable[[], None]) -> Iterator[None]:
-        """Call ``callback()`` after every publish, whichever tasks ended, and on :meth:`nudge`,
-        until the ``with`` block ends: how the webhook sender hears that the outbox may have
-        grown. The same rules as for a subscription's callback: quick, never blocking."""
+    def watch(self, callback: _Watcher) -> Iterator[None]:
+        """Call ``callback(ended)`` after every publish of ends, with every ``(task_id,
+        task_or_none)`` published, and with None (anything may have changed) on :meth:`nudge`
+        and :meth:`publish_all`, until the
+        ``with`` block ends: how the webhook sender hears that the outbox may have grown. The
+        same rules as for a subscription's callback: quick, never blocking."""
         with self._lock:
             self._watchers.append(callback)
         try:
@@ -107,7 +111,7 @@ class Completions:
     def nudge(self) -> None:
         """Call the watchers only (something other than a task's end changed, such as dead
         deliveries made due again)."""
-        self._call_watchers()
+        self._call_watchers(None)
 
     def __len__(self) -> int:
         """How many tasks have subscribers now."""
@@ -116,8 +120,10 @@ class Completions:
 
     def publish(self, ended: Iterable[tuple[str, Task | None]]) -> None:
         """Tell the subscribers of each ``(task_id, task_or_none)`` that the task has ended."""
+        if self._watchers:
+            ended = list(ended)  # read twice
         if not self._subscribers:  # the usual case: nobody waits (a racy read is fine here)
-            self._call_watchers()
+            self._call_watchers(ended)
             return
         with self._lock:
             calls = [
@@ -126,7 +132,7 @@ class Completions:
                 for callback in tuple(self._subscribers.get(task_id, ()))
             ]
         self._call(calls)
-        self._call_watchers()
+        self._call_watchers(ended)
 
     def publish_tasks(self, tasks: Iterable[Task]) -> None:
         """Publish the tasks among ``tasks`` that are in a final status."""
@@ -143,16 +149,19 @@ class Completions:
                 for callback in tuple(callbacks)
             ]
         self._call(calls)
-        self._call_watchers()
+        self._call_watchers(None)
 
-    def _call_watchers(self) -> None:
+    def _call_watchers(self, ended: Iterable[tuple[str, Task | None]] | None) -> None:
         if not self._watchers:
             return
+        told = None if ended is None else tuple(ended)
+        if told == ():
+            return  # nothing ended
         with self._lock:
             watchers = tuple(self._watchers)
         for callback in watchers:
             try:
-                callback()
+                callback(told)
             except Exception:
                 logger.exception("completion watcher raised")
 

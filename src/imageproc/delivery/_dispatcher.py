@@ -13,21 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final, TypeVar
 
+from imageproc._addresses import Address, Target
 from imageproc._clock import Clock
 from imageproc._events import Events, emit
 from imageproc._protocols import DeliveryStore
+from imageproc._task import Task
 from imageproc.delivery._completions import Completions
 from imageproc.delivery._outbox import Delivery
 from imageproc.delivery._sending import Attempt, Sender
 from imageproc.delivery._webhooks import Webhooks
 
 __all__ = ["Dispatcher"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("imageproc.webhooks")
 
@@ -62,6 +68,12 @@ class Dispatcher:
         self._wake: asyncio.Event | None = None
         self._stopping = threading.Event()
         self._ready = threading.Event()
+        self._stop_timeout = settings.timeout
+        # Threads of its own, not the loop's default pool: database calls must not wait behind
+        # name lookups, and a lookup that hangs must not hold up other receivers' tries (a try
+        # stops waiting at its deadline; its lookup thread ends when the resolver gives up).
+        self._db_pool: ThreadPoolExecutor | None = None
+        self._dns_pool: ThreadPoolExecutor | None = None
 
     @property
     def running(self) -> bool:
@@ -84,10 +96,20 @@ class Dispatcher:
         thread = self._thread
         if thread is None:
             return
+        self._stop_timeout = timeout
         self._stopping.set()
         self._poke()
         thread.join(timeout + 5.0)
+        if thread.is_alive():  # kept, so that no second sender starts beside it
+            logger.warning("the webhook sender did not stop within %.0f s", timeout + 5.0)
+            return
         self._thread = None
+
+    def _heard(self, ended: Sequence[tuple[str, Task | None]] | None) -> None:
+        """News from the completion push: wake for ends that may have written a delivery (a
+        task with a callback URL, one only known by id, or "anything")."""
+        if ended is None or any(t is None or t.callback_url for _, t in ended):
+            self._poke()
 
     def _poke(self) -> None:
         loop, wake = self._loop, self._wake
@@ -96,22 +118,37 @@ class Dispatcher:
                 loop.call_soon_threadsafe(wake.set)
 
     def _run(self) -> None:
+        self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="imageproc-webhooks-db")
+        self._dns_pool = ThreadPoolExecutor(
+            2 * self.settings.concurrency, thread_name_prefix="imageproc-webhooks-dns"
+        )
         try:
             asyncio.run(self._main())
         except Exception:
             logger.exception("the webhook sender stopped on an error")
         finally:
             self._ready.set()
+            for pool in (self._db_pool, self._dns_pool):
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _blocking(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` on the sender's database threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
+
+    async def _resolve(self, target: Target) -> list[Address]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._dns_pool, self.settings.allow.resolve, target)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        sender = Sender(self.settings, user_agent=self._user_agent)
+        sender = Sender(self.settings, user_agent=self._user_agent, resolve=self._resolve)
         flying: set[asyncio.Task[None]] = set()
         try:
             # Hear other processes' ends too (PostgreSQL: LISTEN), as waiters do.
-            await asyncio.to_thread(self.completions.activate, 5.0)
-            with self.completions.watch(self._poke):
+            await self._blocking(self.completions.activate, 5.0)
+            with self.completions.watch(self._heard):
                 self._ready.set()
                 while not self._stopping.is_set():
                     self._wake.clear()
@@ -123,9 +160,10 @@ class Dispatcher:
                         task.add_done_callback(self._landed(flying))
                     if taken and len(taken) == free:
                         continue  # there may be more due: look again at once
-                    await self._sleep(await self._pause(bool(flying)))
+                    full = len(flying) >= self.settings.concurrency
+                    await self._sleep(await self._pause(full))
             if flying:
-                _, late = await asyncio.wait(flying, timeout=self.settings.timeout)
+                _, late = await asyncio.wait(flying, timeout=self._stop_timeout)
                 for task in late:
                     task.cancel()
         finally:
@@ -143,7 +181,7 @@ class Dispatcher:
         timeout = self.settings.timeout
         hold = timedelta(seconds=timeout + min(_HOLD_MARGIN, timeout))
         try:
-            return await asyncio.to_thread(
+            return await self._blocking(
                 self.store.claim_deliveries, self.clock(), limit=limit, hold=hold
             )
         except Exception:
@@ -151,19 +189,19 @@ class Dispatcher:
             await self._sleep(_ERROR_PAUSE)
             return []
 
-    async def _pause(self, busy: bool) -> float:
-        """Seconds until there may be something to do, unless woken before."""
+    async def _pause(self, full: bool) -> float:
+        """Seconds until there may be something to do, unless woken before (``full``: every
+        slot is taken, and a landing try wakes the loop)."""
         pause = self.settings.poll_interval
+        if full:
+            return pause
         try:
-            due = await asyncio.to_thread(self.store.next_delivery_at)
+            due = await self._blocking(self.store.next_delivery_at)
         except Exception:
             logger.exception("could not read when the next webhook is due")
             return _ERROR_PAUSE
         if due is not None:
             pause = min(pause, max(0.02, (due - self.clock()).total_seconds()))
-        if busy and pause <= 0.02:
-            # Due but no slot free: a landing try wakes the loop.
-            return self.settings.poll_interval
         return pause
 
     async def _sleep(self, seconds: float) -> None:
@@ -181,7 +219,7 @@ class Dispatcher:
         attempt = await sender.send(delivery, now)
         settled = self._settled(delivery, attempt)
         try:
-            recorded = await asyncio.to_thread(self.store.settle_delivery, settled)
+            recorded = await self._blocking(self.store.settle_delivery, settled)
         except Exception:
             logger.exception("could not record webhook %s's try", delivery.id)
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -46,11 +47,19 @@ class Attempt:
 class Sender:
     """Sends deliveries for one Processor; one HTTP client, used from one event loop."""
 
-    def __init__(self, settings: Webhooks, *, user_agent: str) -> None:
+    def __init__(
+        self,
+        settings: Webhooks,
+        *,
+        user_agent: str,
+        resolve: Callable[[Target], Awaitable[list[Address]]] | None = None,
+    ) -> None:
         import httpx  # here, not at import: only a process that sends needs it
 
         self.settings = settings
         self._user_agent = user_agent
+        #: How a checked target's host is resolved (and every address checked).
+        self._resolve = resolve or settings.allow.resolve_async
         self._client = httpx.AsyncClient(
             follow_redirects=False,
             timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
@@ -74,7 +83,7 @@ class Sender:
             return Attempt(False, None, error.message, time.perf_counter() - started, True)
         try:
             async with asyncio.timeout(self.settings.timeout):
-                addresses = await policy.resolve_async(target)
+                addresses = await self._resolve(target)
                 status = await self._post_to_any(delivery, now, target, addresses)
         except UnsafeURL as error:
             return Attempt(False, None, error.message, time.perf_counter() - started)
@@ -101,7 +110,7 @@ class Sender:
         for address in addresses[:-1]:
             try:
                 return await self._post(delivery, now, target, address)
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ConnectTimeout):
                 continue
         return await self._post(delivery, now, target, addresses[-1])
 

@@ -101,7 +101,8 @@ class Webhooks:
     connect_timeout: float = attrs.field(default=5.0, validator=_positive)
     #: ...and for a whole try (connecting, sending, and reading the answer's head).
     timeout: float = attrs.field(default=15.0, validator=_positive)
-    #: Bytes of a receiver's answer read at most (the rest is dropped unread).
+    #: Bytes of a receiver's answer after which reading stops (one network read may fetch
+    #: more, up to 64 KiB); the rest is dropped unread.
     max_answer_bytes: int = 4096
     #: Deliveries sent at once by one Processor.
     concurrency: int = attrs.field(default=8, validator=_positive)

@@ -9,7 +9,16 @@ from datetime import timedelta
 
 import attrs
 
-from imageproc import BatchQueue, DeliveryStatus, DeliveryStore, Lease, Output, Task, TaskError
+from imageproc import (
+    BatchQueue,
+    DeliveryStatus,
+    DeliveryStore,
+    Lease,
+    Output,
+    Task,
+    TaskError,
+    TaskStatus,
+)
 from tests.support.backends import Backend
 from tests.support.doubles import new_task
 
@@ -163,3 +172,49 @@ def test_tasks_without_a_hook_write_nothing(backend: Backend) -> None:
     [lease] = backend.queue.claim("w", lease_seconds=LEASE)
     backend.queue.complete(lease, succeeded(lease))
     assert outbox(backend).next_delivery_at() is None
+
+
+def test_a_task_buried_by_a_claim_gets_its_delivery(backend: Backend) -> None:
+    # Its last attempt's lease ran out (the worker died): the next claim makes it dead.
+    task = attrs.evolve(new_task(), callback_url=HOOK, max_attempts=1)
+    backend.repository.add(task)
+    [lease] = backend.queue.claim("w", lease_seconds=LEASE)
+    backend.clock.advance(LEASE + 1)
+    assert backend.queue.claim("w2", lease_seconds=LEASE) == []
+    assert backend.repository.get(task.id).status == TaskStatus.DEAD
+    [delivery] = outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    assert (delivery.task_id, json.loads(delivery.payload)["status"]) == (task.id, "dead")
+    assert lease.task.id == task.id
+
+
+def test_a_batch_with_a_lost_lease_writes_only_the_held_tasks_deliveries(
+    backend: Backend,
+) -> None:
+    lost, held = claimed_with_hook(backend, 2)
+    backend.repository.update(  # cancelled meanwhile: its lease is gone, and so is lost's result
+        lost.task.cancel(backend.clock()), expected=lost.task
+    )
+    assert batch(backend).record_many([(lost, succeeded(lost)), (held, succeeded(held))]) == [
+        False,
+        True,
+    ]
+    taken = outbox(backend).claim_deliveries(backend.clock(), limit=10, hold=HOLD)
+    statuses = sorted((d.task_id == held.task.id, json.loads(d.payload)["status"]) for d in taken)
+    # The held task's success, and the cancellation of the other (written by the cancel).
+    assert statuses == [(False, "cancelled"), (True, "succeeded")]
+
+
+def test_a_try_from_before_a_resend_cannot_settle_the_resent_delivery(backend: Backend) -> None:
+    [lease] = claimed_with_hook(backend)
+    backend.queue.complete(lease, succeeded(lease))
+    store = outbox(backend)
+    [stale] = store.claim_deliveries(backend.clock(), limit=1, hold=HOLD)  # hangs, then...
+    backend.clock.advance(HOLD.total_seconds() + 1)
+    [second] = store.claim_deliveries(backend.clock(), limit=1, hold=HOLD)
+    assert store.settle_delivery(second.failed("answered 500", status_code=500, retry_at=None))
+    backend.clock.advance(1)
+    assert store.resend_deliveries(None, now=backend.clock()) == 1
+    [fresh] = store.claim_deliveries(backend.clock(), limit=1, hold=HOLD)
+    assert fresh.attempts == stale.attempts == 1  # the same count, a different try
+    assert not store.settle_delivery(stale.succeeded(backend.clock(), 200))
+    assert store.settle_delivery(fresh.succeeded(backend.clock(), 204))

@@ -4,8 +4,9 @@ statements senders and operators work through them with.
 Senders take due deliveries with one ``UPDATE … RETURNING`` that also pushes each one's
 ``next_attempt_at`` past the hold (on PostgreSQL over ``FOR UPDATE SKIP LOCKED``, so senders in
 several processes never wait on each other); a sender that dies leaves its deliveries due again
-once the hold runs out. Recording a try is guarded by ``attempts``, so a sender whose hold ran
-out and whose delivery was taken again cannot overwrite the newer try.
+once the hold runs out. Recording a try is guarded by ``attempts`` and ``last_attempt_at`` (the
+moment of the claim), so a sender whose hold ran out and whose delivery was taken again cannot
+overwrite the newer try.
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def settle_delivery(conn: Connection, delivery: Delivery) -> bool:
         .where(
             webhooks.c.id == delivery.id,
             webhooks.c.status == _PENDING,
+            # Both: a resend starts attempts from 0 again, so a try from before it could
+            # otherwise match a try after it.
             webhooks.c.attempts == delivery.attempts,
+            webhooks.c.last_attempt_at == delivery.last_attempt_at,
         )
         .values(
             status=delivery.status.value,

@@ -94,20 +94,20 @@ class SQLQueue:
         # One random prefix per claim, the id per row: every lease gets a token of its own.
         token = secrets.token_hex(16) + ":"
         parameters = {"now": now, "expires": expires, "token": token, "worker": worker, "n": limit}
-        rows: Sequence[Mapping[Any, Any]]
+        announced = False
         if self._hot is not None and self._leasing is not None:
             with driver_errors_mapped():
-                rows = self._hot.claim.run(self._leasing, parameters)
+                claimed, unreadable = _read_claimed(self._hot.claim.run(self._leasing, parameters))
         else:
-            with self._db.one_statement(write=True, leasing=True) as conn:
-                rows = conn.execute(CLAIM, parameters).mappings().all()
-        claimed: list[Task] = []
-        unreadable: dict[str, str] = {}
-        for row in rows:
-            try:
-                claimed.append(task_from_row(row))
-            except InvalidInput as error:
-                unreadable[row["id"]] = error.message
+            # SQLite: the claim is a transaction anyway, so the webhooks of the tasks it buries
+            # are written in it.
+            with self._db.begin(write=True) as conn:
+                claimed, unreadable = _read_claimed(
+                    conn.execute(CLAIM, parameters).mappings().all()
+                )
+                buried_now = [t for t in claimed if t.status.is_final]
+                insert_deliveries(conn, delivery_rows(buried_now, now))
+                announced = True
         if unreadable:
             self._fail_unreadable(unreadable, token, now)
             self._ended_elsewhere(list(unreadable))
@@ -116,16 +116,17 @@ class SQLQueue:
         buried = len(claimed) - len(leased)
         if buried:
             logger.warning("%d task(s) dead: leases expired with no attempts left", buried)
-            self._announce_buried([t for t in claimed if t.status.is_final], now)
+            if not announced:
+                self._announce_buried([t for t in claimed if t.status.is_final], now)
             self._ended_elsewhere([t.id for t in claimed if t.status.is_final])
             self.completions.publish_tasks(claimed)
         return [Lease(task, token + task.id, worker, expires) for task in leased], buried
 
     def _announce_buried(self, buried: list[Task], now: datetime) -> None:
-        """Write the webhooks of tasks the claim itself ended (dead: their last lease expired).
-        The claim is a statement of its own, so this follows it in a second transaction: the
-        one place a final status and its delivery are not written together (a crash between
-        the two loses that webhook)."""
+        """PostgreSQL: write the webhooks of tasks the claim itself ended (dead: their last
+        lease expired). The claim is a statement of its own, so this follows it in a second
+        transaction: the one place a final status and its delivery are not written together
+        (a crash between the two loses that webhook)."""
         rows = delivery_rows(buried, now)
         if not rows:
             return
@@ -306,6 +307,18 @@ class SQLQueue:
         listener = self._ensure_listener()
         if listener is not None:
             listener.tried.wait(min(timeout, LISTEN_TIMEOUT))
+
+
+def _read_claimed(rows: Sequence[Mapping[Any, Any]]) -> tuple[list[Task], dict[str, str]]:
+    """The claimed tasks, and the ids of those whose records cannot be read, with why."""
+    claimed: list[Task] = []
+    unreadable: dict[str, str] = {}
+    for row in rows:
+        try:
+            claimed.append(task_from_row(row))
+        except InvalidInput as error:
+            unreadable[row["id"]] = error.message
+    return claimed, unreadable
 
 
 def _claim_key(task: Task) -> tuple[int, datetime, datetime, str]:
