@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks import Webhook
 
@@ -35,7 +36,7 @@ from imageproc.backends._memory import MemoryStorage
 from imageproc.metrics import Metrics
 from imageproc.testing import sample_image
 from tests.support.databases import make_backend
-from tests.support.processes import free_port
+from tests.support.processes import ServeProcess, environment, free_port
 from tests.support.receiver import Arrival, Receiver
 
 pytestmark = pytest.mark.timeout(90)
@@ -361,3 +362,35 @@ def test_a_worker_killed_while_sending_loses_no_webhook(
     assert {verified(a)["id"] for a in arrivals} == {task.id}
     [done] = wait_for_status(sender, DeliveryStatus.DELIVERED)
     assert done.id == first.headers["webhook-id"]
+
+
+@pytest.mark.slow
+def test_imageproc_serve_sends_the_webhook_of_an_upload(tmp_path: Path, receiver: Receiver) -> None:
+    # The product as deployed: settings from the environment, a form field, the server's own
+    # workers and sender.
+    port = free_port()
+    env = environment(
+        IMAGEPROC_DATABASE_URL=f"sqlite:///{tmp_path / 'tasks.db'}",
+        IMAGEPROC_STORAGE_URL=f"file://{tmp_path / 'store'}",
+        IMAGEPROC_PORT=str(port),
+        IMAGEPROC_WORKERS="1",
+        IMAGEPROC_WEBHOOK_SECRETS=SECRET,
+        IMAGEPROC_WEBHOOK_ALLOW="127.0.0.1",
+    )
+    server = ServeProcess(tmp_path, port, env)
+    try:
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/upload",
+            data={"pipeline": "small=fit:32x32,png", "callback_url": receiver.url("/from-serve")},
+            files={"image": ("a.jpg", IMAGE, "image/jpeg")},
+            timeout=30,
+        )
+        assert answer.status_code == 202, answer.text
+        task_id = answer.json()["id"]
+        [arrival] = receiver.wait_for(1, timeout=30)
+    finally:
+        server.stop()
+    assert arrival.path == "/from-serve"
+    body_sent = verified(arrival)
+    assert (body_sent["id"], body_sent["status"]) == (task_id, "succeeded")
+    assert "Traceback" not in server.log()
