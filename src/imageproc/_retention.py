@@ -10,7 +10,7 @@ limits, a caller's transaction rolled back), are what :func:`purge_orphans` find
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 from itertools import islice
 
@@ -61,12 +61,7 @@ def forget_deliveries(repository: Repository, before: datetime, *, batch: int) -
     ``batch`` at a time (if ``repository`` keeps an outbox); pending ones stay, however old."""
     if not isinstance(repository, DeliveryStore):
         return 0
-    forgotten = 0
-    while (count := repository.purge_deliveries(before, limit=batch)) > 0:
-        forgotten += count
-        if count < batch:
-            break
-    return forgotten
+    return _in_batches(lambda: repository.purge_deliveries(before, limit=batch), batch)
 
 
 def forget_expired_keys(repository: Repository, now: datetime, *, batch: int) -> int:
@@ -74,8 +69,14 @@ def forget_expired_keys(repository: Repository, now: datetime, *, batch: int) ->
     remembers keys at all); how many were."""
     if not isinstance(repository, IdempotencyStore):
         return 0
+    return _in_batches(lambda: repository.purge_keys(now, limit=batch), batch)
+
+
+def _in_batches(forget: Callable[[], int], batch: int) -> int:
+    """Call ``forget`` (which forgets up to ``batch`` things and says how many) until it forgets
+    fewer than a batch; how many in all."""
     forgotten = 0
-    while (count := repository.purge_keys(now, limit=batch)) > 0:
+    while (count := forget()) > 0:
         forgotten += count
         if count < batch:
             break

@@ -190,3 +190,23 @@ def test_the_listing_is_retried_like_any_storage_call(setup: Setup) -> None:
     assert purge_orphans(setup.repository, storage, retry, before, batch=10) == 1
     assert storage.failures == 0
     assert not storage.exists(orphan)
+
+
+def test_purge_forgets_settled_webhook_deliveries_and_keeps_pending_ones() -> None:
+    from imageproc import DeliveryStatus, DeliveryStore, Webhooks
+    from imageproc.testing import memory_processor, sample_image
+
+    hook = "https://93.184.216.34/hook"  # a public address: nothing is sent (no sender runs)
+    with memory_processor(webhooks=Webhooks(secrets=[Webhooks.new_secret()])) as processor:
+        first = processor.submit(sample_image(32, 24), "png", callback_url=hook)
+        second = processor.submit(sample_image(24, 32), "png", callback_url=hook)
+        processor.cancel(first.id)
+        store = processor.repository
+        assert isinstance(store, DeliveryStore)
+        [taken] = store.claim_deliveries(processor.clock(), limit=1, hold=timedelta(seconds=30))
+        assert store.settle_delivery(taken.succeeded(processor.clock(), 204))
+        processor.cancel(second.id)  # its delivery stays pending
+        processor.purge(timedelta(0), orphans_older_than=None)
+        assert processor.deliveries(DeliveryStatus.DELIVERED) == []
+        [pending] = processor.deliveries(DeliveryStatus.PENDING)
+        assert pending.task_id == second.id
