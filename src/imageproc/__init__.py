@@ -17,6 +17,7 @@ from imageproc.__version__ import __version__
 from imageproc._addresses import AddressPolicy
 from imageproc._asyncprocessor import AsyncProcessor
 from imageproc._events import Events
+from imageproc._fetching import Fetching
 from imageproc._idempotency import IdempotencyRecord
 from imageproc._processor import Processor, Source, Upload
 from imageproc._protocols import (
@@ -46,6 +47,7 @@ from imageproc.engine._imaging import ImageLimits
 from imageproc.errors import (
     BackendUnavailable,
     ConfigurationError,
+    FetchFailed,
     IdempotencyConflict,
     IllegalTransition,
     ImageprocError,
@@ -96,6 +98,8 @@ __all__ = [
     "DeliveryStore",
     "Encoding",
     "Events",
+    "FetchFailed",
+    "Fetching",
     "Fill",
     "Fit",
     "Flip",

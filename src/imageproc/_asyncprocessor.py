@@ -198,6 +198,12 @@ class AsyncProcessor:
             callback_url=callback_url,
         )
 
+    async def submit_url(self, url: str, pipeline: PipelineSpec = None, **options: Any) -> Task:
+        """Fetch the image at ``url`` and submit it, in a thread (:meth:`Processor.submit_url`:
+        the URL checked, the fetch bounded, nothing stored if it fails)."""
+        processor = await self._ready()
+        return await self._call(processor.submit_url, url, pipeline, **options)
+
     async def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
         """Submit several uploads at once, in a thread: for each, in order, its task or the
         exception that refused it (:meth:`Processor.submit_many`)."""

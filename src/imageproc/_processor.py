@@ -25,7 +25,9 @@ from imageproc._clock import Clock, utcnow
 from imageproc._delivering import Delivering
 from imageproc._events import Events
 from imageproc._execution import Execution, Recorder
+from imageproc._fetching import Fetching
 from imageproc._idempotency import DEFAULT_RETENTION
+from imageproc._ingest import Ingesting
 from imageproc._protocols import Queue, QueueLimits, Repository, Storage
 from imageproc._purging import Purging
 from imageproc._retrying import RetryPolicy
@@ -52,7 +54,7 @@ logger = logging.getLogger("imageproc")
 _CHANGE_TRIES = 5
 
 
-class Processor(Delivering, Purging):
+class Processor(Delivering, Purging, Ingesting):
     """Submit images, let workers make their variants, and read the results.
 
     The three backends can be anything that implements :class:`~imageproc.Storage`,
@@ -81,6 +83,8 @@ class Processor(Delivering, Purging):
         webhooks: how tasks' final statuses are POSTed to their callback URLs
             (:class:`~imageproc.Webhooks`: signing secrets, per-owner default URLs, allowlist,
             schedule); None: no webhooks, and a ``callback_url`` is refused.
+        fetching: how :meth:`submit_url` fetches images (:class:`~imageproc.Fetching`:
+            allowlist, the only hosts, timeouts); by default from any public address.
         render_timeout: most seconds one task's decode, transforms and encodes may take (wall
             time; None for no limit). Past it the render process is killed and the task fails
             with :class:`~imageproc.RenderTimeout`. Only with ``isolation="process"``.
@@ -113,6 +117,7 @@ class Processor(Delivering, Purging):
         strip_location: bool = False,
         idempotency_retention: timedelta = DEFAULT_RETENTION,
         webhooks: Webhooks | None = None,
+        fetching: Fetching | None = None,
         image_limits: ImageLimits | None = None,
         pipeline_limits: PipelineLimits | None = None,
         poll_interval: float = 0.5,
@@ -162,6 +167,7 @@ class Processor(Delivering, Purging):
             webhooks=webhooks,
         )
         self._webhooks = webhooks
+        self._fetching = fetching or Fetching()
         self._dispatcher = None
         self._dispatcher_lock = threading.Lock()
         self._execution = Execution(

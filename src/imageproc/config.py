@@ -15,7 +15,6 @@ names the variable or flag and the value's source.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from imageproc import _settingchecks as checks
 from imageproc._parsing import (
     COUNT,
     FLAG,
@@ -51,9 +51,11 @@ from imageproc._parsing import (
     texts,
     worker_range,
 )
+from imageproc._settingchecks import LOG_LEVELS
 from imageproc.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from imageproc._fetching import Fetching
     from imageproc._processor import Processor
     from imageproc.delivery._webhooks import Webhooks
 
@@ -70,10 +72,6 @@ __all__ = [
 
 #: Every environment variable imageproc reads starts with this.
 ENV_PREFIX: Final = "IMAGEPROC_"
-#: The log levels ``log_level`` accepts.
-LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
-#: Where a task's image work may run (the ``isolation`` setting).
-ISOLATIONS: Final = ("process", "thread")
 
 logger = logging.getLogger("imageproc.config")
 
@@ -81,103 +79,6 @@ _MiB: Final = 1024 * 1024
 # IMAGEPROC_* variables read elsewhere (the S3 storage, the install and test scripts): not typos.
 _READ_ELSEWHERE: Final = ("IMAGEPROC_S3_", "IMAGEPROC_TEST_", "IMAGEPROC_INSTALL")
 _DEFAULT_ENV_FILE: Final = ".env"
-
-
-# -- what only one setting reads or checks (the common kinds: imageproc._parsing) -------------
-
-
-def _parse_presets(text: str) -> tuple[tuple[str, str], ...]:
-    # Pipelines use ',', ';', '=' and ':' themselves, so the map is a JSON object.
-    if not text.strip():
-        return ()
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):  # nested past the recursion limit
-        raise ValueError(
-            'expected a JSON object of name → pipeline, such as {"avatar": "fill:96x96,webp"}'
-        ) from None
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object of name → pipeline, got {type(value).__name__}")
-    return tuple(value.items())
-
-
-def _parse_urls(text: str) -> tuple[tuple[str, str], ...]:
-    # URLs hold ':' and ',' themselves, so the map is a JSON object too.
-    pairs = _parse_presets(text) if text.strip() else ()
-    if any(not isinstance(url, str) for _, url in pairs):
-        raise ValueError('expected a JSON object of owner → URL, such as {"*": "https://…"}')
-    return pairs
-
-
-def _check_webhook_secrets(value: tuple[str, ...]) -> None:
-    from imageproc.delivery._webhooks import Webhooks
-
-    if value:
-        Webhooks(secrets=value)  # its checks, without echoing a secret
-
-
-def _check_webhook_urls(value: tuple[tuple[str, str], ...]) -> None:
-    from imageproc._addresses import AddressPolicy
-    from imageproc.errors import UnsafeURL
-
-    for owner, url in value:
-        try:  # the form only: where it points is checked at each delivery
-            AddressPolicy(allow=("0.0.0.0/0", "::/0")).check_url(url, what=f"URL of {owner!r}")
-        except UnsafeURL as error:
-            raise ValueError(error.message) from None
-
-
-def _check_allow(value: tuple[str, ...]) -> None:
-    from imageproc._addresses import AddressPolicy
-
-    AddressPolicy(allow=value)
-
-
-def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
-    pairs = value.items() if isinstance(value, Mapping) else value
-    return tuple((preset, text) for preset, text in pairs)
-
-
-def _check_api_keys(value: str) -> None:
-    # The HTTP adapter's own parser, so a bad pair is refused at startup with the same message the
-    # adapter would give. It never echoes a key.
-    from imageproc._signing import parse_api_keys
-
-    parse_api_keys(value)
-
-
-def _check_max_priority(value: str) -> None:
-    from imageproc._signing import parse_max_priorities
-
-    parse_max_priorities(value)
-
-
-def _check_presets(value: tuple[tuple[str, str], ...]) -> None:
-    from imageproc.errors import InvalidPipeline
-    from imageproc.pipeline._pipeline import Pipeline
-
-    for name, pipeline in value:
-        if not isinstance(name, str) or not name or not isinstance(pipeline, str):
-            raise ValueError(f"preset {name!r} must be a name and a pipeline's text")
-        try:
-            Pipeline.parse(pipeline)
-        except InvalidPipeline as error:
-            raise ValueError(f"preset {name!r}: {error.message}") from None
-
-
-def _check_root_path(value: str) -> None:
-    if value and (not value.startswith("/") or value.endswith("/")):
-        raise ValueError(f"must start with / and not end with one, such as /images; got {value!r}")
-
-
-def _check_isolation(value: str) -> None:
-    if value not in ISOLATIONS:
-        raise ValueError(f"must be one of {', '.join(ISOLATIONS)}, got {value!r}")
-
-
-def _check_log_level(value: str) -> None:
-    if value not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
 
 
 # -- declaring a setting ----------------------------------------------------------------------
@@ -262,11 +163,11 @@ class Settings:
     storage_url: str = _setting("file://imageproc-data", TEXT)
     #: ``owner:key`` pairs separated by commas (a key may be ``sha256:<hex>``); empty: no auth.
     #: Parse with :func:`imageproc.http.parse_api_keys`.
-    api_keys: str = _setting("", ValueSpec(parse_text, _check_api_keys, (str,)), repr=False)
+    api_keys: str = _setting("", ValueSpec(parse_text, checks.check_api_keys, (str,)), repr=False)
     #: ``owner:N`` pairs separated by commas: the highest priority each owner's uploads may ask
     #: for over HTTP (higher is refused with 403); ``*:N`` for everyone else. Empty: -1000 to
     #: 1000 for all. Parse with :func:`imageproc.http.parse_max_priorities`.
-    max_priority: str = _setting("", ValueSpec(parse_text, _check_max_priority, (str,)))
+    max_priority: str = _setting("", ValueSpec(parse_text, checks.check_max_priority, (str,)))
     #: Keys that sign output URLs; the first signs, all verify (rotation). Comma-separated.
     signing_keys: tuple[str, ...] = _setting(
         (), ValueSpec(parse_list, no_check, (tuple, list), convert=texts), repr=False
@@ -315,7 +216,10 @@ class Settings:
     #: Named pipelines (name → pipeline text) that uploads may ask for with ``preset``; from a
     #: JSON object such as ``{"avatar": "fill:96x96,webp"}``.
     presets: tuple[tuple[str, str], ...] = _setting(
-        (), ValueSpec(_parse_presets, _check_presets, (tuple, list, dict), convert=_pairs)
+        (),
+        ValueSpec(
+            checks.parse_presets, checks.check_presets, (tuple, list, dict), convert=checks.pairs
+        ),
     )
     #: Accept only the presets' work, so remote clients cannot ask for arbitrary pipelines.
     presets_only: bool = _setting(False, FLAG)
@@ -326,7 +230,7 @@ class Settings:
     pipeline: str | None = _setting(None, OPTIONAL_TEXT)
     #: The path prefix a reverse proxy serves ``imageproc serve`` under (``/images``), so the
     #: URLs the service writes (status, signed images) carry it; empty: served at the root.
-    root_path: str = _setting("", ValueSpec(parse_text, _check_root_path, (str,)))
+    root_path: str = _setting("", ValueSpec(parse_text, checks.check_root_path, (str,)))
     #: Connections ``imageproc serve`` serves at once; a request on one more is answered 503.
     #: None: no bound.
     max_connections: int | None = _setting(256, LIMIT)
@@ -347,7 +251,7 @@ class Settings:
     #: bound. Applies only with ``api_keys``.
     max_uploads_per_key: int | None = _setting(4, LIMIT)
     #: One of :data:`LOG_LEVELS`.
-    log_level: str = _setting("info", ValueSpec(parse_word, _check_log_level, (str,)))
+    log_level: str = _setting("info", ValueSpec(parse_word, checks.check_log_level, (str,)))
     #: Most seconds one task's decode, transforms and encodes may take; past it the task fails
     #: with ``render_timeout``. None (``none``): no limit. Holds only with ``isolation=process``.
     render_timeout: float | None = _setting(
@@ -355,7 +259,7 @@ class Settings:
     )
     #: Where a task's image work runs: ``process`` (a render process, which the deadline and
     #: cancelling can stop) or ``thread`` (the worker's thread; trusted images only).
-    isolation: str = _setting("process", ValueSpec(parse_word, _check_isolation, (str,)))
+    isolation: str = _setting("process", ValueSpec(parse_word, checks.check_isolation, (str,)))
     #: Take location data (EXIF GPS, XMP ``exif:GPS…``) out of JPEG, PNG and WebP originals
     #: before they are stored; the pixels are not touched.
     strip_location: bool = _setting(False, FLAG)
@@ -366,23 +270,37 @@ class Settings:
     #: signature per secret, for rotation). Empty: no webhooks, and ``callback_url`` is refused.
     webhook_secrets: tuple[str, ...] = _setting(
         (),
-        ValueSpec(parse_list, _check_webhook_secrets, (tuple, list), convert=texts),
+        ValueSpec(parse_list, checks.check_webhook_secrets, (tuple, list), convert=texts),
         repr=False,
     )
     #: The callback URL of tasks submitted without one, per owner, as a JSON object
     #: (``{"alice": "https://…", "*": "https://…"}``; ``*`` for everyone else).
     webhook_urls: tuple[tuple[str, str], ...] = _setting(
-        (), ValueSpec(_parse_urls, _check_webhook_urls, (tuple, list, dict), convert=_pairs)
+        (),
+        ValueSpec(
+            checks.parse_urls, checks.check_webhook_urls, (tuple, list, dict), convert=checks.pairs
+        ),
     )
     #: Hosts and networks webhooks may reach though they are not public (``10.0.0.0/8``,
     #: ``hooks.internal``), comma-separated.
     webhook_allow: tuple[str, ...] = _setting(
-        (), ValueSpec(parse_list, _check_allow, (tuple, list), convert=texts)
+        (), ValueSpec(parse_list, checks.check_allow, (tuple, list), convert=texts)
     )
     #: Tries of one webhook delivery before it is dead (the default spans about a day).
     webhook_max_attempts: int = _setting(23, COUNT)
     #: Seconds one try of a webhook may take, connecting included.
     webhook_timeout: float = _setting(15.0, SECONDS)
+    #: Hosts and networks images may be fetched from (``url`` on ``POST /upload``) though
+    #: they are not public (``10.0.0.0/8``, ``images.internal``), comma-separated.
+    fetch_allow: tuple[str, ...] = _setting(
+        (), ValueSpec(parse_list, checks.check_allow, (tuple, list), convert=texts)
+    )
+    #: If set, the only hosts images are fetched from (comma-separated exact names).
+    fetch_hosts: tuple[str, ...] = _setting(
+        (), ValueSpec(parse_list, no_check, (tuple, list), convert=texts)
+    )
+    #: Seconds a fetch from a URL may take in all, redirects and the body included.
+    fetch_timeout: float = _setting(30.0, SECONDS)
     #: Webhooks one process sends at once.
     webhook_concurrency: int = _setting(8, COUNT)
 
@@ -516,7 +434,19 @@ class Settings:
         options.setdefault("storage_options", self.storage_options())
         if self.webhook_secrets:
             options.setdefault("webhooks", self.webhooks())
+        options.setdefault("fetching", self.fetching())
         return Processor.from_urls(self.database_url, self.storage_url, **options)
+
+    def fetching(self) -> Fetching:
+        """How these settings fetch images from URLs (:class:`~imageproc.Fetching`)."""
+        from imageproc._fetching import Fetching
+
+        return Fetching(
+            allow=self.fetch_allow,
+            hosts=self.fetch_hosts,
+            timeout=self.fetch_timeout,
+            connect_timeout=min(5.0, self.fetch_timeout),
+        )
 
     def webhooks(self) -> Webhooks | None:
         """The :class:`~imageproc.Webhooks` these settings describe; None without secrets."""

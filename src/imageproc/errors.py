@@ -15,7 +15,8 @@ The tree::
     │   ├── InvalidPipeline             invalid_pipeline     no
     │   ├── InvalidKey                  invalid_key          no
     │   ├── IdempotencyConflict         idempotency_conflict no
-    │   └── UnsafeURL                   unsafe_url           no, unless raised with transient=True
+    │   ├── UnsafeURL                   unsafe_url           no (yes if a name does not resolve)
+    │   └── FetchFailed                 fetch_failed         no, unless raised with transient=True
     ├── ConfigurationError              configuration_error  no
     ├── TaskNotFound                    task_not_found       no
     ├── IllegalTransition               illegal_transition   no
@@ -36,6 +37,7 @@ from typing import ClassVar
 __all__ = [
     "BackendUnavailable",
     "ConfigurationError",
+    "FetchFailed",
     "IdempotencyConflict",
     "IllegalTransition",
     "ImageprocError",
@@ -118,6 +120,14 @@ class UnsafeURL(InvalidInput):
     ``transient=True`` when the host does not resolve: not a refusal, and DNS may heal."""
 
     code = "unsafe_url"
+
+
+class FetchFailed(InvalidInput):
+    """An image URL that could not be fetched: the server answered an error, redirected too
+    often, sent too many bytes, or did not answer in time. Transient (worth trying again) when
+    the server failed or did not answer; over HTTP a 422, or a 502 when transient."""
+
+    code = "fetch_failed"
 
 
 class ConfigurationError(ImageprocError):

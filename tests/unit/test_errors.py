@@ -24,6 +24,7 @@ PERMANENT = {
     errors.InvalidKey,
     errors.IdempotencyConflict,
     errors.UnsafeURL,
+    errors.FetchFailed,
     errors.ConfigurationError,
     errors.TaskNotFound,
     errors.IllegalTransition,

@@ -88,6 +88,7 @@ PUBLIC_SURFACE = {
     "imageproc.errors": [
         "BackendUnavailable",
         "ConfigurationError",
+        "FetchFailed",
         "IdempotencyConflict",
         "IllegalTransition",
         "ImageprocError",
@@ -151,6 +152,7 @@ PUBLIC_SURFACE = {
 # The root's list is pinned too: it is spelled out so that a change to it shows in a diff here.
 ROOT_EXPORTS = [
     "AddressPolicy", "Delivery", "DeliveryStatus", "DeliveryStore", "Webhooks", "ProgressQueue",
+    "FetchFailed", "Fetching",
     "AsyncProcessor", "BackendUnavailable", "BatchQueue", "Blur", "Colour", "ConfigurationError",
     "Crop", "Encoding", "Events", "Fill", "Fit", "Flip", "Grayscale", "IdempotencyConflict",
     "IdempotencyRecord", "IdempotencyStore", "IllegalTransition", "ImageLimits",

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imageproc.errors import (
+    FetchFailed,
     IllegalTransition,
     ImageprocError,
     ImageTooLarge,
@@ -99,6 +100,11 @@ def map_error(error: ImageprocError) -> ApiError:
         return ApiError(404, "not_found", "no image under this key")
     if isinstance(error, InvalidKey):
         return ApiError(400, error.code, error.message)
+    if isinstance(error, FetchFailed):
+        # The source's failure, not ours: a 502 when trying again may work.
+        if error.transient:
+            return ApiError(502, error.code, error.message, {"Retry-After": str(RETRY_AFTER)})
+        return ApiError(422, error.code, error.message)
     if isinstance(error, ImageTooLarge):
         # An image, readable, of a size the limits refuse: not "unsupported media" (415), and
         # not the body's bytes (413, which the upload limit answers).

@@ -263,15 +263,22 @@ OPENAPI: Final[dict[str, Any]] = {
                 ],
                 "requestBody": {
                     "required": True,
-                    "description": "a form with the file in 'image', or the image as the body "
-                    "(then the other fields go in the query)",
+                    "description": "a form with the file in 'image' (or the image's URL in"
+                    " 'url', fetched now; a urlencoded form then does), or the image as the body"
+                    " (then the other fields go in the query)",
                     "content": {
                         "multipart/form-data": {
                             "schema": {
                                 "type": "object",
-                                "required": ["image"],
                                 "properties": {
                                     "image": {"type": "string", "contentMediaType": "image/*"},
+                                    "url": {
+                                        "type": "string",
+                                        "format": "uri",
+                                        "description": "instead of 'image': where to fetch it"
+                                        " from (http or https, public addresses only, at most 3"
+                                        " redirects, each checked)",
+                                    },
                                     "pipeline": {
                                         "type": "string",
                                         "description": "compact text or JSON form",
@@ -310,6 +317,18 @@ OPENAPI: Final[dict[str, Any]] = {
                                 },
                             }
                         },
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["url"],
+                                "properties": {
+                                    "url": {"type": "string", "format": "uri"},
+                                    "pipeline": {"type": "string"},
+                                    "preset": {"type": "string"},
+                                    "callback_url": {"type": "string", "format": "uri"},
+                                },
+                            }
+                        },
                         "image/*": {"schema": {"type": "string", "contentMediaType": "image/*"}},
                     },
                 },
@@ -338,7 +357,13 @@ OPENAPI: Final[dict[str, Any]] = {
                     "422": _error(
                         "a bad pipeline, preset, priority, not_before, metadata, dedupe or"
                         " Idempotency-Key; or an Idempotency-Key already used for a different"
-                        " request (idempotency_conflict)"
+                        " request (idempotency_conflict); a url or callback_url that may not be"
+                        " reached (unsafe_url), or a url that could not be fetched"
+                        " (fetch_failed)"
+                    ),
+                    "502": _error(
+                        "the server at 'url' failed or did not answer in time (fetch_failed;"
+                        " Retry-After)"
                     ),
                     "429": _error(
                         "the queue is full, in all or for this owner (queue_full); more uploads"

@@ -10,10 +10,11 @@ import re
 import tempfile
 from collections.abc import AsyncGenerator
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -38,6 +39,10 @@ SPOOL_BYTES: Final = 1024 * 1024
 _DIGITS: Final = re.compile(r"[0-9]{1,19}")
 
 
+#: The form bodies POST /upload reads (the other way in is an image/* body).
+_FORMS: Final = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
 async def upload(request: Request) -> Response:
     """POST /upload: store the image (a form's ``image`` field, or the raw body) and queue its
     task; 202."""
@@ -52,22 +57,31 @@ async def upload(request: Request) -> Response:
     limit = service.max_upload_bytes
     content_type = request.headers.get("content-type", "").lower()
     image: UploadFile | None = None
+    fetched: bytes | None = None
     form: FormData | None = None
     try:
         try:
-            if content_type.startswith("multipart/form-data"):
-                _check_length(request, limit + FORM_OVERHEAD)
-                form = await _read_form(request, service)
+            if content_type.startswith(_FORMS):
+                # A urlencoded form carries no file: only a URL to fetch the image from.
+                multipart = content_type.startswith("multipart/form-data")
+                _check_length(request, (limit if multipart else 0) + FORM_OVERHEAD)
+                form = await _read_form(request, service, multipart=multipart)
                 field = form.get("image")
-                if not isinstance(field, UploadFile):
+                url = _text_field(form, "url")
+                if isinstance(field, UploadFile) and url is None:
+                    image = field
+                    if image.size is not None and image.size > limit:
+                        raise _TooLarge
+                elif url is not None and field is None:
+                    # Fetched here, in a thread: checked, bounded, before anything is stored.
+                    fetched = await run_in_threadpool(service.processor.fetch, url)
+                else:
                     raise ApiError(
                         422,
                         "missing_image",
-                        "the form needs the image as a file in field 'image'",
+                        "the form needs the image as a file in field 'image', or its URL in"
+                        " field 'url' (not both)",
                     )
-                image = field
-                if image.size is not None and image.size > limit:
-                    raise _TooLarge
                 pipeline = _text_field(form, "pipeline")
                 preset = _text_field(form, "preset")
                 priority_text = _text_field(form, "priority")
@@ -89,14 +103,21 @@ async def upload(request: Request) -> Response:
                 raise ApiError(
                     415,
                     "unsupported_media_type",
-                    "send multipart/form-data with the image in field 'image', or an image/* body",
+                    "send multipart/form-data with the image in field 'image' (or its URL in"
+                    " field 'url'), or an image/* body",
                 )
         except _TooLarge:
             raise _too_large(limit) from None
         spec = _pipeline_spec(service.processor, pipeline, preset)
         priority = _priority(priority_text, service.priority_cap(owner))
+        if fetched is not None:
+            source: bytes | BinaryIO = fetched
+            size = len(fetched)
+        else:
+            assert image is not None
+            source, size = image.file, image.size or 0
         upload = Upload(
-            image.file,
+            source,
             spec,
             priority=priority,
             owner=owner,
@@ -106,7 +127,7 @@ async def upload(request: Request) -> Response:
             idempotency_key=key,
             callback_url=callback_url or None,
         )
-        accepted = await service.batcher.submit(upload, size=image.size or 0)
+        accepted = await service.batcher.submit(upload, size=size)
     finally:
         # Closing deletes the spooled temporary files (the form's, or the raw body's).
         if form is not None:
@@ -196,12 +217,14 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-async def _read_form(request: Request, service: Service) -> FormData:
+async def _read_form(request: Request, service: Service, *, multipart: bool) -> FormData:
+    if not multipart:
+        return await FormParser(request.headers, _limited(request, FORM_OVERHEAD)).parse()
     parser = MultiPartParser(
         request.headers,
         _limited(request, service.max_upload_bytes + FORM_OVERHEAD),
         max_files=1,
-        max_fields=8,
+        max_fields=10,
         max_part_size=64 * 1024,
     )
     try:
