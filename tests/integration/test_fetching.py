@@ -191,7 +191,7 @@ def test_a_name_that_resolves_to_a_private_address_is_refused(
 def test_a_redirect_to_a_private_address_is_refused(
     processor: Processor, source: Source, path: str
 ) -> None:
-    with pytest.raises(UnsafeURL, match="private|metadata"):
+    with pytest.raises(UnsafeURL, match=r"private|metadata"):
         processor.submit_url(source.url(path), "png")
     nothing_stored(processor)
 
@@ -208,7 +208,7 @@ def test_a_slow_or_silent_server_fails_within_the_timeout(
     processor: Processor, source: Source, path: str
 ) -> None:
     started = time.monotonic()
-    with pytest.raises(FetchFailed, match="did not answer within 1.5 s") as raised:
+    with pytest.raises(FetchFailed, match=r"did not answer within 1\.5 s") as raised:
         processor.submit_url(source.url(path), "png")
     assert time.monotonic() - started < 5.0
     assert raised.value.transient
@@ -238,9 +238,11 @@ def test_an_error_answer_fails_and_says_so(processor: Processor, source: Source)
 
 def test_a_host_allowlist_keeps_fetches_to_those_hosts(source: Source) -> None:
     only_cdn = Fetching(allow=["127.0.0.1"], hosts=["cdn.example.com"])
-    with Processor.in_memory(fetching=only_cdn, isolation="thread") as processor:
-        with pytest.raises(UnsafeURL, match="not one of the hosts"):
-            processor.submit_url(source.url("cat"), "png")
+    with (
+        Processor.in_memory(fetching=only_cdn, isolation="thread") as processor,
+        pytest.raises(UnsafeURL, match="not one of the hosts"),
+    ):
+        processor.submit_url(source.url("cat"), "png")
     assert source.paths == []
 
 
