@@ -12,7 +12,9 @@ takes no proxy from the environment.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import ssl
 from typing import TYPE_CHECKING
 
 from imageproc._addresses import Address, Target
@@ -28,11 +30,21 @@ def new_client(*, connect_timeout: float, timeout: float) -> httpx.AsyncClient:
     import httpx  # here, not at import: only processes that connect out need it
 
     return httpx.AsyncClient(
+        verify=_tls(),
         follow_redirects=False,
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
         limits=httpx.Limits(max_keepalive_connections=0),
         trust_env=False,
     )
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The TLS settings every client shares: built once, since loading the certificate
+    authorities takes tens of milliseconds (a context is safe to share between threads)."""
+    import httpx
+
+    return httpx.create_ssl_context()
 
 
 async def send_to_any(

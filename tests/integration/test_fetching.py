@@ -263,3 +263,90 @@ def test_the_upload_form_takes_a_url(processor: Processor, source: Source) -> No
             files={"image": ("a.jpg", JPEG, "image/jpeg")},
         )
         assert (both.status_code, both.json()["error"]["code"]) == (422, "missing_image")
+
+
+class TlsSource:
+    """An HTTPS image server on loopback with a certificate for ``name`` from a test CA; it
+    notes the name each client asked for in SNI, and the Host header."""
+
+    def __init__(self, ca: Any, name: str) -> None:
+        import ssl
+
+        self.sni: list[str | None] = []
+        self.hosts: list[str | None] = []
+        source = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                source.hosts.append(self.headers.get("host"))
+                self.send_response(200)
+                self.send_header("content-type", "image/jpeg")
+                self.send_header("content-length", str(len(JPEG)))
+                self.end_headers()
+                self.wfile.write(JPEG)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert(name).configure_cert(context)
+        context.sni_callback = lambda _sock, server_name, _ctx: self.sni.append(server_name)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tls(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A test CA that the fetching client trusts, and names that resolve to 127.0.0.1."""
+    import ssl
+
+    import trustme
+
+    from imageproc import _pinned
+
+    ca = trustme.CA()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    monkeypatch.setattr(_pinned, "_tls", lambda: context)
+    real = socket.getaddrinfo
+
+    def resolver(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host.endswith(".test"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    return ca
+
+
+def test_https_names_the_host_in_sni_and_host_while_connecting_to_the_checked_address(
+    tls: Any, processor: Processor
+) -> None:
+    server = TlsSource(tls, "images.test")
+    try:
+        data = processor.fetch(f"https://images.test:{server.port}/cat.jpg")
+    finally:
+        server.close()
+    assert data == JPEG
+    assert server.sni == ["images.test"]
+    assert server.hosts == [f"images.test:{server.port}"]
+
+
+def test_https_checks_the_certificate_against_the_name_not_the_address(
+    tls: Any, processor: Processor
+) -> None:
+    server = TlsSource(tls, "other.test")  # a valid certificate, for another name
+    try:
+        with pytest.raises(FetchFailed, match="could not fetch") as raised:
+            processor.fetch(f"https://images.test:{server.port}/cat.jpg")
+    finally:
+        server.close()
+    assert "images.test" in str(raised.value.__cause__)  # "doesn't match 'images.test'"
+    assert server.hosts == []  # no request was sent over the refused connection
