@@ -18,6 +18,7 @@ redirects included, has one deadline.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 from urllib.parse import urljoin
 
@@ -86,9 +87,15 @@ def fetch(url: str, settings: Fetching, *, max_bytes: int) -> bytes:
     """The body at ``url``, fetched under ``settings``, at most ``max_bytes`` long.
     :class:`~imageproc.UnsafeURL` for a URL (or a redirect) that may not be fetched,
     :class:`~imageproc.FetchFailed` for one that could not be (transient when the server failed
-    or did not answer in time). Runs an event loop of its own: call it from a thread that has
-    none (an asyncio application calls it in a thread, as ``AsyncProcessor`` does)."""
-    return asyncio.run(_fetch(url, settings, max_bytes))
+    or did not answer in time). Runs an event loop of its own (in a thread of its own if this
+    one runs a loop already: a blocking call from a coroutine still works, but blocks that loop;
+    ``AsyncProcessor.submit_url`` does not)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_fetch(url, settings, max_bytes))
+    with ThreadPoolExecutor(1, thread_name_prefix="imageproc-fetch") as pool:
+        return pool.submit(asyncio.run, _fetch(url, settings, max_bytes)).result()
 
 
 async def _fetch(url: str, settings: Fetching, max_bytes: int) -> bytes:

@@ -350,3 +350,12 @@ def test_https_checks_the_certificate_against_the_name_not_the_address(
         server.close()
     assert "images.test" in str(raised.value.__cause__)  # "doesn't match 'images.test'"
     assert server.hosts == []  # no request was sent over the refused connection
+
+
+def test_a_fetch_called_from_a_coroutine_still_works(processor: Processor, source: Source) -> None:
+    import asyncio
+
+    async def inside_a_loop() -> bytes:
+        return processor.fetch(source.url("cat"))  # blocking, but not refused
+
+    assert asyncio.run(inside_a_loop()) == JPEG
