@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import attrs
+import pytest
+import sqlalchemy as sa
 
 from imageproc import (
     BatchQueue,
@@ -20,6 +23,7 @@ from imageproc import (
     TaskStatus,
 )
 from tests.support.backends import Backend
+from tests.support.databases import make_backend
 from tests.support.doubles import new_task
 
 LEASE = 30.0
@@ -218,3 +222,26 @@ def test_a_try_from_before_a_resend_cannot_settle_the_resent_delivery(backend: B
     assert fresh.attempts == stale.attempts == 1  # the same count, a different try
     assert not store.settle_delivery(stale.succeeded(backend.clock(), 200))
     assert store.settle_delivery(fresh.succeeded(backend.clock(), 204))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_delivery_the_database_refuses_rolls_its_status_back_too(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # One transaction (on PostgreSQL one statement): if the outbox row cannot be written, the
+    # final status is not either, so no status is ever recorded without its webhook.
+    from imageproc.backends.sql import _queueing, _statements
+    from imageproc.backends.sql._deliveries import delivery_rows
+
+    def refused(tasks: Any, now: Any) -> list[dict[str, Any]]:
+        return [{**row, "status": "bogus"} for row in delivery_rows(tasks, now)]  # CHECK fails
+
+    monkeypatch.setattr(_queueing, "delivery_rows", refused)
+    monkeypatch.setattr(_statements, "delivery_rows", refused)
+    sql = make_backend(kind, request)
+    sql.add(attrs.evolve(new_task(), callback_url=HOOK))
+    [lease] = sql.claim("w", lease_seconds=LEASE)
+    with pytest.raises(sa.exc.IntegrityError):  # a bug's error: not mapped, not retried
+        sql.record_many([(lease, succeeded(lease))])
+    assert sql.get(lease.task.id).status == TaskStatus.PROCESSING
+    assert sql.next_delivery_at() is None
