@@ -204,6 +204,21 @@ class AsyncProcessor:
         processor = await self._ready()
         return await self._call(processor.submit_url, url, pipeline, **options)
 
+    async def reprocess(
+        self,
+        task_id: str,
+        pipeline: PipelineSpec = None,
+        *,
+        missing_only: bool = True,
+        priority: int = 0,
+    ) -> Task:
+        """More variants of a task's stored original, as a new task, in a thread
+        (:meth:`Processor.reprocess`)."""
+        processor = await self._ready()
+        return await self._call(
+            processor.reprocess, task_id, pipeline, missing_only=missing_only, priority=priority
+        )
+
     async def submit_many(self, uploads: Sequence[Upload]) -> list[Task | Exception]:
         """Submit several uploads at once, in a thread: for each, in order, its task or the
         exception that refused it (:meth:`Processor.submit_many`)."""

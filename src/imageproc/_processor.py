@@ -30,6 +30,7 @@ from imageproc._idempotency import DEFAULT_RETENTION
 from imageproc._ingest import Ingesting
 from imageproc._protocols import Queue, QueueLimits, Repository, Storage
 from imageproc._purging import Purging
+from imageproc._reprocess import Reprocessing
 from imageproc._retrying import RetryPolicy
 from imageproc._sandbox import renderer_for
 from imageproc._submission import Submission
@@ -54,7 +55,7 @@ logger = logging.getLogger("imageproc")
 _CHANGE_TRIES = 5
 
 
-class Processor(Delivering, Purging, Ingesting):
+class Processor(Delivering, Purging, Ingesting, Reprocessing):
     """Submit images, let workers make their variants, and read the results.
 
     The three backends can be anything that implements :class:`~imageproc.Storage`,

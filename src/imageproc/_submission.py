@@ -503,6 +503,11 @@ class Submission:
         logger.debug("submitted task %s (%s)", task.id, task.pipeline)
         emit(self.events, "submitted", task)
 
+    def resolve(self, spec: Pipeline | str) -> Pipeline:
+        """The pipeline ``spec`` names (a preset name, its text, or one), checked against the
+        limits and, with ``presets_only``, refused unless it is a preset."""
+        return self._resolve(spec)
+
     def _resolve(self, spec: Pipeline | str, *, allow_any: bool = False) -> Pipeline:
         return resolve_pipeline(
             spec,

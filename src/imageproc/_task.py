@@ -159,6 +159,8 @@ class Task:
     metadata: dict[str, Any] = attrs.field(factory=dict, hash=False)
     #: Where the task's status is POSTed (a signed webhook) once it reaches a final status.
     callback_url: str | None = None
+    #: The task whose original this one makes more variants of (``Processor.reprocess``).
+    reprocess_of: str | None = None
     #: How many of the pipeline's variants this attempt has made so far (reported while it is
     #: ``processing``, every variant once it has ``succeeded``); see :attr:`progress`.
     variants_done: int = 0
@@ -191,6 +193,7 @@ class Task:
         available_at: datetime | None = None,
         metadata: Mapping[str, Any] | None = None,
         callback_url: str | None = None,
+        reprocess_of: str | None = None,
     ) -> Task:
         """A freshly queued task with a new random id, claimable from ``available_at`` (from
         ``now`` if None or earlier)."""
@@ -208,6 +211,7 @@ class Task:
             available_at=max(now, available_at) if available_at else now,
             metadata=dict(metadata or {}),
             callback_url=callback_url,
+            reprocess_of=reprocess_of,
         )
 
     def _move(

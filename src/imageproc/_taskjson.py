@@ -73,6 +73,7 @@ def task_json(task: Task, *, url: UrlFor | None = None, operator: bool = False) 
         "outputs": [output_json(output, url=url) for output in task.outputs],
         "progress": {"variants_done": task.variants_done, "variants": len(task.pipeline.variants)},
         "metadata": dict(task.metadata),
+        "reprocess_of": task.reprocess_of,
     }
     if operator:
         document["owner"] = task.owner

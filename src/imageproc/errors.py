@@ -18,6 +18,7 @@ The tree::
     │   ├── UnsafeURL                   unsafe_url           no (yes if a name does not resolve)
     │   └── FetchFailed                 fetch_failed         no, unless raised with transient=True
     ├── ConfigurationError              configuration_error  no
+    ├── OriginalGone                    original_gone        no
     ├── TaskNotFound                    task_not_found       no
     ├── IllegalTransition               illegal_transition   no
     ├── LeaseLost                       lease_lost           no
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidPipeline",
     "LeaseLost",
     "ObjectNotFound",
+    "OriginalGone",
     "QueueFull",
     "RenderFailed",
     "RenderTimeout",
@@ -128,6 +130,13 @@ class FetchFailed(InvalidInput):
     the server failed or did not answer; over HTTP a 422, or a 502 when transient."""
 
     code = "fetch_failed"
+
+
+class OriginalGone(ImageprocError):
+    """A task's original is no longer stored (retention purged it), so nothing more can be made
+    from it: reprocessing it is refused. Over HTTP a 410."""
+
+    code = "original_gone"
 
 
 class ConfigurationError(ImageprocError):

@@ -125,10 +125,10 @@ def test_env_file_in_the_working_directory_is_read(tmp_path: Path) -> None:
 def test_migrate_creates_the_schema_and_prints_the_revision(tmp_path: Path) -> None:
     first = imageproc("migrate", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout == "schema at revision 0006\n"
+    assert first.stdout == "schema at revision 0007\n"
     assert (tmp_path / "imageproc.db").is_file()  # the default database
     again = imageproc("migrate", cwd=tmp_path)  # idempotent
-    assert (again.returncode, again.stdout) == (0, "schema at revision 0006\n")
+    assert (again.returncode, again.stdout) == (0, "schema at revision 0007\n")
 
 
 def test_status_prints_the_task_as_json(

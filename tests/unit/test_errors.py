@@ -30,6 +30,7 @@ PERMANENT = {
     errors.IllegalTransition,
     errors.LeaseLost,
     errors.ObjectNotFound,
+    errors.OriginalGone,
     errors.RenderTimeout,
 }
 TRANSIENT = {

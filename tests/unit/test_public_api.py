@@ -98,6 +98,7 @@ PUBLIC_SURFACE = {
         "InvalidPipeline",
         "LeaseLost",
         "ObjectNotFound",
+        "OriginalGone",
         "QueueFull",
         "RenderFailed",
         "RenderTimeout",
@@ -152,7 +153,7 @@ PUBLIC_SURFACE = {
 # The root's list is pinned too: it is spelled out so that a change to it shows in a diff here.
 ROOT_EXPORTS = [
     "AddressPolicy", "Delivery", "DeliveryStatus", "DeliveryStore", "Webhooks", "ProgressQueue",
-    "FetchFailed", "Fetching",
+    "FetchFailed", "Fetching", "OriginalGone",
     "AsyncProcessor", "BackendUnavailable", "BatchQueue", "Blur", "Colour", "ConfigurationError",
     "Crop", "Encoding", "Events", "Fill", "Fit", "Flip", "Grayscale", "IdempotencyConflict",
     "IdempotencyRecord", "IdempotencyStore", "IllegalTransition", "ImageLimits",

@@ -62,6 +62,7 @@ from imageproc.http._health import healthz, metrics, readyz
 from imageproc.http._images import image
 from imageproc.http._openapi import openapi
 from imageproc.http._ratelimit import WindowLimit
+from imageproc.http._reprocess import reprocess
 from imageproc.http._service import AUTH_FAILURE_ADDRESSES, Service
 from imageproc.http._tasks import cancel, events, retry, status
 from imageproc.http._uploads import upload
@@ -183,6 +184,7 @@ def create_app(
         Route("/image/{image_key:path}", guard(image), methods=["GET", "HEAD"], name="image"),
         Route("/tasks/{task_id}", guard(cancel), methods=["DELETE"], name="cancel"),
         Route("/tasks/{task_id}/retry", guard(retry), methods=["POST"], name="retry"),
+        Route("/tasks/{task_id}/reprocess", guard(reprocess), methods=["POST"], name="reprocess"),
         Route("/webhooks", guard(list_webhooks), methods=["GET"], name="webhooks"),
         Route("/webhooks/resend", guard(resend_webhooks), methods=["POST"], name="resend_webhooks"),
         Route(

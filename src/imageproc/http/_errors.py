@@ -28,6 +28,7 @@ from imageproc.errors import (
     InvalidKey,
     InvalidPipeline,
     ObjectNotFound,
+    OriginalGone,
     QueueFull,
     TaskNotFound,
 )
@@ -100,6 +101,8 @@ def map_error(error: ImageprocError) -> ApiError:
         return ApiError(404, "not_found", "no image under this key")
     if isinstance(error, InvalidKey):
         return ApiError(400, error.code, error.message)
+    if isinstance(error, OriginalGone):
+        return ApiError(410, error.code, error.message)
     if isinstance(error, FetchFailed):
         # The source's failure, not ours: a 502 when trying again may work.
         if error.transient:

@@ -67,6 +67,7 @@ def _task_schema() -> dict[str, Any]:
             "outputs",
             "progress",
             "metadata",
+            "reprocess_of",
         ],
         "properties": {
             "id": {"type": "string"},
@@ -98,6 +99,10 @@ def _task_schema() -> dict[str, Any]:
             "metadata": {
                 "type": "object",
                 "description": "what the application attached at upload ({} if nothing)",
+            },
+            "reprocess_of": {
+                "type": ["string", "null"],
+                "description": "the task whose original this one makes more variants of",
             },
         },
     }
@@ -460,6 +465,49 @@ OPENAPI: Final[dict[str, Any]] = {
                         "the queue is full, in all or for this owner (queue_full), or too many"
                         " missing or unknown API keys from this address (Retry-After)"
                     ),
+                    **_UNAVAILABLE,
+                },
+            }
+        },
+        "/tasks/{task_id}/reprocess": {
+            "post": {
+                "operationId": "reprocess",
+                "summary": "More variants of a task's stored original, as a new task",
+                "parameters": [_TASK_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "preset": {"type": "string"},
+                                    "pipeline": {"type": ["string", "object"]},
+                                    "missing_only": {
+                                        "type": "boolean",
+                                        "description": "only the variants the task does not"
+                                        " have yet (the default)",
+                                    },
+                                    "priority": {"type": "integer"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": {**_TASK_RESPONSE, "description": "the new task, queued"},
+                    "200": {
+                        **_TASK_RESPONSE,
+                        "description": "the task itself: it has every variant asked for",
+                    },
+                    "400": _error("a body that is not a JSON object"),
+                    **_AUTH_ERRORS,
+                    "403": _error("a priority above the most this API key may ask for"),
+                    "404": _error("no such task (or not yours)"),
+                    "410": _error("the task's original is no longer stored (original_gone)"),
+                    "413": _error("a body over 64 KiB"),
+                    "422": _error("a bad pipeline, preset, missing_only or priority"),
                     **_UNAVAILABLE,
                 },
             }

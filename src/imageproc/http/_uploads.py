@@ -108,8 +108,8 @@ async def upload(request: Request) -> Response:
                 )
         except _TooLarge:
             raise _too_large(limit) from None
-        spec = _pipeline_spec(service.processor, pipeline, preset)
-        priority = _priority(priority_text, service.priority_cap(owner))
+        spec = pipeline_spec(service.processor, pipeline, preset)
+        priority = priority_within(priority_text, service.priority_cap(owner))
         if fetched is not None:
             source: bytes | BinaryIO = fetched
             size = len(fetched)
@@ -247,7 +247,7 @@ async def _spool_body(request: Request, limit: int) -> UploadFile:
     return upload
 
 
-def _pipeline_spec(
+def pipeline_spec(
     processor: Processor, pipeline: str | None, preset: str | None
 ) -> Pipeline | str | None:
     if pipeline is not None and preset is not None:
@@ -265,7 +265,7 @@ def _pipeline_spec(
     return text
 
 
-def _priority(value: str | None, cap: int) -> int:
+def priority_within(value: str | None, cap: int) -> int:
     """The priority asked for, within :data:`PRIORITY_RANGE` and at most ``cap``; none asked
     for is 0, or ``cap`` if that is lower, so a key held below 0 can upload without asking."""
     if value is None or not value.strip():

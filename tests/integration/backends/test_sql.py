@@ -61,7 +61,7 @@ def test_migrations_build_exactly_the_declared_schema(sql: SQLBackend) -> None:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         diff = compare_metadata(context, metadata)
     assert [d for d in diff if "alembic_version" not in str(d) and _applies(d, sql.dialect)] == []
-    assert sql.schema_revision() == "0006"
+    assert sql.schema_revision() == "0007"
 
 
 def _applies(difference: Any, dialect: str) -> bool:
@@ -84,7 +84,7 @@ def test_migrate_again_is_a_no_op_and_leaves_the_hosts_alembic_alone(sql: SQLBac
         host = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     assert host == "hosts_own_head"
     assert sql.get(task.id) == task
-    assert sql.schema_revision() == "0006"
+    assert sql.schema_revision() == "0007"
 
 
 @pytest.fixture(params=KINDS)
@@ -108,8 +108,15 @@ def test_tasks_recorded_before_orientation_was_upgrade_to_orientation_1(
         command.upgrade(config, "0001")
         old = new_task()
         row = task_to_row(old)
-        # columns of revisions 0002, 0003, 0005, 0006
-        del row["source_orientation"], row["metadata"], row["callback_url"], row["variants_done"]
+        # columns of revisions 0002, 0003, 0005, 0006, 0007
+        for later in (
+            "source_orientation",
+            "metadata",
+            "callback_url",
+            "variants_done",
+            "reprocess_of",
+        ):
+            del row[later]
         columns, values = ", ".join(row), ", ".join(f":{column}" for column in row)
         conn.execute(
             sa.text(f"INSERT INTO imageproc_tasks ({columns}) VALUES ({values})"),
@@ -119,7 +126,7 @@ def test_tasks_recorded_before_orientation_was_upgrade_to_orientation_1(
     backend = SQLBackend(empty_database)
     try:
         backend.migrate()
-        assert backend.schema_revision() == "0006"
+        assert backend.schema_revision() == "0007"
         assert backend.get(old.id) == old
         assert backend.get(old.id).source.orientation == 1
     finally:

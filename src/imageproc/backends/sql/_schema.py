@@ -106,6 +106,8 @@ tasks = sa.Table(
     sa.Column("callback_url", sa.Text, nullable=True),
     # How many variants the attempt under way has made (its progress).
     sa.Column("variants_done", sa.Integer, nullable=False, server_default="0"),
+    # The task whose original this one makes more variants of.
+    sa.Column("reprocess_of", sa.String(64), nullable=True),
     sa.CheckConstraint(
         "status IN (" + ", ".join(f"'{s}'" for s in STATUSES) + ")",
         name="imageproc_tasks_status_check",
@@ -235,6 +237,7 @@ def task_to_row(task: Task, *, only: Collection[str] | None = None) -> dict[str,
         "created_at": task.created_at,
         "metadata": task.metadata or None,
         "callback_url": task.callback_url,
+        "reprocess_of": task.reprocess_of,
         **outcome,
     }
 
@@ -291,6 +294,7 @@ def task_from_row(row: Mapping[Any, Any]) -> Task:
         metadata=row["metadata"] or {},
         callback_url=row["callback_url"],
         variants_done=row["variants_done"],
+        reprocess_of=row["reprocess_of"],
     )
 
 
