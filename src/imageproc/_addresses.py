@@ -33,7 +33,7 @@ import attrs
 
 from imageproc.errors import UnsafeURL
 
-__all__ = ["MAX_URL_LENGTH", "Address", "AddressPolicy", "Target"]
+__all__ = ["MAX_URL_LENGTH", "Address", "AddressPolicy", "Target", "as_policy"]
 
 #: An IP address of either family.
 Address: TypeAlias = IPv4Address | IPv6Address
@@ -386,3 +386,13 @@ def _allow_entry(entry: str) -> str | _Network:
     except ValueError as error:
         message = f"allowlist entry {entry!r} is not a host name or network: {error}"
         raise ValueError(message) from error
+
+
+def as_policy(value: AddressPolicy | str | Iterable[str]) -> AddressPolicy:
+    """``value`` as a policy: a policy as it is, text as :meth:`AddressPolicy.from_text` reads
+    it, or the allowlist's entries (what the settings that hold a policy accept)."""
+    if isinstance(value, AddressPolicy):
+        return value
+    if isinstance(value, str):
+        return AddressPolicy.from_text(value)
+    return AddressPolicy(allow=tuple(value))

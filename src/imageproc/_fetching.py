@@ -25,21 +25,13 @@ from urllib.parse import urljoin
 import attrs
 
 from imageproc.__version__ import __version__
-from imageproc._addresses import AddressPolicy, Target
+from imageproc._addresses import AddressPolicy, Target, as_policy
 from imageproc._pinned import new_client, send_to_any
 from imageproc.errors import FetchFailed, UnsafeURL
 
 __all__ = ["Fetching", "fetch"]
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-
-
-def _policy(value: Any) -> AddressPolicy:
-    if isinstance(value, AddressPolicy):
-        return value
-    if isinstance(value, str):
-        return AddressPolicy.from_text(value)
-    return AddressPolicy(allow=tuple(value))
 
 
 def _hosts(value: Any) -> tuple[str, ...]:
@@ -60,7 +52,7 @@ class Fetching:
 
     #: Hosts and networks fetches may reach though they are not public: an
     #: :class:`AddressPolicy`, or its entries (``"10.0.0.0/8"``, ``"images.internal"``).
-    allow: AddressPolicy = attrs.field(factory=AddressPolicy, converter=_policy)
+    allow: AddressPolicy = attrs.field(factory=AddressPolicy, converter=as_policy)
     #: If any, the only hosts images are fetched from (a deployment that fetches only from its
     #: own CDN): exact names, case-insensitive; every redirect must stay among them too.
     hosts: tuple[str, ...] = attrs.field(default=(), converter=_hosts)

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import attrs
 
-from imageproc._addresses import AddressPolicy
+from imageproc._addresses import AddressPolicy, as_policy
 from imageproc._retrying import RetryPolicy
 
 __all__ = ["DEFAULT_SCHEDULE", "Webhooks"]
@@ -54,14 +54,6 @@ def _check_secrets(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ..
             )
 
 
-def _policy(value: Any) -> AddressPolicy:
-    if isinstance(value, AddressPolicy):
-        return value
-    if isinstance(value, str):
-        return AddressPolicy.from_text(value)
-    return AddressPolicy(allow=tuple(value))
-
-
 def _urls(value: Mapping[str, str]) -> dict[str, str]:
     return {str(owner): str(url) for owner, url in dict(value).items()}
 
@@ -93,7 +85,7 @@ class Webhooks:
     #: Hosts and networks callbacks may reach though they are not public (loopback, private,
     #: link-local…): an :class:`AddressPolicy`, or its entries (``"10.0.0.0/8"``,
     #: ``"hooks.internal"``).
-    allow: AddressPolicy = attrs.field(factory=AddressPolicy, converter=_policy)
+    allow: AddressPolicy = attrs.field(factory=AddressPolicy, converter=as_policy)
     #: When failed tries are repeated (``max_attempts``, ``backoff_base``, ``backoff_max``,
     #: ``jitter``): :data:`DEFAULT_SCHEDULE` keeps trying for about a day.
     schedule: RetryPolicy = DEFAULT_SCHEDULE
