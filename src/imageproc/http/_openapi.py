@@ -1,5 +1,6 @@
 """The OpenAPI 3.1 description of the service, :data:`OPENAPI` (declarative data, hence the
-length), with the schema helpers that build it and ``GET /openapi.json``, which serves it.
+length; the parts it shares are :mod:`imageproc.http._openapi_parts`), and ``GET
+/openapi.json``, which serves it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,16 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from imageproc.http._openapi_parts import (
+    AUTH_ERRORS,
+    TASK_ID,
+    TASK_RESPONSE,
+    UNAVAILABLE,
+    error,
+    reprocess_path,
+    task_schema,
+    webhook_paths,
+)
 from imageproc.http._service import service_of
 
 
@@ -17,188 +28,6 @@ async def openapi(request: Request) -> Response:
     service = service_of(request)
     service.authenticate(request)
     return JSONResponse(OPENAPI)
-
-
-def _task_schema() -> dict[str, Any]:
-    timestamp = {"type": ["string", "null"], "format": "date-time"}
-    image: dict[str, Any] = {
-        "key": {"type": "string"},
-        "url": {"type": "string", "format": "uri"},
-        "format": {"type": "string"},
-        "width": {"type": "integer"},
-        "height": {"type": "integer"},
-        "bytes": {"type": "integer"},
-    }
-    source = {
-        "type": "object",
-        "required": [*image, "orientation", "display_width", "display_height"],
-        "properties": {
-            **image,
-            "orientation": {"type": "integer", "minimum": 1, "maximum": 8},
-            "display_width": {"type": "integer"},
-            "display_height": {"type": "integer"},
-        },
-    }
-    output = {
-        "type": "object",
-        "required": ["name", *image],
-        "properties": {
-            **image,
-            "name": {"type": "string"},
-            "blurhash": {"type": "string"},
-            "dominant_color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
-        },
-    }
-    return {
-        "type": "object",
-        "required": [
-            "id",
-            "status",
-            "pipeline",
-            "priority",
-            "attempts",
-            "max_attempts",
-            "error",
-            "created_at",
-            "updated_at",
-            "started_at",
-            "finished_at",
-            "source",
-            "outputs",
-            "progress",
-            "metadata",
-            "reprocess_of",
-        ],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {
-                "type": "string",
-                "enum": ["queued", "processing", "succeeded", "failed", "dead", "cancelled"],
-            },
-            "pipeline": {"type": "string"},
-            "attempts": {"type": "integer"},
-            "max_attempts": {"type": "integer"},
-            "priority": {"type": "integer"},
-            "error": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/ErrorBody"}]},
-            "created_at": {"type": "string", "format": "date-time"},
-            "updated_at": {"type": "string", "format": "date-time"},
-            "started_at": timestamp,
-            "finished_at": timestamp,
-            "source": source,
-            "outputs": {"type": "array", "items": output},
-            "progress": {
-                "type": "object",
-                "required": ["variants_done", "variants"],
-                "description": "how many of the pipeline's variants are made: reported while"
-                " processing (at most twice a second), all of them once succeeded",
-                "properties": {
-                    "variants_done": {"type": "integer", "minimum": 0},
-                    "variants": {"type": "integer", "minimum": 1},
-                },
-            },
-            "metadata": {
-                "type": "object",
-                "description": "what the application attached at upload ({} if nothing)",
-            },
-            "reprocess_of": {
-                "type": ["string", "null"],
-                "description": "the task whose original this one makes more variants of",
-            },
-        },
-    }
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-_TASK_ID = {
-    "name": "task_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "maxLength": 64},
-}
-_TASK_RESPONSE = {
-    "description": "the task",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Task"}}},
-}
-_AUTH_ERRORS = {
-    "401": _error("missing or unknown API key (when keys are configured)"),
-    "429": _error("too many missing or unknown API keys from this address (Retry-After)"),
-}
-_UNAVAILABLE = {"503": _error("a backend is temporarily unavailable (Retry-After)")}
-
-
-def _webhook_paths() -> dict[str, Any]:
-    off = _error("this server sends no webhooks (webhooks_off)")
-    resent = {
-        "description": "how many deliveries are due again",
-        "content": {
-            "application/json": {
-                "schema": {"type": "object", "properties": {"resent": {"type": "integer"}}}
-            }
-        },
-    }
-    return {
-        "/webhooks": {
-            "get": {
-                "operationId": "webhooks",
-                "summary": "Webhook deliveries (the dead ones by default), most recent first",
-                "parameters": [
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "schema": {"enum": ["pending", "delivered", "dead"], "default": "dead"},
-                    },
-                    {"name": "task_id", "in": "query", "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
-                    },
-                ],
-                "responses": {
-                    "200": {
-                        "description": "the deliveries: where each went, its tries, why the"
-                        " last one failed",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    **_AUTH_ERRORS,
-                    "404": off,
-                    "422": _error("a bad status or limit"),
-                },
-            }
-        },
-        "/webhooks/resend": {
-            "post": {
-                "operationId": "resend_webhooks",
-                "summary": "Send every dead delivery again, with a fresh schedule",
-                "responses": {"202": resent, **_AUTH_ERRORS, "404": off},
-            }
-        },
-        "/webhooks/{delivery_id}/resend": {
-            "post": {
-                "operationId": "resend_webhook",
-                "summary": "Send one dead delivery again (the same webhook-id)",
-                "parameters": [
-                    {
-                        "name": "delivery_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {
-                    "202": resent,
-                    **_AUTH_ERRORS,
-                    "404": _error("no such dead delivery (or not yours), or webhooks are off"),
-                },
-            }
-        },
-    }
 
 
 #: The OpenAPI 3.1 description of every endpoint, served at ``/openapi.json``.
@@ -222,7 +51,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 "required": ["error"],
                 "properties": {"error": {"$ref": "#/components/schemas/ErrorBody"}},
             },
-            "Task": _task_schema(),
+            "Task": task_schema(),
             "Accepted": {
                 "type": "object",
                 "required": ["id", "status", "status_url", "created_at"],
@@ -354,30 +183,30 @@ OPENAPI: Final[dict[str, Any]] = {
                             }
                         },
                     },
-                    "400": _error("malformed request"),
-                    **_AUTH_ERRORS,
-                    "403": _error("a priority above the most this API key may ask for"),
-                    "413": _error("the upload is over the size limit"),
-                    "415": _error("not an image, or a format that is not accepted"),
-                    "422": _error(
+                    "400": error("malformed request"),
+                    **AUTH_ERRORS,
+                    "403": error("a priority above the most this API key may ask for"),
+                    "413": error("the upload is over the size limit"),
+                    "415": error("not an image, or a format that is not accepted"),
+                    "422": error(
                         "a bad pipeline, preset, priority, not_before, metadata, dedupe or"
                         " Idempotency-Key; or an Idempotency-Key already used for a different"
                         " request (idempotency_conflict); a url or callback_url that may not be"
                         " reached (unsafe_url), or a url that could not be fetched"
                         " (fetch_failed)"
                     ),
-                    "502": _error(
+                    "502": error(
                         "the server at 'url' failed or did not answer in time (fetch_failed;"
                         " Retry-After)"
                     ),
-                    "429": _error(
+                    "429": error(
                         "the queue is full, in all or for this owner (queue_full); more uploads"
                         " this minute than allowed (rate_limited); too many uploads in progress"
                         " for this API key (too_many_uploads); or too many missing or unknown"
                         " API keys from this address (Retry-After)"
                     ),
-                    "408": _error("the body paused or came too slowly (imageproc serve)"),
-                    **_UNAVAILABLE,
+                    "408": error("the body paused or came too slowly (imageproc serve)"),
+                    **UNAVAILABLE,
                 },
             }
         },
@@ -390,7 +219,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 " after N seconds, whichever comes first. The end is pushed to the server, not"
                 " polled for: the answer comes within milliseconds of it.",
                 "parameters": [
-                    _TASK_ID,
+                    TASK_ID,
                     {
                         "name": "wait",
                         "in": "query",
@@ -401,13 +230,13 @@ OPENAPI: Final[dict[str, Any]] = {
                     },
                 ],
                 "responses": {
-                    "200": _TASK_RESPONSE,
-                    **_AUTH_ERRORS,
-                    "404": _error("no such task (or not yours)"),
-                    "422": _error(
+                    "200": TASK_RESPONSE,
+                    **AUTH_ERRORS,
+                    "404": error("no such task (or not yours)"),
+                    "422": error(
                         "wait is not a whole number of seconds from 0 to 60 (invalid_wait)"
                     ),
-                    **_UNAVAILABLE,
+                    **UNAVAILABLE,
                 },
             }
         },
@@ -425,15 +254,15 @@ OPENAPI: Final[dict[str, Any]] = {
                 " keep quiet connections open every 15 seconds. Should the task become"
                 " unreadable mid-stream, an `event: error` carries the JSON of an error answer"
                 " and ends the stream.",
-                "parameters": [_TASK_ID],
+                "parameters": [TASK_ID],
                 "responses": {
                     "200": {
                         "description": "the stream of events",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
-                    **_AUTH_ERRORS,
-                    "404": _error("no such task (or not yours)"),
-                    **_UNAVAILABLE,
+                    **AUTH_ERRORS,
+                    "404": error("no such task (or not yours)"),
+                    **UNAVAILABLE,
                 },
             }
         },
@@ -441,13 +270,13 @@ OPENAPI: Final[dict[str, Any]] = {
             "delete": {
                 "operationId": "cancel",
                 "summary": "Cancel a queued or processing task",
-                "parameters": [_TASK_ID],
+                "parameters": [TASK_ID],
                 "responses": {
-                    "200": _TASK_RESPONSE,
-                    **_AUTH_ERRORS,
-                    "404": _error("no such task (or not yours)"),
-                    "409": _error("the task has already ended"),
-                    **_UNAVAILABLE,
+                    "200": TASK_RESPONSE,
+                    **AUTH_ERRORS,
+                    "404": error("no such task (or not yours)"),
+                    "409": error("the task has already ended"),
+                    **UNAVAILABLE,
                 },
             }
         },
@@ -455,63 +284,21 @@ OPENAPI: Final[dict[str, Any]] = {
             "post": {
                 "operationId": "retry",
                 "summary": "Queue a failed or dead task again",
-                "parameters": [_TASK_ID],
+                "parameters": [TASK_ID],
                 "responses": {
-                    "200": _TASK_RESPONSE,
-                    **_AUTH_ERRORS,
-                    "404": _error("no such task (or not yours)"),
-                    "409": _error("the task is not failed or dead"),
-                    "429": _error(
+                    "200": TASK_RESPONSE,
+                    **AUTH_ERRORS,
+                    "404": error("no such task (or not yours)"),
+                    "409": error("the task is not failed or dead"),
+                    "429": error(
                         "the queue is full, in all or for this owner (queue_full), or too many"
                         " missing or unknown API keys from this address (Retry-After)"
                     ),
-                    **_UNAVAILABLE,
+                    **UNAVAILABLE,
                 },
             }
         },
-        "/tasks/{task_id}/reprocess": {
-            "post": {
-                "operationId": "reprocess",
-                "summary": "More variants of a task's stored original, as a new task",
-                "parameters": [_TASK_ID],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {
-                                    "preset": {"type": "string"},
-                                    "pipeline": {"type": ["string", "object"]},
-                                    "missing_only": {
-                                        "type": "boolean",
-                                        "description": "only the variants the task does not"
-                                        " have yet (the default)",
-                                    },
-                                    "priority": {"type": "integer"},
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "202": {**_TASK_RESPONSE, "description": "the new task, queued"},
-                    "200": {
-                        **_TASK_RESPONSE,
-                        "description": "the task itself: it has every variant asked for",
-                    },
-                    "400": _error("a body that is not a JSON object"),
-                    **_AUTH_ERRORS,
-                    "403": _error("a priority above the most this API key may ask for"),
-                    "404": _error("no such task (or not yours)"),
-                    "410": _error("the task's original is no longer stored (original_gone)"),
-                    "413": _error("a body over 64 KiB"),
-                    "422": _error("a bad pipeline, preset, missing_only or priority"),
-                    **_UNAVAILABLE,
-                },
-            }
-        },
+        **reprocess_path(),
         "/image/{image_key}": {
             "parameters": [
                 {
@@ -534,11 +321,11 @@ OPENAPI: Final[dict[str, Any]] = {
                         "content": {"image/*": {"schema": {"type": "string"}}},
                     },
                     "304": {"description": "not modified (If-None-Match)"},
-                    "400": _error("an invalid key"),
-                    **_AUTH_ERRORS,
-                    "403": _error("an invalid or expired signature"),
-                    "404": _error("no such image (or not yours)"),
-                    **_UNAVAILABLE,
+                    "400": error("an invalid key"),
+                    **AUTH_ERRORS,
+                    "403": error("an invalid or expired signature"),
+                    "404": error("no such image (or not yours)"),
+                    **UNAVAILABLE,
                 },
             },
             "head": {
@@ -570,8 +357,8 @@ OPENAPI: Final[dict[str, Any]] = {
                 "summary": "The task database and storage are reachable",
                 "responses": {
                     "200": {"description": "ready"},
-                    **_AUTH_ERRORS,
-                    "503": _error("not ready"),
+                    **AUTH_ERRORS,
+                    "503": error("not ready"),
                 },
             }
         },
@@ -584,8 +371,8 @@ OPENAPI: Final[dict[str, Any]] = {
                         "description": "the text exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    **_AUTH_ERRORS,
-                    "404": _error("metrics are not enabled"),
+                    **AUTH_ERRORS,
+                    "404": error("metrics are not enabled"),
                 },
             }
         },
@@ -593,9 +380,9 @@ OPENAPI: Final[dict[str, Any]] = {
             "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.1"}, **_AUTH_ERRORS},
+                "responses": {"200": {"description": "OpenAPI 3.1"}, **AUTH_ERRORS},
             }
         },
-        **_webhook_paths(),
+        **webhook_paths(),
     },
 }
