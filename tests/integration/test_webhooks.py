@@ -15,11 +15,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from standardwebhooks import Webhook
 
 from imageproc import (
@@ -394,3 +396,27 @@ def test_imageproc_serve_sends_the_webhook_of_an_upload(tmp_path: Path, receiver
     body_sent = verified(arrival)
     assert (body_sent["id"], body_sent["status"]) == (task_id, "succeeded")
     assert "Traceback" not in server.log()
+
+
+def test_a_sender_repairs_a_final_status_recorded_without_its_delivery(
+    request: pytest.FixtureRequest, kind: str, receiver: Receiver
+) -> None:
+    # The gap PostgreSQL's burial can leave (a claimer that died between its two
+    # transactions), made by hand: the sender's first repair finds it and sends it.
+    processor = make_processor(request, kind, webhooks=hooks(send=False))
+    task = processor.submit(IMAGE, PIPELINE, callback_url=receiver.url())
+    finished = processor.clock() - timedelta(minutes=2)
+    sql = processor.repository
+    with sql.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            sa.text(
+                "UPDATE imageproc_tasks SET status = 'dead', finished_at = :at, updated_at = :at"
+                " WHERE id = :id"
+            ),
+            {"at": finished.replace(tzinfo=None) if kind == "sqlite" else finished, "id": task.id},
+        )
+    sender = Processor(MemoryStorage(), sql, sql, webhooks=hooks())  # type: ignore[arg-type]
+    request.addfinalizer(sender.stop_sending)
+    sender.start_sending()
+    [arrival] = receiver.wait_for(1, timeout=30)
+    assert (verified(arrival)["id"], verified(arrival)["status"]) == (task.id, "dead")

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -40,6 +41,14 @@ logger = logging.getLogger("imageproc.webhooks")
 #: Most seconds a taken delivery is held beyond the try's own deadline (as long again, up to
 #: this) before another sender may take it: the margin covers recording the result.
 _HOLD_MARGIN: Final = 30.0
+#: Seconds between repairs: looks for final statuses recorded without their delivery (a
+#: backend that can have such gaps has ``repair_deliveries``; PostgreSQL's burial can)...
+_REPAIR_EVERY: Final = 60.0
+#: ...over the statuses recorded since the last one, but for the youngest, which may still be
+#: getting theirs...
+_REPAIR_GRACE: Final = timedelta(seconds=60)
+#: ...and, the first time, this far back.
+_REPAIR_FIRST: Final = timedelta(hours=1)
 #: Seconds to wait before looking again after the outbox could not be read.
 _ERROR_PAUSE: Final = 2.0
 
@@ -72,6 +81,8 @@ class Dispatcher:
         # Threads of its own, not the loop's default pool: database calls must not wait behind
         # name lookups, and a lookup that hangs must not hold up other receivers' tries (a try
         # stops waiting at its deadline; its lookup thread ends when the resolver gives up).
+        self._next_repair = 0.0
+        self._repaired_until: datetime | None = None
         self._db_pool: ThreadPoolExecutor | None = None
         self._dns_pool: ThreadPoolExecutor | None = None
 
@@ -152,6 +163,7 @@ class Dispatcher:
                 self._ready.set()
                 while not self._stopping.is_set():
                     self._wake.clear()
+                    await self._repair_if_due()
                     free = self.settings.concurrency - len(flying)
                     taken = await self._take(free) if free > 0 else []
                     for delivery in taken:
@@ -176,6 +188,24 @@ class Dispatcher:
                 self._wake.set()  # a slot is free
 
         return done
+
+    async def _repair_if_due(self) -> None:
+        """Every :data:`_REPAIR_EVERY` seconds, have the store write the deliveries that final
+        statuses lack (if it can have such gaps at all)."""
+        repair = getattr(self.store, "repair_deliveries", None)
+        if not callable(repair) or time.monotonic() < self._next_repair:
+            return
+        self._next_repair = time.monotonic() + _REPAIR_EVERY
+        now = self.clock()
+        until = now - _REPAIR_GRACE
+        last = self._repaired_until
+        since = now - _REPAIR_FIRST if last is None else last - _REPAIR_GRACE
+        try:
+            await self._blocking(repair, since, until)
+        except Exception:
+            logger.exception("could not look for final statuses without their webhook")
+            return
+        self._repaired_until = until
 
     async def _take(self, limit: int) -> list[Delivery]:
         timeout = self.settings.timeout

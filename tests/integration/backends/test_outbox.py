@@ -245,3 +245,32 @@ def test_a_delivery_the_database_refuses_rolls_its_status_back_too(
         sql.record_many([(lease, succeeded(lease))])
     assert sql.get(lease.task.id).status == TaskStatus.PROCESSING
     assert sql.next_delivery_at() is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_final_status_without_its_delivery_gets_one_from_the_repair_once(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    # As a claim's burial leaves it on PostgreSQL if its claimer dies before the second
+    # transaction: the status recorded, no delivery.
+    sql = make_backend(kind, request)
+    task = attrs.evolve(new_task(), callback_url=HOOK)
+    sql.add(task)
+    finished = sql.clock() - timedelta(minutes=2)
+    with sql.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE imageproc_tasks SET status = 'dead', finished_at = :at, updated_at = :at"
+                " WHERE id = :id"
+            ),
+            {"at": finished.replace(tzinfo=None) if kind == "sqlite" else finished, "id": task.id},
+        )
+    assert sql.next_delivery_at() is None
+    now = sql.clock()
+    since, until = now - timedelta(hours=1), now - timedelta(minutes=1)
+    assert sql.repair_deliveries(since, until) == 1
+    assert sql.repair_deliveries(since, until) == 0  # written once, whoever repairs again
+    [delivery] = sql.claim_deliveries(sql.clock(), limit=10, hold=HOLD)
+    assert (delivery.task_id, json.loads(delivery.payload)["status"]) == (task.id, "dead")
+    # A task that has its delivery is left alone.
+    assert sql.repair_deliveries(now - timedelta(days=1), now) == 0

@@ -461,6 +461,19 @@ class SQLBackend(SQLQueue):
         with self._db.one_statement() as conn:
             return outbox.next_delivery_at(conn)
 
+    def repair_deliveries(self, since: datetime, until: datetime, *, limit: int = 100) -> int:
+        """Write the deliveries that final statuses recorded between ``since`` and ``until``
+        lack (see :func:`~imageproc.backends.sql._deliveries.repair_deliveries`); how many.
+        The webhook sender calls it now and then, over the last few minutes."""
+        with self._db.begin(write=True) as conn:
+            count = outbox.repair_deliveries(
+                conn, since, until, self.clock(), dialect=self.dialect, limit=limit
+            )
+        if count:
+            logger.warning("wrote %d webhook deliveries that final statuses lacked", count)
+            self.completions.nudge()
+        return count
+
     def purge_deliveries(self, before: datetime, *, limit: int = 500) -> int:
         """Forget up to ``limit`` delivered or dead deliveries written before ``before``."""
         with self._db.begin(write=True) as conn:

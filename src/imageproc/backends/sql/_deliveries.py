@@ -11,15 +11,19 @@ overwrite the newer try.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+import attrs
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from imageproc._task import Task
-from imageproc.backends.sql._schema import webhooks
+from imageproc._task import Task, TaskStatus
+from imageproc.backends.sql._schema import PIPELINE_TEXT, task_from_row, tasks, webhooks
 from imageproc.delivery._outbox import Delivery, DeliveryStatus, delivery_for
 
 __all__ = [
@@ -29,11 +33,13 @@ __all__ = [
     "insert_deliveries",
     "next_delivery_at",
     "purge_deliveries",
+    "repair_deliveries",
     "resend_deliveries",
     "settle_delivery",
 ]
 
 _PENDING: Final = DeliveryStatus.PENDING.value
+_FINAL: Final = [status.value for status in TaskStatus if status.is_final]
 _DEAD: Final = DeliveryStatus.DEAD.value
 
 
@@ -156,6 +162,45 @@ def purge_deliveries(conn: Connection, before: datetime, limit: int) -> int:
         .limit(limit)
     )
     return conn.execute(webhooks.delete().where(webhooks.c.id.in_(old.scalar_subquery()))).rowcount
+
+
+def repair_deliveries(
+    conn: Connection, since: datetime, until: datetime, now: datetime, *, dialect: str, limit: int
+) -> int:
+    """Write the deliveries that final statuses recorded between ``since`` and ``until`` lack
+    (a task with a callback URL and no delivery written since it finished: on PostgreSQL, one
+    buried by a claim whose second transaction never ran); how many. Each gets an id derived
+    from its task and finish, inserted unless present, so two senders repairing at once write
+    one delivery."""
+    missing = ~sa.exists().where(
+        webhooks.c.task_id == tasks.c.id, webhooks.c.created_at >= tasks.c.finished_at
+    )
+    query = (
+        sa.select(*(PIPELINE_TEXT if c.name == "pipeline" else c for c in tasks.c))
+        .where(
+            tasks.c.callback_url.isnot(None),
+            tasks.c.status.in_(_FINAL),
+            tasks.c.finished_at >= since,
+            tasks.c.finished_at < until,
+            missing,
+        )
+        .limit(limit)
+    )
+    rows = []
+    for row in conn.execute(query).mappings():
+        task = task_from_row(row)
+        delivery = delivery_for(task, now)
+        assert delivery is not None
+        assert task.finished_at is not None
+        mark = f"{task.id}:{task.finished_at.isoformat()}".encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(mark).digest()[:18]).decode()
+        # Written as of the finish, so the next repair finds it there.
+        rows.append(_row(attrs.evolve(delivery, id="msg_" + digest, created_at=task.finished_at)))
+    if not rows:
+        return 0
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(webhooks)
+    written = conn.execute(insert.on_conflict_do_nothing().returning(webhooks.c.id), rows)
+    return len(written.all())
 
 
 def _row(delivery: Delivery) -> dict[str, Any]:
