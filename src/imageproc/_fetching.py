@@ -40,11 +40,6 @@ def _hosts(value: Any) -> tuple[str, ...]:
     return tuple(str(host).lower().rstrip(".") for host in value)
 
 
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class Fetching:
     """How images are fetched from URLs: pass one as ``Processor(…, fetching=Fetching(…))``
@@ -57,9 +52,9 @@ class Fetching:
     #: own CDN): exact names, case-insensitive; every redirect must stay among them too.
     hosts: tuple[str, ...] = attrs.field(default=(), converter=_hosts)
     #: Seconds to connect to a server...
-    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     #: ...and for the whole fetch, redirects and the body included.
-    timeout: float = attrs.field(default=30.0, validator=_positive)
+    timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     #: Redirects followed at most.
     max_redirects: int = 3
 

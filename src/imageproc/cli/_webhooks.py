@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 
+from imageproc._clock import utcnow
 from imageproc.cli._records import records
 from imageproc.cli._reporting import EXIT_OK, UsageError
 from imageproc.config import Settings
@@ -68,8 +69,6 @@ def resend_deliveries(args: argparse.Namespace, settings: Settings) -> int:
     if bool(args.ids) == args.all:
         raise UsageError("name the deliveries to send again, or give --all (not both)")
     with records(settings, "webhooks resend") as backend:
-        from imageproc._clock import utcnow
-
         count = backend.resend_deliveries(args.ids or None, now=utcnow(), owner=args.owner)
     print(f"{count} dead deliveries due again")
     return EXIT_OK

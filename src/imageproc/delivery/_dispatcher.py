@@ -28,7 +28,7 @@ from imageproc._events import Events, emit
 from imageproc._protocols import DeliveryStore
 from imageproc._task import Task
 from imageproc.delivery._completions import Completions
-from imageproc.delivery._outbox import Delivery
+from imageproc.delivery._outbox import Delivery, DeliveryStatus
 from imageproc.delivery._sending import Attempt, Sender
 from imageproc.delivery._webhooks import Webhooks
 
@@ -78,11 +78,11 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._stop_timeout = settings.timeout
+        self._next_repair = 0.0
+        self._repaired_until: datetime | None = None
         # Threads of its own, not the loop's default pool: database calls must not wait behind
         # name lookups, and a lookup that hangs must not hold up other receivers' tries (a try
         # stops waiting at its deadline; its lookup thread ends when the resolver gives up).
-        self._next_repair = 0.0
-        self._repaired_until: datetime | None = None
         self._db_pool: ThreadPoolExecutor | None = None
         self._dns_pool: ThreadPoolExecutor | None = None
 
@@ -285,4 +285,4 @@ class Dispatcher:
 def _outcome(delivery: Delivery, attempt: Attempt) -> str:
     if attempt.delivered:
         return "delivered"
-    return "dead" if delivery.status == "dead" else "retry"
+    return "dead" if delivery.status == DeliveryStatus.DEAD else "retry"

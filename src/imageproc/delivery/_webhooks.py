@@ -58,11 +58,6 @@ def _urls(value: Mapping[str, str]) -> dict[str, str]:
     return {str(owner): str(url) for owner, url in dict(value).items()}
 
 
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class Webhooks:
     """Webhook settings: pass one as ``Processor(…, webhooks=Webhooks(secrets=[…]))``.
@@ -90,20 +85,20 @@ class Webhooks:
     #: ``jitter``): :data:`DEFAULT_SCHEDULE` keeps trying for about a day.
     schedule: RetryPolicy = DEFAULT_SCHEDULE
     #: Seconds to connect to a receiver...
-    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     #: ...and for a whole try (connecting, sending, and reading the answer's head).
-    timeout: float = attrs.field(default=15.0, validator=_positive)
+    timeout: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
     #: Bytes of a receiver's answer after which reading stops (one network read may fetch
     #: more, up to 64 KiB); the rest is dropped unread.
     max_answer_bytes: int = 4096
     #: Deliveries sent at once by one Processor.
-    concurrency: int = attrs.field(default=8, validator=_positive)
+    concurrency: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     #: Whether this Processor sends deliveries while its workers run (a web process that only
     #: submits can leave sending to the workers: deliveries are written either way).
     send: bool = True
     #: Seconds between looks for deliveries other processes wrote (this process hears of its
     #: own at once, and PostgreSQL pushes the others' task ends too).
-    poll_interval: float = attrs.field(default=5.0, validator=_positive)
+    poll_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
 
     @staticmethod
     def new_secret() -> str:
